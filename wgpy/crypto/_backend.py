@@ -1,0 +1,60 @@
+"""Fast primitives from well-kept libraries; the rest of wgpy reaches them only through ``wgpy.crypto``.
+
+- ChaCha20-Poly1305 and X25519: ``cryptography`` (OpenSSL).
+- XChaCha20-Poly1305 (cookie replies only): ``pynacl`` (libsodium); OpenSSL does not offer it.
+- BLAKE2s and HMAC-BLAKE2s: the standard library's ``hashlib``/``hmac`` (pyblake2 no longer builds on 3.11).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac as _hmac
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
+from nacl.exceptions import CryptoError
+
+__all__ = [
+    "ChaCha20Poly1305",
+    "CryptoError",
+    "blake2s_hash",
+    "blake2s_mac",
+    "hmac_blake2s",
+    "x25519",
+    "x25519_public",
+    "xchacha20poly1305_decrypt",
+    "xchacha20poly1305_encrypt",
+]
+
+
+def blake2s_hash(data: bytes) -> bytes:
+    return hashlib.blake2s(data).digest()
+
+
+def blake2s_mac(key: bytes, data: bytes) -> bytes:
+    return hashlib.blake2s(data, digest_size=16, key=key).digest()
+
+
+def hmac_blake2s(key: bytes, data: bytes) -> bytes:
+    return _hmac.digest(key, data, hashlib.blake2s)
+
+
+def x25519(private: bytes, public: bytes) -> bytes:
+    """Raw X25519. Raises ``ValueError`` when the result is all zeros (a low-order public key)."""
+    return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(public))
+
+
+def x25519_public(private: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def xchacha20poly1305_encrypt(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes) -> bytes:
+    return bytes(crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, nonce, key))
+
+
+def xchacha20poly1305_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes) -> bytes:
+    return bytes(crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, ad, nonce, key))

@@ -1,0 +1,169 @@
+"""Transport keypairs and their rotation (whitepaper §5.4.6, §6.1; kernel noise.c keypair half, send.c, receive.c).
+
+Theory of operation: a completed handshake yields one ``Keypair``: a sending and a receiving ChaCha20-Poly1305 key,
+the two 32-bit indices that route transport messages to it, the sending counter and a ``ReplayWindow``. One AEAD
+object is built per direction when the keypair is born, so that encrypting a packet builds no cipher.
+
+A peer holds up to three keypairs in ``Keypairs``: ``current`` (used to send), ``previous`` (still accepted on receive
+while packets in flight drain) and ``next`` (a responder's new keypair, which it may not send with until the
+initiator has proved it has the keys by sending data on it: whitepaper §5.4.5 key confirmation). Methods that retire
+keypairs return them, so the device can drop their indices from its index table; retired keypairs are zeroed.
+
+Nothing here reads a clock: birth times arrive as ``now``.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from . import crypto
+from .constants import REJECT_AFTER_MESSAGES
+from .messages import MESSAGE_TRANSPORT_HEADER_SIZE, MessageType
+from .replay import ReplayWindow
+
+__all__ = ["MESSAGE_PADDING_MULTIPLE", "Keypair", "Keypairs", "padded_length"]
+
+MESSAGE_PADDING_MULTIPLE: Final = 16  # whitepaper §5.4.6: plaintext padded to a multiple of 16 bytes
+_TRANSPORT_HEADER: Final = struct.Struct("<IIQ")
+_NONCE: Final = struct.Struct("<4xQ")
+_TRANSPORT_TYPE: Final = int(MessageType.TRANSPORT)
+
+
+def padded_length(length: int, mtu: int | None) -> int:
+    """Length of a plaintext of ``length`` bytes after padding to 16, never padding past the MTU."""
+    padded = -(-length // MESSAGE_PADDING_MULTIPLE) * MESSAGE_PADDING_MULTIPLE
+    if mtu is not None and padded > mtu:
+        padded = max(mtu, length)
+    return padded
+
+
+class Keypair:
+    """One session's keys in both directions (kernel ``struct noise_keypair``)."""
+
+    __slots__ = (
+        "_recv_aead",
+        "_send_aead",
+        "created_at",
+        "is_initiator",
+        "local_index",
+        "remote_index",
+        "replay",
+        "send_counter",
+        "valid",
+    )
+
+    def __init__(
+        self,
+        *,
+        send_key: bytes,
+        recv_key: bytes,
+        local_index: int,
+        remote_index: int,
+        is_initiator: bool,
+        now: float,
+    ) -> None:
+        self._send_aead = crypto.Aead(send_key)
+        self._recv_aead = crypto.Aead(recv_key)
+        self.local_index = local_index
+        self.remote_index = remote_index
+        self.is_initiator = is_initiator
+        self.created_at = now
+        self.send_counter = 0
+        self.replay = ReplayWindow()
+        self.valid = True
+
+    def __repr__(self) -> str:
+        role = "initiator" if self.is_initiator else "responder"
+        return f"Keypair(local_index={self.local_index:#010x}, {role}, sent={self.send_counter})"
+
+    def seal(self, padded_plaintext: bytes) -> bytes | None:
+        """The transport message carrying ``padded_plaintext``, or ``None`` once the counter is exhausted.
+
+        Each call uses a new counter, so no (keypair, counter) pair is ever sent twice.
+        """
+        counter = self.send_counter
+        if not self.valid or counter >= REJECT_AFTER_MESSAGES:
+            self.valid = False
+            return None
+        self.send_counter = counter + 1
+        header = _TRANSPORT_HEADER.pack(_TRANSPORT_TYPE, self.remote_index, counter)
+        return header + self._send_aead.encrypt(_NONCE.pack(counter), padded_plaintext, None)
+
+    def open(self, counter: int, message: bytes | memoryview) -> bytes:
+        """Decrypt the payload of a transport message. Raises ``crypto.InvalidTag``; does not touch the replay window."""
+        return self._recv_aead.decrypt(_NONCE.pack(counter), message[MESSAGE_TRANSPORT_HEADER_SIZE:], None)
+
+    def zero(self) -> None:
+        """Forget the keys (whitepaper §6.1: key material is erased when no longer needed).
+
+        Python cannot scrub memory reliably; dropping the only references to the AEAD objects and marking the
+        keypair invalid is the best it offers, and it guarantees nothing more is sealed or opened with it.
+        """
+        self.valid = False
+        self._send_aead = _DEAD_AEAD
+        self._recv_aead = _DEAD_AEAD
+
+
+_DEAD_AEAD: Final = crypto.Aead(bytes(32))
+
+
+class Keypairs:
+    """``current`` / ``previous`` / ``next`` of one peer (kernel ``struct noise_keypairs``)."""
+
+    __slots__ = ("current", "next", "previous")
+
+    def __init__(self) -> None:
+        self.current: Keypair | None = None
+        self.previous: Keypair | None = None
+        self.next: Keypair | None = None
+
+    def all(self) -> list[Keypair]:
+        return [k for k in (self.current, self.previous, self.next) if k is not None]
+
+    def add(self, new: Keypair) -> list[Keypair]:
+        """Install the keypair of a just-finished handshake; returns the keypairs retired.
+
+        An initiator has confirmation already (it received the response), so the new keypair becomes ``current``
+        at once. A responder parks it in ``next`` until the initiator sends data with it (``received_with``).
+        """
+        retired: list[Keypair] = []
+        if new.is_initiator:
+            if self.next is not None:
+                # A responder-side keypair that was never confirmed: keep it as previous so its packets still
+                # decrypt, and retire the current one instead.
+                retired += [k for k in (self.previous, self.current) if k is not None]
+                self.previous, self.next = self.next, None
+            else:
+                if self.previous is not None:
+                    retired.append(self.previous)
+                self.previous = self.current
+            self.current = new
+        else:
+            retired += [k for k in (self.next, self.previous) if k is not None]
+            self.next = new
+            self.previous = None
+        for k in retired:
+            k.zero()
+        return retired
+
+    def received_with(self, keypair: Keypair) -> tuple[bool, list[Keypair]]:
+        """Note that authenticated data arrived on ``keypair``.
+
+        Returns whether that confirmed ``next`` (which then becomes ``current``) and the keypairs retired.
+        """
+        if keypair is not self.next:
+            return False, []
+        retired = [self.previous] if self.previous is not None else []
+        self.previous, self.current, self.next = self.current, self.next, None
+        for k in retired:
+            k.zero()
+        return True, retired
+
+    def clear(self) -> list[Keypair]:
+        """Retire every keypair (peer removed, key changed, or key material expired)."""
+        retired = self.all()
+        self.current = self.previous = self.next = None
+        for k in retired:
+            k.zero()
+        return retired
