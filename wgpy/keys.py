@@ -78,9 +78,8 @@ class _Key:
         return self._raw == bytes(KEY_SIZE)
 
     def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
+        if type(other) is not type(self) or not isinstance(other, _Key):
             return NotImplemented
-        assert isinstance(other, _Key)  # for the type checker
         return crypto.constant_time_equal(self._raw, other._raw)
 
     def __hash__(self) -> int:

@@ -33,5 +33,7 @@ def stamp(wall_ns: int) -> bytes:
 
 def unstamp(label: bytes) -> int:
     """The Unix time in nanoseconds of a label made by ``stamp`` (used by traces and tests)."""
+    seconds: int
+    nanos: int
     seconds, nanos = _LABEL.unpack(label)
     return (seconds - TAI64_EPOCH - TAI_UTC_OFFSET) * 1_000_000_000 + nanos

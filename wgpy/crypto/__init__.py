@@ -63,7 +63,7 @@ def aead_nonce(counter: int) -> bytes:
     return _ZERO_NONCE_PREFIX + counter.to_bytes(8, "little")
 
 
-def hash(data: bytes) -> bytes:  # noqa: A001 - the whitepaper's name
+def hash(data: bytes) -> bytes:
     """HASH(input): BLAKE2s(input, 32)."""
     return _backend.blake2s_hash(data)
 
