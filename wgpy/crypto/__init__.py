@@ -113,11 +113,15 @@ def aead_open(key: bytes, counter: int, ciphertext: bytes, ad: bytes) -> bytes:
 
 def xaead_seal(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes) -> bytes:
     """XAEAD(key, nonce, plain, auth): XChaCha20-Poly1305 with a 24-byte nonce (cookie replies)."""
+    if len(key) != KEY_SIZE or len(nonce) != XNONCE_SIZE:
+        raise ValueError("XChaCha20-Poly1305 takes a 32-byte key and a 24-byte nonce")
     return _backend.xchacha20poly1305_encrypt(key, nonce, plaintext, ad)
 
 
 def xaead_open(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes) -> bytes:
     """Inverse of ``xaead_seal``. Raises ``InvalidTag`` when authentication fails."""
+    if len(ciphertext) < AEAD_TAG_SIZE or len(key) != KEY_SIZE or len(nonce) != XNONCE_SIZE:
+        raise InvalidTag
     try:
         return _backend.xchacha20poly1305_decrypt(key, nonce, ciphertext, ad)
     except _backend.CryptoError:
