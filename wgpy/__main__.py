@@ -1,0 +1,10 @@
+"""``python -m wgpy``: the same entry point as the ``wgpy`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

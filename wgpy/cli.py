@@ -1,0 +1,193 @@
+"""Command line: ``wgpy [-f|--foreground] IFNAME`` (wireguard-go's invocation), key tools and the demo.
+
+- ``wgpy IFNAME`` creates the TUN interface and the UAPI socket, then daemonizes unless ``-f``/``--foreground``
+  or ``WG_PROCESS_FOREGROUND=1``; so ``WG_QUICK_USERSPACE_IMPLEMENTATION=wgpy wg-quick up wg0`` works.
+  ``WG_TUN_FD`` / ``WG_UAPI_FD`` adopt descriptors opened by a parent; ``LOG_LEVEL`` is ``silent``, ``error``
+  (default), ``info`` or ``verbose``/``debug``.
+- ``wgpy genkey | pubkey | genpsk`` print keys the way ``wg`` does.
+- ``wgpy demo`` runs two wgpy peers in one process over real UDP on 127.0.0.1 (no root needed) and prints stats.
+
+Bad input (a bad key on stdin, a bad interface name, no permission) gives one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .device import Device
+from .errors import ConfigError
+from .keys import PresharedKey, PrivateKey
+
+__all__ = ["main"]
+
+logger = logging.getLogger("wgpy")
+
+_LOG_LEVELS = {
+    "silent": logging.CRITICAL + 10,
+    "error": logging.ERROR,
+    "info": logging.INFO,
+    "verbose": logging.DEBUG,
+    "debug": logging.DEBUG,
+}
+
+
+def _fail(message: str) -> int:
+    print(f"wgpy: {message}", file=sys.stderr)
+    return 1
+
+
+def _cmd_genkey() -> int:
+    print(PrivateKey.generate().to_base64())
+    return 0
+
+
+def _cmd_genpsk() -> int:
+    print(PresharedKey.generate().to_base64())
+    return 0
+
+
+def _cmd_pubkey() -> int:
+    try:
+        key = PrivateKey.from_base64(sys.stdin.read())
+    except ConfigError:
+        return _fail("Key is not the correct length or format")
+    print(key.public_key().to_base64())
+    return 0
+
+
+def _setup_logging(level_name: str | None, stream: object = None) -> None:
+    name = (level_name or "error").lower()
+    level = _LOG_LEVELS.get(name)
+    if level is None:
+        level = logging.ERROR
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(asctime)s %(name)s: %(message)s"))
+    root = logging.getLogger("wgpy")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _daemonize(keep_output: bool) -> bool:
+    """Fork into the background. Returns ``True`` in the child, ``False`` in the parent (which should exit)."""
+    if os.fork() != 0:
+        return False
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    if not keep_output:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    os.close(devnull)
+    return True
+
+
+def _cmd_interface(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="wgpy", description="Userspace WireGuard: wgpy [-f] INTERFACE")
+    parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    parser.add_argument("interface", help="interface name, e.g. wg0")
+    args = parser.parse_args(argv)
+    foreground = args.foreground or _truthy(os.environ.get("WG_PROCESS_FOREGROUND"))
+    _setup_logging(os.environ.get("LOG_LEVEL"))
+
+    from tun import TunDevice, TunError, open_tun
+
+    from .drivers.uapi_server import bind_uapi_socket
+
+    tun: TunDevice
+    try:
+        tun_fd = os.environ.get("WG_TUN_FD")
+        if tun_fd is not None:
+            from tun.linux import LinuxTun
+
+            tun = LinuxTun.from_fd(int(tun_fd))
+        else:
+            tun = open_tun(args.interface)
+    except ValueError as exc:
+        return _fail(f"invalid interface name {args.interface!r}: {exc}")
+    except TunError as exc:
+        return _fail(str(exc))
+    try:
+        uapi_fd = os.environ.get("WG_UAPI_FD")
+        if uapi_fd is not None:
+            uapi_sock = socket.socket(fileno=int(uapi_fd))
+        else:
+            uapi_sock = bind_uapi_socket(tun.name)
+    except OSError as exc:
+        tun.close()
+        return _fail(f"UAPI socket for {tun.name}: {exc.strerror or exc}")
+
+    if not foreground and not _daemonize(keep_output=bool(os.environ.get("LOG_LEVEL"))):
+        return 0  # the parent: the child keeps the interface and the socket
+    logger.info("wgpy %s serving interface %s", __version__, tun.name)
+    try:
+        asyncio.run(_serve(tun, uapi_sock))
+    finally:
+        with contextlib.suppress(OSError):
+            path = uapi_sock.getsockname()
+            if isinstance(path, str) and path:
+                os.unlink(path)
+    return 0
+
+
+async def _serve(tun: object, uapi_sock: socket.socket) -> None:
+    from tun import TunDevice
+
+    from .drivers.asyncio_udp import Tunnel
+    from .drivers.uapi_server import UapiServer
+
+    if not isinstance(tun, TunDevice):
+        raise TypeError("not a TUN device")
+    device = Device()
+    tunnel = Tunnel(device, tun=tun)
+    await tunnel.start()
+    server = UapiServer(tunnel, uapi_sock)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, tunnel.close)
+    try:
+        await tunnel.wait_closed()
+    finally:
+        server.close()
+        tunnel.close()
+        logger.info("shut down")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(
+            "usage: wgpy [-f|--foreground] INTERFACE\n"
+            "       wgpy genkey | pubkey | genpsk\n"
+            "       wgpy demo [--seconds N]\n"
+            "       wgpy --version"
+        )
+        return 0 if args else 2
+    command = args[0]
+    if command in ("--version", "-v", "version"):
+        print(f"wgpy {__version__}")
+        return 0
+    if command == "genkey":
+        return _cmd_genkey()
+    if command == "genpsk":
+        return _cmd_genpsk()
+    if command == "pubkey":
+        return _cmd_pubkey()
+    if command == "demo":
+        from .drivers.demo import main as demo_main
+
+        return demo_main(args[1:])
+    return _cmd_interface(args)

@@ -1,0 +1,265 @@
+"""The asyncio driver: one ``Device``, its UDP sockets (IPv4 and IPv6), an optional TUN device and one timer.
+
+Theory of operation: the driver follows aioquic's ``transmit()`` pattern. Every input (a datagram from a socket, a
+packet read from the TUN device, the timer firing, a UAPI ``set``) is handed to the device with the current time,
+then ``flush()`` sends the datagrams the device produced, writes its packets to the TUN device and re-arms the one
+timer at ``device.get_timer()``. Nothing else here knows the protocol.
+
+Endpoints are the socket addresses as asyncio reports them: ``(host, port)`` from the IPv4 socket and
+``(host, port, flowinfo, scope_id)`` from the IPv6 socket (which is ``IPV6_V6ONLY``, so the two never overlap, as in
+wireguard-go). A datagram to an endpoint goes out of the socket of its family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Final
+
+from tun import TunDevice
+
+from ..device import Device, Endpoint
+from ..errors import UapiError
+from ..events import EndpointChanged, HandshakeCompleted, KeypairExpired
+from .clock import monotonic_now, wall_ns
+
+__all__ = ["Tunnel"]
+
+logger = logging.getLogger("wgpy")
+
+TUN_READ_BATCH: Final = 64  # packets read per readiness callback, so that sockets and timers get their turn
+HOUSEKEEPING_INTERVAL: Final = 1.0  # seconds between MTU refreshes
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, Endpoint], None]) -> None:
+        self._on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: Endpoint) -> None:
+        self._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("UDP socket error: %s", exc)
+
+
+def _bind(family: socket.AddressFamily, port: int, fwmark: int = 0) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if fwmark and hasattr(socket, "SO_MARK"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))  # noqa: S104 - a VPN listens everywhere
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Tunnel:
+    """Runs a ``Device`` on real sockets and (optionally) a TUN device inside an asyncio event loop."""
+
+    def __init__(
+        self,
+        device: Device,
+        *,
+        tun: TunDevice | None = None,
+        on_packet: Callable[[bytes], None] | None = None,
+        bind_address: str | None = None,
+    ) -> None:
+        """
+        Args:
+            device: the engine to drive.
+            tun: where decrypted packets go and plaintext packets come from; ``None`` for a socket-only tunnel.
+            on_packet: called with each decrypted packet when there is no TUN (the demo and tests use it).
+            bind_address: bind only this IPv4 address (for example ``127.0.0.1`` in the demo) instead of all.
+        """
+        self.device = device
+        self.tun = tun
+        self.on_packet = on_packet
+        self.bind_address = bind_address
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transports: dict[int, asyncio.DatagramTransport] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._housekeeping: asyncio.TimerHandle | None = None
+        self._closed = asyncio.Event()
+        self.tun_errors = 0
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._open_sockets(self.device.listen_port)
+        if self.tun is not None:
+            import os
+
+            os.set_blocking(self.tun.fileno(), False)
+            self.device.mtu = self.tun.mtu
+            self._loop.add_reader(self.tun.fileno(), self._on_tun_readable)
+        self._schedule_housekeeping()
+        self.flush()
+
+    async def _open_sockets(self, port: int) -> None:
+        """Bind the IPv4 socket (and the IPv6 one on the same port) and register them with the loop."""
+        loop = asyncio.get_running_loop()
+        fwmark = self.device.fwmark
+        if self.bind_address is not None:
+            sock4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock4.bind((self.bind_address, port))
+            sock4.setblocking(False)
+            socks = {socket.AF_INET: sock4}
+        else:
+            sock4 = _bind(socket.AF_INET, port, fwmark)
+            port = sock4.getsockname()[1]
+            socks = {socket.AF_INET: sock4}
+            try:
+                socks[socket.AF_INET6] = _bind(socket.AF_INET6, port, fwmark)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    sock4.close()
+                    raise
+                logger.info("no IPv6 socket: %s", exc)
+        self.device.listen_port = socks[socket.AF_INET].getsockname()[1]
+        for family, sock in socks.items():
+            transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self._on_datagram), sock=sock)
+            self._transports[family] = transport
+
+    def _close_sockets(self) -> None:
+        for transport in self._transports.values():
+            transport.close()
+        self._transports.clear()
+
+    async def rebind(self, port: int) -> None:
+        """Move to a new listen port (a UAPI ``listen_port``). Raises ``UapiError(EADDRINUSE)`` and keeps the old one."""
+        if port == self.device.listen_port and port != 0 and self._transports:
+            return
+        old = dict(self._transports)
+        self._transports.clear()
+        try:
+            await self._open_sockets(port)
+        except OSError as exc:
+            self._transports = old
+            raise UapiError(errno.EADDRINUSE if exc.errno == errno.EADDRINUSE else errno.EIO, str(exc)) from None
+        for transport in old.values():
+            transport.close()
+
+    def close(self) -> None:
+        """Stop everything this tunnel started: timer, sockets, TUN reader and device (the interface goes away)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        self._close_sockets()
+        if self.tun is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self.tun.fileno())
+            with contextlib.suppress(OSError):
+                self.tun.close()
+            self.tun = None
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    @property
+    def local_port(self) -> int:
+        return self.device.listen_port
+
+    # --- inputs -----------------------------------------------------------------------------------------------
+
+    def _on_datagram(self, data: bytes, addr: Endpoint) -> None:
+        self.device.receive_datagram(data, addr, monotonic_now(), wall_ns())
+        self.flush()
+
+    def send_packet(self, packet: bytes) -> None:
+        """Hand the device a plaintext IP packet (what a TUN read gives), then flush."""
+        self.device.send_packet(packet, monotonic_now(), wall_ns())
+        self.flush()
+
+    def _on_tun_readable(self) -> None:
+        tun = self.tun
+        if tun is None:
+            return
+        now, wall = monotonic_now(), wall_ns()
+        for _ in range(TUN_READ_BATCH):
+            try:
+                packet = tun.read()
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                logger.error("TUN device %s failed (%s): shutting down", tun.name, exc.strerror or exc)
+                self.close()
+                return
+            self.device.send_packet(packet, now, wall)
+        self.flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.device.handle_timer(monotonic_now(), wall_ns())
+        self.flush()
+
+    def _schedule_housekeeping(self) -> None:
+        if self._loop is not None:
+            self._housekeeping = self._loop.call_later(HOUSEKEEPING_INTERVAL, self._on_housekeeping)
+
+    def _on_housekeeping(self) -> None:
+        if self.tun is not None:
+            with contextlib.suppress(OSError):
+                self.device.mtu = self.tun.mtu
+        self._schedule_housekeeping()
+
+    # --- outputs ----------------------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send what the device wants sent, deliver its packets, re-arm its timer and log its events."""
+        for data, endpoint in self.device.datagrams_to_send():
+            transport = self._transports.get(socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET)
+            if transport is None:
+                continue
+            try:
+                transport.sendto(data, endpoint)
+            except (OSError, ValueError) as exc:
+                logger.debug("send to %s failed: %s", endpoint[0], exc)
+        packets = self.device.packets_to_tun()
+        if packets:
+            if self.tun is not None:
+                for packet in packets:
+                    try:
+                        self.tun.write(packet)
+                    except OSError:
+                        self.tun_errors += 1
+            elif self.on_packet is not None:
+                for packet in packets:
+                    self.on_packet(packet)
+        self._drain_events()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.device.get_timer()
+        if deadline == self._timer_at or self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_later(max(0.0, deadline - monotonic_now()), self._on_timer)
+
+    def _drain_events(self) -> None:
+        while (event := self.device.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                logger.info("peer(%s): handshake completed", event.peer.short())
+            elif isinstance(event, EndpointChanged):
+                logger.info("peer(%s): endpoint is now %s", event.peer.short(), event.endpoint[0])
+            elif isinstance(event, KeypairExpired):
+                logger.info("peer(%s): session keys erased", event.peer.short())

@@ -1,0 +1,142 @@
+"""The UAPI unix socket (``/var/run/wireguard/<ifname>.sock``) that ``wg`` and ``wg-quick`` talk to.
+
+Theory of operation: each connection carries one or more requests. ``get=1`` followed by a blank line is answered
+with the device's configuration and ``errno=0``; ``set=1`` followed by ``key=value`` lines and a blank line is
+validated as a whole, applied, and answered with ``errno=0`` or a negated errno. Any other first line closes the
+connection without an answer, as wireguard-go does. The socket is created with umask 077 (mode 0600-equivalent:
+only root talks to it) in a directory created 0700 if it did not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Final
+
+from .. import uapi
+from ..errors import UapiError
+from .asyncio_udp import Tunnel
+from .clock import monotonic_now
+
+__all__ = ["SOCKET_DIRECTORY", "UapiServer", "bind_uapi_socket", "socket_path"]
+
+logger = logging.getLogger("wgpy.uapi")
+
+SOCKET_DIRECTORY: Final = Path("/var/run/wireguard")
+MAX_REQUEST_LINES: Final = 1_000_000  # a bound, so one client cannot make us buffer without end
+MAX_LINE: Final = 4096
+
+
+def socket_path(ifname: str, directory: Path = SOCKET_DIRECTORY) -> Path:
+    return directory / f"{ifname}.sock"
+
+
+def bind_uapi_socket(ifname: str, directory: Path = SOCKET_DIRECTORY) -> socket.socket:
+    """Create the listening unix socket, refusing to replace one that a live process still answers on."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = socket_path(ifname, directory)
+    if path.exists():
+        if not stat.S_ISSOCK(path.stat().st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale socket of a process that is gone
+        else:
+            raise OSError(errno.EADDRINUSE, f"interface {ifname} is already served by another process ({path})")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o077)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(16)
+    sock.setblocking(False)
+    return sock
+
+
+class UapiServer:
+    """Serves UAPI requests for one ``Tunnel``."""
+
+    def __init__(self, tunnel: Tunnel, sock: socket.socket) -> None:
+        self.tunnel = tunnel
+        self.sock = sock
+        self.path = sock.getsockname()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, sock=self.sock, limit=MAX_LINE)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(OSError):
+            if isinstance(self.path, str) and self.path:
+                os.unlink(self.path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                if line == b"get=1\n":
+                    if await reader.readline() != b"\n":
+                        writer.write(uapi.format_errno(errno.EINVAL).encode())
+                        await writer.drain()
+                        return
+                    writer.write((uapi.format_get(self.tunnel.device) + uapi.format_errno(0)).encode())
+                elif line == b"set=1\n":
+                    body = await self._read_body(reader)
+                    if body is None:
+                        return
+                    writer.write(uapi.format_errno(await self._set(body)).encode())
+                else:
+                    return  # unknown operation or end of stream: close without answer
+                await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+
+    async def _read_body(self, reader: asyncio.StreamReader) -> list[str] | None:
+        lines: list[str] = []
+        while len(lines) < MAX_REQUEST_LINES:
+            try:
+                raw = await reader.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                return None
+            if not raw.endswith(b"\n"):
+                return None  # connection closed mid-request: apply nothing
+            if raw == b"\n":
+                return lines
+            try:
+                lines.append(raw[:-1].decode("ascii"))
+            except UnicodeDecodeError:
+                lines.append("\x00")  # becomes an EPROTO/EINVAL answer below
+        return None
+
+    async def _set(self, body: list[str]) -> int:
+        try:
+            request = uapi.parse_set(body)
+            if request.fwmark is not None:
+                self.tunnel.device.fwmark = request.fwmark
+            if request.listen_port is not None:
+                await self.tunnel.rebind(request.listen_port)
+                request.listen_port = None  # the tunnel set the port it actually bound
+            uapi.apply_set(self.tunnel.device, request, monotonic_now())
+        except UapiError as exc:
+            logger.info("UAPI set refused: %s", exc)
+            return exc.errno
+        self.tunnel.flush()
+        return 0
