@@ -36,7 +36,7 @@ LABEL_MAC1: Final = b"mac1----"  # whitepaper §5.4.4
 LABEL_COOKIE: Final = b"cookie--"  # whitepaper §5.4.7
 
 REKEY_AFTER_MESSAGES: Final = 2**60  # whitepaper §6.1
-REJECT_AFTER_MESSAGES: Final = 2**64 - 2**13 - 1  # whitepaper §6.1 (kernel: U64_MAX - COUNTER_WINDOW_SIZE - 1)
+REJECT_AFTER_MESSAGES: Final = 2**64 - 2**13 - 1  # whitepaper §6.1 and wireguard-go (the kernel uses 2**64 - 8130)
 REKEY_AFTER_TIME: Final = 120.0  # whitepaper §6.1
 REJECT_AFTER_TIME: Final = 180.0  # whitepaper §6.1
 REKEY_ATTEMPT_TIME: Final = 90.0  # whitepaper §6.1

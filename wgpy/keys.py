@@ -45,7 +45,9 @@ class _Key:
             raw = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise ConfigError(f"a {cls._kind} must be 32 bytes in base64") from None
-        if len(raw) != KEY_SIZE or len(text) != 44:
+        # The last character carries two spare bits that must be zero, as wg's decoder demands; otherwise two
+        # different texts would name one key and the text would not round-trip.
+        if len(raw) != KEY_SIZE or base64.b64encode(raw).decode("ascii") != text:
             raise ConfigError(f"a {cls._kind} must be 32 bytes in base64")
         return cls(raw)
 
