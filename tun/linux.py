@@ -1,0 +1,497 @@
+"""Linux TUN devices on ``/dev/net/tun`` (``IFF_TUN | IFF_NO_PI``), with optional multi-queue.
+
+Theory of operation: opening ``/dev/net/tun`` gives an unattached descriptor; the ``TUNSETIFF`` ioctl, given an
+``ifreq`` with a name and flags, creates the interface (or attaches to an existing one of the same name) and binds
+the descriptor to it as one of its queues. From then on one ``read()`` returns one IP packet the kernel routed
+into the interface and one ``write()`` injects one packet (``IFF_NO_PI``: no packet-information header).
+A multi-queue interface (``IFF_MULTI_QUEUE``) is opened by repeating ``TUNSETIFF`` with the same name on further
+descriptors; the kernel spreads outgoing flows over the queues. A non-persistent interface disappears when its
+last queue descriptor is closed, so ``LinuxTun.close()`` on the last queue removes it.
+
+Interface-level settings (MTU, IFF_UP) are not ioctls on the TUN descriptor but ``SIOCSIFMTU`` / ``SIOCSIFFLAGS``
+on any socket, naming the interface; they apply in the network namespace of that socket, which is this process's.
+The name used is read back from the descriptor (``TUNGETIFF``) each time, so a rename by ip(8) is followed.
+
+Why not python-pytun: it was considered and is not used at run time. Its ``TunTapDevice`` does open multi-queue
+devices, but (1) it cannot adopt a descriptor passed in by a parent process (wg-quick style ``WG_TUN_FD``), which
+needs ``TUNGETIFF``; (2) it opens ``/dev/net/tun`` without ``O_CLOEXEC``, so any child process would inherit the
+queue and keep the interface alive; (3) its ``read``/``write`` raise ``pytun.Error`` rather than
+``BlockingIOError`` on ``EAGAIN``, so non-blocking use would need an error translation on the per-packet path;
+and (4) its read allocates a buffer of the requested size per call, exactly as ``os.read`` does, so it is no faster.
+What remained for it (MTU and up/down by name) are two socket ioctls, and mixing two owners of one descriptor is
+worse than a single code path. So everything here is ``os.open`` / ``os.read`` / ``os.write`` plus ``fcntl.ioctl``
+with ``struct``-packed ``ifreq`` buffers; ``pytun`` only serves the tests, as an oracle for the flag values it
+compiles in from ``<linux/if_tun.h>``. No vnet header or offloads yet (wireguard-go's GSO/GRO path).
+
+Errors: a bad interface name or MTU raises ``ValueError`` before any system call. Refusals by the system raise
+``tun.TunError`` with a sentence naming the cause: ``EPERM``/``EACCES`` ("needs root or CAP_NET_ADMIN"), ``ENOENT``
+(no ``/dev/net/tun``), ``EBUSY`` (already open), ``EINVAL`` (the name belongs to something else). Per-packet
+``read``/``write`` errors are plain ``OSError`` (``BlockingIOError`` in non-blocking mode, ``EIO`` while the link
+is down), since a driver handles those without a message for a person.
+
+Mirrors wireguard-go ``tun/tun_linux.go`` (``CreateTUN``, ``CreateTUNFromFile``) and the kernel's
+``drivers/net/tun.c`` (``tun_set_iff``, ``tun_get_user``) and ``Documentation/networking/tuntap.rst``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import platform
+import socket
+import struct
+import weakref
+from types import TracebackType
+from typing import Final, Self
+
+from tun import TunError
+
+__all__ = [
+    "DEVICE_PATH",
+    "IFF_MULTI_QUEUE",
+    "IFF_NO_PI",
+    "IFF_TUN",
+    "MAX_MTU",
+    "MAX_QUEUES",
+    "MIN_MTU",
+    "READ_SIZE",
+    "LinuxTun",
+    "validate_name",
+]
+
+DEVICE_PATH: Final = "/dev/net/tun"  # kernel Documentation/networking/tuntap.rst
+IFNAMSIZ: Final = 16  # <linux/if.h>, including the terminating NUL
+MIN_MTU: Final = 68  # kernel drivers/net/tun.c MIN_MTU (RFC 791 minimum)
+MAX_MTU: Final = 65535  # kernel drivers/net/tun.c MAX_MTU
+MAX_QUEUES: Final = 256  # kernel <linux/if_tun.h> MAX_TAP_QUEUES (DEFAULT_MAX_NUM_RSS_QUEUES)
+READ_SIZE: Final = 65535  # largest IPv4 packet / IPv6 packet without jumbogram; one read() is one packet
+
+# TUNSETIFF flags, <linux/if_tun.h>.
+IFF_TUN: Final = 0x0001
+IFF_NO_PI: Final = 0x1000
+IFF_MULTI_QUEUE: Final = 0x0100
+IFF_ATTACH_QUEUE: Final = 0x0200
+IFF_DETACH_QUEUE: Final = 0x0400
+_IFF_TAP: Final = 0x0002
+_IFF_UP: Final = 0x0001  # <linux/if.h> net_device_flags
+
+# ioctl numbers. The TUN ones are built like the kernel's _IOW/_IOR macros because their encoding depends on the
+# architecture; the SIOC* ones are plain numbers from <linux/sockios.h>.
+_SIOCGIFFLAGS: Final = 0x8913
+_SIOCSIFFLAGS: Final = 0x8914
+_SIOCGIFMTU: Final = 0x8921
+_SIOCSIFMTU: Final = 0x8922
+
+
+def _ioc(direction: str, kind: str, number: int, size: int) -> int:
+    # <asm-generic/ioctl.h>: 2 direction bits (read = 2, write = 1) above 14 size bits. alpha, mips, powerpc and
+    # sparc use 3 direction bits (read = 2, write = 4) and 13 size bits; parisc swaps read (1) and write (2).
+    machine = platform.machine()
+    if machine.startswith(("alpha", "mips", "ppc", "powerpc", "sparc")):
+        bits = {"r": 2, "w": 4}[direction]
+        return (bits << 29) | (size << 16) | (ord(kind) << 8) | number
+    bits = {"r": 1, "w": 2}[direction] if machine.startswith("parisc") else {"r": 2, "w": 1}[direction]
+    return (bits << 30) | (size << 16) | (ord(kind) << 8) | number
+
+
+_TUNSETIFF: Final = _ioc("w", "T", 202, 4)  # _IOW('T', 202, int)
+_TUNGETIFF: Final = _ioc("r", "T", 210, 4)  # _IOR('T', 210, unsigned int)
+_TUNSETQUEUE: Final = _ioc("w", "T", 217, 4)  # _IOW('T', 217, int)
+
+# struct ifreq is 40 bytes on 64-bit Linux (16-byte name + a 24-byte union). Passing 40 bytes is also safe on
+# 32-bit, where it is 32, because fcntl.ioctl copies the argument into a larger buffer.
+_IFREQ_FLAGS: Final = struct.Struct("16sH22x")  # ifr_name, ifr_flags (short)
+_IFREQ_INT: Final = struct.Struct("16si20x")  # ifr_name, ifr_mtu (int)
+
+_SPACE_BYTES: Final = frozenset(b" \t\n\v\f\r\xa0")  # the kernel's isspace() (lib/ctype.c also counts 0xA0)
+
+
+def validate_name(name: str) -> bytes:
+    """Check ``name`` the way the kernel's ``dev_valid_name`` does, and return it as bytes.
+
+    A ``%d`` in the name is allowed: the kernel replaces it by the first free number (``"wg%d"`` gives ``"wg0"``).
+
+    Raises:
+        ValueError: the name is empty, longer than 15 bytes, ``.`` or ``..``, or contains ``/``, ``:``, a NUL or
+            whitespace.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"interface name must be str, not {type(name).__name__}")
+    raw = os.fsencode(name)
+    if not raw:
+        raise ValueError("interface name must not be empty")
+    if len(raw) >= IFNAMSIZ:
+        raise ValueError(
+            f"interface name {name!r} is {len(raw)} bytes long; Linux allows at most {IFNAMSIZ - 1} (IFNAMSIZ - 1)"
+        )
+    if raw in (b".", b".."):
+        raise ValueError(f"interface name {name!r} is not allowed")
+    if any(ch.isspace() for ch in name) or any(b in _SPACE_BYTES or b in b"/:\x00" for b in raw):
+        raise ValueError(f"interface name {name!r} must not contain '/', ':', NUL or whitespace")
+    return raw
+
+
+def _check_mtu(mtu: int) -> None:
+    if isinstance(mtu, bool) or not isinstance(mtu, int):
+        raise TypeError(f"MTU must be int, not {type(mtu).__name__}")
+    if not MIN_MTU <= mtu <= MAX_MTU:
+        raise ValueError(f"MTU {mtu} is outside {MIN_MTU}..{MAX_MTU} (the Linux tun driver's range)")
+
+
+def _decode_name(raw: bytes) -> str:
+    return os.fsdecode(raw.split(b"\x00", 1)[0])
+
+
+def _open_queue(name: str, flags: int, device_path: str) -> tuple[int, str]:
+    """Open ``device_path`` and attach it to interface ``name``; return the descriptor and the kernel's name."""
+    raw_name = validate_name(name)
+    try:
+        fd = os.open(device_path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _open_error(exc, name, device_path) from None
+    try:
+        reply = fcntl.ioctl(fd, _TUNSETIFF, _IFREQ_FLAGS.pack(raw_name, flags))
+    except OSError as exc:
+        os.close(fd)
+        raise _setiff_error(exc, name, flags) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, _decode_name(_IFREQ_FLAGS.unpack(reply)[0])
+
+
+def _open_error(exc: OSError, name: str, device_path: str) -> TunError:
+    code = exc.errno or errno.EIO
+    if code in (errno.EPERM, errno.EACCES):
+        return TunError(code, f"creating TUN device {name!r} needs root or CAP_NET_ADMIN (cannot open {device_path})")
+    if code == errno.ENOENT:
+        return TunError(
+            code,
+            f"cannot create TUN device {name!r}: {device_path} is missing; load the tun kernel module "
+            "(modprobe tun) or, in a container, pass the device in (docker run --device /dev/net/tun)",
+        )
+    if code in (errno.ENODEV, errno.ENXIO):
+        return TunError(
+            code, f"cannot create TUN device {name!r}: the kernel has no TUN driver behind {device_path} (modprobe tun)"
+        )
+    return TunError(code, f"cannot create TUN device {name!r}: opening {device_path} failed: {os.strerror(code)}")
+
+
+def _setiff_error(exc: OSError, name: str, flags: int) -> TunError:
+    code = exc.errno or errno.EIO
+    if code in (errno.EPERM, errno.EACCES):
+        return TunError(
+            code,
+            f"creating TUN device {name!r} needs root or CAP_NET_ADMIN "
+            "(or the device exists and belongs to another user or group)",
+        )
+    if code == errno.EBUSY:
+        return TunError(code, f"TUN device {name!r} exists and is already open (it is not multi-queue)")
+    if code == errno.EINVAL:
+        mode = "multi-queue" if flags & IFF_MULTI_QUEUE else "single-queue"
+        return TunError(
+            code,
+            f"cannot attach to {name!r}: an interface of that name exists but is not a {mode} TUN device "
+            "without packet information (or the name is invalid)",
+        )
+    return TunError(code, f"creating TUN device {name!r} failed: {os.strerror(code)}")
+
+
+def _interface_ioctl(request: int, ifreq: bytes) -> bytes:
+    # Interface ioctls go through any socket; AF_INET/SOCK_DGRAM is what ip(8)'s ancestors and pytun use.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        return fcntl.ioctl(sock, request, ifreq)
+
+
+class LinuxTun:
+    """One queue descriptor of a Linux TUN interface; implements ``tun.TunDevice``.
+
+    Create with ``LinuxTun(name, mtu=...)``, ``LinuxTun.open_queues(name, n)`` for multi-queue, or
+    ``LinuxTun.from_fd(fd)`` to adopt a descriptor a parent process opened. Use as a context manager or call
+    ``close()``: closing the last queue of a non-persistent interface removes the interface.
+    """
+
+    __slots__ = ("__weakref__", "_device_path", "_fd", "_finalizer", "_multi_queue", "_name")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        mtu: int | None = None,
+        multi_queue: bool = False,
+        device_path: str = DEVICE_PATH,
+    ) -> None:
+        """Create the TUN interface ``name``, or attach to it if it already exists as a TUN device.
+
+        Args:
+            name: the interface name; may contain one ``%d`` for the kernel to number it.
+            mtu: the MTU to set right away; ``None`` leaves the kernel's default (1500).
+            multi_queue: open with ``IFF_MULTI_QUEUE`` so ``open_queue()`` can add queues.
+            device_path: the TUN clone device, normally ``/dev/net/tun``.
+
+        Raises:
+            ValueError: bad name or MTU, checked before any system call.
+            TunError: the system refused; the message says why.
+        """
+        validate_name(name)
+        if mtu is not None:
+            _check_mtu(mtu)
+        flags = IFF_TUN | IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
+        fd, actual_name = _open_queue(name, flags, device_path)
+        self._attach(fd, actual_name, multi_queue=multi_queue, device_path=device_path)
+        if mtu is not None:
+            try:
+                self.set_mtu(mtu)
+            except BaseException:
+                self.close()
+                raise
+
+    def _attach(self, fd: int, name: str, *, multi_queue: bool, device_path: str) -> None:
+        self._fd = fd
+        self._name = name
+        self._multi_queue = multi_queue
+        self._device_path = device_path
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def open_queues(
+        cls, name: str, queues: int, *, mtu: int | None = None, device_path: str = DEVICE_PATH
+    ) -> list[LinuxTun]:
+        """Create a multi-queue TUN interface and open ``queues`` descriptors on it.
+
+        Each returned ``LinuxTun`` is one queue with its own ``fileno()``; all report the same ``name``. The kernel
+        spreads packets it sends into the interface over the queues by flow; a packet may be written to any queue.
+
+        Raises:
+            ValueError: bad name or MTU, or ``queues`` outside 1..256.
+            TunError: the system refused; no descriptor stays open.
+        """
+        if not 1 <= queues <= MAX_QUEUES:
+            raise ValueError(f"queues must be in 1..{MAX_QUEUES}, not {queues}")
+        first = cls(name, mtu=mtu, multi_queue=True, device_path=device_path)
+        opened = [first]
+        try:
+            for _ in range(queues - 1):
+                opened.append(first.open_queue())
+        except BaseException:
+            for queue in opened:
+                queue.close()
+            raise
+        return opened
+
+    @classmethod
+    def from_fd(cls, fd: int) -> LinuxTun:
+        """Adopt an already attached TUN descriptor, such as one passed in ``WG_TUN_FD``; ``close()`` closes it.
+
+        The descriptor is made non-inheritable, so later child processes do not keep the interface alive.
+
+        Raises:
+            TunError: ``fd`` is not a TUN descriptor attached to an ``IFF_TUN | IFF_NO_PI`` interface.
+        """
+        try:
+            reply = fcntl.ioctl(fd, _TUNGETIFF, _IFREQ_FLAGS.pack(b"", 0))
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            raise TunError(code, f"file descriptor {fd} is not an attached TUN device: {os.strerror(code)}") from None
+        raw_name, flags = _IFREQ_FLAGS.unpack(reply)
+        name = _decode_name(raw_name)
+        if flags & (IFF_TUN | _IFF_TAP) != IFF_TUN or not flags & IFF_NO_PI:
+            raise TunError(
+                errno.EINVAL, f"file descriptor {fd} is attached to {name!r}, which is not IFF_TUN | IFF_NO_PI"
+            )
+        os.set_inheritable(fd, False)
+        adopted = cls.__new__(cls)
+        adopted._attach(fd, name, multi_queue=bool(flags & IFF_MULTI_QUEUE), device_path=DEVICE_PATH)
+        return adopted
+
+    def open_queue(self) -> LinuxTun:
+        """Open one more queue on this multi-queue interface.
+
+        Raises:
+            ValueError: the interface was not opened with ``multi_queue=True``, or this queue is closed.
+            TunError: the system refused.
+        """
+        if not self._multi_queue:
+            raise ValueError(f"TUN device {self._name!r} was not opened as multi-queue")
+        self.fileno()  # raises ValueError when closed
+        name = self.name
+        fd, actual_name = _open_queue(name, IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE, self._device_path)
+        queue = LinuxTun.__new__(LinuxTun)
+        queue._attach(fd, actual_name, multi_queue=True, device_path=self._device_path)
+        return queue
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        return f"LinuxTun(name={self._name!r}, {state}{', multi_queue' if self._multi_queue else ''})"
+
+    # -- TunDevice ---------------------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The interface name as the kernel has it now (read back with ``TUNGETIFF``, so renames are seen)."""
+        if self._fd >= 0:
+            try:
+                reply = fcntl.ioctl(self._fd, _TUNGETIFF, _IFREQ_FLAGS.pack(b"", 0))
+            except OSError:
+                return self._name  # detached (interface deleted): keep the last known name
+            self._name = _decode_name(_IFREQ_FLAGS.unpack(reply)[0])
+        return self._name
+
+    @property
+    def mtu(self) -> int:
+        """The interface MTU, asked from the kernel (``SIOCGIFMTU``)."""
+        name = self.name
+        try:
+            reply = _interface_ioctl(_SIOCGIFMTU, _IFREQ_INT.pack(os.fsencode(name), 0))
+        except OSError as exc:
+            raise self._interface_error(exc, "reading the MTU of") from None
+        mtu: int = _IFREQ_INT.unpack(reply)[1]
+        return mtu
+
+    def fileno(self) -> int:
+        """The queue descriptor; readable when a packet is waiting.
+
+        Raises:
+            ValueError: the device is closed.
+        """
+        fd = self._fd
+        if fd < 0:
+            raise ValueError("I/O operation on closed TUN device")
+        return fd
+
+    def read(self) -> bytes:
+        """Return one IP packet the kernel sent into the interface.
+
+        Raises:
+            BlockingIOError: in non-blocking mode, when no packet is waiting.
+            OSError: other read errors.
+            ValueError: the device is closed.
+        """
+        fd = self._fd
+        if fd < 0:
+            raise ValueError("I/O operation on closed TUN device")
+        return os.read(fd, READ_SIZE)
+
+    def write(self, packet: bytes | bytearray | memoryview) -> int:
+        """Hand one IPv4 or IPv6 packet to the kernel.
+
+        Returns:
+            The number of bytes written (the whole packet).
+
+        Raises:
+            OSError: ``EINVAL`` for a packet that is not IPv4/IPv6, ``EIO`` while the link is down,
+                ``BlockingIOError`` in non-blocking mode when the kernel cannot take it now.
+            ValueError: the device is closed.
+        """
+        fd = self._fd
+        if fd < 0:
+            raise ValueError("I/O operation on closed TUN device")
+        return os.write(fd, packet)
+
+    def set_mtu(self, mtu: int) -> None:
+        """Set the interface MTU (``SIOCSIFMTU``).
+
+        Raises:
+            ValueError: ``mtu`` is outside 68..65535, checked before any system call.
+            TunError: the system refused (for example ``EPERM`` without CAP_NET_ADMIN).
+        """
+        _check_mtu(mtu)
+        name = self.name
+        try:
+            _interface_ioctl(_SIOCSIFMTU, _IFREQ_INT.pack(os.fsencode(name), mtu))
+        except OSError as exc:
+            raise self._interface_error(exc, f"setting MTU {mtu} on") from None
+
+    def close(self) -> None:
+        """Close this queue descriptor; the last close of a non-persistent interface removes it. Idempotent."""
+        self._fd = -1
+        self._finalizer()
+
+    # -- Linux extras ------------------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._fd < 0
+
+    @property
+    def multi_queue(self) -> bool:
+        """Whether the interface was opened with ``IFF_MULTI_QUEUE``."""
+        return self._multi_queue
+
+    @property
+    def blocking(self) -> bool:
+        """Whether ``read()`` and ``write()`` block."""
+        return os.get_blocking(self.fileno())
+
+    def set_blocking(self, blocking: bool) -> None:
+        """Switch the queue descriptor between blocking and non-blocking mode (``O_NONBLOCK``)."""
+        os.set_blocking(self.fileno(), blocking)
+
+    def up(self) -> None:
+        """Bring the link up (``IFF_UP``), like ``ip link set NAME up``."""
+        self._set_flag(_IFF_UP, on=True)
+
+    def down(self) -> None:
+        """Bring the link down."""
+        self._set_flag(_IFF_UP, on=False)
+
+    def set_queue_enabled(self, enabled: bool) -> None:
+        """Attach (``True``) or detach (``False``) this queue of a multi-queue interface (``TUNSETQUEUE``).
+
+        A detached queue receives no packets; its descriptor stays open.
+
+        Raises:
+            ValueError: the interface is not multi-queue, or this queue is closed.
+            TunError: the system refused.
+        """
+        if not self._multi_queue:
+            raise ValueError(f"TUN device {self._name!r} is not multi-queue")
+        fd = self.fileno()
+        flags = IFF_ATTACH_QUEUE if enabled else IFF_DETACH_QUEUE
+        try:
+            fcntl.ioctl(fd, _TUNSETQUEUE, _IFREQ_FLAGS.pack(b"", flags))
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            verb = "attaching" if enabled else "detaching"
+            raise TunError(code, f"{verb} a queue of {self._name!r} failed: {os.strerror(code)}") from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+
+    def _set_flag(self, flag: int, *, on: bool) -> None:
+        name = self.name
+        raw_name = os.fsencode(name)
+        action = "bringing up" if on else "bringing down"
+        try:
+            flags: int = _IFREQ_FLAGS.unpack(_interface_ioctl(_SIOCGIFFLAGS, _IFREQ_FLAGS.pack(raw_name, 0)))[1]
+            wanted = flags | flag if on else flags & ~flag
+            if wanted != flags:
+                _interface_ioctl(_SIOCSIFFLAGS, _IFREQ_FLAGS.pack(raw_name, wanted))
+        except OSError as exc:
+            raise self._interface_error(exc, action) from None
+
+    def _interface_error(self, exc: OSError, action: str) -> TunError:
+        code = exc.errno or errno.EIO
+        if code in (errno.EPERM, errno.EACCES):
+            return TunError(code, f"{action} TUN device {self._name!r} needs root or CAP_NET_ADMIN")
+        if code == errno.ENODEV:
+            return TunError(
+                code,
+                f"{action} TUN device {self._name!r} failed: no such interface in this network namespace "
+                "(deleted, or moved to another namespace)",
+            )
+        if code == errno.EINVAL:
+            return TunError(code, f"{action} TUN device {self._name!r} failed: the kernel refused the value")
+        return TunError(code, f"{action} TUN device {self._name!r} failed: {os.strerror(code)}")
