@@ -173,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "usage: wgpy [-f|--foreground] INTERFACE\n"
             "       wgpy genkey | pubkey | genpsk\n"
             "       wgpy demo [--seconds N]\n"
+            "       wgpy trace [--golden no_psk|psk | --random] [--json]\n"
             "       wgpy --version"
         )
         return 0 if args else 2
@@ -186,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_genpsk()
     if command == "pubkey":
         return _cmd_pubkey()
+    if command == "trace":
+        from .trace import main as trace_main
+
+        return trace_main(args[1:])
     if command == "demo":
         from .drivers.demo import main as demo_main
 
