@@ -49,35 +49,52 @@ def format_errno(errno: int) -> str:
 def format_endpoint(endpoint: Endpoint) -> str:
     host, port = endpoint[0], endpoint[1]
     if ":" in host:
+        if len(endpoint) == 4 and endpoint[3] and "%" not in host:
+            host = f"{host}%{endpoint[3]}"  # a link-local address means nothing without its interface
         return f"[{host}]:{port}"
     return f"{host}:{port}"
 
 
 def parse_endpoint(text: str) -> Endpoint:
-    """``1.2.3.4:51820`` or ``[fd00::1]:51820`` (optionally ``[fe80::1%eth0]:51820``) to a socket address tuple."""
+    """``1.2.3.4:51820`` or ``[fd00::1]:51820`` (optionally ``[fe80::1%eth0]:51820`` or ``[fe80::1%2]:51820``) to a
+    socket address tuple."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not _is_decimal(port_text):
         raise UapiError(_errno.EINVAL, "endpoint must be IP:port")
     port = int(port_text)
     if not 0 < port < 65536:
         raise UapiError(_errno.EINVAL, "endpoint port out of range")
     if host.startswith("[") and host.endswith("]"):
-        address, _, scope = host[1:-1].partition("%")
+        address, percent, scope = host[1:-1].partition("%")
+        if percent and not scope:
+            raise UapiError(_errno.EINVAL, "endpoint has an empty scope")
         try:
-            ipaddress.IPv6Address(address)
+            # Normalized (compressed, lowercase) as the socket reports a sender, so that a reply from the
+            # configured endpoint is not mistaken for a roam.
+            address = str(ipaddress.IPv6Address(address))
         except ValueError:
             raise UapiError(_errno.EINVAL, "endpoint has an invalid IPv6 address") from None
         scope_id = 0
-        if scope:
-            if not scope.isdigit():
-                raise UapiError(_errno.EINVAL, "endpoint scope must be numeric")
+        if _is_decimal(scope):
             scope_id = int(scope)
+        elif scope:
+            # An interface name, as wg(8) writes a link-local endpoint (getnameinfo gives "fe80::1%eth0"). The core
+            # never looks names up: the name stays in the host string, which the driver's sendto resolves.
+            if len(scope) > 15 or not scope.isascii() or not scope.isprintable() or any(c in " /%" for c in scope):
+                raise UapiError(_errno.EINVAL, "endpoint scope must be an interface name or number")
+            address = f"{address}%{scope}"
         return (address, port, 0, scope_id)
     try:
         ipaddress.IPv4Address(host)
     except ValueError:
         raise UapiError(_errno.EINVAL, "endpoint has an invalid IPv4 address") from None
     return (host, port)
+
+
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only, and few enough for ``int()``: ``str.isdigit`` alone accepts "²" and "٣", which ``int``
+    rejects or reads, and ``int`` refuses more than 4300 digits."""
+    return 0 < len(text) <= 20 and text.isascii() and text.isdigit()
 
 
 @dataclass
@@ -110,6 +127,14 @@ def _invalid(message: str) -> UapiError:
     return UapiError(_errno.EINVAL, message)
 
 
+def _shown(key: str) -> str:
+    """A key name for an error message: shown only when it looks like a key name, never when it could be a secret
+    pasted in the wrong place (errors never carry key material)."""
+    if len(key) <= 32 and key.isascii() and key.replace("_", "").isalpha():
+        return repr(key)
+    return "(not shown)"
+
+
 def _parse_bool(key: str, value: str) -> bool:
     if value != "true":
         raise _invalid(f"{key} accepts only true")
@@ -117,7 +142,7 @@ def _parse_bool(key: str, value: str) -> bool:
 
 
 def _parse_int(key: str, value: str, limit: int) -> int:
-    if not value.isdigit() or int(value) > limit:
+    if not _is_decimal(value) or int(value) > limit:
         raise _invalid(f"{key} must be an integer between 0 and {limit}")
     return int(value)
 
@@ -145,7 +170,9 @@ def parse_set(lines: Iterable[str]) -> SetRequest:
         if peer is None:
             if key == "private_key":
                 private = _parse_key(PrivateKey, key, value)
-                if private.is_zero():
+                # Test the hex, not the key: PrivateKey clamps, so 32 zero bytes do not stay zero (wg sends zeros
+                # for `wg set IF private-key /dev/null`, meaning "remove the key").
+                if bytes.fromhex(value) == bytes(32):
                     request.private_key, request.clear_private_key = None, True
                 else:
                     request.private_key, request.clear_private_key = private, False
@@ -164,7 +191,7 @@ def parse_set(lines: Iterable[str]) -> SetRequest:
             request.peers.append(peer)
             continue
         if peer is None:
-            raise _invalid(f"unknown device key {key!r}")
+            raise _invalid(f"unknown device key {_shown(key)}")
         if key == "remove":
             peer.remove = _parse_bool(key, value)
         elif key == "update_only":
@@ -186,7 +213,7 @@ def parse_set(lines: Iterable[str]) -> SetRequest:
             if value != str(PROTOCOL_VERSION):
                 raise _invalid("only protocol_version=1 is supported")
         else:
-            raise _invalid(f"unknown peer key {key!r}")
+            raise _invalid(f"unknown peer key {_shown(key)}")
     return request
 
 

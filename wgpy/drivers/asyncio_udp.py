@@ -149,6 +149,26 @@ class Tunnel:
         for transport in old.values():
             transport.close()
 
+    def set_fwmark(self, fwmark: int) -> None:
+        """Mark the packets of the open sockets with ``fwmark`` (SO_MARK; 0 clears it), as wireguard-go's
+        ``BindSetMark`` does: wg-quick sets the mark after the port and relies on it to keep the tunnel's own
+        datagrams out of a default route through the tunnel. Raises ``UapiError(EPERM/EIO)`` and keeps the old mark.
+        """
+        if fwmark == self.device.fwmark:
+            return
+        if self.bind_address is None and hasattr(socket, "SO_MARK"):
+            try:
+                for transport in self._transports.values():
+                    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+            except OSError as exc:
+                for transport in self._transports.values():  # best effort: put the old mark back
+                    with contextlib.suppress(OSError):
+                        transport.get_extra_info("socket").setsockopt(
+                            socket.SOL_SOCKET, socket.SO_MARK, self.device.fwmark
+                        )
+                raise UapiError(exc.errno or errno.EIO, f"cannot set fwmark: {exc.strerror or exc}") from None
+        self.device.fwmark = fwmark
+
     def close(self) -> None:
         """Stop everything this tunnel started: timer, sockets, TUN reader and device (the interface goes away)."""
         if self._timer is not None:

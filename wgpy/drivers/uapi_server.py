@@ -127,14 +127,22 @@ class UapiServer:
         return None
 
     async def _set(self, body: list[str]) -> int:
+        device = self.tunnel.device
         try:
             request = uapi.parse_set(body)
-            if request.fwmark is not None:
-                self.tunnel.device.fwmark = request.fwmark
             if request.listen_port is not None:
-                await self.tunnel.rebind(request.listen_port)
+                old_fwmark = device.fwmark
+                if request.fwmark is not None:
+                    device.fwmark = request.fwmark  # the new sockets are created with it
+                try:
+                    await self.tunnel.rebind(request.listen_port)
+                finally:
+                    device.fwmark = old_fwmark  # set_fwmark below applies it to whichever sockets are open
                 request.listen_port = None  # the tunnel set the port it actually bound
-            uapi.apply_set(self.tunnel.device, request, monotonic_now())
+            if request.fwmark is not None:
+                self.tunnel.set_fwmark(request.fwmark)
+                request.fwmark = None
+            uapi.apply_set(device, request, monotonic_now())
         except UapiError as exc:
             logger.info("UAPI set refused: %s", exc)
             return exc.errno

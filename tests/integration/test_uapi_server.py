@@ -1,0 +1,392 @@
+"""The UAPI socket server and the asyncio driver together, without root: raw UAPI over a unix socket.
+
+Each test runs an asyncio loop with a socket-only ``Tunnel`` (UDP on 127.0.0.1, no TUN device) and a ``UapiServer``
+on a socket in a private temporary directory, then speaks the protocol byte for byte, as ``wg`` does. The last test
+configures two tunnels only through UAPI text and sends packets between them over real UDP on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from wgpy.device import Device
+from wgpy.drivers.asyncio_udp import Tunnel
+from wgpy.drivers.demo import ipv4_udp_packet
+from wgpy.drivers.uapi_server import UapiServer, bind_uapi_socket, socket_path
+from wgpy.keys import PresharedKey, PrivateKey
+
+REPLY_TIMEOUT = 5.0
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short private directory: a unix socket path must fit in 108 bytes, which tmp_path does not promise."""
+    path = Path(tempfile.mkdtemp(prefix="wgpyu"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Served:
+    tunnel: Tunnel
+    path: Path
+    received: list[bytes] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def serving(directory: Path, name: str = "wgu0") -> AsyncIterator[Served]:
+    served = Served(Tunnel(Device(), bind_address="127.0.0.1"), socket_path(name, directory))
+    served.tunnel.on_packet = served.received.append
+    await served.tunnel.start()
+    server = UapiServer(served.tunnel, bind_uapi_socket(name, directory))
+    await server.start()
+    try:
+        yield served
+    finally:
+        server.close()
+        served.tunnel.close()
+
+
+class Client:
+    """One UAPI connection: several requests may go over it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, path: Path) -> Client:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        return cls(reader, writer)
+
+    async def request(self, text: str) -> str:
+        """Send ``text`` and return the reply up to and including its blank line ("" if the server closed)."""
+        self.writer.write(text.encode())
+        await self.writer.drain()
+        try:
+            reply = await asyncio.wait_for(self.reader.readuntil(b"\n\n"), REPLY_TIMEOUT)
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial.decode()
+        return reply.decode()
+
+    async def closed_by_server(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(1), REPLY_TIMEOUT) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def request(path: Path, text: str) -> str:
+    client = await Client.connect(path)
+    try:
+        return await client.request(text)
+    finally:
+        client.close()
+
+
+async def get(path: Path) -> str:
+    reply = await request(path, "get=1\n\n")
+    assert reply.endswith("errno=0\n\n"), reply
+    return reply
+
+
+def parse_get(reply: str) -> tuple[dict[str, str], dict[str, dict[str, list[str]]]]:
+    """(device keys, {public_key hex: {key: [values]}}) from a ``get=1`` reply."""
+    device: dict[str, str] = {}
+    peers: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for line in reply.strip().splitlines():
+        key, _, value = line.partition("=")
+        if key == "errno":
+            continue
+        if key == "public_key":
+            current = peers.setdefault(value, {})
+        elif current is None:
+            device[key] = value
+        else:
+            current.setdefault(key, []).append(value)
+    return device, peers
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def errno_line(code: int) -> str:
+    return f"errno={-code if code else 0}\n\n"
+
+
+# -- get / set --------------------------------------------------------------------------------------------------
+
+
+def test_get_on_an_empty_device(socket_dir: Path) -> None:
+    async def main() -> None:
+        async with serving(socket_dir) as served:
+            assert await request(served.path, "get=1\n\n") == f"listen_port={served.tunnel.local_port}\nerrno=0\n\n"
+
+    asyncio.run(main())
+
+
+def test_set_full_config_then_get_key_by_key(socket_dir: Path) -> None:
+    private = PrivateKey.generate()
+    peer1, peer2 = PrivateKey.generate().public_key(), PrivateKey.generate().public_key()
+    psk = PresharedKey.generate()
+    port = free_udp_port()
+    body = (
+        f"private_key={private.to_hex()}\nlisten_port={port}\nreplace_peers=true\n"
+        f"public_key={peer1.to_hex()}\npreshared_key={psk.to_hex()}\nendpoint=127.0.0.1:9\n"
+        "replace_allowed_ips=true\nallowed_ip=10.1.0.0/24\nallowed_ip=fd00:1::/64\nprotocol_version=1\n"
+        f"public_key={peer2.to_hex()}\nendpoint=[fd00::2]:51820\npersistent_keepalive_interval=25\n"
+        "allowed_ip=10.2.0.1/32\n"
+    )
+
+    async def main() -> None:
+        async with serving(socket_dir) as served:
+            assert await request(served.path, f"set=1\n{body}\n") == "errno=0\n\n"
+            device, peers = parse_get(await get(served.path))
+            assert device == {"private_key": private.to_hex(), "listen_port": str(port)}
+            assert served.tunnel.local_port == port
+            assert list(peers) == [peer1.to_hex(), peer2.to_hex()]
+            one, two = peers[peer1.to_hex()], peers[peer2.to_hex()]
+            assert one["preshared_key"] == [psk.to_hex()]
+            assert one["protocol_version"] == ["1"]
+            assert one["endpoint"] == ["127.0.0.1:9"]
+            assert one["persistent_keepalive_interval"] == ["0"]
+            assert sorted(one["allowed_ip"]) == ["10.1.0.0/24", "fd00:1::/64"]
+            assert one["last_handshake_time_sec"] == one["last_handshake_time_nsec"] == ["0"]
+            assert one["rx_bytes"] == ["0"]
+            assert two["preshared_key"] == ["0" * 64]
+            assert two["endpoint"] == ["[fd00::2]:51820"]
+            assert two["persistent_keepalive_interval"] == ["25"]
+            assert two["allowed_ip"] == ["10.2.0.1/32"]
+            assert two["tx_bytes"][0].isdigit()  # an initiation may already be counted (keepalive interval set)
+            assert set(one) == set(two) == {
+                "preshared_key", "protocol_version", "endpoint", "last_handshake_time_sec",
+                "last_handshake_time_nsec", "tx_bytes", "rx_bytes", "persistent_keepalive_interval", "allowed_ip",
+            }  # fmt: skip
+
+    asyncio.run(main())
+
+
+BAD_SETS = [
+    ("unknown device key", "no_such_key=1", errno.EINVAL),
+    ("listen_port too large", "listen_port=70000", errno.EINVAL),
+    ("listen_port negative", "listen_port=-1", errno.EINVAL),
+    ("fwmark too large", f"fwmark={2**32}", errno.EINVAL),
+    ("private_key not hex", "private_key=" + "zz" * 32, errno.EINVAL),
+    ("private_key short", "private_key=abcd", errno.EINVAL),
+    ("line without '='", "listen_port", errno.EPROTO),
+    ("replace_peers=false", "replace_peers=false", errno.EINVAL),
+    ("peer key before public_key", "endpoint=127.0.0.1:1", errno.EINVAL),
+    ("allowed_ip garbage", "public_key={peer}\nallowed_ip=10.1.2.300/33", errno.EINVAL),
+    ("protocol_version=2", "public_key={peer}\nprotocol_version=2", errno.EINVAL),
+    ("endpoint without port", "public_key={peer}\nendpoint=127.0.0.1", errno.EINVAL),
+    ("keepalive too large", "public_key={peer}\npersistent_keepalive_interval=65536", errno.EINVAL),
+    ("unknown peer key", "public_key={peer}\nno_such_key=1", errno.EINVAL),
+    ("device key after a peer", "public_key={peer}\nlisten_port=1", errno.EINVAL),
+    ("not ASCII", "listen_port=\u00b2", errno.EPROTO),
+]
+
+
+@pytest.mark.parametrize(("what", "body", "code"), BAD_SETS, ids=[case[0] for case in BAD_SETS])
+def test_invalid_set_gets_errno_and_changes_nothing(socket_dir: Path, what: str, body: str, code: int) -> None:
+    peer = PrivateKey.generate().public_key().to_hex()
+    setup = f"set=1\nprivate_key={PrivateKey.generate().to_hex()}\npublic_key={peer}\nallowed_ip=10.0.0.0/8\n\n"
+
+    async def main() -> None:
+        async with serving(socket_dir) as served:
+            assert await request(served.path, setup) == "errno=0\n\n"
+            before = await get(served.path)
+            # A valid line first: it must not be applied either.
+            text = f"set=1\nlisten_port={free_udp_port()}\n{body.format(peer=peer)}\n\n"
+            assert await request(served.path, text) == errno_line(code), what
+            assert await get(served.path) == before
+
+    asyncio.run(main())
+
+
+def test_replies_and_logs_never_carry_key_material(socket_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    secret = PrivateKey.generate().to_hex()
+    requests = [
+        f"set=1\nprivate_key={secret}\nbogus={secret}\n\n",
+        f"set=1\nprivate_key={secret[:-1]}\n\n",
+        f"set=1\npublic_key={secret}\npreshared_key={secret}x\n\n",
+        f"set=1\npublic_key={secret}\n{secret}\n\n",
+    ]
+
+    async def main() -> None:
+        async with serving(socket_dir) as served:
+            for text in requests:
+                reply = await request(served.path, text)
+                assert reply.startswith("errno=-") and secret[:16] not in reply
+
+    with caplog.at_level("DEBUG", logger="wgpy"):
+        asyncio.run(main())
+    assert "UAPI set refused" in caplog.text
+    assert secret[:16] not in caplog.text
+
+
+def test_listen_port_in_use_is_eaddrinuse_and_changes_nothing(socket_dir: Path) -> None:
+    async def main() -> None:
+        async with serving(socket_dir) as served:
+            reply = await request(served.path, f"set=1\nprivate_key={PrivateKey.generate().to_hex()}\n\n")
+            assert reply == "errno=0\n\n"
+            before = await get(served.path)
+            port_before = served.tunnel.local_port
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+                taken.bind(("127.0.0.1", 0))
+                busy = taken.getsockname()[1]
+                text = f"set=1\nprivate_key={PrivateKey.generate().to_hex()}\nfwmark=7\nlisten_port={busy}\n\n"
+                assert await request(served.path, text) == errno_line(errno.EADDRINUSE)
+            assert await get(served.path) == before
+            assert served.tunnel.local_port == port_before
+            assert served.tunnel.device.fwmark == 0
+            # The old sockets still work: a new port can still be taken.
+            new_port = free_udp_port()
+            assert await request(served.path, f"set=1\nlisten_port={new_port}\n\n") == "errno=0\n\n"
+            assert served.tunnel.local_port == new_port
+
+    asyncio.run(main())
+
+
+def test_several_requests_on_one_connection(socket_dir: Path) -> None:
+    peer = PrivateKey.generate().public_key().to_hex()
+
+    async def main() -> None:
+        async with serving(socket_dir) as served:
+            client = await Client.connect(served.path)
+            try:
+                first = await client.request("get=1\n\n")
+                assert first.endswith("errno=0\n\n") and "public_key" not in first
+                assert await client.request(f"set=1\npublic_key={peer}\nallowed_ip=10.9.0.0/16\n\n") == "errno=0\n\n"
+                assert await client.request("set=1\nlisten_port=99999\n\n") == errno_line(errno.EINVAL)
+                second = await client.request("get=1\n\n")
+                assert f"public_key={peer}\n" in second and "allowed_ip=10.9.0.0/16\n" in second
+                # Removing it over the same connection.
+                assert await client.request(f"set=1\npublic_key={peer}\nremove=true\n\n") == "errno=0\n\n"
+                assert "public_key" not in await client.request("get=1\n\n")
+            finally:
+                client.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("operation", ["get=2\n\n", "set=2\n\n", "hello\n", "get=1 \n\n"])
+def test_unknown_operation_closes_the_connection(socket_dir: Path, operation: str) -> None:
+    async def main() -> None:
+        async with serving(socket_dir) as served:
+            client = await Client.connect(served.path)
+            try:
+                client.writer.write(operation.encode())
+                await client.writer.drain()
+                assert await client.closed_by_server()
+            finally:
+                client.close()
+            # The server still answers new connections.
+            await get(served.path)
+
+    asyncio.run(main())
+
+
+def test_set_cut_short_applies_nothing(socket_dir: Path) -> None:
+    async def main() -> None:
+        async with serving(socket_dir) as served:
+            before = await get(served.path)
+            client = await Client.connect(served.path)
+            client.writer.write(f"set=1\nprivate_key={PrivateKey.generate().to_hex()}\n".encode())
+            await client.writer.drain()
+            client.writer.write_eof()
+            assert await client.closed_by_server()
+            client.close()
+            assert await get(served.path) == before
+
+    asyncio.run(main())
+
+
+def test_socket_refuses_a_second_server(socket_dir: Path) -> None:
+    async def main() -> None:
+        async with serving(socket_dir, "wgdup"):
+            with pytest.raises(OSError) as info:
+                bind_uapi_socket("wgdup", socket_dir)
+            assert info.value.errno == errno.EADDRINUSE
+
+    asyncio.run(main())
+    # Once the server is gone, a stale socket file does not block a new one.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(socket_path("wgstale", socket_dir)))
+    stale.close()
+    bind_uapi_socket("wgstale", socket_dir).close()
+
+
+# -- two tunnels configured through UAPI text only --------------------------------------------------------------
+
+
+async def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+def test_two_tunnels_configured_through_uapi_exchange_traffic(socket_dir: Path) -> None:
+    key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+    psk = PresharedKey.generate()
+    address_a, address_b = bytes([10, 201, 0, 1]), bytes([10, 201, 0, 2])
+
+    async def main() -> None:
+        async with serving(socket_dir, "wga") as a, serving(socket_dir, "wgb") as b:
+            port_a, port_b = free_udp_port(), free_udp_port()
+            for me, key, port in ((a, key_a, port_a), (b, key_b, port_b)):
+                reply = await request(me.path, f"set=1\nprivate_key={key.to_hex()}\nlisten_port={port}\n\n")
+                assert reply == "errno=0\n\n"
+            set_a = (
+                f"set=1\npublic_key={key_b.public_key().to_hex()}\npreshared_key={psk.to_hex()}\n"
+                f"endpoint=127.0.0.1:{port_b}\nallowed_ip=10.201.0.2/32\n\n"
+            )
+            set_b = (
+                f"set=1\npublic_key={key_a.public_key().to_hex()}\npreshared_key={psk.to_hex()}\n"
+                f"endpoint=127.0.0.1:{port_a}\nallowed_ip=10.201.0.1/32\n\n"
+            )
+            assert await request(a.path, set_a) == "errno=0\n\n"
+            assert await request(b.path, set_b) == "errno=0\n\n"
+
+            for i in range(10):
+                a.tunnel.send_packet(ipv4_udp_packet(address_a, address_b, f"ping {i}".encode()))
+            await _wait_for(lambda: len(b.received) == 10)
+            for i in range(10):
+                b.tunnel.send_packet(ipv4_udp_packet(address_b, address_a, f"pong {i}".encode()))
+            await _wait_for(lambda: len(a.received) == 10)
+            assert [p[28:] for p in b.received] == [f"ping {i}".encode() for i in range(10)]
+            assert [p[28:] for p in a.received] == [f"pong {i}".encode() for i in range(10)]
+
+            _, peers_a = parse_get(await get(a.path))
+            _, peers_b = parse_get(await get(b.path))
+            on_a, on_b = peers_a[key_b.public_key().to_hex()], peers_b[key_a.public_key().to_hex()]
+            assert on_a["rx_bytes"] == on_b["tx_bytes"] and on_a["tx_bytes"] == on_b["rx_bytes"]
+            assert int(on_a["rx_bytes"][0]) > 0 and int(on_a["tx_bytes"][0]) > 0
+            assert int(on_a["last_handshake_time_sec"][0]) > 0 and int(on_b["last_handshake_time_sec"][0]) > 0
+            assert on_b["endpoint"] == [f"127.0.0.1:{port_a}"]
+
+            # A packet to an address no peer owns goes nowhere; removing the peer stops traffic.
+            removal = f"set=1\npublic_key={key_b.public_key().to_hex()}\nremove=true\n\n"
+            assert await request(a.path, removal) == "errno=0\n\n"
+            a.tunnel.send_packet(ipv4_udp_packet(address_a, address_b, b"after removal"))
+            await asyncio.sleep(0.2)
+            assert len(b.received) == 10
+
+    asyncio.run(main())
