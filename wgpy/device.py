@@ -205,6 +205,10 @@ class Device:
         for peer in self.peers.values():
             self._clear_sessions(peer)
             peer.handshake.set_identity(self.identity)
+            # Kernel wg_noise_expire_current_peer_keypairs resets last_sent_handshake, so that the next packet
+            # starts the new handshake at once instead of waiting out the REKEY_TIMEOUT rate limit (with no
+            # retransmission timer armed to retry it).
+            peer.last_sent_handshake_at = None
 
     def add_peer(
         self,
@@ -213,26 +217,34 @@ class Device:
         preshared_key: PresharedKey | None = None,
         endpoint: Endpoint | None = None,
         allowed_ips: Iterable[IPNetwork | str] = (),
-        persistent_keepalive_interval: int = 0,
+        persistent_keepalive_interval: int | None = None,
         now: float = 0.0,
     ) -> Peer:
-        """Add a peer, or update it if it exists. Allowed IPs are added to those it has."""
+        """Add a peer, or update it if it exists. Allowed IPs are added to those it has.
+
+        Settings left as ``None`` keep their current value (a new peer starts with none), so an update never
+        resets a persistent keepalive it did not mention.
+        """
         if not isinstance(public_key, PublicKey):
             raise ConfigError("a peer is identified by a PublicKey")
         if self.public_key is not None and public_key == self.public_key:
             raise ConfigError("a peer cannot have the device's own public key")
+        # Validate everything before touching the peer table, so a ConfigError leaves no half-added peer.
+        networks = [_network(n) for n in allowed_ips]
+        if persistent_keepalive_interval is not None and not 0 <= persistent_keepalive_interval <= 65535:
+            raise ConfigError("persistent keepalive interval must be between 0 and 65535 seconds")
         peer = self.peers.get(public_key)
         if peer is None:
             peer = Peer(public_key, self.identity)
             self.peers[public_key] = peer
-        networks = [_network(n) for n in allowed_ips]
         if preshared_key is not None:
             self.set_preshared_key(peer, preshared_key)
         if endpoint is not None:
             peer.endpoint = endpoint
         for network in networks:
             self.allowed_ips.insert(network, peer)
-        self.set_persistent_keepalive(peer, persistent_keepalive_interval, now)
+        if persistent_keepalive_interval is not None:
+            self.set_persistent_keepalive(peer, persistent_keepalive_interval, now)
         return peer
 
     def peer(self, public_key: PublicKey) -> Peer | None:
@@ -403,7 +415,8 @@ class Device:
         mtu = self.mtu
         while peer.staged:
             if keypair.send_counter >= self.reject_after_messages:
-                keypair.valid = False
+                # Only the sending half is used up (kernel: sending.is_valid = false); ``_usable_for_sending``
+                # refuses the keypair from now on, while packets the peer sends on it still decrypt.
                 self._send_initiation(peer, now, is_retry=False)
                 break
             packet = peer.staged.popleft()
@@ -443,7 +456,10 @@ class Device:
         """Send a handshake initiation, at most one per REKEY_TIMEOUT (kernel ``wg_packet_send_handshake_initiation``)."""
         if not is_retry:
             peer.timers.handshake_attempts = 0
-        if peer.last_sent_handshake_at is not None and now - peer.last_sent_handshake_at < REKEY_TIMEOUT:
+        # Written as the kernel's wg_birthdate_has_expired (birthday + expiration <= now) on purpose: the
+        # retransmission deadline is (sent_at + REKEY_TIMEOUT) + jitter, and with a jitter of 0 the float
+        # ``now - sent_at`` can come out a hair under REKEY_TIMEOUT, which would stop retransmitting for good.
+        if peer.last_sent_handshake_at is not None and now < peer.last_sent_handshake_at + REKEY_TIMEOUT:
             return
         identity = self.identity
         if identity is None or peer.endpoint is None:
@@ -567,6 +583,7 @@ class Device:
         self._set_endpoint(peer, endpoint)
         self._begin_session(peer, now)
         peer.timers.on_handshake_complete()
+        peer.last_handshake_at = now
         self._events.append(HandshakeCompleted(peer.public_key, is_initiator=True))
         # Flush what waited for the session, or send a keepalive to confirm the session to the responder.
         self._send_keepalive(peer, now)
@@ -578,7 +595,6 @@ class Device:
         self.index_table.replace(keypair.local_index, peer, keypair)
         for retired in peer.keypairs.add(keypair):
             self.index_table.remove(retired.local_index, retired)
-        peer.last_handshake_at = now
         self.stats.handshakes_completed += 1
         peer.timers.on_session_derived(now)
 
@@ -627,6 +643,8 @@ class Device:
             for old in retired:
                 self.index_table.remove(old.local_index, old)
             peer.timers.on_handshake_complete()
+            # Like the kernel's wg_timers_handshake_complete: a responder's handshake counts once it is confirmed.
+            peer.last_handshake_at = now
             self._events.append(HandshakeCompleted(peer.public_key, is_initiator=False))
             if peer.staged:
                 self._send_staged(peer, now)
