@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
 from .device import Device
@@ -97,6 +97,11 @@ def _daemonize(keep_output: bool) -> bool:
 def _cmd_interface(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="wgpy", description="Userspace WireGuard: wgpy [-f] INTERFACE")
     parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    parser.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append each handshake's secrets to FILE (mode 0600) in the format of Wireshark's wg.keylog_file",
+    )
     parser.add_argument("interface", help="interface name, e.g. wg0")
     args = parser.parse_args(argv)
     foreground = args.foreground or _truthy(os.environ.get("WG_PROCESS_FOREGROUND"))
@@ -129,11 +134,19 @@ def _cmd_interface(argv: Sequence[str]) -> int:
         tun.close()
         return _fail(f"UAPI socket for {tun.name}: {exc.strerror or exc}")
 
+    keylog_fd: int | None = None
+    if args.keylog:
+        try:
+            keylog_fd = _open_keylog(args.keylog)
+        except OSError as exc:
+            tun.close()
+            uapi_sock.close()
+            return _fail(f"cannot open key log {args.keylog}: {exc.strerror or exc}")
     if not foreground and not _daemonize(keep_output=bool(os.environ.get("LOG_LEVEL"))):
         return 0  # the parent: the child keeps the interface and the socket
     logger.info("wgpy %s serving interface %s", __version__, tun.name)
     try:
-        asyncio.run(_serve(tun, uapi_sock))
+        asyncio.run(_serve(tun, uapi_sock, keylog_fd))
     finally:
         with contextlib.suppress(OSError):
             path = uapi_sock.getsockname()
@@ -142,7 +155,24 @@ def _cmd_interface(argv: Sequence[str]) -> int:
     return 0
 
 
-async def _serve(tun: object, uapi_sock: socket.socket) -> None:
+def _open_keylog(path: str) -> int:
+    """Open the key log for appending, readable by its owner only (it holds session secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def _keylog_sink(fd: int) -> Callable[[str], None]:
+    def write(entry: str) -> None:
+        try:
+            os.write(fd, entry.encode("ascii"))
+        except OSError as exc:
+            logger.error("cannot write the key log: %s", exc.strerror or exc)
+
+    return write
+
+
+async def _serve(tun: object, uapi_sock: socket.socket, keylog_fd: int | None = None) -> None:
     from tun import TunDevice
 
     from .drivers.asyncio_udp import Tunnel
@@ -151,6 +181,10 @@ async def _serve(tun: object, uapi_sock: socket.socket) -> None:
     if not isinstance(tun, TunDevice):
         raise TypeError("not a TUN device")
     device = Device()
+    if keylog_fd is not None:
+        from .keylog import KeyLogWriter
+
+        device.keylog = KeyLogWriter(_keylog_sink(keylog_fd))
     tunnel = Tunnel(device, tun=tun)
     await tunnel.start()
     server = UapiServer(tunnel, uapi_sock)

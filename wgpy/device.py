@@ -49,6 +49,7 @@ from .cookie import CookieChecker, MacState
 from .errors import ConfigError, DropReason
 from .events import EndpointChanged, Event, HandshakeCompleted, KeypairExpired, PeerRemoved
 from .indextable import IndexTable
+from .keylog import KeyLogWriter
 from .keypair import Keypair, padded_length
 from .keys import PresharedKey, PrivateKey, PublicKey
 from .messages import (
@@ -163,6 +164,8 @@ class Device:
         self.ratelimiter = RateLimiter()
         self.stats = DeviceStats()
         # Test hooks: the limits are attributes so a test can lower them without editing the constants.
+        #: Set to a ``KeyLogWriter`` to export session secrets for Wireshark (``--keylog``); ``None`` by default.
+        self.keylog: KeyLogWriter | None = None
         self.rekey_after_messages = REKEY_AFTER_MESSAGES
         self.reject_after_messages = REJECT_AFTER_MESSAGES
         self._load = _LoadMeter(handshake_load_threshold)
@@ -473,6 +476,10 @@ class Device:
         except HandshakeRejected:
             self.index_table.remove(index, handshake)
             return
+        if self.keylog is not None:
+            self.keylog.on_ephemeral(
+                identity.private_key, handshake.remote_static, handshake.ephemeral_private, handshake.preshared_key
+            )
         peer.last_sent_handshake_at = now
         packet = peer.cookie.add_macs(message.pack(), now)
         self._datagrams.append((packet, peer.endpoint))
@@ -563,6 +570,10 @@ class Device:
             self.index_table.remove(handshake.local_index, handshake)
         index = self.index_table.insert(peer, handshake)
         response = noise.create_response(handshake, index, self._rng)
+        if self.keylog is not None:  # before begin_session zeroes the ephemeral key
+            self.keylog.on_ephemeral(
+                identity.private_key, handshake.remote_static, handshake.ephemeral_private, handshake.preshared_key
+            )
         packet = peer.cookie.add_macs(response.pack(), now)
         self._begin_session(peer, now)
         self._datagrams.append((packet, endpoint))

@@ -84,8 +84,7 @@ class Keypair:
         """
         counter = self.send_counter
         if not self.valid or counter >= REJECT_AFTER_MESSAGES:
-            self.valid = False
-            return None
+            return None  # only the sending half is used up: received packets still decrypt
         self.send_counter = counter + 1
         header = _TRANSPORT_HEADER.pack(_TRANSPORT_TYPE, self.remote_index, counter)
         return header + self._send_aead.encrypt(_NONCE.pack(counter), padded_plaintext, None)
