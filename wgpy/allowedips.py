@@ -52,6 +52,10 @@ _V6_SIZE: Final = 16  # bytes in an IPv6 address as read from the header
 _Entry = tuple[int, int, int]
 
 
+_MISS: Final = object()
+_CACHE_SIZE: Final = 4096  # cached lookup answers (ours)
+
+
 class _Family(Generic[P]):
     """The per-length tables of one address family."""
 
@@ -75,7 +79,7 @@ class AllowedIPs(Generic[P]):
     ``P`` is the peer type; the table holds a strong reference to every peer that owns a prefix.
     """
 
-    __slots__ = ("_by_peer", "_count", "_v4", "_v6")
+    __slots__ = ("_by_peer", "_cache", "_count", "_v4", "_v6")
 
     def __init__(self) -> None:
         self._v4: _Family[P] = _Family(_V4_WIDTH)
@@ -84,6 +88,9 @@ class AllowedIPs(Generic[P]):
         # the peer itself keeps the id from being reused while the entry exists.
         self._by_peer: dict[int, tuple[P, set[_Entry]]] = {}
         self._count = 0
+        # address -> answer of the last lookups: a tunnel sends most packets to few addresses, so this saves the
+        # per-length probes. Emptied by every change to the table, and bounded.
+        self._cache: dict[bytes, P | None] = {}
 
     # --- mutation ---------------------------------------------------------------------------------------
 
@@ -101,6 +108,7 @@ class AllowedIPs(Generic[P]):
             TypeError: ``network`` is not an ``IPv4Network`` or ``IPv6Network``.
             ValueError: ``peer`` is ``None``.
         """
+        self._cache.clear()
         if peer is None:
             raise ValueError("None cannot own allowed IPs")
         family, entry = self._locate(network)
@@ -136,6 +144,7 @@ class AllowedIPs(Generic[P]):
         Raises:
             TypeError: ``network`` is not an ``IPv4Network`` or ``IPv6Network``.
         """
+        self._cache.clear()
         family, entry = self._locate(network)
         _width, length, prefix = entry
         table = family.tables.get(length)
@@ -149,6 +158,7 @@ class AllowedIPs(Generic[P]):
 
     def remove_by_peer(self, peer: P) -> None:
         """Remove every prefix that ``peer`` owns (kernel ``wg_allowedips_remove_by_peer``)."""
+        self._cache.clear()
         owned = self._by_peer.pop(id(peer), None)
         if owned is None:
             return
@@ -164,6 +174,7 @@ class AllowedIPs(Generic[P]):
 
     def clear(self) -> None:
         """Remove every prefix of every peer."""
+        self._cache.clear()
         self._v4 = _Family(_V4_WIDTH)
         self._v6 = _Family(_V6_WIDTH)
         self._by_peer.clear()
@@ -182,6 +193,9 @@ class AllowedIPs(Generic[P]):
         Returns:
             The owning peer, or ``None`` if no prefix matches or ``address`` has any other length.
         """
+        cached = self._cache.get(address, _MISS)
+        if cached is not _MISS:
+            return cached  # type: ignore[return-value]
         size = len(address)
         if size == _V4_SIZE:
             probes = self._v4.probes
@@ -190,11 +204,16 @@ class AllowedIPs(Generic[P]):
         else:
             return None
         key = int.from_bytes(address, "big")
+        found: P | None = None
         for shift, get in probes:
-            peer = get(key >> shift)
-            if peer is not None:
-                return peer
-        return None
+            found = get(key >> shift)
+            if found is not None:
+                break
+        cache = self._cache
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        cache[bytes(address)] = found
+        return found
 
     def lookup_ip(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> P | None:
         """Convenience form of :meth:`lookup` for text or ``ipaddress`` addresses (not for the hot path).

@@ -50,7 +50,7 @@ from .errors import ConfigError, DropReason
 from .events import EndpointChanged, Event, HandshakeCompleted, KeypairExpired, PeerRemoved
 from .indextable import IndexTable
 from .keylog import KeyLogWriter
-from .keypair import Keypair, padded_length
+from .keypair import MESSAGE_PADDING_MULTIPLE, Keypair, padded_length
 from .keys import PresharedKey, PrivateKey, PublicKey
 from .messages import (
     MESSAGE_COOKIE_REPLY_SIZE,
@@ -81,6 +81,7 @@ MAX_EVENTS: Final = 1024  # events kept if the driver never drains them (ours)
 _DROP_LOG_INTERVAL: Final = 1.0  # at most one debug line per reason and second
 
 _TYPE: Final = struct.Struct("<I")
+_ZEROS: Final = tuple(bytes(n) for n in range(MESSAGE_PADDING_MULTIPLE))  # padding, by length
 _TRANSPORT_HEADER: Final = struct.Struct("<IIQ")
 _INITIATION: Final = int(MessageType.INITIATION)
 _RESPONSE: Final = int(MessageType.RESPONSE)
@@ -377,26 +378,58 @@ class Device:
 
     def send_packet(self, ip_packet: bytes, now: float, wall_ns: int | None = None) -> None:
         """Encrypt an IP packet to the peer whose allowed IPs hold its destination."""
-        self._note_wall(now, wall_ns)
-        destination = ip.destination(ip_packet)
-        if destination is None:
-            self._drop(DropReason.INVALID_IP_PACKET, now)
-            return
-        peer = self.allowed_ips.lookup(destination)
-        if peer is None:
-            self._drop(DropReason.NO_ROUTE, now)
-            return
-        if self.identity is None:
-            self._drop(DropReason.NO_PRIVATE_KEY, now)
-            return
-        if not peer.stage(bytes(ip_packet)):
-            self._drop(DropReason.QUEUE_FULL, now)
-        self._send_staged(peer, now)
+        self.send_packets((ip_packet,), now, wall_ns)
 
-    def _usable_for_sending(self, keypair: Keypair | None, now: float) -> bool:
+    def send_packets(self, ip_packets: Iterable[bytes], now: float, wall_ns: int | None = None) -> None:
+        """Encrypt a batch of IP packets read from the TUN device (same as ``send_packet`` on each, in order).
+
+        A batch shares the per-call work (the clock, the timer hooks and rekey check once per peer), which is
+        what lets a driver that reads many packets per wake-up approach the cost of the AEAD alone.
+        """
+        if wall_ns is not None:
+            self._wall_offset_ns = wall_ns - int(now * 1e9)
+        destination_of = ip.destination
+        route = self.allowed_ips.lookup
+        no_key = self.identity is None
+        oldest_usable = now - REJECT_AFTER_TIME
+        sent_to: dict[Peer, None] = {}  # peers that got packets on the fast path, in order
+        for ip_packet in ip_packets:
+            destination = destination_of(ip_packet)
+            if destination is None:
+                self._drop(DropReason.INVALID_IP_PACKET, now)
+                continue
+            peer = route(destination)
+            if peer is None:
+                self._drop(DropReason.NO_ROUTE, now)
+                continue
+            if no_key:
+                self._drop(DropReason.NO_PRIVATE_KEY, now)
+                continue
+            # Fast path: nothing is waiting and the session is usable (the checks of ``_usable_for_sending``), so
+            # the packet goes out at once, with the same sealing code as the staged path.
+            keypair = peer.keypairs.current
+            endpoint = peer.endpoint
+            if (
+                not peer.staged
+                and endpoint is not None
+                and keypair is not None
+                and keypair.valid
+                and keypair.created_at > oldest_usable
+                and keypair.send_counter < self.reject_after_messages
+                and self._seal_and_queue(peer, keypair, endpoint, ip_packet)
+            ):
+                sent_to[peer] = None
+                continue
+            if not peer.stage(bytes(ip_packet)):
+                self._drop(DropReason.QUEUE_FULL, now)
+            self._send_staged(peer, now)
+        for peer in sent_to:
+            self._after_sending(peer, now, data_sent=True)
+
+    def _usable_for_sending(self, keypair: Keypair, now: float) -> bool:
+        """Whether new packets may be sealed with ``keypair`` (kernel: sending.is_valid, age and counter limits)."""
         return (
-            keypair is not None
-            and keypair.valid
+            keypair.valid
             and now - keypair.created_at < REJECT_AFTER_TIME
             and keypair.send_counter < self.reject_after_messages
         )
@@ -405,6 +438,35 @@ class Device:
         if not peer.staged:
             peer.staged.append(b"")
         self._send_staged(peer, now)
+
+    def _seal_and_queue(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, packet: bytes) -> bool:
+        """Pad, encrypt and queue one packet for ``endpoint``. Returns ``False`` if the keypair refused it."""
+        length = len(packet)
+        padding = -length % MESSAGE_PADDING_MULTIPLE
+        if padding and length + padding > self.mtu:  # never pad past the MTU
+            padding = padded_length(length, self.mtu) - length
+        message = keypair.seal(packet + _ZEROS[padding] if padding else packet)
+        if message is None:
+            return False
+        self._datagrams.append((message, endpoint))
+        peer.tx_bytes += len(message)
+        self.stats.packets_sent += 1
+        return True
+
+    def _after_sending(self, peer: Peer, now: float, *, data_sent: bool) -> None:
+        """Timer hooks and rekey check after authenticated transport packets went out (kernel send.c)."""
+        timers = peer.timers
+        if timers.persistent_keepalive_interval:  # the hook does nothing otherwise
+            timers.on_any_authenticated_packet_traversal(now)
+        timers.on_any_authenticated_packet_sent()
+        if data_sent and timers.new_handshake_at is None:  # draw jitter only when the timer gets armed
+            timers.on_data_sent(now, self._jitter())
+        keypair = peer.keypairs.current
+        if keypair is not None and (
+            keypair.send_counter > self.rekey_after_messages
+            or (keypair.is_initiator and now - keypair.created_at >= REKEY_AFTER_TIME)
+        ):
+            self._keep_key_fresh_after_send(peer, now)
 
     def _send_staged(self, peer: Peer, now: float) -> None:
         """Send the staged packets on the current keypair, or start a handshake if there is none usable."""
@@ -415,7 +477,6 @@ class Device:
             return
         data_sent = False
         sent_any = False
-        mtu = self.mtu
         while peer.staged:
             if keypair.send_counter >= self.reject_after_messages:
                 # Only the sending half is used up (kernel: sending.is_valid = false); ``_usable_for_sending``
@@ -423,25 +484,14 @@ class Device:
                 self._send_initiation(peer, now, is_retry=False)
                 break
             packet = peer.staged.popleft()
-            length = len(packet)
-            padded = packet + bytes(padded_length(length, mtu) - length)
-            message = keypair.seal(padded)
-            if message is None:
+            if not self._seal_and_queue(peer, keypair, endpoint, packet):
                 peer.staged.appendleft(packet)
                 self._send_initiation(peer, now, is_retry=False)
                 break
-            self._datagrams.append((message, endpoint))
-            peer.tx_bytes += len(message)
-            self.stats.packets_sent += 1
             sent_any = True
-            data_sent = data_sent or length > 0
-        if not sent_any:
-            return
-        peer.timers.on_any_authenticated_packet_traversal(now)
-        peer.timers.on_any_authenticated_packet_sent()
-        if data_sent:
-            peer.timers.on_data_sent(now, self._jitter())
-        self._keep_key_fresh_after_send(peer, now)
+            data_sent = data_sent or len(packet) > 0
+        if sent_any:
+            self._after_sending(peer, now, data_sent=data_sent)
 
     def _keep_key_fresh_after_send(self, peer: Peer, now: float) -> None:
         keypair = peer.keypairs.current
@@ -494,7 +544,8 @@ class Device:
 
     def receive_datagram(self, data: bytes, endpoint: Endpoint, now: float, wall_ns: int | None = None) -> None:
         """Process one UDP datagram from ``endpoint``. Never raises for any ``data``; bad input is counted."""
-        self._note_wall(now, wall_ns)
+        if wall_ns is not None:
+            self._wall_offset_ns = wall_ns - int(now * 1e9)
         length = len(data)
         if length < 4:
             self._drop(DropReason.BAD_LENGTH, now)
@@ -645,36 +696,46 @@ class Device:
         except crypto.InvalidTag:
             self._drop(DropReason.INVALID_AEAD_TAG, now)
             return
-        replay.accept(counter)
+        replay.commit(counter)
         # Authenticated from here on.
         peer.rx_bytes += len(data)
         self.stats.packets_received += 1
-        confirmed, retired = peer.keypairs.received_with(keypair)
-        if confirmed:
-            for old in retired:
-                self.index_table.remove(old.local_index, old)
-            peer.timers.on_handshake_complete()
-            # Like the kernel's wg_timers_handshake_complete: a responder's handshake counts once it is confirmed.
-            peer.last_handshake_at = now
-            self._events.append(HandshakeCompleted(peer.public_key, is_initiator=False))
-            if peer.staged:
-                self._send_staged(peer, now)
-        self._keep_key_fresh_after_receive(peer, now)
-        peer.timers.on_any_authenticated_packet_received()
-        peer.timers.on_any_authenticated_packet_traversal(now)
-        self._set_endpoint(peer, endpoint)
+        timers = peer.timers
+        if keypair is peer.keypairs.next:
+            self._confirm_keypair(peer, keypair, now)
+        if keypair.is_initiator or peer.keypairs.current is not keypair:
+            self._keep_key_fresh_after_receive(peer, now)
+        timers.on_any_authenticated_packet_received()
+        if timers.persistent_keepalive_interval:
+            timers.on_any_authenticated_packet_traversal(now)
+        if peer.endpoint != endpoint:
+            self._set_endpoint(peer, endpoint)
         if not plaintext:
             return  # keepalive
-        peer.timers.on_data_received(now)
-        header = ip.parse_header(plaintext)
-        if header is None:
+        timers.on_data_received(now)
+        inner = ip.source_and_length(plaintext)
+        if inner is None:
             self._drop(DropReason.INVALID_IP_PACKET, now)
             return
-        _version, total_length, source, _destination = header
+        source, total_length = inner
         if self.allowed_ips.lookup(source) is not peer:
             self._drop(DropReason.DISALLOWED_SOURCE_IP, now)
             return
-        self._packets.append(plaintext[:total_length])
+        self._packets.append(plaintext if total_length == len(plaintext) else plaintext[:total_length])
+
+    def _confirm_keypair(self, peer: Peer, keypair: Keypair, now: float) -> None:
+        """First data on a responder's ``next`` keypair: the initiator has the keys, so it becomes current."""
+        confirmed, retired = peer.keypairs.received_with(keypair)
+        if not confirmed:
+            return
+        for old in retired:
+            self.index_table.remove(old.local_index, old)
+        peer.timers.on_handshake_complete()
+        # Like the kernel's wg_timers_handshake_complete: a responder's handshake counts once it is confirmed.
+        peer.last_handshake_at = now
+        self._events.append(HandshakeCompleted(peer.public_key, is_initiator=False))
+        if peer.staged:
+            self._send_staged(peer, now)
 
     def _keep_key_fresh_after_receive(self, peer: Peer, now: float) -> None:
         keypair = peer.keypairs.current

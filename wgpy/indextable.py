@@ -22,11 +22,13 @@ E = TypeVar("E")
 class IndexTable(Generic[P, E]):
     """Maps a local index to (peer, entry), the entry being a ``Handshake`` or a ``Keypair``."""
 
-    __slots__ = ("_entries", "_rng")
+    __slots__ = ("_entries", "_rng", "lookup")
 
     def __init__(self, rng: Callable[[int], bytes]) -> None:
         self._rng = rng
         self._entries: dict[int, tuple[P, E]] = {}
+        #: ``lookup(index) -> (peer, entry) | None``: the dictionary's own ``get``, as it runs once per packet.
+        self.lookup: Callable[[int], tuple[P, E] | None] = self._entries.get
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -42,9 +44,6 @@ class IndexTable(Generic[P, E]):
     def replace(self, index: int, peer: P, entry: E) -> None:
         """Let ``entry`` take over an index that is already registered."""
         self._entries[index] = (peer, entry)
-
-    def lookup(self, index: int) -> tuple[P, E] | None:
-        return self._entries.get(index)
 
     def remove(self, index: int, entry: E | None = None) -> None:
         """Forget ``index`` (only if it still maps to ``entry``, when given)."""

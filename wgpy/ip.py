@@ -32,6 +32,7 @@ __all__ = [
     "destination",
     "parse_header",
     "source",
+    "source_and_length",
 ]
 
 IPV4_HEADER_SIZE: Final = 20  # RFC 791 §3.1: minimum header, IHL = 5
@@ -102,11 +103,44 @@ def parse_header(packet: bytes | bytearray | memoryview) -> tuple[int, int, byte
 
 def destination(packet: bytes | bytearray | memoryview) -> bytes | None:
     """The destination address of a valid IP header, or ``None`` exactly when :func:`parse_header` is."""
-    version, _total = _total_length(packet, len(packet))
-    if version == 4:
+    # The checks of _total_length, inlined: this runs once per packet sent.
+    size = len(packet)
+    if size < IPV4_HEADER_SIZE:
+        return None
+    first = packet[0]
+    if first >> 4 == 4:
+        header_length = (first & 0x0F) * 4
+        total = (packet[2] << 8) | packet[3]
+        if header_length < _MIN_IHL * 4 or total < header_length or total > size:
+            return None
         return bytes(packet[_V4_DST_OFFSET:IPV4_HEADER_SIZE])
-    if version == 6:
+    if first >> 4 == 6 and size >= IPV6_HEADER_SIZE:
+        if IPV6_HEADER_SIZE + ((packet[4] << 8) | packet[5]) > size:
+            return None
         return bytes(packet[_V6_DST_OFFSET:IPV6_HEADER_SIZE])
+    return None
+
+
+def source_and_length(packet: bytes | bytearray | memoryview) -> tuple[bytes, int] | None:
+    """``(source address, total length)`` of a valid IP header, or ``None`` exactly when :func:`parse_header` is.
+
+    The receive path needs only these two fields, once per packet; the checks are those of ``_total_length``.
+    """
+    size = len(packet)
+    if size < IPV4_HEADER_SIZE:
+        return None
+    first = packet[0]
+    if first >> 4 == 4:
+        header_length = (first & 0x0F) * 4
+        total = (packet[2] << 8) | packet[3]
+        if header_length < _MIN_IHL * 4 or total < header_length or total > size:
+            return None
+        return bytes(packet[_V4_SRC_OFFSET:_V4_DST_OFFSET]), total
+    if first >> 4 == 6 and size >= IPV6_HEADER_SIZE:
+        total = IPV6_HEADER_SIZE + ((packet[4] << 8) | packet[5])
+        if total > size:
+            return None
+        return bytes(packet[_V6_SRC_OFFSET:_V6_DST_OFFSET]), total
     return None
 
 

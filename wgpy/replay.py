@@ -22,7 +22,7 @@ __all__ = ["ReplayWindow"]
 _WORD_BITS: Final = 64
 _RING_BITS: Final = REPLAY_WINDOW_SIZE + _WORD_BITS  # 8192
 _RING_WORDS: Final = _RING_BITS // _WORD_BITS  # 128
-_WORD_MASK: Final = (1 << _WORD_BITS) - 1
+_EMPTY_RING: Final = (0,) * _RING_WORDS
 
 
 class ReplayWindow:
@@ -54,14 +54,25 @@ class ReplayWindow:
         """Record ``counter`` as received (after the AEAD check). Returns ``False`` if it was not fresh."""
         if not self.would_accept(counter):
             return False
+        self.commit(counter)
+        return True
+
+    def commit(self, counter: int) -> None:
+        """Record a counter that ``would_accept`` has just approved (the receive path's second half).
+
+        The device calls ``would_accept`` before the AEAD and ``commit`` after it, with nothing in between that
+        touches this window, so the check is not repeated here.
+        """
         slot = counter + 1
-        word = slot // _WORD_BITS
+        word = slot >> 6  # slot // _WORD_BITS
+        ring = self._ring
         if slot > self._top:
             # Moving forward: clear the words that the window slides over (at most the whole ring).
-            current_word = self._top // _WORD_BITS
-            for i in range(1, min(word - current_word, _RING_WORDS) + 1):
-                self._ring[(current_word + i) % _RING_WORDS] = 0
+            current_word = self._top >> 6
+            if word - current_word >= _RING_WORDS:
+                ring[:] = _EMPTY_RING
+            else:
+                for i in range(current_word + 1, word + 1):
+                    ring[i % _RING_WORDS] = 0
             self._top = slot
-        index = word % _RING_WORDS
-        self._ring[index] = (self._ring[index] | (1 << (slot % _WORD_BITS))) & _WORD_MASK
-        return True
+        ring[word % _RING_WORDS] |= 1 << (slot & (_WORD_BITS - 1))
