@@ -30,7 +30,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from . import crypto, ip, noise
 from .allowedips import AllowedIPs
@@ -68,7 +68,7 @@ from .peer import Endpoint, Peer
 from .ratelimiter import RateLimiter
 from .timers import TimerName
 
-__all__ = ["DEFAULT_MTU", "Device", "DeviceStats", "Endpoint", "IPNetwork"]
+__all__ = ["DEFAULT_MTU", "Device", "DeviceStats", "Endpoint", "IPNetwork", "PacketFilter"]
 
 logger = logging.getLogger("wgpy.device")
 
@@ -98,6 +98,19 @@ class DeviceStats:
     cookie_replies_sent: int = 0
     packets_received: int = 0
     packets_sent: int = 0
+
+
+class PacketFilter(Protocol):
+    """A filter on plaintext IP packets (``wgpy.mesh.PacketFilter`` implements it): ``True`` lets a packet pass.
+
+    ``check_outbound`` sees each packet before it is encrypted (a refused one never starts a handshake);
+    ``check_inbound`` sees each decrypted packet after the cryptokey-routing source check. Keepalives and handshake
+    messages never reach it.
+    """
+
+    def check_outbound(self, packet: bytes, peer_public_key: PublicKey | None, now: float) -> bool: ...
+
+    def check_inbound(self, packet: bytes, peer_public_key: PublicKey | None, now: float) -> bool: ...
 
 
 class _LoadMeter:
@@ -165,6 +178,8 @@ class Device:
         self.ratelimiter = RateLimiter()
         self.stats = DeviceStats()
         # Test hooks: the limits are attributes so a test can lower them without editing the constants.
+        #: An optional ACL on plaintext packets (``wgpy.mesh``); ``None`` lets everything through.
+        self.packet_filter: PacketFilter | None = None
         #: Set to a ``KeyLogWriter`` to export session secrets for Wireshark (``--keylog``); ``None`` by default.
         self.keylog: KeyLogWriter | None = None
         self.rekey_after_messages = REKEY_AFTER_MESSAGES
@@ -391,6 +406,7 @@ class Device:
         destination_of = ip.destination
         route = self.allowed_ips.lookup
         no_key = self.identity is None
+        packet_filter = self.packet_filter
         oldest_usable = now - REJECT_AFTER_TIME
         sent_to: dict[Peer, None] = {}  # peers that got packets on the fast path, in order
         for ip_packet in ip_packets:
@@ -404,6 +420,9 @@ class Device:
                 continue
             if no_key:
                 self._drop(DropReason.NO_PRIVATE_KEY, now)
+                continue
+            if packet_filter is not None and not packet_filter.check_outbound(ip_packet, peer.public_key, now):
+                self._drop(DropReason.FILTERED, now)
                 continue
             # Fast path: nothing is waiting and the session is usable (the checks of ``_usable_for_sending``), so
             # the packet goes out at once, with the same sealing code as the staged path.
@@ -721,7 +740,11 @@ class Device:
         if self.allowed_ips.lookup(source) is not peer:
             self._drop(DropReason.DISALLOWED_SOURCE_IP, now)
             return
-        self._packets.append(plaintext if total_length == len(plaintext) else plaintext[:total_length])
+        packet = plaintext if total_length == len(plaintext) else plaintext[:total_length]
+        if self.packet_filter is not None and not self.packet_filter.check_inbound(packet, peer.public_key, now):
+            self._drop(DropReason.FILTERED, now)
+            return
+        self._packets.append(packet)
 
     def _confirm_keypair(self, peer: Peer, keypair: Keypair, now: float) -> None:
         """First data on a responder's ``next`` keypair: the initiator has the keys, so it becomes current."""

@@ -27,6 +27,8 @@ __all__ = [
     "MAC_SIZE",
     "XNONCE_SIZE",
     "Aead",
+    "Ed25519PrivateKey",
+    "Ed25519PublicKey",
     "InvalidTag",
     "aead_nonce",
     "aead_open",
@@ -36,6 +38,8 @@ __all__ = [
     "dh",
     "dh_generate",
     "dh_public",
+    "ed25519_sign",
+    "ed25519_verify",
     "hash",
     "hmac",
     "kdf1",
@@ -53,6 +57,10 @@ AEAD_TAG_SIZE: Final = 16  # Poly1305
 XNONCE_SIZE: Final = 24  # XChaCha20 nonce
 
 _ZERO_NONCE_PREFIX: Final = b"\x00" * 4
+
+#: Ed25519 key types (mesh network map signatures, RFC 8032), re-exported so that no other module imports a backend.
+Ed25519PrivateKey = _backend.Ed25519PrivateKey
+Ed25519PublicKey = _backend.Ed25519PublicKey
 
 #: The AEAD object kept per transport keypair (one per direction), so the hot path builds no cipher per packet.
 Aead = _backend.ChaCha20Poly1305
@@ -158,3 +166,17 @@ def dh_generate(rng: Callable[[int], bytes]) -> tuple[bytes, bytes]:
 def constant_time_equal(a: bytes, b: bytes) -> bool:
     """Compare two byte strings in time that does not depend on where they differ."""
     return _std_hmac.compare_digest(a, b)
+
+
+def ed25519_sign(private_key: Ed25519PrivateKey, data: bytes) -> bytes:
+    """An Ed25519 signature (RFC 8032) of ``data``: 64 bytes."""
+    return private_key.sign(data)
+
+
+def ed25519_verify(public_key: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
+    """Whether ``signature`` is a valid Ed25519 signature of ``data`` by ``public_key``."""
+    try:
+        public_key.verify(signature, data)
+    except _backend.InvalidSignature:
+        return False
+    return True

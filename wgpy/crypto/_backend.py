@@ -2,6 +2,7 @@
 
 - ChaCha20-Poly1305 and X25519: ``cryptography`` (OpenSSL).
 - XChaCha20-Poly1305 (cookie replies only): ``pynacl`` (libsodium); OpenSSL does not offer it.
+- Ed25519 (signed mesh network maps, not WireGuard itself): ``cryptography``.
 - BLAKE2s and HMAC-BLAKE2s: the standard library's ``hashlib``/``hmac`` (pyblake2 no longer builds on 3.11).
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac as _hmac
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from nacl.bindings import (
@@ -21,6 +24,9 @@ from nacl.exceptions import CryptoError
 __all__ = [
     "ChaCha20Poly1305",
     "CryptoError",
+    "Ed25519PrivateKey",
+    "Ed25519PublicKey",
+    "InvalidSignature",
     "blake2s_hash",
     "blake2s_mac",
     "hmac_blake2s",

@@ -50,8 +50,7 @@ from .netmap import (
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+    from ..crypto import Ed25519PublicKey
     from ..device import Device
     from ..peer import Peer
 

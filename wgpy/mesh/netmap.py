@@ -26,9 +26,8 @@ null; for such values this form is byte for byte RFC 8785 (JCS), so a management
 can sign with any JCS library. Times are therefore integers (Unix seconds), never floats.
 
 Everything here is pure: time comes in as ``now_wall`` (Unix seconds from the caller's wall clock), nothing is read
-from the environment. Ed25519 comes from ``cryptography``; it is imported here rather than through ``wgpy.crypto``
-only because that package belongs to another part of the tree, and should move there (``ed25519_sign`` /
-``ed25519_verify``) when the mesh package is wired in.
+from the environment. Ed25519 comes through ``wgpy.crypto`` (``ed25519_sign`` / ``ed25519_verify``), like every other
+primitive.
 """
 
 from __future__ import annotations
@@ -43,9 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, NoReturn
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
+from .. import crypto
 from ..allowedips import Network
 from ..errors import ConfigError, WgpyError
 from ..keys import PublicKey
@@ -306,7 +303,7 @@ def canonical_json(body: Mapping[str, object]) -> bytes:
 
 
 def sign_network_map(
-    body: Mapping[str, object], private_key: Ed25519PrivateKey, *, validate: bool = True
+    body: Mapping[str, object], private_key: crypto.Ed25519PrivateKey, *, validate: bool = True
 ) -> dict[str, object]:
     """Sign a map body for distribution: ``{"map": body, "signature": base64}``.
 
@@ -321,17 +318,17 @@ def sign_network_map(
     """
     if validate:
         parse_network_map(body)
-    signature = private_key.sign(canonical_json(body))
+    signature = crypto.ed25519_sign(private_key, canonical_json(body))
     return {"map": dict(body), "signature": base64.b64encode(signature).decode("ascii")}
 
 
-def load_management_public_key(value: Ed25519PublicKey | bytes | str) -> Ed25519PublicKey:
+def load_management_public_key(value: crypto.Ed25519PublicKey | bytes | str) -> crypto.Ed25519PublicKey:
     """The management public key from a ``cryptography`` key, 32 raw bytes or their base64.
 
     Raises:
         ConfigError: ``value`` is not a 32-byte Ed25519 public key.
     """
-    if isinstance(value, Ed25519PublicKey):
+    if isinstance(value, crypto.Ed25519PublicKey):
         return value
     if isinstance(value, str):
         try:
@@ -341,7 +338,7 @@ def load_management_public_key(value: Ed25519PublicKey | bytes | str) -> Ed25519
     if not isinstance(value, bytes | bytearray) or len(value) != ED25519_PUBLIC_KEY_SIZE:
         raise ConfigError("the management public key must be 32 bytes")
     try:
-        return Ed25519PublicKey.from_public_bytes(bytes(value))
+        return crypto.Ed25519PublicKey.from_public_bytes(bytes(value))
     except ValueError:
         raise ConfigError("not an Ed25519 public key") from None
 
@@ -353,7 +350,7 @@ def load_management_public_key(value: Ed25519PublicKey | bytes | str) -> Ed25519
 
 def verify_and_parse(
     document: bytes | str | Mapping[str, object],
-    management_public_key: Ed25519PublicKey,
+    management_public_key: crypto.Ed25519PublicKey,
     now_wall: float,
     current_serial: int | None = None,
     *,
@@ -379,10 +376,8 @@ def verify_and_parse(
         signed = canonical_json(body)
     except (TypeError, ValueError, RecursionError):
         _malformed("the map holds a value JSON cannot represent")
-    try:
-        management_public_key.verify(signature, signed)
-    except InvalidSignature:
-        raise MapRejected(RejectReason.BAD_SIGNATURE, "the signature does not verify with the management key") from None
+    if not crypto.ed25519_verify(management_public_key, signature, signed):
+        raise MapRejected(RejectReason.BAD_SIGNATURE, "the signature does not verify with the management key")
     netmap = parse_network_map(body)
     serial = netmap.serial
     if current_serial is not None and serial <= current_serial:
