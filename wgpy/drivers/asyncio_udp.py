@@ -26,24 +26,15 @@ from ..device import Device, Endpoint
 from ..errors import UapiError
 from ..events import EndpointChanged, HandshakeCompleted, KeypairExpired
 from .clock import monotonic_now, wall_ns
+from .udp import UdpSocket
 
 __all__ = ["Tunnel"]
 
 logger = logging.getLogger("wgpy")
 
 TUN_READ_BATCH: Final = 64  # packets read per readiness callback, so that sockets and timers get their turn
+UDP_READ_BATCH: Final = 64  # datagrams read per readiness callback
 HOUSEKEEPING_INTERVAL: Final = 1.0  # seconds between MTU refreshes
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, Endpoint], None]) -> None:
-        self._on_datagram = on_datagram
-
-    def datagram_received(self, data: bytes, addr: Endpoint) -> None:
-        self._on_datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("UDP socket error: %s", exc)
 
 
 def _bind(family: socket.AddressFamily, port: int, fwmark: int = 0) -> socket.socket:
@@ -84,7 +75,7 @@ class Tunnel:
         self.on_packet = on_packet
         self.bind_address = bind_address
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._transports: dict[int, asyncio.DatagramTransport] = {}
+        self._sockets: dict[int, UdpSocket] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
@@ -127,27 +118,31 @@ class Tunnel:
                 logger.info("no IPv6 socket: %s", exc)
         self.device.listen_port = socks[socket.AF_INET].getsockname()[1]
         for family, sock in socks.items():
-            transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self._on_datagram), sock=sock)
-            self._transports[family] = transport
+            udp = UdpSocket(sock)
+            loop.add_reader(udp.fileno(), self._on_socket_readable, udp)
+            self._sockets[family] = udp
 
-    def _close_sockets(self) -> None:
-        for transport in self._transports.values():
-            transport.close()
-        self._transports.clear()
+    def _close_sockets(self, sockets: dict[int, UdpSocket] | None = None) -> None:
+        closing = self._sockets if sockets is None else sockets
+        for udp in closing.values():
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(udp.fileno())
+            udp.close()
+        closing.clear()
 
     async def rebind(self, port: int) -> None:
         """Move to a new listen port (a UAPI ``listen_port``). Raises ``UapiError(EADDRINUSE)`` and keeps the old one."""
-        if port == self.device.listen_port and port != 0 and self._transports:
+        if port == self.device.listen_port and port != 0 and self._sockets:
             return
-        old = dict(self._transports)
-        self._transports.clear()
+        old = dict(self._sockets)
+        self._sockets.clear()
         try:
             await self._open_sockets(port)
         except OSError as exc:
-            self._transports = old
+            self._sockets = old
             raise UapiError(errno.EADDRINUSE if exc.errno == errno.EADDRINUSE else errno.EIO, str(exc)) from None
-        for transport in old.values():
-            transport.close()
+        self._close_sockets(old)
 
     def set_fwmark(self, fwmark: int) -> None:
         """Mark the packets of the open sockets with ``fwmark`` (SO_MARK; 0 clears it), as wireguard-go's
@@ -158,14 +153,12 @@ class Tunnel:
             return
         if self.bind_address is None and hasattr(socket, "SO_MARK"):
             try:
-                for transport in self._transports.values():
-                    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+                for udp in self._sockets.values():
+                    udp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
             except OSError as exc:
-                for transport in self._transports.values():  # best effort: put the old mark back
+                for udp in self._sockets.values():  # best effort: put the old mark back
                     with contextlib.suppress(OSError):
-                        transport.get_extra_info("socket").setsockopt(
-                            socket.SOL_SOCKET, socket.SO_MARK, self.device.fwmark
-                        )
+                        udp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.device.fwmark)
                 raise UapiError(exc.errno or errno.EIO, f"cannot set fwmark: {exc.strerror or exc}") from None
         self.device.fwmark = fwmark
 
@@ -194,8 +187,14 @@ class Tunnel:
 
     # --- inputs -----------------------------------------------------------------------------------------------
 
-    def _on_datagram(self, data: bytes, addr: Endpoint) -> None:
-        self.device.receive_datagram(data, addr, monotonic_now(), wall_ns())
+    def _on_socket_readable(self, udp: UdpSocket) -> None:
+        batch = udp.receive_batch(UDP_READ_BATCH)
+        if not batch:
+            return
+        now, wall = monotonic_now(), wall_ns()
+        receive = self.device.receive_datagram
+        for data, address in batch:
+            receive(data, address, now, wall)
         self.flush()
 
     def send_packet(self, packet: bytes) -> None:
@@ -207,10 +206,10 @@ class Tunnel:
         tun = self.tun
         if tun is None:
             return
-        now, wall = monotonic_now(), wall_ns()
+        packets: list[bytes] = []
         for _ in range(TUN_READ_BATCH):
             try:
-                packet = tun.read()
+                packets.append(tun.read())
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -219,7 +218,8 @@ class Tunnel:
                 logger.error("TUN device %s failed (%s): shutting down", tun.name, exc.strerror or exc)
                 self.close()
                 return
-            self.device.send_packet(packet, now, wall)
+        if packets:
+            self.device.send_packets(packets, monotonic_now(), wall_ns())
         self.flush()
 
     def _on_timer(self) -> None:
@@ -242,14 +242,9 @@ class Tunnel:
 
     def flush(self) -> None:
         """Send what the device wants sent, deliver its packets, re-arm its timer and log its events."""
-        for data, endpoint in self.device.datagrams_to_send():
-            transport = self._transports.get(socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET)
-            if transport is None:
-                continue
-            try:
-                transport.sendto(data, endpoint)
-            except (OSError, ValueError) as exc:
-                logger.debug("send to %s failed: %s", endpoint[0], exc)
+        datagrams = self.device.datagrams_to_send()
+        if datagrams:
+            self._send(datagrams)
         packets = self.device.packets_to_tun()
         if packets:
             if self.tun is not None:
@@ -263,6 +258,15 @@ class Tunnel:
                     self.on_packet(packet)
         self._drain_events()
         self._arm_timer()
+
+    def _send(self, datagrams: list[tuple[bytes, Endpoint]]) -> None:
+        """Hand each datagram to the socket of its address family, keeping their order per socket."""
+        v4 = [d for d in datagrams if ":" not in d[1][0]]
+        v6 = [d for d in datagrams if ":" in d[1][0]] if len(v4) != len(datagrams) else []
+        for family, batch in ((socket.AF_INET, v4), (socket.AF_INET6, v6)):
+            udp = self._sockets.get(family)
+            if batch and udp is not None:
+                udp.send_batch(batch)
 
     def _arm_timer(self) -> None:
         deadline = self.device.get_timer()

@@ -1,0 +1,127 @@
+"""UDP sockets for the driver: batched, non-blocking receive and UDP GSO send where the kernel offers it.
+
+Theory of operation: the per-datagram cost of a Python ``sendto`` (a system call and an object or two) is of the
+order of the AEAD itself, so the driver sends in batches. Consecutive datagrams for the same endpoint with the same
+size (the last one may be shorter) are joined into one buffer and handed to the kernel in a single ``sendmsg`` with
+the ``UDP_SEGMENT`` control message (UDP generic segmentation offload, Linux 4.18+): the kernel cuts it back into
+datagrams, as wireguard-go does with its ``StdNetBind``. When the kernel refuses GSO (older kernels, or a route
+whose device cannot checksum), the socket falls back to one ``sendto`` per datagram for good.
+
+Receiving reads every datagram that is waiting, up to a bound, in one readiness callback. Nothing here knows
+WireGuard: the driver hands the datagrams to the ``Device`` and the device's output back to ``send_batch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Final
+
+from ..device import Endpoint
+
+__all__ = ["UdpSocket"]
+
+logger = logging.getLogger("wgpy")
+
+SOL_UDP: Final = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT: Final = getattr(socket, "UDP_SEGMENT", 103)  # linux/udp.h
+GSO_MAX_SEGMENTS: Final = 64  # linux/udp.h UDP_MAX_SEGMENTS
+GSO_MAX_BYTES: Final = 65000  # stays under the 65,507-byte limit of one UDP payload over IPv4
+SOCKET_BUFFER: Final = 7 << 20  # wireguard-go asks for 7 MiB of socket buffer each way
+RECEIVE_SIZE: Final = 65535
+_SEGMENT_SIZE: Final = struct.Struct("=H")
+
+
+def _enlarge_buffers(sock: socket.socket) -> None:
+    for option, forced in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_RCVBUFFORCE / SO_SNDBUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)  # needs CAP_NET_ADMIN; beats rmem_max
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+
+
+class UdpSocket:
+    """One bound, non-blocking UDP socket of the tunnel."""
+
+    def __init__(self, sock: socket.socket, *, gso: bool = True) -> None:
+        self.sock = sock
+        self.gso = gso and hasattr(sock, "sendmsg")
+        self.send_errors = 0
+        sock.setblocking(False)
+        _enlarge_buffers(sock)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def receive_batch(self, limit: int) -> list[tuple[bytes, Endpoint]]:
+        """Every datagram waiting on the socket, up to ``limit``."""
+        received: list[tuple[bytes, Endpoint]] = []
+        recvfrom = self.sock.recvfrom
+        for _ in range(limit):
+            try:
+                data, address = recvfrom(RECEIVE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP errors surfaced as ECONNREFUSED: not fatal for a UDP socket
+                logger.debug("UDP receive error: %s", exc)
+                continue
+            received.append((data, address))
+        return received
+
+    def send_batch(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> None:
+        """Send ``datagrams`` in order, coalescing runs for one endpoint with GSO when available."""
+        if not self.gso:
+            for data, endpoint in datagrams:
+                self._send_one(data, endpoint)
+            return
+        count = len(datagrams)
+        start = 0
+        while start < count:
+            data, endpoint = datagrams[start]
+            size = len(data)
+            end = start + 1
+            total = size
+            # Extend the run: same endpoint, same size; a shorter datagram may close it.
+            while end < count and end - start < GSO_MAX_SEGMENTS:
+                next_data, next_endpoint = datagrams[end]
+                next_size = len(next_data)
+                if next_endpoint != endpoint or next_size > size or total + next_size > GSO_MAX_BYTES:
+                    break
+                total += next_size
+                end += 1
+                if next_size < size:
+                    break
+            if end - start == 1:
+                self._send_one(data, endpoint)
+            else:
+                self._send_segmented(datagrams[start:end], size, endpoint)
+            start = end
+
+    def _send_one(self, data: bytes, endpoint: Endpoint) -> None:
+        try:
+            self.sock.sendto(data, endpoint)
+        except (OSError, ValueError) as exc:  # a full buffer drops the datagram, as a router would
+            self.send_errors += 1
+            logger.debug("send to %s failed: %s", endpoint[0], exc)
+
+    def _send_segmented(self, run: Sequence[tuple[bytes, Endpoint]], size: int, endpoint: Endpoint) -> None:
+        buffer = b"".join(data for data, _ in run)
+        try:
+            self.sock.sendmsg([buffer], [(SOL_UDP, UDP_SEGMENT, _SEGMENT_SIZE.pack(size))], 0, endpoint)
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                logger.info("UDP GSO refused by the kernel (%s): sending datagrams one by one", exc.strerror)
+                self.gso = False
+                for data, _ in run:
+                    self._send_one(data, endpoint)
+            else:
+                self.send_errors += 1
+                logger.debug("send to %s failed: %s", endpoint[0], exc)
