@@ -21,11 +21,15 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .device import Device
 from .errors import ConfigError
 from .keys import PresharedKey, PrivateKey
+
+if TYPE_CHECKING:
+    from .drivers.mesh_daemon import MeshDaemonConfig
 
 __all__ = ["main"]
 
@@ -102,10 +106,17 @@ def _cmd_interface(argv: Sequence[str]) -> int:
         metavar="FILE",
         help="append each handshake's secrets to FILE (mode 0600) in the format of Wireshark's wg.keylog_file",
     )
+    from .drivers.mesh_daemon import add_daemon_arguments, prepare_daemon
+
+    add_daemon_arguments(parser)
     parser.add_argument("interface", help="interface name, e.g. wg0")
     args = parser.parse_args(argv)
     foreground = args.foreground or _truthy(os.environ.get("WG_PROCESS_FOREGROUND"))
     _setup_logging(os.environ.get("LOG_LEVEL"))
+    try:
+        mesh = prepare_daemon(args)  # before the interface exists: a bad option must not leave one behind
+    except ConfigError as exc:
+        return _fail(str(exc))
 
     from tun import TunDevice, TunError, open_tun
 
@@ -142,11 +153,12 @@ def _cmd_interface(argv: Sequence[str]) -> int:
             tun.close()
             uapi_sock.close()
             return _fail(f"cannot open key log {args.keylog}: {exc.strerror or exc}")
-    if not foreground and not _daemonize(keep_output=bool(os.environ.get("LOG_LEVEL"))):
+    keep_output = bool(os.environ.get("LOG_LEVEL")) or args.audit_log == "-"  # `--audit-log -` writes to stdout
+    if not foreground and not _daemonize(keep_output=keep_output):
         return 0  # the parent: the child keeps the interface and the socket
     logger.info("wgpy %s serving interface %s", __version__, tun.name)
     try:
-        asyncio.run(_serve(tun, uapi_sock, keylog_fd))
+        asyncio.run(_serve(tun, uapi_sock, keylog_fd, mesh))
     finally:
         with contextlib.suppress(OSError):
             path = uapi_sock.getsockname()
@@ -172,7 +184,9 @@ def _keylog_sink(fd: int) -> Callable[[str], None]:
     return write
 
 
-async def _serve(tun: object, uapi_sock: socket.socket, keylog_fd: int | None = None) -> None:
+async def _serve(
+    tun: object, uapi_sock: socket.socket, keylog_fd: int | None = None, mesh: MeshDaemonConfig | None = None
+) -> None:
     from tun import TunDevice
 
     from .drivers.asyncio_udp import Tunnel
@@ -187,7 +201,8 @@ async def _serve(tun: object, uapi_sock: socket.socket, keylog_fd: int | None = 
         device.keylog = KeyLogWriter(_keylog_sink(keylog_fd))
     tunnel = Tunnel(device, tun=tun)
     await tunnel.start()
-    server = UapiServer(tunnel, uapi_sock)
+    agent = mesh.start(tunnel) if mesh is not None else None  # the filter is in place before any peer exists
+    server = UapiServer(tunnel, uapi_sock, mesh=agent)
     await server.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -196,6 +211,8 @@ async def _serve(tun: object, uapi_sock: socket.socket, keylog_fd: int | None = 
         await tunnel.wait_closed()
     finally:
         server.close()
+        if agent is not None:
+            agent.close()
         tunnel.close()
         logger.info("shut down")
 
@@ -205,9 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(
             "usage: wgpy [-f|--foreground] INTERFACE\n"
+            "       wgpy [-f] --mesh-key KEY [--mesh-map FILE] [--mesh-state FILE] [--fail-closed]"
+            " [--audit-log FILE|-] INTERFACE\n"
+            "       wgpy mesh keygen | pubkey | sign --key FILE MAP.json | apply INTERFACE FILE\n"
             "       wgpy genkey | pubkey | genpsk\n"
             "       wgpy demo [--seconds N]\n"
             "       wgpy trace [--golden no_psk|psk | --random] [--json]\n"
+            "       wgpy probe --endpoint HOST:PORT --peer-public-key B64 --private-key-file FILE ... (--help)\n"
             "       wgpy --version"
         )
         return 0 if args else 2
@@ -225,8 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .trace import main as trace_main
 
         return trace_main(args[1:])
+    if command == "probe":
+        from .drivers.probe import main as probe_main
+
+        return probe_main(args[1:])
     if command == "demo":
         from .drivers.demo import main as demo_main
 
         return demo_main(args[1:])
+    if command == "mesh":
+        from .drivers.mesh_daemon import main as mesh_main
+
+        return mesh_main(args[1:])
     return _cmd_interface(args)

@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -304,6 +304,17 @@ class Lab:
         self.wait_for_socket(daemon)
         return daemon
 
+    def start_command(self, kind: Kind, netns: str, host: int, argv: Sequence[str]) -> Daemon:
+        """Like ``start``, with a command line of the caller's: ``argv`` + the interface name (both wgpy and
+        wireguard-go take it last). For a wgpy daemon with extra options (``--keylog FILE``) or a deliberately
+        broken peer (``tests/interop/broken_peer.py``); ``kind`` only names the log and the interface."""
+        daemon = self.new_daemon(kind, netns, host)
+        env = dict(os.environ, LOG_LEVEL="verbose", WG_PROCESS_FOREGROUND="1")
+        daemon.process = self.spawn(netns, *argv, daemon.ifname, log=daemon.log_path, env=env)
+        daemon.pid = daemon.process.pid
+        self.wait_for_socket(daemon)
+        return daemon
+
     def wait_for_socket(self, daemon: Daemon, timeout: float = SOCKET_WAIT) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -345,6 +356,63 @@ class Lab:
         psk = self.run(None, "wg", "genpsk").stdout.strip() if preshared_key else None
         self.configure(a, b, preshared_key=psk)
         return a, b
+
+    # -- star topology (more than two nodes) ---------------------------------------------------------------
+
+    def star(self, tags: Sequence[str]) -> list[str]:
+        """One namespace per tag, all joined by a bridge in a ``switch`` namespace of their own (an L2 underlay).
+
+        Node ``i`` (1-based, in ``tags`` order) reaches the bridge through ``uplink`` (its end of a veth created
+        directly inside the two namespaces, like ``link``) with the address ``underlay_address(i)/24``.
+        Returns the node namespaces; the switch is deleted with them by ``close``.
+        """
+        switch = self.add_namespace("switch")
+        self.run(switch, "ip", "link", "add", "br0", "type", "bridge")
+        self.run(switch, "ip", "link", "set", "br0", "up")
+        nodes = []
+        for host, tag in enumerate(tags, start=1):
+            netns = self.add_namespace(tag)
+            port = f"port{host}"
+            self.run(
+                None, "ip", "-n", switch, "link", "add", port, "type", "veth", "peer", "name", "uplink", "netns", netns
+            )
+            self.run(switch, "ip", "link", "set", port, "master", "br0")
+            self.run(switch, "ip", "link", "set", port, "up")
+            self.run(netns, "ip", "addr", "add", f"{self.underlay_address(host)}/24", "dev", "uplink")
+            self.run(netns, "ip", "link", "set", "uplink", "up")
+            nodes.append(netns)
+        return nodes
+
+    def spawn_wgpy(self, netns: str, host: int, *options: str, listen_port: int | None = None) -> Daemon:
+        """Start ``python -m wgpy -f OPTIONS... IFNAME`` in ``netns`` as node ``host`` of a ``star`` (any number
+        of hosts; the listen port defaults to ``51000 + host``) without waiting for its socket (start several,
+        then ``wait_for_socket`` each)."""
+        ifname = self.new_ifname("wgpy")
+        private_key = self.run(None, "wg", "genkey").stdout.strip()
+        daemon = Daemon(
+            lab=self,
+            kind="wgpy",
+            netns=netns,
+            ifname=ifname,
+            log_path=self.tmp / f"wgpy-{ifname}.log",
+            private_key=private_key,
+            public_key=wg_pubkey(private_key),
+            listen_port=listen_port if listen_port is not None else 51000 + host,
+            underlay=self.underlay_address(host),
+            inner=self.inner_address(host),
+            inner6=self.inner6_address(host),
+        )
+        self.daemons.append(daemon)
+        env = dict(os.environ, LOG_LEVEL="verbose", WG_PROCESS_FOREGROUND="1")
+        argv = [sys.executable, "-m", "wgpy", "-f", *options, ifname]
+        daemon.process = self.spawn(netns, *argv, log=daemon.log_path, env=env)
+        daemon.pid = daemon.process.pid
+        return daemon
+
+    def bring_up(self, daemon: Daemon) -> None:
+        """Give ``daemon``'s interface its inner address (``/24``) and raise it."""
+        daemon.ip("addr", "add", f"{daemon.inner}/24", "dev", daemon.ifname)
+        daemon.ip("link", "set", daemon.ifname, "up")
 
     # -- traffic -------------------------------------------------------------------------------------------
 

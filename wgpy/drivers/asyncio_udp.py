@@ -24,7 +24,7 @@ from tun import TunDevice
 
 from ..device import Device, Endpoint
 from ..errors import UapiError
-from ..events import EndpointChanged, HandshakeCompleted, KeypairExpired
+from ..events import EndpointChanged, Event, HandshakeCompleted, KeypairExpired
 from .clock import monotonic_now, wall_ns
 from .udp import UdpSocket
 
@@ -62,6 +62,7 @@ class Tunnel:
         tun: TunDevice | None = None,
         on_packet: Callable[[bytes], None] | None = None,
         bind_address: str | None = None,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         """
         Args:
@@ -69,10 +70,13 @@ class Tunnel:
             tun: where decrypted packets go and plaintext packets come from; ``None`` for a socket-only tunnel.
             on_packet: called with each decrypted packet when there is no TUN (the demo and tests use it).
             bind_address: bind only this IPv4 address (for example ``127.0.0.1`` in the demo) instead of all.
+            on_event: called with each event drained from the device, after it is logged (the mesh agent audits
+                handshakes with it). The device has one event queue, so this is the only place that drains it.
         """
         self.device = device
         self.tun = tun
         self.on_packet = on_packet
+        self.on_event = on_event
         self.bind_address = bind_address
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sockets: dict[int, UdpSocket] = {}
@@ -287,3 +291,5 @@ class Tunnel:
                 logger.info("peer(%s): endpoint is now %s", event.peer.short(), event.endpoint[0])
             elif isinstance(event, KeypairExpired):
                 logger.info("peer(%s): session keys erased", event.peer.short())
+            if self.on_event is not None:
+                self.on_event(event)

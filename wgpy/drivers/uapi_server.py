@@ -5,6 +5,20 @@ with the device's configuration and ``errno=0``; ``set=1`` followed by ``key=val
 validated as a whole, applied, and answered with ``errno=0`` or a negated errno. Any other first line closes the
 connection without an answer, as wireguard-go does. The socket is created with umask 077 (mode 0600-equivalent:
 only root talks to it) in a directory created 0700 if it did not exist.
+
+A wgpy extension, served only when the daemon runs in mesh mode (a ``MeshExtension`` is given; ``wg`` never sends
+it, and without the extension it is an unknown operation that closes the connection as before)::
+
+    mesh_apply=1
+    <the signed network map document as JSON on ONE line>
+    <blank line>
+
+The document line may be up to ``MAX_MESH_DOCUMENT`` bytes (every other line keeps the ``MAX_LINE`` bound). The
+answer is ``key=value`` lines and then ``errno=0`` (applied: ``serial=``, ``added=``, ``removed=``, ``changed=``) or
+``reason=<why>``, ``detail=<one line of text>`` and ``errno=-22`` (refused, nothing changed; ``why`` is a
+``wgpy.mesh.RejectReason`` value or ``no_private_key``), then a blank line. A document line that is too long, cut
+short or not followed by the blank line closes the connection without an answer. ``wgpy mesh apply IFNAME FILE``
+is the client.
 """
 
 from __future__ import annotations
@@ -16,21 +30,31 @@ import logging
 import os
 import socket
 import stat
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from .. import uapi
 from ..errors import UapiError
 from .asyncio_udp import Tunnel
 from .clock import monotonic_now
 
-__all__ = ["SOCKET_DIRECTORY", "UapiServer", "bind_uapi_socket", "socket_path"]
+__all__ = [
+    "MAX_MESH_DOCUMENT",
+    "SOCKET_DIRECTORY",
+    "MeshApplyReply",
+    "MeshExtension",
+    "UapiServer",
+    "bind_uapi_socket",
+    "socket_path",
+]
 
 logger = logging.getLogger("wgpy.uapi")
 
 SOCKET_DIRECTORY: Final = Path("/var/run/wireguard")
 MAX_REQUEST_LINES: Final = 1_000_000  # a bound, so one client cannot make us buffer without end
 MAX_LINE: Final = 4096
+MAX_MESH_DOCUMENT: Final = 16 * 1024 * 1024  # bytes of the mesh_apply document line (= wgpy.mesh MAX_DOCUMENT_SIZE)
 
 
 def socket_path(ifname: str, directory: Path = SOCKET_DIRECTORY) -> Path:
@@ -64,12 +88,40 @@ def bind_uapi_socket(ifname: str, directory: Path = SOCKET_DIRECTORY) -> socket.
     return sock
 
 
+@dataclass(frozen=True, slots=True)
+class MeshApplyReply:
+    """The answer to ``mesh_apply=1``: ``fields`` as ``key=value`` lines, then ``errno`` (positive, sent negated)."""
+
+    errno: int
+    fields: tuple[tuple[str, str], ...] = ()
+
+
+class MeshExtension(Protocol):
+    """What the server needs from the mesh daemon (``wgpy.drivers.mesh_daemon.MeshAgent`` implements it)."""
+
+    def apply_document(self, document: bytes) -> MeshApplyReply:
+        """Verify and apply a signed network map document; never raises for bad input."""
+        ...
+
+    def configuration_changed(self) -> None:
+        """Called after every successful ``set=1`` (a private key may just have arrived)."""
+        ...
+
+
 class UapiServer:
     """Serves UAPI requests for one ``Tunnel``."""
 
-    def __init__(self, tunnel: Tunnel, sock: socket.socket) -> None:
+    def __init__(self, tunnel: Tunnel, sock: socket.socket, *, mesh: MeshExtension | None = None) -> None:
+        """
+        Args:
+            tunnel: The tunnel whose device is configured.
+            sock: The listening unix socket (``bind_uapi_socket``).
+            mesh: Serve the ``mesh_apply=1`` extension with it (mesh mode); ``None`` refuses it like any unknown
+                operation.
+        """
         self.tunnel = tunnel
         self.sock = sock
+        self.mesh = mesh
         self.path = sock.getsockname()
         self._server: asyncio.base_events.Server | None = None
 
@@ -101,6 +153,14 @@ class UapiServer:
                     if body is None:
                         return
                     writer.write(uapi.format_errno(await self._set(body)).encode())
+                elif line == b"mesh_apply=1\n" and self.mesh is not None:
+                    document = await _read_long_line(reader, MAX_MESH_DOCUMENT)
+                    if document is None or await reader.readline() != b"\n":
+                        return  # too long, cut short or not followed by the blank line: apply nothing
+                    reply = self.mesh.apply_document(document)
+                    self.tunnel.flush()
+                    text = "".join(f"{key}={value}\n" for key, value in reply.fields)
+                    writer.write((text + uapi.format_errno(reply.errno)).encode())
                 else:
                     return  # unknown operation or end of stream: close without answer
                 await writer.drain()
@@ -146,5 +206,37 @@ class UapiServer:
         except UapiError as exc:
             logger.info("UAPI set refused: %s", exc)
             return exc.errno
+        if self.mesh is not None:
+            self.mesh.configuration_changed()
         self.tunnel.flush()
         return 0
+
+
+async def _read_long_line(reader: asyncio.StreamReader, limit: int) -> bytes | None:
+    """One line (without its newline) of up to ``limit`` bytes from a reader whose own limit is ``MAX_LINE``.
+
+    ``readuntil`` leaves the bytes in the buffer when the line is longer than the reader's limit and says how many
+    it looked at (``LimitOverrunError.consumed``, none of them the separator): take those and look again. So the
+    long line is allowed here only, and every other line of the protocol keeps its bound.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            size += exc.consumed
+            if size > limit:
+                return None
+            try:
+                chunks.append(await reader.readexactly(exc.consumed))
+            except asyncio.IncompleteReadError:
+                return None
+            continue
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        size += len(chunk) - 1
+        if size > limit:
+            return None
+        chunks.append(chunk[:-1])
+        return b"".join(chunks)

@@ -1,0 +1,756 @@
+"""Mesh mode for the daemon, and the ``wgpy mesh`` commands of the management side.
+
+Theory of operation: ``MeshAgent`` is the glue between a running ``Tunnel`` and a ``MeshController`` (``wgpy.mesh``).
+It installs the controller's packet filter in the device (``Device.packet_filter``), forwards the device's events to
+the audit log (``Tunnel.on_event``), and feeds the controller signed network maps from two places:
+
+* a *watched file* (``--mesh-map FILE``): applied at start, then its inode, mtime and size are polled every
+  ``POLL_INTERVAL`` seconds on the event loop (``call_later``, no extra dependency) and each new version is applied.
+  Write new versions atomically (write a temporary file, then ``rename`` it over the old one); a half-written file
+  is only refused as ``malformed`` and retried when it changes again;
+* the UAPI socket (``wgpy mesh apply IFNAME FILE``, the ``mesh_apply=1`` extension of ``uapi_server.py``).
+
+A refused map is logged as one line (``network map ... rejected (reason): detail``) and changes nothing. A map can
+only be applied once the device has its private key (it finds itself in the map by its public key); a daemon
+started with ``--mesh-map`` and configured with ``wg set ... private-key`` afterwards applies the file as soon as
+the key arrives (the UAPI server tells the agent after each ``set``).
+
+Restarts. With ``--mesh-state FILE`` the last accepted map (its serial and the signed document) is saved after each
+map, atomically and with mode 0600. At start the saved serial is handed to the controller, so any older map is
+refused (``stale_serial``) and a replayed old map file cannot roll the device back. If the saved document itself
+still verifies (signature, not expired), it is applied again first: the device comes back with its last known good
+map even when maps only ever arrive over the socket. A state file that cannot be read stops the daemon before it
+creates its interface (delete it to start afresh, accepting any serial again).
+
+Clocks. Map validity is wall-clock (``time.time()``); the filter runs on the device's monotonic clock.
+``MeshController.note_clock`` ties the two together on every tick. With ``--fail-closed`` the controller gives the
+filter the monotonic instant at which the map expires, and the filter drops every packet from then on
+(``map-expired``) until a newer map arrives; the agent logs the change once each way. Without it an expired map
+stays in force (last known good), with one warning.
+
+The map is authoritative for peers: a peer added with ``wg set`` survives only until the next map is applied.
+Where the audit log goes is chosen here too: ``--audit-log FILE`` (appended, mode 0600) or ``-`` (stdout) puts the
+``wgpy.audit`` JSON lines there and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import socket
+import stat
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, NoReturn
+
+from ..crypto import Ed25519PrivateKey, Ed25519PublicKey
+from ..errors import ConfigError
+from ..mesh import (
+    AUDIT_LOGGER_NAME,
+    AuditLog,
+    MapChanges,
+    MapRejected,
+    MeshController,
+    RejectReason,
+    load_management_public_key,
+    sign_network_map,
+    verify_and_parse,
+)
+from ..mesh.netmap import MAX_DOCUMENT_SIZE
+from .clock import monotonic_now
+from .uapi_server import MAX_MESH_DOCUMENT, SOCKET_DIRECTORY, MeshApplyReply, socket_path
+
+if TYPE_CHECKING:
+    from ..events import Event
+    from .asyncio_udp import Tunnel
+
+__all__ = [
+    "POLL_INTERVAL",
+    "MeshAgent",
+    "MeshDaemonConfig",
+    "MeshState",
+    "add_daemon_arguments",
+    "main",
+    "prepare_daemon",
+    "read_state",
+    "write_state",
+]
+
+logger = logging.getLogger("wgpy.mesh")
+
+POLL_INTERVAL: Final = 1.0  # seconds between looks at the map file and the clocks (ours)
+STATE_VERSION: Final = 1  # the "version" field of the state file (ours)
+NO_PRIVATE_KEY: Final = "no_private_key"  # the UAPI reason when the device cannot find itself in any map yet
+ED25519_KEY_SIZE: Final = 32  # RFC 8032 §5.1.5: private seed and public key are both 32 bytes
+_IFNAME_RE: Final = re.compile(r"^[A-Za-z0-9_=+.-]{1,15}$")  # IFNAMSIZ - 1, and never a path
+_REPLY_LIMIT: Final = 65536  # bytes of a mesh_apply answer the client reads before giving up
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The state file
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MeshState:
+    """What ``--mesh-state`` remembers: the serial of the last accepted map and that map's signed document."""
+
+    serial: int | None = None
+    document: bytes | None = None
+
+
+def read_state(path: Path) -> MeshState:
+    """Read a state file; a missing file is an empty state.
+
+    Raises:
+        ConfigError: The file exists but cannot be read or is not a state file (one line, for the command line).
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return MeshState()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the mesh state {path}: {exc.strerror or exc}") from None
+    try:
+        state = json.loads(raw)
+        serial = state["serial"]
+        document = state.get("document")
+        if state.get("version") != STATE_VERSION or not isinstance(serial, int) or isinstance(serial, bool):
+            raise ValueError("unknown format")
+        if serial < 0 or (document is not None and not isinstance(document, dict)):
+            raise ValueError("unknown format")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ConfigError(
+            f"the mesh state {path} is not a wgpy state file (delete it to accept maps of any serial again)"
+        ) from None
+    encoded = json.dumps(document, separators=(",", ":")).encode("ascii") if document is not None else None
+    return MeshState(serial, encoded)
+
+
+def write_state(path: Path, serial: int, document: bytes) -> None:
+    """Save the accepted map atomically (temporary file, fsync, rename), readable by its owner only.
+
+    Raises:
+        OSError: The file could not be written; the old one is left as it was.
+    """
+    record = {"version": STATE_VERSION, "serial": serial, "document": json.loads(document)}
+    data = (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def _resume(state: MeshState, key: Ed25519PublicKey, now_wall: float) -> tuple[int | None, bytes | None]:
+    """The serial to start the controller with, and the saved document to apply again (if it still verifies).
+
+    The controller refuses a map whose serial is not greater than its own, so re-applying the saved map needs
+    the serial just below it; that is safe only because the saved map is applied before anything else can be.
+    """
+    if state.serial is None or state.document is None:
+        return state.serial, None
+    try:
+        netmap = verify_and_parse(state.document, key, now_wall, None)
+    except MapRejected as exc:
+        logger.warning(
+            "the saved network map (serial %d) is not resumed (%s): %s", state.serial, exc.reason.value, exc.detail
+        )
+        return state.serial, None
+    if netmap.serial != state.serial:
+        return state.serial, None
+    return state.serial - 1, state.document
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The agent
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class MeshAgent:
+    """Runs a ``MeshController`` beside a ``Tunnel``: map file, UAPI maps, state, clocks and audit events."""
+
+    def __init__(
+        self,
+        tunnel: Tunnel,
+        controller: MeshController,
+        *,
+        map_path: Path | None,
+        state_path: Path | None,
+        resume_document: bytes | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """
+        Args:
+            tunnel: The running tunnel whose device the maps configure.
+            controller: The controller (its ``current_serial`` already restored, see ``MeshAgent.create``).
+            map_path: The map file to apply and watch, or ``None``.
+            state_path: Where to save each accepted map, or ``None``.
+            resume_document: A saved map to apply before anything else (``MeshAgent.create`` decides).
+            wall_clock: Unix time in seconds, for map validity (tests replace it).
+        """
+        self.tunnel = tunnel
+        self.controller = controller
+        self.map_path = map_path
+        self.state_path = state_path
+        self._resume_document = resume_document
+        self.wall_clock = wall_clock
+        self._file_stamp: tuple[int, int, int] | None = None
+        self._file_pending: bytes | None = None  # a new file version waiting for the private key
+        self._file_problem: str | None = None  # the last problem logged about the file, so it is logged once
+        self._waiting_logged = False
+        self._traffic_allowed: bool | None = None
+        self._expired_logged: int | None = None  # serial of the map whose (fail-open) expiry was logged
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @classmethod
+    def create(
+        cls,
+        tunnel: Tunnel,
+        management_public_key: Ed25519PublicKey | bytes | str,
+        *,
+        fail_closed: bool = False,
+        map_path: Path | None = None,
+        state_path: Path | None = None,
+        state: MeshState | None = None,
+        audit: AuditLog | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> MeshAgent:
+        """An agent with a new controller whose serial is restored from ``state`` (read from ``state_path`` if
+        not given).
+
+        Raises:
+            ConfigError: A bad management key, or an unreadable state file.
+        """
+        key = load_management_public_key(management_public_key)
+        if state is None:
+            state = read_state(state_path) if state_path is not None else MeshState()
+        serial, document = _resume(state, key, wall_clock())
+        controller = MeshController(key, fail_closed=fail_closed, audit=audit, current_serial=serial)
+        return cls(
+            tunnel,
+            controller,
+            map_path=map_path,
+            state_path=state_path,
+            resume_document=document,
+            wall_clock=wall_clock,
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Install the filter and the event hook, apply what can be applied, and start the poll timer.
+
+        Call it from the event loop, after ``Tunnel.start`` and before the UAPI server starts.
+        """
+        self._loop = asyncio.get_running_loop()
+        self.tunnel.device.packet_filter = self.controller.filter
+        self.tunnel.on_event = self._on_event
+        self._tick()
+
+    def close(self) -> None:
+        """Stop polling. The filter stays installed: closing the agent never opens the device up."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # --- inputs ---------------------------------------------------------------------------------------------------
+
+    def apply_document(self, document: bytes) -> MeshApplyReply:
+        """The ``mesh_apply=1`` UAPI extension: apply a signed map, answer with what happened (never raises)."""
+        if self.tunnel.device.public_key is None:
+            return MeshApplyReply(
+                errno.EINVAL, (("reason", NO_PRIVATE_KEY), ("detail", "the device has no private key"))
+            )
+        try:
+            changes = self._apply(document, "the UAPI socket")
+        except MapRejected as exc:
+            self._log_rejected("the UAPI socket", exc)
+            return MeshApplyReply(errno.EINVAL, (("reason", exc.reason.value), ("detail", _printable(exc.detail))))
+        return MeshApplyReply(
+            0,
+            (
+                ("serial", str(changes.serial)),
+                ("added", str(len(changes.added))),
+                ("removed", str(len(changes.removed))),
+                ("changed", str(len(set(changes.allowed_ips_changed) | set(changes.endpoints_changed)))),
+            ),
+        )
+
+    def configuration_changed(self) -> None:
+        """After a UAPI ``set``: a private key may have arrived, so apply what was waiting for one (and look at the
+        map file now rather than at the next poll)."""
+        if not self._closed:
+            self._apply_pending()
+            self._check_file()
+            self._check_traffic(self.wall_clock())
+
+    def poll(self) -> None:
+        """One look at the clocks and the map file (the timer does this every ``POLL_INTERVAL`` seconds)."""
+        now_wall = self.wall_clock()
+        self.controller.note_clock(now_wall, monotonic_now())
+        self._apply_pending()
+        self._check_file()
+        self._check_traffic(now_wall)
+
+    # --- internals ------------------------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        try:
+            self.poll()
+        finally:
+            if self._loop is not None and not self._closed:
+                self._timer = self._loop.call_later(POLL_INTERVAL, self._tick)
+
+    def _on_event(self, event: Event) -> None:
+        self.controller.observe_event(event, monotonic_now())
+
+    def _apply(self, document: bytes, source: str) -> MapChanges:
+        """Apply a document now (the device has its private key). Raises ``MapRejected``; saves the state."""
+        now_wall = self.wall_clock()
+        changes = self.controller.apply_network_map(self.tunnel.device, document, now_wall, monotonic_now())
+        logger.info(
+            "network map serial %d from %s applied: %d peers added, %d removed, %d changed, %d connections cut",
+            changes.serial,
+            source,
+            len(changes.added),
+            len(changes.removed),
+            len(set(changes.allowed_ips_changed) | set(changes.endpoints_changed)),
+            changes.flows_removed,
+        )
+        self._save(changes.serial, document)
+        self._check_traffic(now_wall)
+        self.tunnel.flush()
+        return changes
+
+    def _save(self, serial: int, document: bytes) -> None:
+        if self.state_path is None:
+            return
+        try:
+            write_state(self.state_path, serial, document)
+        except (OSError, ValueError) as exc:
+            logger.error(
+                "cannot save the mesh state %s (%s): after a restart, maps older than serial %d would be accepted",
+                self.state_path,
+                getattr(exc, "strerror", None) or exc,
+                serial,
+            )
+
+    def _log_rejected(self, source: str, exc: MapRejected) -> None:
+        if exc.reason is RejectReason.STALE_SERIAL and exc.serial is not None and exc.serial == self.controller.serial:
+            logger.info("network map serial %d from %s is already in force", exc.serial, source)
+            return
+        logger.error("network map from %s rejected (%s): %s", source, exc.reason.value, exc.detail)
+
+    def _apply_pending(self) -> None:
+        if self.tunnel.device.public_key is None:
+            if (self._resume_document is not None or self._file_pending is not None) and not self._waiting_logged:
+                self._waiting_logged = True
+                logger.info("the network map waits for the device's private key (wg set IFNAME private-key FILE)")
+            return
+        resume, self._resume_document = self._resume_document, None
+        if resume is not None:
+            try:
+                self._apply(resume, "the saved state")
+            except MapRejected as exc:
+                self._log_rejected("the saved state", exc)
+        pending, self._file_pending = self._file_pending, None
+        if pending is not None and self.map_path is not None:
+            try:
+                self._apply(pending, str(self.map_path))
+            except MapRejected as exc:
+                self._log_rejected(str(self.map_path), exc)
+
+    def _check_file(self) -> None:
+        path = self.map_path
+        if path is None:
+            return
+        try:
+            info = path.stat()
+        except OSError as exc:
+            self._file_stamp = None
+            self._file_problem_once(f"cannot read the network map file {path}: {exc.strerror or exc}")
+            return
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if stamp == self._file_stamp:
+            return
+        if not stat.S_ISREG(info.st_mode):
+            self._file_problem_once(f"the network map file {path} is not a regular file")
+            return
+        if info.st_size > MAX_DOCUMENT_SIZE:  # never read a file larger than any map may be
+            self._file_stamp = stamp
+            logger.error("network map from %s rejected (malformed): larger than %d bytes", path, MAX_DOCUMENT_SIZE)
+            return
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self._file_problem_once(f"cannot read the network map file {path}: {exc.strerror or exc}")
+            return
+        self._file_stamp = stamp
+        self._file_problem = None
+        self._file_pending = data
+        self._apply_pending()
+
+    def _file_problem_once(self, message: str) -> None:
+        if message != self._file_problem:
+            self._file_problem = message
+            logger.warning("%s", message)
+
+    def _check_traffic(self, now_wall: float) -> None:
+        controller = self.controller
+        netmap = controller.network_map
+        allowed = controller.traffic_allowed(now_wall)
+        if allowed != self._traffic_allowed:
+            previous, self._traffic_allowed = self._traffic_allowed, allowed
+            if not allowed:
+                # The filter already denies everything: with no map it has no rule that accepts, and with an
+                # expired one note_clock gave it a deadline in the past (map-expired). This only says so, once.
+                if netmap is None:
+                    logger.warning("fail closed: no network map is in force, all traffic is denied")
+                else:
+                    logger.error(
+                        "fail closed: network map serial %d expired at %d, all traffic is denied until a newer map",
+                        netmap.serial,
+                        netmap.expires_at,
+                    )
+            elif previous is False and netmap is not None:
+                logger.warning("network map serial %d is in force: traffic flows again", netmap.serial)
+        if (
+            not controller.fail_closed
+            and netmap is not None
+            and now_wall >= netmap.expires_at
+            and self._expired_logged != netmap.serial
+        ):
+            self._expired_logged = netmap.serial
+            logger.warning(
+                "network map serial %d expired at %d; it stays in force (start with --fail-closed to deny traffic)",
+                netmap.serial,
+                netmap.expires_at,
+            )
+
+
+def _printable(text: str) -> str:
+    """``text`` made safe for one ``key=value`` line of the UAPI answer."""
+    return "".join(char if " " <= char <= "~" else "?" for char in text)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Daemon options (``wgpy [-f] --mesh-key ... IFNAME``)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MeshDaemonConfig:
+    """The mesh options of the daemon, checked before the interface is created."""
+
+    management_public_key: Ed25519PublicKey
+    map_path: Path | None
+    state_path: Path | None
+    fail_closed: bool
+    state: MeshState
+
+    def start(self, tunnel: Tunnel) -> MeshAgent:
+        """Create and start the agent for a running tunnel."""
+        agent = MeshAgent.create(
+            tunnel,
+            self.management_public_key,
+            fail_closed=self.fail_closed,
+            map_path=self.map_path,
+            state_path=self.state_path,
+            state=self.state,
+        )
+        agent.start()
+        return agent
+
+
+def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the mesh options to the daemon's parser."""
+    group = parser.add_argument_group("mesh mode (signed network maps, ACL, audit log)")
+    group.add_argument(
+        "--mesh-key",
+        metavar="KEY|FILE",
+        help="run in mesh mode, accepting network maps signed by this Ed25519 public key (base64, or a file holding it)",
+    )
+    group.add_argument("--mesh-map", metavar="FILE", help="apply this signed network map file and watch it for changes")
+    group.add_argument(
+        "--mesh-state", metavar="FILE", help="remember the last accepted map here, so a restart refuses older maps"
+    )
+    group.add_argument(
+        "--fail-closed", action="store_true", help="deny all traffic while no map is in force or the map has expired"
+    )
+    group.add_argument(
+        "--audit-log", metavar="FILE|-", help="write the audit log (JSON lines) to FILE (appended, mode 0600) or stdout"
+    )
+
+
+def prepare_daemon(args: argparse.Namespace) -> MeshDaemonConfig | None:
+    """Check the mesh options, read the state file and open the audit log; ``None`` without ``--mesh-key``.
+
+    Raises:
+        ConfigError: One line saying what is wrong.
+    """
+    key_text: str | None = args.mesh_key
+    if key_text is None:
+        used = [
+            name
+            for name, value in (
+                ("--mesh-map", args.mesh_map),
+                ("--mesh-state", args.mesh_state),
+                ("--fail-closed", args.fail_closed),
+                ("--audit-log", args.audit_log),
+            )
+            if value
+        ]
+        if used:
+            raise ConfigError(f"{', '.join(used)} need --mesh-key")
+        return None
+    key_path = Path(key_text)
+    if key_path.is_file():
+        try:
+            key_text = key_path.read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the mesh key {key_path}: {exc.strerror or exc}") from None
+    try:
+        key = load_management_public_key(key_text)
+    except ConfigError as exc:
+        if not key_path.is_file() and ("/" in key_text or "." in key_text) and len(key_text.strip()) != 44:
+            raise ConfigError(f"cannot read the mesh key {key_path}: no such file") from None  # (base64 has "/")
+        raise ConfigError(f"--mesh-key: {exc}") from None
+    state_path = Path(args.mesh_state) if args.mesh_state else None
+    state = read_state(state_path) if state_path is not None else MeshState()
+    if args.audit_log:
+        open_audit_log(args.audit_log)
+    return MeshDaemonConfig(
+        management_public_key=key,
+        map_path=Path(args.mesh_map) if args.mesh_map else None,
+        state_path=state_path,
+        fail_closed=bool(args.fail_closed),
+        state=state,
+    )
+
+
+def open_audit_log(target: str) -> logging.Handler:
+    """Send the ``wgpy.audit`` lines to ``target`` (a file, appended with mode 0600, or ``-`` for stdout) only.
+
+    Raises:
+        ConfigError: The file cannot be opened.
+    """
+    if target == "-":
+        handler = logging.StreamHandler(sys.stdout)
+    else:
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the audit log {target}: {exc.strerror or exc}") from None
+        handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="ascii", errors="replace", buffering=1))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    audit = logging.getLogger(AUDIT_LOGGER_NAME)
+    audit.handlers[:] = [handler]
+    audit.setLevel(logging.INFO)
+    audit.propagate = False  # the lines go where the operator said, not also to the daemon's log
+    return handler
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ``wgpy mesh ...``
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Failure(Exception):
+    """A command failed; the message is printed as one line on stderr."""
+
+
+def _fail(message: str) -> NoReturn:
+    raise _Failure(message)
+
+
+def _decode_key(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        _fail("Key is not the correct length or format")
+    if len(raw) != ED25519_KEY_SIZE:
+        _fail("Key is not the correct length or format")
+    return raw
+
+
+def _load_private_key(text: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(_decode_key(text))
+
+
+def _warn_if_world_readable() -> None:
+    """Like ``wg genkey``: a private key written to a file others can read deserves a warning."""
+    with contextlib.suppress(OSError, ValueError):
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+        if stat.S_ISREG(mode) and mode & 0o007:
+            print(
+                "Warning: writing to world accessible file.\nConsider setting the umask to 077 and trying again.",
+                file=sys.stderr,
+            )
+
+
+def _cmd_keygen() -> int:
+    private = Ed25519PrivateKey.generate()
+    _warn_if_world_readable()
+    print(base64.b64encode(private.private_bytes_raw()).decode("ascii"))
+    public = base64.b64encode(private.public_key().public_bytes_raw()).decode("ascii")
+    print(f"public key: {public}", file=sys.stderr)
+    return 0
+
+
+def _cmd_pubkey() -> int:
+    private = _load_private_key(sys.stdin.read())
+    print(base64.b64encode(private.public_key().public_bytes_raw()).decode("ascii"))
+    return 0
+
+
+def _read_input(name: str) -> bytes:
+    try:
+        if name == "-":
+            return sys.stdin.buffer.read(MAX_DOCUMENT_SIZE + 1)
+        with open(name, "rb") as stream:
+            return stream.read(MAX_DOCUMENT_SIZE + 1)
+    except OSError as exc:
+        _fail(f"cannot read {name}: {exc.strerror or exc}")
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            _fail(f"the map repeats the key {key[:40]!r} in one object")
+        result[key] = value
+    return result
+
+
+def _cmd_sign(key_file: str, body_file: str) -> int:
+    try:
+        key_text = Path(key_file).read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        _fail(f"cannot read the key {key_file}: {exc.strerror or exc}")
+    private = _load_private_key(key_text)
+    data = _read_input(body_file)
+    if len(data) > MAX_DOCUMENT_SIZE:
+        _fail(f"{body_file} is larger than {MAX_DOCUMENT_SIZE} bytes")
+    try:
+        body = json.loads(data, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:
+        _fail(f"{body_file} is not valid JSON: {str(exc).splitlines()[0]}")
+    if not isinstance(body, dict):
+        _fail(f"{body_file} does not hold a JSON object (the map body)")
+    if set(body) == {"map", "signature"}:
+        _fail(f"{body_file} is already a signed document; sign its map body")
+    try:
+        document = sign_network_map(body, private)
+    except MapRejected as exc:
+        _fail(f"invalid network map: {exc.detail}")
+    print(json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True))
+    return 0
+
+
+def _cmd_apply(ifname: str, document_file: str, socket_override: str | None) -> int:
+    if socket_override is not None:
+        path = Path(socket_override)
+    elif _IFNAME_RE.fullmatch(ifname):
+        path = socket_path(ifname, SOCKET_DIRECTORY)
+    else:
+        _fail(f"invalid interface name {ifname!r}")
+    data = _read_input(document_file)
+    # JSON allows a line break only between tokens (one inside a string must be escaped), so turning CR and LF into
+    # spaces keeps any valid document valid and identical, and puts it on the one line the extension expects.
+    line = data.replace(b"\r", b" ").replace(b"\n", b" ").strip()
+    if not line:
+        _fail(f"{document_file} is empty")
+    if len(line) > MAX_MESH_DOCUMENT:
+        _fail(f"{document_file} is larger than {MAX_MESH_DOCUMENT} bytes")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30.0)
+            sock.connect(str(path))
+            sock.sendall(b"mesh_apply=1\n" + line + b"\n\n")
+            reply = b""
+            while not reply.endswith(b"\n\n") and len(reply) < _REPLY_LIMIT:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError as exc:
+        _fail(f"cannot talk to {ifname} ({path}): {exc.strerror or exc}")
+    fields: dict[str, str] = {}
+    for raw in reply.decode("ascii", errors="replace").splitlines():
+        key, sep, value = raw.partition("=")
+        if sep:
+            fields[key] = value
+    code = fields.get("errno")
+    if code is None:
+        _fail(f"{ifname} does not accept network maps (is it a wgpy daemon started with --mesh-key?)")
+    if code == "0":
+        print(
+            f"{ifname}: network map serial {fields.get('serial', '?')} applied: {fields.get('added', '?')} peers added,"
+            f" {fields.get('removed', '?')} removed, {fields.get('changed', '?')} changed"
+        )
+        return 0
+    reason = fields.get("reason", f"errno {code}")
+    detail = fields.get("detail")
+    _fail(f"{ifname}: network map rejected ({reason})" + (f": {detail}" if detail else ""))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wgpy mesh", description="Signed network maps for wgpy's mesh mode.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "keygen", help="print a new management Ed25519 private key (base64); its public key goes to stderr"
+    )
+    commands.add_parser("pubkey", help="read a management private key on stdin, print its public key")
+    sign = commands.add_parser("sign", help="sign a map body (JSON) into the document devices accept")
+    sign.add_argument("--key", required=True, metavar="FILE", help="the management private key (from keygen)")
+    sign.add_argument("body", metavar="MAP.json", help="the map body, or - for stdin")
+    apply = commands.add_parser("apply", help="send a signed map to a running daemon over its UAPI socket")
+    apply.add_argument("--socket", metavar="PATH", help="the UAPI socket (default /var/run/wireguard/IFNAME.sock)")
+    apply.add_argument("interface", metavar="IFNAME")
+    apply.add_argument("document", metavar="FILE", help="the signed document, or - for stdin")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """``wgpy mesh keygen | pubkey | sign --key FILE MAP.json | apply IFNAME FILE``; returns the exit status."""
+    args = _parser().parse_args(list(argv))
+    try:
+        if args.command == "keygen":
+            return _cmd_keygen()
+        if args.command == "pubkey":
+            return _cmd_pubkey()
+        if args.command == "sign":
+            return _cmd_sign(args.key, args.body)
+        return _cmd_apply(args.interface, args.document, args.socket)
+    except _Failure as exc:
+        print(f"wgpy: {exc}", file=sys.stderr)
+        return 1
