@@ -18,3 +18,31 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Mod
         module: pytest.Module = pytest.Module.from_parent(parent, path=file_path)
         return module
     return None
+
+
+# Rates and ratios that the benchmarks put in ``extra_info`` (pytest-benchmark's table does not show them).
+_HEADLINES = (
+    "per_second",
+    "packets_per_second",
+    "MB_per_second",
+    "us_per_packet",
+    "ratio_to_crypto_only",
+    "ns_per_counter",
+    "ns_per_lookup",
+)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    session = getattr(config, "_benchmarksession", None)
+    benchmarks = getattr(session, "benchmarks", None) or []
+    rows = []
+    for bench in benchmarks:
+        extra = getattr(bench, "extra_info", None) or {}
+        shown = [f"{key}={extra[key]:,}" for key in _HEADLINES if key in extra]
+        if shown:
+            rows.append(f"{bench.name:<44} " + "  ".join(shown))
+    if rows:
+        terminalreporter.write_sep("-", "wgpy rates (from extra_info, computed from each benchmark's mean)")
+        for row in rows:
+            terminalreporter.write_line(row)

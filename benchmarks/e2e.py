@@ -1,0 +1,673 @@
+"""End-to-end throughput: iperf3 through wgpy and wireguard-go tunnels between two network namespaces.
+
+Usage (root): ``sudo python benchmarks/e2e.py [--seconds 3] [--repeat 3] [--out benchmarks/results]``
+
+Topology, built fresh for every run with names unique to the run and torn down in ``finally``::
+
+    netns A (iperf3 client, sends)                      netns B (iperf3 server, receives)
+    veth 10.250.0.1/24  <------------------------------>  veth 10.250.0.2/24
+    tunnel 10.251.0.1/24 (daemon A, UDP 51820)             tunnel 10.251.0.2/24 (daemon B, UDP 51821)
+
+The namespaces have no route anywhere else, so no packet leaves them. ``--repeat`` times, every configuration in
+turn (so that background load drifting during the run hits all of them alike), the two tunnel daemons are started in
+the foreground (``wireguard-go -f IF`` / ``python -m wgpy -f IF``), configured with ``wg set`` over their UAPI
+sockets (interface names are unique to the run and to each start, because /var/run/wireguard is not per namespace),
+warmed up with a ping, measured with the tests below, and stopped:
+
+- ``tcp1``: ``iperf3 -c`` TCP, one stream, ``--seconds`` long (goodput at the receiver);
+- ``tcp4``: the same with ``-P 4``;
+- ``udp``: ``iperf3 -u -l 1200 -b <--udp-bandwidth>``: packets/s received and the loss.
+
+During each iperf3 run the CPU time (utime + stime from /proc/PID/stat, in clock ticks of
+``os.sysconf('SC_CLK_TCK')``) of each tunnel daemon is sampled before and after, and reported as CPU seconds per GB
+delivered (both daemons together, and each). Medians over the repetitions are printed as a table with the ratios
+wgpy / wireguard-go, and written to ``<out>/e2e-<date>.json``, ``<out>/latest.json`` and, if matplotlib is installed,
+a bar chart ``<out>/latest.png``.
+
+Configurations (A sends, B receives): ``veth`` (no tunnel: the ceiling), ``go-go``, ``wgpy-wgpy``, ``wgpy-go``
+(wgpy sends, wireguard-go receives) and ``go-wgpy`` (the reverse). Only processes this script started are
+signalled, by their PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+REPO: Final = Path(__file__).resolve().parent.parent
+UAPI_DIRECTORY: Final = Path("/var/run/wireguard")
+UNDERLAY: Final = ("10.250.0.1", "10.250.0.2")  # veth addresses in A and B (/24), private test subnet
+OVERLAY: Final = ("10.251.0.1", "10.251.0.2")  # tunnel addresses in A and B (/24)
+LISTEN_PORTS: Final = (51820, 51821)
+IPERF_PORT: Final = 5201
+MTU: Final = 1420
+UDP_PAYLOAD: Final = 1200
+TESTS: Final = ("tcp1", "tcp4", "udp")
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    label: str
+    sender: str | None  # "go", "wgpy" or None (plain veth)
+    receiver: str | None
+
+
+CONFIGS: Final = (
+    Config("veth", "plain veth (ceiling)", None, None),
+    Config("go-go", "wireguard-go -> wireguard-go", "go", "go"),
+    Config("wgpy-wgpy", "wgpy -> wgpy", "wgpy", "wgpy"),
+    Config("wgpy-go", "wgpy -> wireguard-go", "wgpy", "go"),
+    Config("go-wgpy", "wireguard-go -> wgpy", "go", "wgpy"),
+)
+IMPLEMENTATION_NAMES: Final = {"go": "wireguard-go", "wgpy": "wgpy"}
+
+
+class E2EError(RuntimeError):
+    pass
+
+
+def run(cmd: Sequence[str], *, timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise E2EError(
+            f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
+        )
+    return result
+
+
+def in_ns(ns: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *cmd]
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the whole process (all threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3, utime 14, stime 15
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+@dataclass
+class Daemon:
+    implementation: str
+    ns: str
+    ifname: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass
+class Sample:
+    test: str
+    seconds: float  # measured by iperf3
+    wall: float  # our window, for CPU utilisation
+    bytes: int  # delivered to the receiver
+    bits_per_second: float
+    packets_per_second: float | None = None
+    lost_percent: float | None = None
+    retransmits: int | None = None
+    cpu: dict[str, float] = field(default_factory=dict)  # "sender"/"receiver" -> CPU seconds in the window
+    cpu_user: dict[str, float] = field(default_factory=dict)  # the user-space part of ``cpu`` (utime)
+
+    def cpu_per_gb(self, side: str | None = None) -> float | None:
+        if not self.cpu or not self.bytes:
+            return None
+        seconds = sum(self.cpu.values()) if side is None else self.cpu[side]
+        return seconds / (self.bytes / 1e9)
+
+
+class Bench:
+    """Owns everything the run creates: namespaces, veth, daemons, the iperf3 server, temporary files."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.run_id = f"{os.getpid() & 0xFFFF:04x}{secrets.token_hex(1)}"
+        self.ns = (f"wgpye2e-{self.run_id}-a", f"wgpye2e-{self.run_id}-b")
+        self.veth = (f"ve{self.run_id}a", f"ve{self.run_id}b")
+        self.tmp = Path(tempfile.mkdtemp(prefix="wgpy-e2e-"))
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.ifnames: list[str] = []
+        self.namespaces_made: list[str] = []
+        self.iperf_server: subprocess.Popen[bytes] | None = None
+        self.profilers: list[subprocess.Popen[bytes]] = []
+        self.tunnels_started = 0
+        self.source = REPO
+
+    # --- topology ---------------------------------------------------------------------------------------------
+
+    def snapshot_sources(self) -> dict[str, str | bool]:
+        """Copy ``wgpy/`` and ``tun/`` aside so every daemon of the run runs the same code, even if the tree changes.
+
+        Returns what identifies that code: the commit, whether the tree differed from it, and a digest of the copy.
+        """
+        source = self.tmp / "src"
+        digest = hashlib.sha256()
+        for package in ("wgpy", "tun"):
+            shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+            for path in sorted((source / package).rglob("*.py")):
+                digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
+        self.source = source
+        status = run(["git", "-C", str(REPO), "status", "--porcelain", "--", "wgpy", "tun"], check=False)
+        commit = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False).stdout.strip()
+        return {
+            "commit": commit or "unknown",
+            "tree_differs_from_commit": bool(status.stdout.strip()),
+            "sources_sha256": digest.hexdigest()[:16],
+        }
+
+    def build(self) -> None:
+        for ns in self.ns:
+            run(["ip", "netns", "add", ns])
+            self.namespaces_made.append(ns)
+            run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        a, b = self.ns
+        run(["ip", "link", "add", self.veth[0], "netns", a, "type", "veth", "peer", "name", self.veth[1], "netns", b])
+        for ns, veth, address in zip(self.ns, self.veth, UNDERLAY, strict=True):
+            run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", veth])
+            run(["ip", "-n", ns, "link", "set", veth, "up"])
+        self.start_iperf_server()
+        self.wait_for(lambda: run(in_ns(a, "ping", "-c", "1", "-W", "1", UNDERLAY[1]), check=False).returncode == 0)
+
+    def start_iperf_server(self) -> None:
+        if self.iperf_server is not None:
+            self.stop(self.iperf_server)
+        with (self.tmp / "iperf3-server.log").open("ab") as log:
+            self.iperf_server = self.spawn(in_ns(self.ns[1], "iperf3", "-s", "-p", str(IPERF_PORT)), log)
+        self.wait_for(
+            lambda: f":{IPERF_PORT}" in run(in_ns(self.ns[1], "ss", "-Hltn"), check=False).stdout,
+            what="iperf3 server",
+        )
+
+    def spawn(self, cmd: list[str], log: Any, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        self.processes.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGTERM, then SIGKILL, to one process this script started (never by name)."""
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+        if process in self.processes:
+            self.processes.remove(process)
+
+    @staticmethod
+    def wait_for(condition: Any, timeout: float = 15.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.1)
+        raise E2EError(f"timed out waiting for {what}")
+
+    def teardown(self) -> None:
+        for process in list(self.processes):
+            with contextlib.suppress(Exception):
+                self.stop(process)
+        for ifname in self.ifnames:
+            with contextlib.suppress(OSError):
+                (UAPI_DIRECTORY / f"{ifname}.sock").unlink(missing_ok=True)
+        for ns in self.namespaces_made:
+            run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- tunnels --------------------------------------------------------------------------------------------
+
+    def start_daemon(self, implementation: str, ns: str, ifname: str) -> Daemon:
+        log_path = self.tmp / f"{ifname}.log"
+        env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error")
+        if implementation == "go":
+            cmd = in_ns(ns, self.args.wireguard_go, "-f", ifname)
+        else:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
+            cmd = in_ns(ns, self.args.python, "-m", "wgpy", "-f", ifname)
+        self.ifnames.append(ifname)
+        with log_path.open("wb") as log:
+            process = self.spawn(cmd, log, env)
+        daemon = Daemon(implementation, ns, ifname, process, log_path)
+        socket = UAPI_DIRECTORY / f"{ifname}.sock"
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise E2EError(f"{implementation} exited ({process.returncode}): {log_path.read_text()[-2000:]}")
+            return socket.exists()
+
+        self.wait_for(ready, what=f"{implementation} UAPI socket {socket}")
+        if implementation == "wgpy" and self.args.profile is not None:
+            self.profilers.append(self.start_profiler(daemon))
+        return daemon
+
+    def start_profiler(self, daemon: Daemon) -> subprocess.Popen[bytes]:
+        """py-spy on one wgpy daemon; it writes collapsed stacks when the daemon exits."""
+        out = self.args.profile / f"{daemon.ifname}-{daemon.ns[-1]}.txt"
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        cmd = ["py-spy", "record", "--pid", str(daemon.pid), "--rate", "200", "--function", "--nonblocking"]
+        with (self.tmp / f"py-spy-{daemon.ifname}.log").open("wb") as log:
+            return self.spawn([*cmd, "--format", "raw", "--output", str(out)], log)
+
+    def start_tunnel(self, config: Config) -> tuple[Daemon, Daemon]:
+        assert config.sender is not None and config.receiver is not None
+        self.tunnels_started += 1
+        names = (f"wg{self.tunnels_started:02d}a{self.run_id}", f"wg{self.tunnels_started:02d}b{self.run_id}")
+        keys = []
+        for side in "ab":
+            private = run(["wg", "genkey"]).stdout.strip()
+            public = subprocess.run(["wg", "pubkey"], input=private, capture_output=True, text=True, check=True)
+            key_file = self.tmp / f"{names[0]}-{side}.key"
+            key_file.touch(mode=0o600)
+            key_file.write_text(private + "\n")
+            keys.append((key_file, public.stdout.strip()))
+        daemons = (
+            self.start_daemon(config.sender, self.ns[0], names[0]),
+            self.start_daemon(config.receiver, self.ns[1], names[1]),
+        )
+        for me in (0, 1):
+            other = 1 - me
+            ns, ifname = self.ns[me], names[me]
+            run(
+                in_ns(
+                    ns,
+                    "wg",
+                    "set",
+                    ifname,
+                    "listen-port",
+                    str(LISTEN_PORTS[me]),
+                    "private-key",
+                    str(keys[me][0]),
+                    "peer",
+                    keys[other][1],
+                    "endpoint",
+                    f"{UNDERLAY[other]}:{LISTEN_PORTS[other]}",
+                    "allowed-ips",
+                    f"{OVERLAY[other]}/32",
+                )
+            )
+            run(["ip", "-n", ns, "addr", "add", f"{OVERLAY[me]}/24", "dev", ifname])
+            run(["ip", "-n", ns, "link", "set", ifname, "mtu", str(MTU), "up"])
+        self.wait_for(
+            lambda: run(in_ns(self.ns[0], "ping", "-c", "1", "-W", "1", OVERLAY[1]), check=False).returncode == 0,
+            timeout=20,
+            what=f"a ping through {config.name}",
+        )
+        return daemons
+
+    # --- measurements -----------------------------------------------------------------------------------------
+
+    def iperf(self, test: str, target: str, daemons: Sequence[Daemon]) -> Sample:
+        seconds = self.args.seconds
+        cmd = ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", "--connect-timeout", "5000"]
+        if test == "tcp4":
+            cmd += ["-P", "4"]
+        elif test == "udp":
+            cmd += ["-u", "-l", str(UDP_PAYLOAD), "-b", self.args.udp_bandwidth]
+        before = [cpu_times(d.pid) for d in daemons]
+        started = time.monotonic()
+        result = run(in_ns(self.ns[0], *cmd), timeout=seconds + 30, check=False)
+        wall = time.monotonic() - started
+        after = [cpu_times(d.pid) for d in daemons]
+        try:
+            report = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            report = {"error": result.stderr.strip() or "no JSON output"}
+        if result.returncode != 0 or "error" in report:
+            self.start_iperf_server()  # a failed test can leave the server busy
+            raise E2EError(f"iperf3 {test} to {target}: {report.get('error')}")
+        end = report["end"]
+        sides = ("sender", "receiver")
+        cpu = {side: sum(a) - sum(b) for side, a, b in zip(sides, after, before, strict=False)}
+        cpu_user = {side: a[0] - b[0] for side, a, b in zip(sides, after, before, strict=False)}
+        if test == "udp":
+            received = end.get("sum_received") or end["sum"]
+            total = int(received["packets"])
+            lost = int(received["lost_packets"])
+            duration = float(received["seconds"]) or seconds
+            delivered = max(total - lost, 0)
+            return Sample(
+                test,
+                duration,
+                wall,
+                delivered * UDP_PAYLOAD,
+                delivered * UDP_PAYLOAD * 8 / duration,
+                packets_per_second=delivered / duration,
+                lost_percent=100.0 * lost / total if total else 0.0,
+                cpu=cpu,
+                cpu_user=cpu_user,
+            )
+        received = end["sum_received"]
+        return Sample(
+            test,
+            float(received["seconds"]),
+            wall,
+            int(received["bytes"]),
+            float(received["bits_per_second"]),
+            retransmits=int(end["sum_sent"].get("retransmits", 0)),
+            cpu=cpu,
+            cpu_user=cpu_user,
+        )
+
+    def measure(self, config: Config, repetition: int) -> dict[str, Sample]:
+        """One repetition of every test through ``config``, with fresh tunnel daemons."""
+        samples: dict[str, Sample] = {}
+        daemons: tuple[Daemon, ...] = ()
+        try:
+            if config.sender is None:
+                target = UNDERLAY[1]
+            else:
+                daemons = self.start_tunnel(config)
+                target = OVERLAY[1]
+            for test in self.args.tests:
+                sample = self.iperf(test, target, daemons)
+                samples[test] = sample
+                print(f"  {config.name:10} {test:5} #{repetition + 1}: {describe(sample)}", flush=True)
+                time.sleep(self.args.settle)
+        finally:
+            for daemon in daemons:
+                self.stop(daemon.process)
+            for profiler in self.profilers:  # they finish writing once their daemon has exited
+                try:
+                    profiler.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.stop(profiler)
+                if profiler in self.processes:
+                    self.processes.remove(profiler)
+            self.profilers.clear()
+        return samples
+
+
+def describe(sample: Sample) -> str:
+    text = f"{sample.bits_per_second / 1e6:9.1f} Mbit/s"
+    if sample.packets_per_second is not None:
+        text += f" {sample.packets_per_second:10,.0f} pkt/s rx, loss {sample.lost_percent:5.1f}%"
+    if sample.retransmits is not None:
+        text += f" retr {sample.retransmits}"
+    per_gb = sample.cpu_per_gb()
+    if per_gb is not None:
+        text += f"  CPU {sample.cpu.get('sender', 0):.2f}+{sample.cpu.get('receiver', 0):.2f}s = {per_gb:.2f} s/GB"
+    return text
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize(samples: list[Sample]) -> dict[str, float | None]:
+    return {
+        "mbit_per_second": median([s.bits_per_second / 1e6 for s in samples]),
+        "packets_per_second": median([s.packets_per_second for s in samples]),
+        "lost_percent": median([s.lost_percent for s in samples]),
+        "retransmits": median([s.retransmits for s in samples]),
+        "cpu_seconds_per_gb": median([s.cpu_per_gb() for s in samples]),
+        "cpu_seconds_per_gb_sender": median([s.cpu_per_gb("sender") for s in samples]),
+        "cpu_seconds_per_gb_receiver": median([s.cpu_per_gb("receiver") for s in samples]),
+        "cpu_utilisation_sender": median([s.cpu["sender"] / s.wall if s.cpu else None for s in samples]),
+        "cpu_utilisation_receiver": median([s.cpu["receiver"] / s.wall if s.cpu else None for s in samples]),
+        "cpu_user_fraction": median(
+            [sum(s.cpu_user.values()) / sum(s.cpu.values()) if s.cpu and sum(s.cpu.values()) else None for s in samples]
+        ),
+    }
+
+
+# --- reporting ---------------------------------------------------------------------------------------------------
+
+COLUMNS: Final = (
+    ("tcp1", "mbit_per_second", "TCP x1 Mbit/s", "{:.0f}"),
+    ("tcp4", "mbit_per_second", "TCP x4 Mbit/s", "{:.0f}"),
+    ("udp", "packets_per_second", "UDP rx pkt/s", "{:,.0f}"),
+    ("udp", "lost_percent", "UDP loss %", "{:.1f}"),
+    ("tcp1", "cpu_seconds_per_gb", "CPU s/GB TCPx1", "{:.2f}"),
+    ("tcp4", "cpu_seconds_per_gb", "CPU s/GB TCPx4", "{:.2f}"),
+    ("udp", "cpu_seconds_per_gb", "CPU s/GB UDP", "{:.2f}"),
+)
+
+
+def ratios(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """wgpy configurations divided by wireguard-go ↔ wireguard-go, column by column."""
+    out: dict[str, dict[str, float | None]] = {}
+    base = results.get("go-go")
+    if base is None:
+        return out
+    for name in ("wgpy-wgpy", "wgpy-go", "go-wgpy"):
+        if name not in results:
+            continue
+        row: dict[str, float | None] = {}
+        for test, metric, title, _ in COLUMNS:
+            mine = results[name]["median"].get(test, {}).get(metric)
+            theirs = base["median"].get(test, {}).get(metric)
+            row[title] = mine / theirs if mine is not None and theirs else None
+        out[f"{name} / go-go"] = row
+    return out
+
+
+def table(results: dict[str, Any], ratio_rows: dict[str, dict[str, float | None]]) -> str:
+    titles = [title for _, _, title, _ in COLUMNS]
+    width = max([24, *(len(name) for name in ratio_rows)])
+    lines = [f"{'configuration':<{width}} " + " ".join(f"{t:>15}" for t in titles)]
+    for name, result in results.items():
+        cells = []
+        for test, metric, _title, fmt in COLUMNS:
+            value = result["median"].get(test, {}).get(metric)
+            cells.append(f"{fmt.format(value) if value is not None else '-':>15}")
+        lines.append(f"{name:<{width}} " + " ".join(cells))
+    for name, row in ratio_rows.items():
+        cells = [f"{(f'{v:.3f}x' if v is not None else '-'):>15}" for v in row.values()]
+        lines.append(f"{name:<{width}} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def version(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "unknown"
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "wireguard_go": version(["wireguard-go", "--version"]),
+        "iperf3": version(["iperf3", "--version"]),
+    }
+
+
+def chart(results: dict[str, Any], path: Path, date: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install matplotlib)", file=sys.stderr)
+        return False
+    panels = [
+        ("tcp1", "mbit_per_second", "TCP, 1 stream (Mbit/s)"),
+        ("tcp4", "mbit_per_second", "TCP, 4 streams (Mbit/s)"),
+        ("udp", "packets_per_second", f"UDP {UDP_PAYLOAD} B, received pkt/s"),
+        ("tcp1", "cpu_seconds_per_gb", "CPU s per GB, TCP x1"),
+    ]
+    # The plain veth is 20-100x faster than any tunnel: it is given as a number in the title, not as a bar, so
+    # that the tunnels stay readable on a linear axis.
+    tunnels = [n for n in results if n != "veth"]
+    colors = {"go-go": "#1f77b4", "wgpy-wgpy": "#d62728", "wgpy-go": "#ff7f0e", "go-wgpy": "#9467bd"}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4))
+    for ax, (test, metric, title) in zip(axes, panels, strict=True):
+        medians = {n: results[n]["median"].get(test, {}) for n in tunnels}
+        shown = [n for n in tunnels if medians[n].get(metric) is not None]
+        if metric == "cpu_seconds_per_gb":
+            sender = [medians[n]["cpu_seconds_per_gb_sender"] or 0.0 for n in shown]
+            receiver = [medians[n]["cpu_seconds_per_gb_receiver"] or 0.0 for n in shown]
+            ax.bar(shown, sender, color=[colors.get(n, "#333") for n in shown], label="sender daemon")
+            ax.bar(shown, receiver, bottom=sender, color=[colors.get(n, "#333") for n in shown], alpha=0.5,
+                   label="receiver daemon", hatch="//")  # fmt: skip
+            ax.legend(fontsize=7)
+            values = [medians[n][metric] for n in shown]  # median of the totals, as in the table
+        else:
+            values = [medians[n][metric] for n in shown]
+            ax.bar(shown, values, color=[colors.get(n, "#333") for n in shown])
+        for x, value in enumerate(values):
+            ax.annotate(f"{value:,.0f}" if value >= 100 else f"{value:.1f}", (x, value), ha="center", va="bottom",
+                        fontsize=8)  # fmt: skip
+        ceiling = results.get("veth", {}).get("median", {}).get(test, {}).get(metric)
+        if ceiling is not None and metric != "cpu_seconds_per_gb":
+            title += f"\nplain veth: {ceiling:,.0f}"
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.suptitle(f"wgpy vs wireguard-go through iperf3, medians ({date})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="iperf3 through wgpy and wireguard-go in two network namespaces")
+    parser.add_argument("--seconds", type=int, default=3, help="length of each iperf3 run (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per test; medians are reported (default 3)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output folder")
+    parser.add_argument(
+        "--configs", default=",".join(c.name for c in CONFIGS), help="comma-separated subset of: %(default)s"
+    )
+    parser.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of: %(default)s")
+    parser.add_argument("--udp-bandwidth", default="10G", help="iperf3 -b for the UDP test (default 10G)")
+    parser.add_argument("--settle", type=float, default=1.0, help="pause between iperf3 runs, seconds (default 1)")
+    parser.add_argument("--wireguard-go", default="wireguard-go", help="wireguard-go binary")
+    parser.add_argument("--python", default=sys.executable, help="Python that runs wgpy (default: this one)")
+    parser.add_argument(
+        "--profile", type=Path, help="also run py-spy on each wgpy daemon and write collapsed stacks to this folder"
+    )
+    parser.add_argument("--replot", type=Path, help="only redraw the chart of this JSON report next to it")
+    parser.add_argument(
+        "--no-snapshot",
+        dest="snapshot",
+        action="store_false",
+        help="run wgpy from the work tree instead of a copy taken at the start (edits during the run then count)",
+    )
+    args = parser.parse_args(argv)
+    if args.replot is not None:
+        report = json.loads(args.replot.read_text())
+        return 0 if chart(report["results"], args.replot.with_suffix(".png"), report["date"][:10]) else 1
+    args.tests = [t for t in args.tests.split(",") if t]
+    wanted = args.configs.split(",")
+    configs = [c for c in CONFIGS if c.name in wanted]
+    if unknown := set(wanted) - {c.name for c in CONFIGS} | set(args.tests) - set(TESTS):
+        parser.error(f"unknown configuration or test: {', '.join(sorted(unknown))}")
+    if os.geteuid() != 0:
+        print("e2e.py needs root (network namespaces, TUN devices): run it with sudo", file=sys.stderr)
+        return 2
+    missing = [tool for tool in ("ip", "wg", "iperf3", "ss", "ping", args.wireguard_go) if shutil.which(tool) is None]
+    if missing:
+        print(f"missing tools: {', '.join(missing)} (apt-get install wireguard-go wireguard-tools iperf3 "
+              "iproute2 iputils-ping)", file=sys.stderr)  # fmt: skip
+        return 2
+
+    # A SIGTERM (or Ctrl-C) still runs the teardown in ``finally``.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
+    started = dt.datetime.now().astimezone()
+    load_before = os.getloadavg()
+    if load_before[0] > 0.5:
+        print(f"warning: load average {load_before[0]:.2f}: other work on this machine will skew the numbers")
+    bench = Bench(args)
+    results: dict[str, Any] = {}
+    print(f"run {bench.run_id}: namespaces {bench.ns[0]}, {bench.ns[1]}; {args.repeat} x {args.seconds} s per test")
+    wgpy_source: dict[str, Any] = {"commit": "unknown", "snapshot": False}
+    try:
+        if args.snapshot:
+            wgpy_source = {**bench.snapshot_sources(), "snapshot": True}
+            print(f"wgpy sources: commit {wgpy_source['commit']}, tree differs: "
+                  f"{wgpy_source['tree_differs_from_commit']}, copy {wgpy_source['sources_sha256']}")  # fmt: skip
+        bench.build()
+        # Repetitions outermost: every configuration is measured once before any is measured again, so that a
+        # change in background load while the run goes on hits all of them alike.
+        collected: dict[str, dict[str, list[Sample]]] = {c.name: {t: [] for t in args.tests} for c in configs}
+        for repetition in range(args.repeat):
+            print(f"repetition {repetition + 1} of {args.repeat}", flush=True)
+            for config in configs:
+                for test, sample in bench.measure(config, repetition).items():
+                    collected[config.name][test].append(sample)
+        for config in configs:
+            samples = collected[config.name]
+            results[config.name] = {
+                "label": config.label,
+                "sender": IMPLEMENTATION_NAMES.get(config.sender or "", None),
+                "receiver": IMPLEMENTATION_NAMES.get(config.receiver or "", None),
+                "median": {test: summarize(s) for test, s in samples.items()},
+                "samples": {test: [vars(x) for x in s] for test, s in samples.items()},
+            }
+    except (E2EError, subprocess.SubprocessError, OSError) as exc:
+        print(f"e2e failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bench.teardown()
+
+    ratio_rows = ratios(results)
+    print()
+    print(table(results, ratio_rows))
+    report = {
+        "date": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "wgpy_source": wgpy_source,
+        "parameters": {
+            "seconds": args.seconds,
+            "repeat": args.repeat,
+            "udp_payload": UDP_PAYLOAD,
+            "udp_bandwidth": args.udp_bandwidth,
+            "mtu": MTU,
+            "tests": args.tests,
+            "profiled_with_py_spy": args.profile is not None,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+        "results": results,
+        "ratios": ratio_rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    text = json.dumps(report, indent=2) + "\n"
+    (args.out / f"e2e-{stamp}.json").write_text(text)
+    (args.out / "latest.json").write_text(text)
+    print(f"\nwrote {args.out / f'e2e-{stamp}.json'} and latest.json")
+    if chart(results, args.out / "latest.png", report["date"][:10]):
+        print(f"wrote {args.out / 'latest.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
