@@ -86,11 +86,12 @@ class HandshakeRejected(WgpyError):
 class StaticIdentity:
     """The local device's static key pair and what is derived from it alone."""
 
-    __slots__ = ("hash0", "private_key", "public_key")
+    __slots__ = ("dh_key", "hash0", "private_key", "public_key")
 
     def __init__(self, private_key: PrivateKey) -> None:
         self.private_key = private_key
         self.public_key = private_key.public_key()
+        self.dh_key = crypto.dh_private_key(private_key.raw)  # loaded once: every handshake uses it
         self.hash0 = initial_hash(self.public_key)  # Hi when we are the responder
 
     def __repr__(self) -> str:
@@ -107,6 +108,7 @@ class Handshake:
 
     __slots__ = (
         "chaining_key",
+        "ephemeral_key",
         "ephemeral_private",
         "hash",
         "last_initiation_consumption",
@@ -140,6 +142,7 @@ class Handshake:
         self.chaining_key = bytes(32)
         self.hash = bytes(32)
         self.ephemeral_private = bytes(32)
+        self.ephemeral_key: crypto.DhPrivateKey | None = None  # ephemeral_private, loaded
         self.remote_ephemeral = bytes(32)
         self.local_index = 0
         self.remote_index = 0
@@ -153,7 +156,7 @@ class Handshake:
         self.precomputed_static_static = None
         if local is not None:
             try:
-                self.precomputed_static_static = crypto.dh(local.private_key.raw, self.remote_static.raw)
+                self.precomputed_static_static = crypto.dh(local.dh_key, self.remote_static.raw)
             except crypto.InvalidTag:
                 self.precomputed_static_static = None
 
@@ -162,7 +165,7 @@ def _mix_hash(h: bytes, data: bytes) -> bytes:
     return crypto.hash(h + data)
 
 
-def _mix_dh(ck: bytes, private: bytes, public: bytes) -> tuple[bytes, bytes]:
+def _mix_dh(ck: bytes, private: bytes | crypto.DhPrivateKey, public: bytes) -> tuple[bytes, bytes]:
     """(ck, k) := KDF2(ck, DH(private, public)). Raises ``InvalidTag`` on an all-zero DH result."""
     return crypto.kdf2(ck, crypto.dh(private, public))
 
@@ -184,12 +187,12 @@ def create_initiation(
     ck = INITIAL_CHAINING_KEY
     h = initial_hash(handshake.remote_static)
     # e
-    ephemeral_private, ephemeral_public = crypto.dh_generate(rng)
+    ephemeral_key, ephemeral_private, ephemeral_public = crypto.dh_generate_key(rng)
     ck = crypto.kdf1(ck, ephemeral_public)
     h = _mix_hash(h, ephemeral_public)
     try:
         # es
-        ck, key = _mix_dh(ck, ephemeral_private, handshake.remote_static.raw)
+        ck, key = _mix_dh(ck, ephemeral_key, handshake.remote_static.raw)
     except crypto.InvalidTag:
         raise HandshakeRejected(DropReason.HANDSHAKE_FAILED) from None
     # s
@@ -205,6 +208,7 @@ def create_initiation(
     handshake.chaining_key = ck
     handshake.hash = h
     handshake.ephemeral_private = ephemeral_private
+    handshake.ephemeral_key = ephemeral_key
     handshake.local_index = sender_index
     return Initiation(sender_index, ephemeral_public, encrypted_static, encrypted_timestamp)
 
@@ -235,7 +239,7 @@ def consume_initiation(
         ck = crypto.kdf1(ck, remote_ephemeral)
         h = _mix_hash(h, remote_ephemeral)
         # es
-        ck, key = _mix_dh(ck, local.private_key.raw, remote_ephemeral)
+        ck, key = _mix_dh(ck, local.dh_key, remote_ephemeral)
         # s
         remote_static_raw = crypto.aead_open(key, 0, message.encrypted_static, h)
         h = _mix_hash(h, message.encrypted_static)
@@ -287,13 +291,13 @@ def create_response(handshake: Handshake, sender_index: int, rng: Callable[[int]
     h = handshake.hash
     try:
         # e
-        ephemeral_private, ephemeral_public = crypto.dh_generate(rng)
+        ephemeral_key, ephemeral_private, ephemeral_public = crypto.dh_generate_key(rng)
         ck = crypto.kdf1(ck, ephemeral_public)
         h = _mix_hash(h, ephemeral_public)
         # ee
-        ck = crypto.kdf1(ck, crypto.dh(ephemeral_private, handshake.remote_ephemeral))
+        ck = crypto.kdf1(ck, crypto.dh(ephemeral_key, handshake.remote_ephemeral))
         # se
-        ck = crypto.kdf1(ck, crypto.dh(ephemeral_private, handshake.remote_static.raw))
+        ck = crypto.kdf1(ck, crypto.dh(ephemeral_key, handshake.remote_static.raw))
     except crypto.InvalidTag:
         raise HandshakeRejected(DropReason.HANDSHAKE_FAILED) from None
     # psk
@@ -304,6 +308,7 @@ def create_response(handshake: Handshake, sender_index: int, rng: Callable[[int]
     h = _mix_hash(h, encrypted_nothing)
 
     handshake.ephemeral_private = ephemeral_private
+    handshake.ephemeral_key = ephemeral_key
     handshake.chaining_key = ck
     handshake.hash = h
     handshake.local_index = sender_index
@@ -340,9 +345,9 @@ def consume_response(
         ck = crypto.kdf1(ck, remote_ephemeral)
         h = _mix_hash(h, remote_ephemeral)
         # ee
-        ck = crypto.kdf1(ck, crypto.dh(handshake.ephemeral_private, remote_ephemeral))
+        ck = crypto.kdf1(ck, crypto.dh(handshake.ephemeral_key or handshake.ephemeral_private, remote_ephemeral))
         # se
-        ck = crypto.kdf1(ck, crypto.dh(local.private_key.raw, remote_ephemeral))
+        ck = crypto.kdf1(ck, crypto.dh(local.dh_key, remote_ephemeral))
         # psk
         ck, tau, key = crypto.kdf3(ck, handshake.preshared_key.raw)
         h = _mix_hash(h, tau)

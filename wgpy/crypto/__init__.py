@@ -27,6 +27,7 @@ __all__ = [
     "MAC_SIZE",
     "XNONCE_SIZE",
     "Aead",
+    "DhPrivateKey",
     "Ed25519PrivateKey",
     "Ed25519PublicKey",
     "InvalidTag",
@@ -37,6 +38,8 @@ __all__ = [
     "constant_time_equal",
     "dh",
     "dh_generate",
+    "dh_generate_key",
+    "dh_private_key",
     "dh_public",
     "ed25519_sign",
     "ed25519_verify",
@@ -61,6 +64,9 @@ _ZERO_NONCE_PREFIX: Final = b"\x00" * 4
 #: Ed25519 key types (mesh network map signatures, RFC 8032), re-exported so that no other module imports a backend.
 Ed25519PrivateKey = _backend.Ed25519PrivateKey
 Ed25519PublicKey = _backend.Ed25519PublicKey
+
+#: A loaded X25519 private key. Keeping one saves the scalar multiplication that loading raw bytes costs.
+DhPrivateKey = _backend.X25519PrivateKey
 
 #: The AEAD object kept per transport keypair (one per direction), so the hot path builds no cipher per packet.
 Aead = _backend.ChaCha20Poly1305
@@ -144,12 +150,20 @@ def clamp(private: bytes) -> bytes:
     return bytes(b)
 
 
-def dh(private: bytes, public: bytes) -> bytes:
-    """DH(private, public): X25519. Raises ``InvalidTag`` when the shared point is all zeros (whitepaper §5.4)."""
+def dh(private: bytes | DhPrivateKey, public: bytes) -> bytes:
+    """DH(private, public): X25519. Raises ``InvalidTag`` when the shared point is all zeros (whitepaper §5.4).
+
+    ``private`` is 32 raw bytes or a key loaded once with ``dh_private_key`` (faster when used more than once).
+    """
     try:
         return _backend.x25519(private, public)
     except ValueError:
         raise InvalidTag from None
+
+
+def dh_private_key(private: bytes) -> DhPrivateKey:
+    """Load a raw X25519 private key once, for several ``dh`` calls."""
+    return _backend.x25519_private(private)
 
 
 def dh_public(private: bytes) -> bytes:
@@ -157,15 +171,17 @@ def dh_public(private: bytes) -> bytes:
     return _backend.x25519_public(private)
 
 
+def dh_generate_key(rng: Callable[[int], bytes]) -> tuple[DhPrivateKey, bytes, bytes]:
+    """DH-GENERATE() as a loaded key: (key object, clamped private bytes, public bytes)."""
+    private = clamp(rng(KEY_SIZE))
+    key = _backend.x25519_private(private)
+    return key, private, key.public_key().public_bytes_raw()
+
+
 def dh_generate(rng: Callable[[int], bytes]) -> tuple[bytes, bytes]:
     """DH-GENERATE(): a fresh clamped private key from ``rng`` and its public key."""
-    private = clamp(rng(KEY_SIZE))
-    return private, dh_public(private)
-
-
-def constant_time_equal(a: bytes, b: bytes) -> bool:
-    """Compare two byte strings in time that does not depend on where they differ."""
-    return _std_hmac.compare_digest(a, b)
+    _, private, public = dh_generate_key(rng)
+    return private, public
 
 
 def ed25519_sign(private_key: Ed25519PrivateKey, data: bytes) -> bytes:
@@ -180,3 +196,8 @@ def ed25519_verify(public_key: Ed25519PublicKey, signature: bytes, data: bytes) 
     except _backend.InvalidSignature:
         return False
     return True
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    """Compare two byte strings in time that does not depend on where they differ."""
+    return _std_hmac.compare_digest(a, b)

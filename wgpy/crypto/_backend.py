@@ -27,10 +27,12 @@ __all__ = [
     "Ed25519PrivateKey",
     "Ed25519PublicKey",
     "InvalidSignature",
+    "X25519PrivateKey",
     "blake2s_hash",
     "blake2s_mac",
     "hmac_blake2s",
     "x25519",
+    "x25519_private",
     "x25519_public",
     "xchacha20poly1305_decrypt",
     "xchacha20poly1305_encrypt",
@@ -49,9 +51,18 @@ def hmac_blake2s(key: bytes, data: bytes) -> bytes:
     return _hmac.digest(key, data, hashlib.blake2s)
 
 
-def x25519(private: bytes, public: bytes) -> bytes:
-    """Raw X25519. Raises ``ValueError`` when the result is all zeros (a low-order public key)."""
-    return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(public))
+def x25519(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
+    """Raw X25519. Raises ``ValueError`` when the result is all zeros (a low-order public key).
+
+    ``private`` may be a key object made once with ``x25519_private``: loading raw bytes makes OpenSSL compute the
+    public key too, a second scalar multiplication that a kept object does not pay again.
+    """
+    key = private if isinstance(private, X25519PrivateKey) else X25519PrivateKey.from_private_bytes(private)
+    return key.exchange(X25519PublicKey.from_public_bytes(public))
+
+
+def x25519_private(private: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(private)
 
 
 def x25519_public(private: bytes) -> bytes:
