@@ -138,6 +138,16 @@ class _LoadMeter:
         return self._under_load_until is not None and now < self._under_load_until
 
 
+def _pad(packet: bytes, mtu: int) -> bytes:
+    """``packet`` with zeros up to a multiple of 16 bytes, never past the MTU (whitepaper §5.4.6)."""
+    padding = -len(packet) % MESSAGE_PADDING_MULTIPLE
+    if not padding:
+        return packet
+    if len(packet) + padding > mtu:
+        padding = padded_length(len(packet), mtu) - len(packet)
+    return packet + _ZEROS[padding]
+
+
 def endpoint_bytes(endpoint: Endpoint) -> bytes:
     """The endpoint's address packed as IP || big-endian port: what cookies bind to (wireguard-go ``DstToBytes``)."""
     try:
@@ -407,8 +417,10 @@ class Device:
         route = self.allowed_ips.lookup
         no_key = self.identity is None
         packet_filter = self.packet_filter
-        oldest_usable = now - REJECT_AFTER_TIME
-        sent_to: dict[Peer, None] = {}  # peers that got packets on the fast path, in order
+        mtu = self.mtu
+        # Consecutive packets for one peer with a usable session form a run, sealed in one call.
+        run_peer: Peer | None = None
+        run: list[bytes] = []
         for ip_packet in ip_packets:
             destination = destination_of(ip_packet)
             if destination is None:
@@ -424,26 +436,45 @@ class Device:
             if packet_filter is not None and not packet_filter.check_outbound(ip_packet, peer.public_key, now):
                 self._drop(DropReason.FILTERED, now)
                 continue
-            # Fast path: nothing is waiting and the session is usable (the checks of ``_usable_for_sending``), so
-            # the packet goes out at once, with the same sealing code as the staged path.
+            if peer is run_peer:
+                run.append(_pad(ip_packet, mtu))
+                continue
+            if run_peer is not None:
+                self._send_run(run_peer, run, now)
+                run_peer, run = None, []
+            # Fast path: nothing is waiting and the session is usable, so the packet goes out without staging.
             keypair = peer.keypairs.current
-            endpoint = peer.endpoint
             if (
                 not peer.staged
-                and endpoint is not None
+                and peer.endpoint is not None
                 and keypair is not None
-                and keypair.valid
-                and keypair.created_at > oldest_usable
-                and keypair.send_counter < self.reject_after_messages
-                and self._seal_and_queue(peer, keypair, endpoint, ip_packet)
+                and self._usable_for_sending(keypair, now)
             ):
-                sent_to[peer] = None
+                run_peer, run = peer, [_pad(ip_packet, mtu)]
                 continue
             if not peer.stage(bytes(ip_packet)):
                 self._drop(DropReason.QUEUE_FULL, now)
             self._send_staged(peer, now)
-        for peer in sent_to:
+        if run_peer is not None:
+            self._send_run(run_peer, run, now)
+
+    def _send_run(self, peer: Peer, padded_packets: list[bytes], now: float) -> None:
+        """Seal a run of padded packets on the peer's current keypair; stage what the counter could not take."""
+        keypair = peer.keypairs.current
+        endpoint = peer.endpoint
+        if keypair is None or endpoint is None:  # unreachable: the run started with both
+            return
+        messages = keypair.seal_many(padded_packets, self.reject_after_messages)
+        if messages:
+            self._datagrams.extend([(message, endpoint) for message in messages])
+            peer.tx_bytes += sum(map(len, messages))
+            self.stats.packets_sent += len(messages)
             self._after_sending(peer, now, data_sent=True)
+        if len(messages) < len(padded_packets):
+            for packet in padded_packets[len(messages) :]:
+                if not peer.stage(packet):
+                    self._drop(DropReason.QUEUE_FULL, now)
+            self._send_staged(peer, now)
 
     def _usable_for_sending(self, keypair: Keypair, now: float) -> bool:
         """Whether new packets may be sealed with ``keypair`` (kernel: sending.is_valid, age and counter limits)."""
@@ -460,11 +491,7 @@ class Device:
 
     def _seal_and_queue(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, packet: bytes) -> bool:
         """Pad, encrypt and queue one packet for ``endpoint``. Returns ``False`` if the keypair refused it."""
-        length = len(packet)
-        padding = -length % MESSAGE_PADDING_MULTIPLE
-        if padding and length + padding > self.mtu:  # never pad past the MTU
-            padding = padded_length(length, self.mtu) - length
-        message = keypair.seal(packet + _ZEROS[padding] if padding else packet)
+        message = keypair.seal(_pad(packet, self.mtu))
         if message is None:
             return False
         self._datagrams.append((message, endpoint))

@@ -15,6 +15,7 @@ Nothing here reads a clock: birth times arrive as ``now``.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 from . import crypto
@@ -82,12 +83,36 @@ class Keypair:
 
         Each call uses a new counter, so no (keypair, counter) pair is ever sent twice.
         """
+        messages = self.seal_many((padded_plaintext,))
+        return messages[0] if messages else None
+
+    def seal_many(self, padded_plaintexts: Sequence[bytes], limit: int = REJECT_AFTER_MESSAGES) -> list[bytes]:
+        """Transport messages for the plaintexts in order, as many as the counter allows (``seal`` of a batch).
+
+        Args:
+            padded_plaintexts: already padded packets (an empty one is a keepalive).
+            limit: the counter this keypair must not reach (REJECT_AFTER_MESSAGES; lower in tests).
+
+        Returns:
+            One message per plaintext, fewer (possibly none) when the counter runs out: only the sending half is
+            then used up, and packets the peer sends on this keypair still decrypt.
+        """
         counter = self.send_counter
-        if not self.valid or counter >= REJECT_AFTER_MESSAGES:
-            return None  # only the sending half is used up: received packets still decrypt
-        self.send_counter = counter + 1
-        header = _TRANSPORT_HEADER.pack(_TRANSPORT_TYPE, self.remote_index, counter)
-        return header + self._send_aead.encrypt(_NONCE.pack(counter), padded_plaintext, None)
+        if not self.valid:
+            return []
+        room = min(limit, REJECT_AFTER_MESSAGES) - counter
+        if room < len(padded_plaintexts):
+            padded_plaintexts = padded_plaintexts[: max(room, 0)]
+        encrypt = self._send_aead.encrypt
+        header = _TRANSPORT_HEADER.pack
+        nonce = _NONCE.pack
+        remote_index = self.remote_index
+        messages = [
+            header(_TRANSPORT_TYPE, remote_index, n) + encrypt(nonce(n), plaintext, None)
+            for n, plaintext in enumerate(padded_plaintexts, counter)
+        ]
+        self.send_counter = counter + len(messages)
+        return messages
 
     def open(self, counter: int, message: bytes | memoryview) -> bytes:
         """Decrypt the payload of a transport message. Raises ``crypto.InvalidTag``; does not touch the replay window."""
