@@ -297,3 +297,29 @@ def test_fwmark_marks_the_udp_sockets(lab: Lab) -> None:
     wgpy.wg("set", wgpy.ifname, "fwmark", "off")
     unmarked = lab.run(wgpy.netns, "ss", "-Huane", f"sport = :{wgpy.listen_port}").stdout
     assert "fwmark" not in unmarked
+
+
+def test_addconf_and_syncconf_keep_the_session(lab: Lab) -> None:
+    """`wg addconf` adds a peer without touching the live one; `wg syncconf` then removes it again (it sends only
+    the difference), and the session with wireguard-go survives both: same handshake time, traffic still flows."""
+    wgpy, go = lab.pair("wgpy", "wireguard-go")
+    lab.wait_for_ping(wgpy, go.inner)
+    original = wgpy.showconf()
+    handshake_before = wgpy.show("latest-handshakes").split()[1]
+
+    extra = wg_pubkey(lab.run(None, "wg", "genkey").stdout.strip())
+    added = lab.tmp / "add.conf"
+    added.write_text(f"[Peer]\nPublicKey = {extra}\nAllowedIPs = 10.66.0.0/16\n")
+    added.chmod(0o600)
+    wgpy.wg("addconf", wgpy.ifname, str(added))
+    assert extra in wgpy.show("peers").split()
+    assert "10.66.0.0/16" in wgpy.show("allowed-ips")
+
+    synced = lab.tmp / "sync.conf"
+    synced.write_text(original)
+    synced.chmod(0o600)
+    wgpy.wg("syncconf", wgpy.ifname, str(synced))
+    assert extra not in wgpy.show("peers").split()
+    assert _normalized_showconf(wgpy.showconf()) == _normalized_showconf(original)
+    assert wgpy.show("latest-handshakes").split()[1] == handshake_before  # no new handshake was needed
+    assert lab.ping(wgpy, go.inner, count=2) == 2
