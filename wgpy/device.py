@@ -145,7 +145,7 @@ def _pad(packet: bytes, mtu: int) -> bytes:
         return packet
     if len(packet) + padding > mtu:
         padding = padded_length(len(packet), mtu) - len(packet)
-    return packet + _ZEROS[padding]
+    return packet + _ZEROS[padding] if padding else packet
 
 
 def endpoint_bytes(endpoint: Endpoint) -> bytes:
@@ -402,39 +402,41 @@ class Device:
     # ------------------------------------------------------------------------------------------------------------
 
     def send_packet(self, ip_packet: bytes, now: float, wall_ns: int | None = None) -> None:
-        """Encrypt an IP packet to the peer whose allowed IPs hold its destination."""
-        self.send_packets((ip_packet,), now, wall_ns)
+        """Encrypt an IP packet to the peer whose allowed IPs hold its destination (``send_packets`` for batches)."""
+        if wall_ns is not None:
+            self._wall_offset_ns = wall_ns - int(now * 1e9)
+        peer = self._route(ip_packet, now)
+        if peer is None:
+            return
+        keypair = peer.keypairs.current
+        endpoint = peer.endpoint
+        if (
+            not peer.staged
+            and endpoint is not None
+            and keypair is not None
+            and self._usable_for_sending(keypair, now)
+            and self._seal_and_queue(peer, keypair, endpoint, ip_packet)
+        ):
+            self._after_sending(peer, now, data_sent=True)
+            return
+        self._stage_and_send(peer, ip_packet, now)
 
     def send_packets(self, ip_packets: Iterable[bytes], now: float, wall_ns: int | None = None) -> None:
         """Encrypt a batch of IP packets read from the TUN device (same as ``send_packet`` on each, in order).
 
-        A batch shares the per-call work (the clock, the timer hooks and rekey check once per peer), which is
-        what lets a driver that reads many packets per wake-up approach the cost of the AEAD alone.
+        Consecutive packets for one peer with a usable session form a run that ``Keypair.seal_many`` seals in one
+        call, and the timer hooks and rekey check run once per run: what lets a driver that reads many packets
+        per wake-up approach the cost of the AEAD alone.
         """
         if wall_ns is not None:
             self._wall_offset_ns = wall_ns - int(now * 1e9)
-        destination_of = ip.destination
-        route = self.allowed_ips.lookup
-        no_key = self.identity is None
-        packet_filter = self.packet_filter
+        route = self._route
         mtu = self.mtu
-        # Consecutive packets for one peer with a usable session form a run, sealed in one call.
         run_peer: Peer | None = None
         run: list[bytes] = []
         for ip_packet in ip_packets:
-            destination = destination_of(ip_packet)
-            if destination is None:
-                self._drop(DropReason.INVALID_IP_PACKET, now)
-                continue
-            peer = route(destination)
+            peer = route(ip_packet, now)
             if peer is None:
-                self._drop(DropReason.NO_ROUTE, now)
-                continue
-            if no_key:
-                self._drop(DropReason.NO_PRIVATE_KEY, now)
-                continue
-            if packet_filter is not None and not packet_filter.check_outbound(ip_packet, peer.public_key, now):
-                self._drop(DropReason.FILTERED, now)
                 continue
             if peer is run_peer:
                 run.append(_pad(ip_packet, mtu))
@@ -442,7 +444,6 @@ class Device:
             if run_peer is not None:
                 self._send_run(run_peer, run, now)
                 run_peer, run = None, []
-            # Fast path: nothing is waiting and the session is usable, so the packet goes out without staging.
             keypair = peer.keypairs.current
             if (
                 not peer.staged
@@ -451,12 +452,35 @@ class Device:
                 and self._usable_for_sending(keypair, now)
             ):
                 run_peer, run = peer, [_pad(ip_packet, mtu)]
-                continue
-            if not peer.stage(bytes(ip_packet)):
-                self._drop(DropReason.QUEUE_FULL, now)
-            self._send_staged(peer, now)
+            else:
+                self._stage_and_send(peer, ip_packet, now)
         if run_peer is not None:
             self._send_run(run_peer, run, now)
+
+    def _route(self, ip_packet: bytes, now: float) -> Peer | None:
+        """The peer an outgoing packet goes to, or ``None`` after counting why it cannot be sent."""
+        destination = ip.destination(ip_packet)
+        if destination is None:
+            self._drop(DropReason.INVALID_IP_PACKET, now)
+            return None
+        peer = self.allowed_ips.lookup(destination)
+        if peer is None:
+            self._drop(DropReason.NO_ROUTE, now)
+            return None
+        if self.identity is None:
+            self._drop(DropReason.NO_PRIVATE_KEY, now)
+            return None
+        packet_filter = self.packet_filter
+        if packet_filter is not None and not packet_filter.check_outbound(ip_packet, peer.public_key, now):
+            self._drop(DropReason.FILTERED, now)
+            return None
+        return peer
+
+    def _stage_and_send(self, peer: Peer, ip_packet: bytes, now: float) -> None:
+        """Queue a packet until a session is usable, then send what can be sent (or start a handshake)."""
+        if not peer.stage(bytes(ip_packet)):
+            self._drop(DropReason.QUEUE_FULL, now)
+        self._send_staged(peer, now)
 
     def _send_run(self, peer: Peer, padded_packets: list[bytes], now: float) -> None:
         """Seal a run of padded packets on the peer's current keypair; stage what the counter could not take."""

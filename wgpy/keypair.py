@@ -83,8 +83,12 @@ class Keypair:
 
         Each call uses a new counter, so no (keypair, counter) pair is ever sent twice.
         """
-        messages = self.seal_many((padded_plaintext,))
-        return messages[0] if messages else None
+        counter = self.send_counter
+        if not self.valid or counter >= REJECT_AFTER_MESSAGES:
+            return None  # only the sending half is used up: received packets still decrypt
+        self.send_counter = counter + 1
+        header = _TRANSPORT_HEADER.pack(_TRANSPORT_TYPE, self.remote_index, counter)
+        return header + self._send_aead.encrypt(_NONCE.pack(counter), padded_plaintext, None)
 
     def seal_many(self, padded_plaintexts: Sequence[bytes], limit: int = REJECT_AFTER_MESSAGES) -> list[bytes]:
         """Transport messages for the plaintexts in order, as many as the counter allows (``seal`` of a batch).
