@@ -27,6 +27,7 @@ _HEADLINES = (
     "MB_per_second",
     "us_per_packet",
     "ratio_to_crypto_only",
+    "ratio_to_encrypt_only",
     "ns_per_counter",
     "ns_per_lookup",
 )
