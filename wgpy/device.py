@@ -68,7 +68,7 @@ from .peer import Endpoint, Peer
 from .ratelimiter import RateLimiter
 from .timers import TimerName
 
-__all__ = ["DEFAULT_MTU", "Device", "DeviceStats", "Endpoint", "IPNetwork", "PacketFilter"]
+__all__ = ["DEFAULT_MTU", "Device", "DeviceStats", "Endpoint", "IPNetwork", "PacketFilter", "endpoint_bytes"]
 
 logger = logging.getLogger("wgpy.device")
 
