@@ -23,7 +23,6 @@ allowed; the caller trims them using the returned total length.
 
 from __future__ import annotations
 
-import struct
 from typing import Final
 
 __all__ = [
@@ -46,8 +45,6 @@ _V6_SRC_OFFSET: Final = 8  # RFC 8200 §3
 _V6_DST_OFFSET: Final = 24  # RFC 8200 §3
 _MIN_IHL: Final = 5  # RFC 791 §3.1: IHL counts 32-bit words and is at least 5
 
-_U16 = struct.Struct("!H")
-
 
 def _total_length(packet: bytes | bytearray | memoryview, size: int) -> tuple[int, int]:
     """Return ``(version, total_length)`` of a valid header, or ``(0, 0)``. ``size`` is ``len(packet)``."""
@@ -59,13 +56,12 @@ def _total_length(packet: bytes | bytearray | memoryview, size: int) -> tuple[in
         header_length = (first & 0x0F) * 4
         if header_length < _MIN_IHL * 4:
             return 0, 0
-        (total,) = _U16.unpack_from(packet, _V4_TOTAL_LENGTH_OFFSET)
+        total = (packet[_V4_TOTAL_LENGTH_OFFSET] << 8) | packet[_V4_TOTAL_LENGTH_OFFSET + 1]
         if total < header_length or total > size:
             return 0, 0
         return 4, total
     if version == 6 and size >= IPV6_HEADER_SIZE:
-        (payload,) = _U16.unpack_from(packet, _V6_PAYLOAD_LENGTH_OFFSET)
-        total = IPV6_HEADER_SIZE + payload
+        total = IPV6_HEADER_SIZE + ((packet[_V6_PAYLOAD_LENGTH_OFFSET] << 8) | packet[_V6_PAYLOAD_LENGTH_OFFSET + 1])
         if total > size:
             return 0, 0
         return 6, total
@@ -103,20 +99,10 @@ def parse_header(packet: bytes | bytearray | memoryview) -> tuple[int, int, byte
 
 def destination(packet: bytes | bytearray | memoryview) -> bytes | None:
     """The destination address of a valid IP header, or ``None`` exactly when :func:`parse_header` is."""
-    # The checks of _total_length, inlined: this runs once per packet sent.
-    size = len(packet)
-    if size < IPV4_HEADER_SIZE:
-        return None
-    first = packet[0]
-    if first >> 4 == 4:
-        header_length = (first & 0x0F) * 4
-        total = (packet[2] << 8) | packet[3]
-        if header_length < _MIN_IHL * 4 or total < header_length or total > size:
-            return None
+    version, _total = _total_length(packet, len(packet))
+    if version == 4:
         return bytes(packet[_V4_DST_OFFSET:IPV4_HEADER_SIZE])
-    if first >> 4 == 6 and size >= IPV6_HEADER_SIZE:
-        if IPV6_HEADER_SIZE + ((packet[4] << 8) | packet[5]) > size:
-            return None
+    if version == 6:
         return bytes(packet[_V6_DST_OFFSET:IPV6_HEADER_SIZE])
     return None
 
@@ -124,22 +110,12 @@ def destination(packet: bytes | bytearray | memoryview) -> bytes | None:
 def source_and_length(packet: bytes | bytearray | memoryview) -> tuple[bytes, int] | None:
     """``(source address, total length)`` of a valid IP header, or ``None`` exactly when :func:`parse_header` is.
 
-    The receive path needs only these two fields, once per packet; the checks are those of ``_total_length``.
+    The receive path needs only these two fields, once per packet.
     """
-    size = len(packet)
-    if size < IPV4_HEADER_SIZE:
-        return None
-    first = packet[0]
-    if first >> 4 == 4:
-        header_length = (first & 0x0F) * 4
-        total = (packet[2] << 8) | packet[3]
-        if header_length < _MIN_IHL * 4 or total < header_length or total > size:
-            return None
+    version, total = _total_length(packet, len(packet))
+    if version == 4:
         return bytes(packet[_V4_SRC_OFFSET:_V4_DST_OFFSET]), total
-    if first >> 4 == 6 and size >= IPV6_HEADER_SIZE:
-        total = IPV6_HEADER_SIZE + ((packet[4] << 8) | packet[5])
-        if total > size:
-            return None
+    if version == 6:
         return bytes(packet[_V6_SRC_OFFSET:_V6_DST_OFFSET]), total
     return None
 
