@@ -21,7 +21,22 @@ and (4) its read allocates a buffer of the requested size per call, exactly as `
 What remained for it (MTU and up/down by name) are two socket ioctls, and mixing two owners of one descriptor is
 worse than a single code path. So everything here is ``os.open`` / ``os.read`` / ``os.write`` plus ``fcntl.ioctl``
 with ``struct``-packed ``ifreq`` buffers; ``pytun`` only serves the tests, as an oracle for the flag values it
-compiles in from ``<linux/if_tun.h>``. No vnet header or offloads yet (wireguard-go's GSO/GRO path).
+compiles in from ``<linux/if_tun.h>``.
+
+Offload mode (opt-in, ``offload=True``): the interface is opened with ``IFF_VNET_HDR``, the header size is set to
+the standard 10-byte ``struct virtio_net_hdr`` (``TUNSETVNETHDRSZ``) and the kernel is told it may hand over TCP
+segmentation and checksumming (``TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)``), as wireguard-go's
+``tun_linux.go`` does. Every read and write then carries a virtio_net_hdr, and one read may be a TCP
+"super-packet" of up to 64 KB: ``read_packets()`` returns the IP packets it stands for (cut up by
+``tun.offload.handle_virtio_read``) and ``write_packets()`` glues consecutive TCP segments of a flow into
+super-packets (``tun.offload.handle_gro``) before writing, so that a 64 KB burst costs one system call either way.
+In that mode ``read()`` refuses (one read can be many packets, so a per-packet ``read()`` would have to hold some
+back, which a level-triggered poll loop would strand) and ``write()`` writes one packet behind an all-zero header.
+``offload=True, tso=False`` keeps the vnet header, so writes are still glued, but sets ``TUNSETOFFLOAD(0)``: the
+kernel segments and checksums what it sends into the interface itself, so no read needs a checksum computed in
+Python (which a UDP packet with ``TUN_F_CSUM`` would), and ``read()`` works again (one read is one packet).
+Without ``offload`` nothing changes: no header, one packet per ``read()``/``write()``, and ``read_packets()`` /
+``write_packets()`` are the same calls batched.
 
 Errors: a bad interface name or MTU raises ``ValueError`` before any system call. Refusals by the system raise
 ``tun.TunError`` with a sentence naming the cause: ``EPERM``/``EACCES`` ("needs root or CAP_NET_ADMIN"), ``ENOENT``
@@ -42,20 +57,28 @@ import platform
 import socket
 import struct
 import weakref
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Final, Self
 
 from tun import TunError
+from tun.offload import VIRTIO_NET_HDR_SIZE, ZERO_VIRTIO_NET_HDR, OffloadError, handle_gro, handle_virtio_read
 
 __all__ = [
     "DEVICE_PATH",
     "IFF_MULTI_QUEUE",
     "IFF_NO_PI",
     "IFF_TUN",
+    "IFF_VNET_HDR",
     "MAX_MTU",
     "MAX_QUEUES",
     "MIN_MTU",
+    "OFFLOADS",
+    "OFFLOAD_READ_SIZE",
     "READ_SIZE",
+    "TUN_F_CSUM",
+    "TUN_F_TSO4",
+    "TUN_F_TSO6",
     "LinuxTun",
     "validate_name",
 ]
@@ -73,6 +96,14 @@ IFF_NO_PI: Final = 0x1000
 IFF_MULTI_QUEUE: Final = 0x0100
 IFF_ATTACH_QUEUE: Final = 0x0200
 IFF_DETACH_QUEUE: Final = 0x0400
+IFF_VNET_HDR: Final = 0x4000
+
+# TUNSETOFFLOAD flags, <linux/if_tun.h>: what the kernel may leave undone in packets it sends into the interface.
+TUN_F_CSUM: Final = 0x01  # checksums may be left partial (NEEDS_CSUM); required by the TSO flags
+TUN_F_TSO4: Final = 0x02  # TCP over IPv4 super-packets (VIRTIO_NET_HDR_GSO_TCPV4)
+TUN_F_TSO6: Final = 0x04  # TCP over IPv6 super-packets (VIRTIO_NET_HDR_GSO_TCPV6)
+OFFLOADS: Final = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6  # wireguard-go tun_linux.go (without its UDP_L4 / USO)
+OFFLOAD_READ_SIZE: Final = VIRTIO_NET_HDR_SIZE + READ_SIZE  # one virtio_net_hdr + the largest super-packet
 _IFF_TAP: Final = 0x0002
 _IFF_UP: Final = 0x0001  # <linux/if.h> net_device_flags
 
@@ -98,6 +129,10 @@ def _ioc(direction: str, kind: str, number: int, size: int) -> int:
 _TUNSETIFF: Final = _ioc("w", "T", 202, 4)  # _IOW('T', 202, int)
 _TUNGETIFF: Final = _ioc("r", "T", 210, 4)  # _IOR('T', 210, unsigned int)
 _TUNSETQUEUE: Final = _ioc("w", "T", 217, 4)  # _IOW('T', 217, int)
+_TUNSETOFFLOAD: Final = _ioc("w", "T", 208, 4)  # _IOW('T', 208, unsigned int); the argument is passed by value
+_TUNGETVNETHDRSZ: Final = _ioc("r", "T", 215, 4)  # _IOR('T', 215, int)
+_TUNSETVNETHDRSZ: Final = _ioc("w", "T", 216, 4)  # _IOW('T', 216, int)
+_INT: Final = struct.Struct("i")
 
 # struct ifreq is 40 bytes on 64-bit Linux (16-byte name + a 24-byte union). Passing 40 bytes is also safe on
 # 32-bit, where it is 32, because fcntl.ioctl copies the argument into a larger buffer.
@@ -161,6 +196,22 @@ def _open_queue(name: str, flags: int, device_path: str) -> tuple[int, str]:
     return fd, _decode_name(_IFREQ_FLAGS.unpack(reply)[0])
 
 
+def _enable_offload(fd: int, name: str, tso: bool) -> None:
+    """Set the standard 10-byte vnet header and the offloads (``OFFLOADS``, or none) of an ``IFF_VNET_HDR`` queue.
+
+    Raises:
+        TunError: the kernel refused (the descriptor is left open: the caller closes it).
+    """
+    try:
+        fcntl.ioctl(fd, _TUNSETVNETHDRSZ, _INT.pack(VIRTIO_NET_HDR_SIZE))
+        fcntl.ioctl(fd, _TUNSETOFFLOAD, OFFLOADS if tso else 0)
+    except OSError as exc:
+        code = exc.errno or errno.EIO
+        raise TunError(
+            code, f"the kernel refused TUN offloads (vnet header, TSO) on {name!r}: {os.strerror(code)}"
+        ) from None
+
+
 def _open_error(exc: OSError, name: str, device_path: str) -> TunError:
     code = exc.errno or errno.EIO
     if code in (errno.EPERM, errno.EACCES):
@@ -212,7 +263,17 @@ class LinuxTun:
     ``close()``: closing the last queue of a non-persistent interface removes the interface.
     """
 
-    __slots__ = ("__weakref__", "_device_path", "_fd", "_finalizer", "_multi_queue", "_name")
+    __slots__ = (
+        "__weakref__",
+        "_device_path",
+        "_fd",
+        "_finalizer",
+        "_multi_queue",
+        "_name",
+        "_offload",
+        "_tso",
+        "malformed_reads",
+    )
 
     def __init__(
         self,
@@ -221,6 +282,8 @@ class LinuxTun:
         mtu: int | None = None,
         multi_queue: bool = False,
         device_path: str = DEVICE_PATH,
+        offload: bool = False,
+        tso: bool = True,
     ) -> None:
         """Create the TUN interface ``name``, or attach to it if it already exists as a TUN device.
 
@@ -229,6 +292,12 @@ class LinuxTun:
             mtu: the MTU to set right away; ``None`` leaves the kernel's default (1500).
             multi_queue: open with ``IFF_MULTI_QUEUE`` so ``open_queue()`` can add queues.
             device_path: the TUN clone device, normally ``/dev/net/tun``.
+            offload: open with ``IFF_VNET_HDR`` and TSO/checksum offloads (see the module docstring); use
+                ``read_packets()`` / ``write_packets()`` then. The flag is interface-wide: every queue of a
+                multi-queue interface must agree, which ``open_queue()`` sees to.
+            tso: with ``offload``, let the kernel hand over TCP super-packets with partial checksums
+                (``TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6``); ``False`` asks for complete packets (writes are glued
+                either way).
 
         Raises:
             ValueError: bad name or MTU, checked before any system call.
@@ -237,9 +306,15 @@ class LinuxTun:
         validate_name(name)
         if mtu is not None:
             _check_mtu(mtu)
-        flags = IFF_TUN | IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
+        flags = IFF_TUN | IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0) | (IFF_VNET_HDR if offload else 0)
         fd, actual_name = _open_queue(name, flags, device_path)
-        self._attach(fd, actual_name, multi_queue=multi_queue, device_path=device_path)
+        if offload:
+            try:
+                _enable_offload(fd, actual_name, tso)
+            except BaseException:
+                os.close(fd)
+                raise
+        self._attach(fd, actual_name, multi_queue=multi_queue, device_path=device_path, offload=offload, tso=tso)
         if mtu is not None:
             try:
                 self.set_mtu(mtu)
@@ -247,21 +322,34 @@ class LinuxTun:
                 self.close()
                 raise
 
-    def _attach(self, fd: int, name: str, *, multi_queue: bool, device_path: str) -> None:
+    def _attach(
+        self, fd: int, name: str, *, multi_queue: bool, device_path: str, offload: bool = False, tso: bool = False
+    ) -> None:
         self._fd = fd
         self._name = name
         self._multi_queue = multi_queue
         self._device_path = device_path
+        self._offload = offload
+        self._tso = offload and tso
+        self.malformed_reads = 0
         self._finalizer = weakref.finalize(self, os.close, fd)
 
     @classmethod
     def open_queues(
-        cls, name: str, queues: int, *, mtu: int | None = None, device_path: str = DEVICE_PATH
+        cls,
+        name: str,
+        queues: int,
+        *,
+        mtu: int | None = None,
+        device_path: str = DEVICE_PATH,
+        offload: bool = False,
+        tso: bool = True,
     ) -> list[LinuxTun]:
         """Create a multi-queue TUN interface and open ``queues`` descriptors on it.
 
         Each returned ``LinuxTun`` is one queue with its own ``fileno()``; all report the same ``name``. The kernel
         spreads packets it sends into the interface over the queues by flow; a packet may be written to any queue.
+        ``offload`` and ``tso`` apply to every queue (see ``__init__``).
 
         Raises:
             ValueError: bad name or MTU, or ``queues`` outside 1..256.
@@ -269,7 +357,7 @@ class LinuxTun:
         """
         if not 1 <= queues <= MAX_QUEUES:
             raise ValueError(f"queues must be in 1..{MAX_QUEUES}, not {queues}")
-        first = cls(name, mtu=mtu, multi_queue=True, device_path=device_path)
+        first = cls(name, mtu=mtu, multi_queue=True, device_path=device_path, offload=offload, tso=tso)
         opened = [first]
         try:
             for _ in range(queues - 1):
@@ -281,13 +369,16 @@ class LinuxTun:
         return opened
 
     @classmethod
-    def from_fd(cls, fd: int) -> LinuxTun:
+    def from_fd(cls, fd: int, *, tso: bool = True) -> LinuxTun:
         """Adopt an already attached TUN descriptor, such as one passed in ``WG_TUN_FD``; ``close()`` closes it.
 
-        The descriptor is made non-inheritable, so later child processes do not keep the interface alive.
+        The descriptor is made non-inheritable, so later child processes do not keep the interface alive. A
+        descriptor opened with ``IFF_VNET_HDR`` is adopted in offload mode, since its reads and writes carry a
+        virtio_net_hdr, and its offloads are set as ``tso`` says (wireguard-go's ``CreateTUNFromFile`` turns TSO on).
 
         Raises:
-            TunError: ``fd`` is not a TUN descriptor attached to an ``IFF_TUN | IFF_NO_PI`` interface.
+            TunError: ``fd`` is not a TUN descriptor attached to an ``IFF_TUN | IFF_NO_PI`` interface, or has a
+                vnet header size other than 10.
         """
         try:
             reply = fcntl.ioctl(fd, _TUNGETIFF, _IFREQ_FLAGS.pack(b"", 0))
@@ -300,9 +391,25 @@ class LinuxTun:
             raise TunError(
                 errno.EINVAL, f"file descriptor {fd} is attached to {name!r}, which is not IFF_TUN | IFF_NO_PI"
             )
+        offload = bool(flags & IFF_VNET_HDR)
+        if offload:
+            try:
+                (size,) = _INT.unpack(fcntl.ioctl(fd, _TUNGETVNETHDRSZ, _INT.pack(0)))
+            except OSError as exc:
+                code = exc.errno or errno.EIO
+                raise TunError(code, f"reading the vnet header size of {name!r} failed: {os.strerror(code)}") from None
+            if size != VIRTIO_NET_HDR_SIZE:
+                raise TunError(
+                    errno.EINVAL,
+                    f"file descriptor {fd} is attached to {name!r} with a {size}-byte vnet header; "
+                    f"only the {VIRTIO_NET_HDR_SIZE}-byte virtio_net_hdr is supported",
+                )
+            _enable_offload(fd, name, tso)
         os.set_inheritable(fd, False)
         adopted = cls.__new__(cls)
-        adopted._attach(fd, name, multi_queue=bool(flags & IFF_MULTI_QUEUE), device_path=DEVICE_PATH)
+        adopted._attach(
+            fd, name, multi_queue=bool(flags & IFF_MULTI_QUEUE), device_path=DEVICE_PATH, offload=offload, tso=tso
+        )
         return adopted
 
     def open_queue(self) -> LinuxTun:
@@ -316,14 +423,26 @@ class LinuxTun:
             raise ValueError(f"TUN device {self._name!r} was not opened as multi-queue")
         self.fileno()  # raises ValueError when closed
         name = self.name
-        fd, actual_name = _open_queue(name, IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE, self._device_path)
+        # The vnet header flag is interface-wide: attaching a queue without it would turn it off for every queue.
+        offload = self._offload
+        flags = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | (IFF_VNET_HDR if offload else 0)
+        fd, actual_name = _open_queue(name, flags, self._device_path)
+        if offload:
+            try:
+                _enable_offload(fd, actual_name, self._tso)
+            except BaseException:
+                os.close(fd)
+                raise
         queue = LinuxTun.__new__(LinuxTun)
-        queue._attach(fd, actual_name, multi_queue=True, device_path=self._device_path)
+        queue._attach(fd, actual_name, multi_queue=True, device_path=self._device_path, offload=offload, tso=self._tso)
         return queue
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
-        return f"LinuxTun(name={self._name!r}, {state}{', multi_queue' if self._multi_queue else ''})"
+        extras = ", multi_queue" if self._multi_queue else ""
+        if self._offload:
+            extras += ", offload" if self._tso else ", offload without tso"
+        return f"LinuxTun(name={self._name!r}, {state}{extras})"
 
     # -- TunDevice ---------------------------------------------------------------------------------------------
 
@@ -366,11 +485,19 @@ class LinuxTun:
         Raises:
             BlockingIOError: in non-blocking mode, when no packet is waiting.
             OSError: other read errors.
-            ValueError: the device is closed.
+            ValueError: the device is closed, or is in offload mode with TSO (use ``read_packets()``).
         """
         fd = self._fd
         if fd < 0:
             raise ValueError("I/O operation on closed TUN device")
+        if self._offload:
+            if self._tso:
+                raise ValueError(
+                    f"TUN device {self._name!r} is in offload mode with TSO, where one read can carry many "
+                    "packets: use read_packets()"
+                )
+            # Without offloads the kernel sends whole packets with complete checksums: one record, one packet.
+            return handle_virtio_read(os.read(fd, OFFLOAD_READ_SIZE))[0]
         return os.read(fd, READ_SIZE)
 
     def write(self, packet: bytes | bytearray | memoryview) -> int:
@@ -387,7 +514,63 @@ class LinuxTun:
         fd = self._fd
         if fd < 0:
             raise ValueError("I/O operation on closed TUN device")
+        if self._offload:
+            return os.write(fd, ZERO_VIRTIO_NET_HDR + packet) - VIRTIO_NET_HDR_SIZE
         return os.write(fd, packet)
+
+    def read_packets(self) -> list[bytes]:
+        """Read once and return the IP packets that read carried, in order.
+
+        In offload mode one read is one virtio_net_hdr record: a TCP super-packet comes back as its MSS-sized
+        segments with their checksums filled in, any other packet alone (its checksum completed if the kernel left
+        it partial). A record the kernel should never produce (an unsupported GSO type, inconsistent lengths) is
+        dropped, counted in ``malformed_reads``, and gives an empty list. Without offload this is ``[read()]``.
+
+        Raises:
+            BlockingIOError: in non-blocking mode, when nothing is waiting.
+            OSError: other read errors.
+            ValueError: the device is closed.
+        """
+        fd = self._fd
+        if fd < 0:
+            raise ValueError("I/O operation on closed TUN device")
+        if not self._offload:
+            return [os.read(fd, READ_SIZE)]
+        record = os.read(fd, OFFLOAD_READ_SIZE)
+        if len(record) > VIRTIO_NET_HDR_SIZE and not record[0] and not record[1]:
+            return [record[VIRTIO_NET_HDR_SIZE:]]  # a plain complete packet, the common case: skip the call
+        try:
+            return handle_virtio_read(record)
+        except OffloadError:
+            self.malformed_reads += 1
+            return []
+
+    def write_packets(self, packets: Sequence[bytes]) -> None:
+        """Hand ``packets`` (IP packets, in order) to the kernel, gluing TCP segments into super-packets first.
+
+        In offload mode, ``tun.offload.handle_gro`` turns runs of segments of one TCP flow into one super-packet
+        with a complete checksum, and everything else into single records, so a burst of 45 segments is one
+        ``write()``. Without offload, each packet is one ``write()``. Every record is attempted even when one fails.
+
+        Raises:
+            OSError: the first write error (``EIO`` while the link is down, ``EINVAL`` for a packet that is not
+                IPv4/IPv6...), raised after all records were attempted.
+            ValueError: the device is closed.
+        """
+        fd = self._fd
+        if fd < 0:
+            raise ValueError("I/O operation on closed TUN device")
+        records = handle_gro(packets) if self._offload else packets
+        error: OSError | None = None
+        write = os.write
+        for record in records:
+            try:
+                write(fd, record)
+            except OSError as exc:
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
 
     def set_mtu(self, mtu: int) -> None:
         """Set the interface MTU (``SIOCSIFMTU``).
@@ -414,6 +597,16 @@ class LinuxTun:
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
         return self._fd < 0
+
+    @property
+    def offload(self) -> bool:
+        """Whether reads and writes carry a virtio_net_hdr (``IFF_VNET_HDR``), so that writes are glued (GRO)."""
+        return self._offload
+
+    @property
+    def tso(self) -> bool:
+        """Whether the kernel may hand over TCP super-packets (offload mode with ``TUN_F_TSO4 | TUN_F_TSO6``)."""
+        return self._tso
 
     @property
     def multi_queue(self) -> bool:
