@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from collections.abc import Sequence
 from typing import Final, Protocol, runtime_checkable
 
 from tun.memory import MemoryTun
@@ -92,6 +93,24 @@ class TunDevice(Protocol):
         Raises:
             OSError: the kernel refused the packet (``EINVAL`` when it is not IPv4/IPv6, ``EIO`` while the link is
                 down).
+            ValueError: when the device is closed.
+        """
+        ...
+
+    def read_packets(self) -> list[bytes]:
+        """Read once and return the IP packets that one read carried (several with TSO offload), in order.
+
+        Raises:
+            BlockingIOError: in non-blocking mode, when nothing is waiting.
+            ValueError: when the device is closed.
+        """
+        ...
+
+    def write_packets(self, packets: Sequence[bytes]) -> None:
+        """Hand IP packets to the kernel in order (a backend may glue TCP segments into fewer writes).
+
+        Raises:
+            OSError: the first error, after every packet was attempted.
             ValueError: when the device is closed.
         """
         ...

@@ -28,6 +28,7 @@ import errno
 import os
 import threading
 import weakref
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Final, Self
 
@@ -174,6 +175,21 @@ class MemoryTun:
                 raise OSError(errno.EINVAL, "not an IPv4 or IPv6 packet; a Linux TUN device refuses it")
             self.written.append(data)
         return len(data)
+
+    def read_packets(self) -> list[bytes]:
+        """``[read()]``: an in-memory device has no offloads, so one read is one packet."""
+        return [self.read()]
+
+    def write_packets(self, packets: Sequence[bytes]) -> None:
+        """``write()`` each packet in order; the first error is raised after all were attempted."""
+        error: OSError | None = None
+        for packet in packets:
+            try:
+                self.write(packet)
+            except OSError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def take_written(self) -> list[bytes]:
         """Return the packets written so far, oldest first, and empty ``written``. Works after ``close()`` too."""

@@ -211,9 +211,9 @@ class Tunnel:
         if tun is None:
             return
         packets: list[bytes] = []
-        for _ in range(TUN_READ_BATCH):
+        while len(packets) < TUN_READ_BATCH:  # packets, not reads: one offload read can carry ~45 segments
             try:
-                packets.append(tun.read())
+                packets += tun.read_packets()
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -252,11 +252,10 @@ class Tunnel:
         packets = self.device.packets_to_tun()
         if packets:
             if self.tun is not None:
-                for packet in packets:
-                    try:
-                        self.tun.write(packet)
-                    except OSError:
-                        self.tun_errors += 1
+                try:
+                    self.tun.write_packets(packets)  # TCP segments of one flow may go as one offload write
+                except OSError:
+                    self.tun_errors += 1
             elif self.on_packet is not None:
                 for packet in packets:
                     self.on_packet(packet)
