@@ -24,6 +24,7 @@ stays under load for one more second after the rate falls.
 from __future__ import annotations
 
 import collections
+import heapq
 import ipaddress
 import logging
 import os
@@ -199,6 +200,12 @@ class Device:
         self._datagrams: list[tuple[bytes, Endpoint]] = []
         self._packets: list[bytes] = []
         self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
+        # Timer bookkeeping, so that get_timer() does not walk every peer after every input: the peers whose timers
+        # may have changed since the last look, each peer's deadline as last seen, and a heap of those deadlines
+        # (entries that no longer match a peer's deadline are skipped lazily).
+        self._touched: set[Peer] = set()
+        self._deadline_of: dict[Peer, float] = {}
+        self._deadlines: list[tuple[float, int, Peer]] = []
         self._drop_logged_at: dict[DropReason, float] = {}
         if private_key is not None:
             self.set_private_key(private_key)
@@ -232,6 +239,7 @@ class Device:
         if own is not None and own in self.peers:
             self.remove_peer(own)
         for peer in self.peers.values():
+            self._touch(peer)
             self._clear_sessions(peer)
             peer.handshake.set_identity(self.identity)
             # Kernel wg_noise_expire_current_peer_keypairs resets last_sent_handshake, so that the next packet
@@ -274,6 +282,7 @@ class Device:
             self.allowed_ips.insert(network, peer)
         if persistent_keepalive_interval is not None:
             self.set_persistent_keepalive(peer, persistent_keepalive_interval, now)
+        self._touch(peer)
         return peer
 
     def peer(self, public_key: PublicKey) -> Peer | None:
@@ -286,6 +295,7 @@ class Device:
             return False
         self._clear_sessions(peer)
         peer.timers.stop()
+        self._touch(peer)  # its heap entry becomes stale
         peer.staged.clear()
         self.allowed_ips.remove_by_peer(peer)
         self._events.append(PeerRemoved(public_key))
@@ -302,6 +312,7 @@ class Device:
         """Set the persistent keepalive interval in seconds (0 disables). A new interval sends a keepalive at once."""
         if not 0 <= interval <= 65535:
             raise ConfigError("persistent keepalive interval must be between 0 and 65535 seconds")
+        self._touch(peer)
         changed = interval != peer.timers.persistent_keepalive_interval
         peer.timers.persistent_keepalive_interval = interval
         if not interval:
@@ -332,8 +343,28 @@ class Device:
 
     def get_timer(self) -> float | None:
         """The earliest time at which ``handle_timer`` must be called, or ``None``."""
-        deadlines = [d for d in (p.timers.next_deadline() for p in self.peers.values()) if d is not None]
-        return min(deadlines) if deadlines else None
+        self._refresh_deadlines()
+        heap = self._deadlines
+        while heap:
+            deadline, _, peer = heap[0]
+            if self._deadline_of.get(peer) == deadline:
+                return deadline
+            heapq.heappop(heap)  # stale: the peer's deadline moved, or the peer is gone
+        return None
+
+    def _touch(self, peer: Peer) -> None:
+        """Note that ``peer``'s timers may have changed (every path that calls a timer hook passes here)."""
+        self._touched.add(peer)
+
+    def _refresh_deadlines(self) -> None:
+        for peer in self._touched:
+            deadline = peer.timers.next_deadline() if self.peers.get(peer.public_key) is peer else None
+            if deadline is None:
+                self._deadline_of.pop(peer, None)
+            elif self._deadline_of.get(peer) != deadline:
+                self._deadline_of[peer] = deadline
+                heapq.heappush(self._deadlines, (deadline, id(peer), peer))
+        self._touched.clear()
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -345,12 +376,15 @@ class Device:
     def handle_timer(self, now: float, wall_ns: int | None = None) -> None:
         """Run every timer that is due at ``now``."""
         self._note_wall(now, wall_ns)
-        for peer in list(self.peers.values()):
-            deadline = peer.timers.next_deadline()
-            if deadline is None or deadline > now:
-                continue
+        due: list[Peer] = []
+        while (deadline := self.get_timer()) is not None and deadline <= now:
+            _, _, peer = heapq.heappop(self._deadlines)
+            del self._deadline_of[peer]
+            due.append(peer)
+        for peer in due:
+            self._touch(peer)
             for name in peer.timers.due(now):
-                if peer.public_key not in self.peers:
+                if self.peers.get(peer.public_key) is not peer:
                     break
                 self._expire(peer, name, now)
 
@@ -408,6 +442,7 @@ class Device:
         peer = self._route(ip_packet, now)
         if peer is None:
             return
+        self._touch(peer)
         keypair = peer.keypairs.current
         endpoint = peer.endpoint
         if (
@@ -478,12 +513,14 @@ class Device:
 
     def _stage_and_send(self, peer: Peer, ip_packet: bytes, now: float) -> None:
         """Queue a packet until a session is usable, then send what can be sent (or start a handshake)."""
+        self._touch(peer)
         if not peer.stage(bytes(ip_packet)):
             self._drop(DropReason.QUEUE_FULL, now)
         self._send_staged(peer, now)
 
     def _send_run(self, peer: Peer, padded_packets: list[bytes], now: float) -> None:
         """Seal a run of padded packets on the peer's current keypair; stage what the counter could not take."""
+        self._touch(peer)
         keypair = peer.keypairs.current
         endpoint = peer.endpoint
         if keypair is None or endpoint is None:  # unreachable: the run started with both
@@ -672,6 +709,7 @@ class Device:
         except HandshakeRejected as rejected:
             self._drop(rejected.reason, now)
             return
+        self._touch(peer)
         peer.rx_bytes += len(data)
         peer.timers.on_any_authenticated_packet_received()
         peer.timers.on_any_authenticated_packet_traversal(now)
@@ -768,6 +806,7 @@ class Device:
             return
         replay.commit(counter)
         # Authenticated from here on.
+        self._touched.add(peer)
         peer.rx_bytes += len(data)
         self.stats.packets_received += 1
         timers = peer.timers

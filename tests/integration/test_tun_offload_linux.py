@@ -59,6 +59,8 @@ REMOTE_V6 = "fd00:79::2"
 TUN_MTU = 1500
 SCENARIO_TIMEOUT = 60.0
 IO_TIMEOUT = 5.0
+SYN_ATTEMPTS = 5
+SYN_RETRY_TIME = 1.0  # seconds to wait for a SYN-ACK before sending the SYN again
 IPPROTO_TCP = 6
 SEGMENTS = 20
 SEGMENT_SIZE = 1400
@@ -289,18 +291,24 @@ class _RemoteTcp:
     def handshake(self) -> None:
         mss = struct.pack("!BBH", 2, 4, TUN_MTU - (40 if self.version == 4 else 60))
         syn_options = mss + (struct.pack("!BBBBII", 1, 1, 8, 10, 1000, 0) if self.timestamps else b"\x01\x01\x01\x01")
-        self.device.write_packets([self.segment(TCP_SYN, options=syn_options)])
-        for _, packets in self.read_records():
-            packet = packets[0]
-            ip_len = _ip_header_length(packet)
-            flags = packet[ip_len + 13]
-            assert flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK, f"expected SYN-ACK, got flags {flags:#x}"
-            _assert_valid_checksums(packet)
-            server_seq = struct.unpack_from("!I", packet, ip_len + 4)[0]
-            self._note_timestamp(packet)
-            break
+        # Like a real TCP client, send the SYN again when no SYN-ACK comes: on a loaded machine the first one can
+        # race the new interface's address and route setup (seen once with IPv6 in CI).
+        server_seq = None
+        for _attempt in range(SYN_ATTEMPTS):
+            self.device.write_packets([self.segment(TCP_SYN, options=syn_options)])
+            for _, packets in self.read_records(timeout=SYN_RETRY_TIME):
+                packet = packets[0]
+                ip_len = _ip_header_length(packet)
+                flags = packet[ip_len + 13]
+                assert flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK, f"expected SYN-ACK, got flags {flags:#x}"
+                _assert_valid_checksums(packet)
+                server_seq = struct.unpack_from("!I", packet, ip_len + 4)[0]
+                self._note_timestamp(packet)
+                break
+            if server_seq is not None:
+                break
         else:
-            raise AssertionError("no SYN-ACK came out of the TUN device")
+            raise AssertionError(f"no SYN-ACK came out of the TUN device after {SYN_ATTEMPTS} SYNs")
         self.seq = (self.seq + 1) & 0xFFFFFFFF
         self.ack = (server_seq + 1) & 0xFFFFFFFF
         self.device.write_packets([self.segment(TCP_ACK)])
