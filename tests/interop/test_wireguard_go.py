@@ -6,6 +6,7 @@ Each test builds a fresh pair (see ``interop_lab.py``): wgpy serves ``wgp…`` i
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from typing import Any
@@ -121,6 +122,10 @@ def test_preshared_key(lab: Lab) -> None:
     assert psk_wgpy == psk_go != "(none)"
     lab.wait_for_ping(wgpy, go.inner)
     assert lab.ping(go, wgpy.inner, count=3) == 3
+    # The daemon logs at LOG_LEVEL=verbose here: still no secret, in base64 or in the UAPI's hex.
+    log = wgpy.log()
+    for secret in (psk_wgpy, wgpy.private_key):
+        assert secret not in log and base64.b64decode(secret).hex() not in log
 
 
 def test_preshared_key_mismatch_blocks_the_handshake(lab: Lab) -> None:
