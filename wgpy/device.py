@@ -149,20 +149,17 @@ def _pad(packet: bytes, mtu: int) -> bytes:
     return packet + _ZEROS[padding] if padding else packet
 
 
+def _packed_address(host: str) -> bytes:
+    """An endpoint's IP address as 4 or 16 bytes (a host that is no IP address, only seen in tests, hashes to 16)."""
+    try:
+        return ipaddress.ip_address(host).packed
+    except ValueError:
+        return crypto.hash(str(host).encode())[:16]
+
+
 def endpoint_bytes(endpoint: Endpoint) -> bytes:
     """The endpoint's address packed as IP || big-endian port: what cookies bind to (wireguard-go ``DstToBytes``)."""
-    try:
-        address = ipaddress.ip_address(endpoint[0]).packed
-    except ValueError:
-        address = str(endpoint[0]).encode()
-    return address + (endpoint[1] & 0xFFFF).to_bytes(2, "big")
-
-
-def _source_address(endpoint: Endpoint) -> bytes:
-    try:
-        return ipaddress.ip_address(endpoint[0]).packed
-    except ValueError:
-        return str(endpoint[0]).encode()[:16].ljust(4, b"\0")
+    return _packed_address(endpoint[0]) + (endpoint[1] & 0xFFFF).to_bytes(2, "big")
 
 
 class Device:
@@ -698,7 +695,7 @@ class Device:
                 self.stats.cookie_replies_sent += 1
                 self._drop(DropReason.COOKIE_SENT, now)
                 return
-            if not self.ratelimiter.allow(_source_address(endpoint), now):
+            if not self.ratelimiter.allow(_packed_address(endpoint[0]), now):
                 self._drop(DropReason.RATE_LIMITED, now)
                 return
         try:
