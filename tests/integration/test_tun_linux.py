@@ -29,9 +29,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+from netns_harness import fresh_netns, run_in_netns, run_scenario, unavailable
 
 import tun
 from tun import TunDevice, TunError, linux, open_tun
@@ -49,72 +49,14 @@ IPPROTO_UDP = 17
 # -- environment ---------------------------------------------------------------------------------------------
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def _unavailable(reason: str) -> NoReturn:
-    message = f"needs root and /dev/net/tun: {reason}"
-    if _in_ci():
-        pytest.fail(
-            f"{message} (CI=true, so a missing capability fails this test instead of skipping it)", pytrace=False
-        )
-    pytest.skip(message)
-
-
-def _environment_problem() -> str | None:
-    if sys.platform != "linux":
-        return f"this is {sys.platform}, not Linux"
-    if os.geteuid() != 0:
-        return f"running as uid {os.geteuid()}, not root"
-    if not os.path.exists("/dev/net/tun"):
-        return "/dev/net/tun does not exist (modprobe tun, or pass the device into the container)"
-    if shutil.which("ip") is None:
-        return "ip(8) from iproute2 is not installed"
-    return None
-
-
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A fresh network namespace, deleted after the test whatever its outcome."""
-    problem = _environment_problem()
-    if problem is not None:
-        _unavailable(problem)
-    name = f"wgpyt-{os.getpid()}-{os.urandom(3).hex()}"
-    created = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
-    if created.returncode != 0:
-        _unavailable(f"`ip netns add {name}` failed: {created.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        deleted = subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True, check=False)
-        assert deleted.returncode == 0, f"could not delete netns {name}: {deleted.stderr.strip()}"
-
-
-def _child_env() -> dict[str, str]:
-    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-
-
-def _run_in_netns(namespace: str, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", namespace, *argv],
-        env=_child_env(),
-        capture_output=True,
-        text=True,
-        timeout=SCENARIO_TIMEOUT,
-        check=False,
-    )
+    yield from fresh_netns("wgpyt")
 
 
 def _run_scenario(namespace: str, scenario: str) -> None:
-    result = _run_in_netns(namespace, [sys.executable, __file__, scenario])
-    if result.returncode != 0:
-        pytest.fail(
-            f"scenario {scenario!r} failed in netns {namespace} (exit {result.returncode})\n"
-            f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}",
-            pytrace=False,
-        )
+    run_scenario(namespace, __file__, scenario, SCENARIO_TIMEOUT)
 
 
 # -- in-process tests: no privilege needed, no interface touched -----------------------------------------------
@@ -281,16 +223,16 @@ _DROP_PRIVILEGE = {
 @pytest.mark.parametrize("how", sorted(_DROP_PRIVILEGE))
 def test_without_cap_net_admin_gives_tun_error(netns: str, how: str) -> None:
     if shutil.which("setpriv") is None:
-        _unavailable("setpriv(1) from util-linux is not installed")
+        unavailable("setpriv(1) from util-linux is not installed")
     prefix = _DROP_PRIVILEGE[how]
     if how == "as-nobody":
-        probe = _run_in_netns(netns, [*prefix, sys.executable, "-c", "import tun.linux"])
+        probe = run_in_netns(netns, [*prefix, sys.executable, "-c", "import tun.linux"])
         if probe.returncode != 0:
             pytest.skip(
                 f"user nobody cannot run {sys.executable} or import tun from {REPO_ROOT}: "
                 f"{probe.stderr.strip().splitlines()[-1:]}; the root-without-cap-net-admin case covers this"
             )
-    result = _run_in_netns(netns, [*prefix, sys.executable, "-c", _UNPRIVILEGED_PROBE, TUN_NAME])
+    result = run_in_netns(netns, [*prefix, sys.executable, "-c", _UNPRIVILEGED_PROBE, TUN_NAME])
     assert result.returncode == 0, f"stdout: {result.stdout}\nstderr: {result.stderr}"
     code, _, message = result.stdout.strip().partition(" ")
     assert int(code) == errno.EPERM

@@ -25,7 +25,6 @@ import errno
 import os
 import random
 import select
-import shutil
 import socket
 import struct
 import subprocess
@@ -34,9 +33,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+from netns_harness import fresh_netns, run_scenario
 
 from tun.linux import IFF_VNET_HDR, OFFLOAD_READ_SIZE, LinuxTun
 from tun.offload import (
@@ -50,7 +49,6 @@ from tun.offload import (
     handle_virtio_read,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TUN_NAME = "wgpyo0"  # the namespace is ours, so a fixed name inside it cannot clash
 LOCAL_V4 = "10.79.0.1"  # private test subnet, only ever configured inside our namespaces
 REMOTE_V4 = "10.79.0.2"
@@ -72,64 +70,14 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 # -- environment (as in test_tun_linux.py) ---------------------------------------------------------------------
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def _unavailable(reason: str) -> NoReturn:
-    message = f"needs root and /dev/net/tun: {reason}"
-    if _in_ci():
-        pytest.fail(
-            f"{message} (CI=true, so a missing capability fails this test instead of skipping it)", pytrace=False
-        )
-    pytest.skip(message)
-
-
-def _environment_problem() -> str | None:
-    if sys.platform != "linux":
-        return f"this is {sys.platform}, not Linux"
-    if os.geteuid() != 0:
-        return f"running as uid {os.geteuid()}, not root"
-    if not os.path.exists("/dev/net/tun"):
-        return "/dev/net/tun does not exist (modprobe tun, or pass the device into the container)"
-    if shutil.which("ip") is None:
-        return "ip(8) from iproute2 is not installed"
-    return None
-
-
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A fresh network namespace, deleted after the test whatever its outcome."""
-    problem = _environment_problem()
-    if problem is not None:
-        _unavailable(problem)
-    name = f"wgpyo-{os.getpid()}-{os.urandom(3).hex()}"
-    created = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
-    if created.returncode != 0:
-        _unavailable(f"`ip netns add {name}` failed: {created.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        deleted = subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True, check=False)
-        assert deleted.returncode == 0, f"could not delete netns {name}: {deleted.stderr.strip()}"
+    yield from fresh_netns("wgpyo")
 
 
 def _run_scenario(namespace: str, scenario: str) -> None:
-    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    result = subprocess.run(
-        ["ip", "netns", "exec", namespace, sys.executable, __file__, scenario],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
-        capture_output=True,
-        text=True,
-        timeout=SCENARIO_TIMEOUT,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            f"scenario {scenario!r} failed in netns {namespace} (exit {result.returncode})\n"
-            f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}",
-            pytrace=False,
-        )
+    run_scenario(namespace, __file__, scenario, SCENARIO_TIMEOUT)
 
 
 # -- tests -----------------------------------------------------------------------------------------------------
