@@ -5,7 +5,9 @@ Theory of operation: a ``Device`` is a state machine with three inputs and four 
 Inputs: ``receive_datagram(data, endpoint, now)`` for every UDP datagram, ``send_packet(ip_packet, now)`` for every
 IP packet read from the TUN device, and ``handle_timer(now)`` when ``get_timer()`` says so (or on any periodic tick).
 Outputs, drained by the driver after each input: ``datagrams_to_send()``, ``packets_to_tun()``, ``get_timer()`` and
-``next_event()``. The device never reads a clock, never draws randomness except through the injected ``rng``, and
+``next_event()``. With ``seal_offload`` set, transport messages are not encrypted here: the device reserves their
+counters and hands the driver ``SealJob``s (``seal_jobs()``) to run wherever it likes, on another core for instance,
+with ``SealJob.run`` (``keypair.seal_run``) doing exactly what the device would have done. The device never reads a clock, never draws randomness except through the injected ``rng``, and
 never touches a socket: ``now`` is monotonic seconds that count through suspend, and ``wall_ns`` (optional on every
 input, needed for the TAI64N timestamps of initiations) is the Unix time in nanoseconds.
 
@@ -51,7 +53,7 @@ from .errors import ConfigError, DropReason
 from .events import EndpointChanged, Event, HandshakeCompleted, KeypairExpired, PeerRemoved
 from .indextable import IndexTable
 from .keylog import KeyLogWriter
-from .keypair import MESSAGE_PADDING_MULTIPLE, Keypair, padded_length
+from .keypair import MESSAGE_PADDING_MULTIPLE, Keypair, padded_length, seal_run
 from .keys import PresharedKey, PrivateKey, PublicKey
 from .messages import (
     MESSAGE_COOKIE_REPLY_SIZE,
@@ -69,7 +71,17 @@ from .peer import Endpoint, Peer
 from .ratelimiter import RateLimiter
 from .timers import TimerName
 
-__all__ = ["DEFAULT_MTU", "Device", "DeviceStats", "Endpoint", "IPNetwork", "PacketFilter", "endpoint_bytes"]
+__all__ = [
+    "DEFAULT_MTU",
+    "Device",
+    "DeviceStats",
+    "Endpoint",
+    "IPNetwork",
+    "KeypairRetired",
+    "PacketFilter",
+    "SealJob",
+    "endpoint_bytes",
+]
 
 logger = logging.getLogger("wgpy.device")
 
@@ -84,6 +96,7 @@ _DROP_LOG_INTERVAL: Final = 1.0  # at most one debug line per reason and second
 _TYPE: Final = struct.Struct("<I")
 _ZEROS: Final = tuple(bytes(n) for n in range(MESSAGE_PADDING_MULTIPLE))  # padding, by length
 _TRANSPORT_HEADER: Final = struct.Struct("<IIQ")
+_TRANSPORT_OVERHEAD: Final = _TRANSPORT_HEADER.size + 16  # header and Poly1305 tag around each plaintext
 _INITIATION: Final = int(MessageType.INITIATION)
 _RESPONSE: Final = int(MessageType.RESPONSE)
 _COOKIE_REPLY: Final = int(MessageType.COOKIE_REPLY)
@@ -99,6 +112,34 @@ class DeviceStats:
     cookie_replies_sent: int = 0
     packets_received: int = 0
     packets_sent: int = 0
+
+
+@dataclass(slots=True)
+class SealJob:
+    """Transport messages to seal and send, with their counters already taken (``Device.seal_offload``).
+
+    The job keeps the key it was made with: if the keypair is retired before the job runs, the job still seals
+    what the device committed to while the key was valid, and nothing more.
+    """
+
+    local_index: int  # which keypair (stable while it lives; a ``KeypairRetired`` with it ends its use)
+    remote_index: int
+    first_counter: int
+    plaintexts: list[bytes]  # padded; an empty one is a keepalive
+    endpoint: Endpoint
+    aead: crypto.Aead = field(repr=False)
+    send_key: bytes = field(repr=False)
+
+    def run(self) -> list[bytes]:
+        """The transport messages, exactly as ``Keypair.seal_many`` would have made them."""
+        return seal_run(self.aead, self.remote_index, self.first_counter, self.plaintexts)
+
+
+@dataclass(frozen=True, slots=True)
+class KeypairRetired:
+    """In ``seal_jobs()``: the keypair with this index is gone; whoever holds its key must drop it."""
+
+    local_index: int
 
 
 class PacketFilter(Protocol):
@@ -190,12 +231,15 @@ class Device:
         self.packet_filter: PacketFilter | None = None
         #: Set to a ``KeyLogWriter`` to export session secrets for Wireshark (``--keylog``); ``None`` by default.
         self.keylog: KeyLogWriter | None = None
+        #: When ``True``, transport messages come out of ``seal_jobs()`` unencrypted instead of ``datagrams_to_send()``.
+        self.seal_offload = False
         self.rekey_after_messages = REKEY_AFTER_MESSAGES
         self.reject_after_messages = REJECT_AFTER_MESSAGES
         self._load = _LoadMeter(handshake_load_threshold)
         self._wall_offset_ns = 0
         self._datagrams: list[tuple[bytes, Endpoint]] = []
         self._packets: list[bytes] = []
+        self._jobs: list[SealJob | KeypairRetired] = []
         self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
         # Timer bookkeeping, so that get_timer() does not walk every peer after every input: the peers whose timers
         # may have changed since the last look, each peer's deadline as last seen, and a heap of those deadlines
@@ -336,6 +380,12 @@ class Device:
     def packets_to_tun(self) -> list[bytes]:
         """Decrypted IP packets to write to the TUN device, since the last call."""
         out, self._packets = self._packets, []
+        return out
+
+    def seal_jobs(self) -> list[SealJob | KeypairRetired]:
+        """With ``seal_offload``: transport messages to seal and send, and keypairs retired, in order, since the
+        last call. Run the jobs in order per keypair; the counters in them are already spent."""
+        out, self._jobs = self._jobs, []
         return out
 
     def get_timer(self) -> float | None:
@@ -522,14 +572,19 @@ class Device:
         endpoint = peer.endpoint
         if keypair is None or endpoint is None:  # unreachable: the run started with both
             return
-        messages = keypair.seal_many(padded_packets, self.reject_after_messages)
-        if messages:
+        if self.seal_offload:
+            sent = self._queue_job(peer, keypair, endpoint, padded_packets)
+        else:
+            messages = keypair.seal_many(padded_packets, self.reject_after_messages)
             self._datagrams.extend([(message, endpoint) for message in messages])
-            peer.tx_bytes += sum(map(len, messages))
-            self.stats.packets_sent += len(messages)
+            sent = len(messages)
+            if sent:
+                peer.tx_bytes += sum(map(len, messages))
+        if sent:
+            self.stats.packets_sent += sent
             self._after_sending(peer, now, data_sent=True)
-        if len(messages) < len(padded_packets):
-            for packet in padded_packets[len(messages) :]:
+        if sent < len(padded_packets):
+            for packet in padded_packets[sent:]:
                 if not peer.stage(packet):
                     self._drop(DropReason.QUEUE_FULL, now)
             self._send_staged(peer, now)
@@ -549,6 +604,11 @@ class Device:
 
     def _seal_and_queue(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, packet: bytes) -> bool:
         """Pad, encrypt and queue one packet for ``endpoint``. Returns ``False`` if the keypair refused it."""
+        if self.seal_offload:
+            if not self._queue_job(peer, keypair, endpoint, [_pad(packet, self.mtu)]):
+                return False
+            self.stats.packets_sent += 1
+            return True
         message = keypair.seal(_pad(packet, self.mtu))
         if message is None:
             return False
@@ -556,6 +616,37 @@ class Device:
         peer.tx_bytes += len(message)
         self.stats.packets_sent += 1
         return True
+
+    def _queue_job(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: list[bytes]) -> int:
+        """Reserve counters for ``padded`` and queue them as a ``SealJob`` (or extend the last job when they follow
+        on). Counts the bytes the messages will have. Returns how many packets the keypair took."""
+        first, count = keypair.reserve(len(padded), self.reject_after_messages)
+        if not count:
+            return 0
+        taken = padded if count == len(padded) else padded[:count]
+        jobs = self._jobs
+        last = jobs[-1] if jobs else None
+        if (
+            isinstance(last, SealJob)
+            and last.local_index == keypair.local_index
+            and last.endpoint == endpoint
+            and last.first_counter + len(last.plaintexts) == first
+        ):
+            last.plaintexts.extend(taken)
+        else:
+            jobs.append(
+                SealJob(
+                    keypair.local_index,
+                    keypair.remote_index,
+                    first,
+                    list(taken),
+                    endpoint,
+                    keypair.send_aead,
+                    keypair.export_send_key(),
+                )
+            )
+        peer.tx_bytes += sum(map(len, taken)) + count * _TRANSPORT_OVERHEAD
+        return count
 
     def _after_sending(self, peer: Peer, now: float, *, data_sent: bool) -> None:
         """Timer hooks and rekey check after authenticated transport packets went out (kernel send.c)."""
@@ -761,7 +852,7 @@ class Device:
         keypair = noise.begin_session(handshake, now)
         self.index_table.replace(keypair.local_index, peer, keypair)
         for retired in peer.keypairs.add(keypair):
-            self.index_table.remove(retired.local_index, retired)
+            self._retire(retired)
         self.stats.handshakes_completed += 1
         peer.timers.on_session_derived(now)
 
@@ -839,7 +930,7 @@ class Device:
         if not confirmed:
             return
         for old in retired:
-            self.index_table.remove(old.local_index, old)
+            self._retire(old)
         peer.timers.on_handshake_complete()
         # Like the kernel's wg_timers_handshake_complete: a responder's handshake counts once it is confirmed.
         peer.last_handshake_at = now
@@ -873,7 +964,13 @@ class Device:
             self.index_table.remove(handshake.local_index, handshake)
         handshake.clear()
         for keypair in peer.keypairs.clear():
-            self.index_table.remove(keypair.local_index, keypair)
+            self._retire(keypair)
+
+    def _retire(self, keypair: Keypair) -> None:
+        """A keypair left the peer (already zeroed): forget its index, and tell whoever seals for us."""
+        self.index_table.remove(keypair.local_index, keypair)
+        if self.seal_offload:
+            self._jobs.append(KeypairRetired(keypair.local_index))
 
     def _jitter(self) -> float:
         """Up to 333 ms of jitter from the injected rng (kernel: get_random_u32_below(HZ / 3))."""

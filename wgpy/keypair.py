@@ -9,6 +9,10 @@ while packets in flight drain) and ``next`` (a responder's new keypair, which it
 initiator has proved it has the keys by sending data on it: whitepaper §5.4.5 key confirmation). Methods that retire
 keypairs return them, so the device can drop their indices from its index table; retired keypairs are zeroed.
 
+Sealing is split in two so that the AEAD can run elsewhere (a worker process on another core): ``reserve`` hands
+out a block of consecutive counters, the one piece of state, and ``seal_run`` turns a key, a receiver index, a first
+counter and plaintexts into transport messages with no state at all. ``Keypair.seal_many`` is the two in a row.
+
 Nothing here reads a clock: birth times arrive as ``now``.
 """
 
@@ -23,7 +27,7 @@ from .constants import REJECT_AFTER_MESSAGES
 from .messages import MESSAGE_TRANSPORT_HEADER_SIZE, MessageType
 from .replay import ReplayWindow
 
-__all__ = ["MESSAGE_PADDING_MULTIPLE", "Keypair", "Keypairs", "padded_length"]
+__all__ = ["MESSAGE_PADDING_MULTIPLE", "Keypair", "Keypairs", "padded_length", "seal_run"]
 
 MESSAGE_PADDING_MULTIPLE: Final = 16  # whitepaper §5.4.6: plaintext padded to a multiple of 16 bytes
 _TRANSPORT_HEADER: Final = struct.Struct("<IIQ")
@@ -39,12 +43,29 @@ def padded_length(length: int, mtu: int | None) -> int:
     return padded
 
 
+def seal_run(
+    aead: crypto.Aead, remote_index: int, first_counter: int, padded_plaintexts: Sequence[bytes]
+) -> list[bytes]:
+    """Transport messages (whitepaper §5.4.6) for ``padded_plaintexts`` under counters ``first_counter``, +1, ...
+
+    Pure: the caller owns the counters (``Keypair.reserve``) and must never pass the same one twice for a key.
+    """
+    encrypt = aead.encrypt
+    header = _TRANSPORT_HEADER.pack
+    nonce = _NONCE.pack
+    return [
+        header(_TRANSPORT_TYPE, remote_index, n) + encrypt(nonce(n), plaintext, None)
+        for n, plaintext in enumerate(padded_plaintexts, first_counter)
+    ]
+
+
 class Keypair:
     """One session's keys in both directions (kernel ``struct noise_keypair``)."""
 
     __slots__ = (
         "_recv_aead",
         "_send_aead",
+        "_send_key",
         "created_at",
         "is_initiator",
         "local_index",
@@ -65,6 +86,7 @@ class Keypair:
         now: float,
     ) -> None:
         self._send_aead = crypto.Aead(send_key)
+        self._send_key = send_key
         self._recv_aead = crypto.Aead(recv_key)
         self.local_index = local_index
         self.remote_index = remote_index
@@ -101,22 +123,32 @@ class Keypair:
             One message per plaintext, fewer (possibly none) when the counter runs out: only the sending half is
             then used up, and packets the peer sends on this keypair still decrypt.
         """
+        first, count = self.reserve(len(padded_plaintexts), limit)
+        if count < len(padded_plaintexts):
+            padded_plaintexts = padded_plaintexts[:count]
+        return seal_run(self._send_aead, self.remote_index, first, padded_plaintexts) if count else []
+
+    def reserve(self, count: int, limit: int = REJECT_AFTER_MESSAGES) -> tuple[int, int]:
+        """Take up to ``count`` consecutive sending counters: returns the first and how many were granted.
+
+        Fewer than asked (possibly none) once the counter nears ``limit`` or the keypair is retired. What is
+        granted is spent, sealed or not: a counter is never handed out twice.
+        """
         counter = self.send_counter
         if not self.valid:
-            return []
-        room = min(limit, REJECT_AFTER_MESSAGES) - counter
-        if room < len(padded_plaintexts):
-            padded_plaintexts = padded_plaintexts[: max(room, 0)]
-        encrypt = self._send_aead.encrypt
-        header = _TRANSPORT_HEADER.pack
-        nonce = _NONCE.pack
-        remote_index = self.remote_index
-        messages = [
-            header(_TRANSPORT_TYPE, remote_index, n) + encrypt(nonce(n), plaintext, None)
-            for n, plaintext in enumerate(padded_plaintexts, counter)
-        ]
-        self.send_counter = counter + len(messages)
-        return messages
+            return counter, 0
+        granted = max(0, min(count, min(limit, REJECT_AFTER_MESSAGES) - counter))
+        self.send_counter = counter + granted
+        return counter, granted
+
+    @property
+    def send_aead(self) -> crypto.Aead:
+        """The sending cipher (for a ``seal_run`` done later, after the counters were reserved)."""
+        return self._send_aead
+
+    def export_send_key(self) -> bytes:
+        """The raw sending key, for a worker process that seals on another core; empty once zeroed. Secret."""
+        return self._send_key
 
     def open(self, counter: int, message: bytes | memoryview) -> bytes:
         """Decrypt the payload of a transport message. Raises ``crypto.InvalidTag``; does not touch the replay window."""
@@ -129,6 +161,7 @@ class Keypair:
         keypair invalid is the best it offers, and it guarantees nothing more is sealed or opened with it.
         """
         self.valid = False
+        self._send_key = b""
         self._send_aead = _DEAD_AEAD
         self._recv_aead = _DEAD_AEAD
 

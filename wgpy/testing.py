@@ -5,7 +5,8 @@ of ``Device`` objects attached at endpoints. ``pump()`` moves every datagram the
 at its destination, applying loss, duplication and reordering drawn from a seeded ``random.Random``, until nothing
 is in flight. ``advance(seconds)`` moves the clock forward, calling each device's ``handle_timer`` at each of its
 deadlines on the way (or on a fixed tick, as boringtun's driver does), pumping after each. Decrypted packets are
-kept per device in ``delivered``. It performs no I/O and is used by the tests and benchmarks.
+kept per device in ``delivered``. A device with ``seal_offload`` on has its ``SealJob``s run here, in order, as a
+driver's worker would. It performs no I/O and is used by the tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .device import Device, Endpoint
+from .device import Device, Endpoint, SealJob
 
 __all__ = ["MemoryNetwork", "Node"]
 
@@ -98,6 +99,9 @@ class MemoryNetwork:
             for node in list(self.nodes.values()):
                 for data, destination in node.device.datagrams_to_send():
                     batch.append((node.endpoint, data, destination))
+                for job in node.device.seal_jobs():
+                    if isinstance(job, SealJob):
+                        batch += [(node.endpoint, message, job.endpoint) for message in job.run()]
                 self._collect(node)
             if not batch:
                 return

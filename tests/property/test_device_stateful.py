@@ -6,6 +6,9 @@ duplication and reordering on and off, cut and restore either endpoint, and heal
 * no inner packet is delivered twice, and only packets that were really sent are delivered;
 * no (keypair, counter) pair is ever sent twice (seen on the wire, before the network duplicates anything);
 * once the network heals, traffic resumes both ways within a bounded time.
+
+Each run draws whether the devices seal in place or hand ``SealJob``s out (``seal_offload``); the invariants hold
+either way.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ class TwoDevices(RuleBasedStateMachine):
         self.reused: list[tuple[Endpoint, int, int]] = []
         self.serial = 0
 
-    @initialize(seed=st.integers(0, 2**16), tick=st.sampled_from([None, 0.25]))
-    def start(self, seed: int, tick: float | None) -> None:
+    @initialize(seed=st.integers(0, 2**16), tick=st.sampled_from([None, 0.25]), offload=st.booleans())
+    def start(self, seed: int, tick: float | None, offload: bool) -> None:
         self.net = MemoryNetwork(seed=seed, tick=tick)
         self.net.tap = self._tap
         self.pair = make_pair(net=self.net, seed=seed % 7)
+        self.pair.a.seal_offload = self.pair.b.seal_offload = offload  # SealJobs run by the network
 
     def _tap(self, src: Endpoint, data: bytes, dst: Endpoint) -> bytes:
         header = transport_header(data)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from wgpy import crypto
 from wgpy.constants import REJECT_AFTER_MESSAGES
-from wgpy.keypair import MESSAGE_PADDING_MULTIPLE, Keypair, Keypairs, padded_length
+from wgpy.keypair import MESSAGE_PADDING_MULTIPLE, Keypair, Keypairs, padded_length, seal_run
 from wgpy.messages import MessageType, Transport, unpack
 
 KEY_A = bytes(range(32))
@@ -219,6 +219,39 @@ def test_zero_stops_seal_and_open() -> None:
         b.open(0, message)
     a.zero()
     assert a.seal(bytes(16)) is None
+
+
+def test_reserve_hands_out_each_counter_once_and_stops_at_the_limit() -> None:
+    a, _ = _pair()
+    assert a.reserve(5) == (0, 5)
+    assert a.reserve(3) == (5, 3)
+    assert a.reserve(10, limit=12) == (8, 4)  # only 8..11 are below the limit
+    assert a.reserve(1, limit=12) == (12, 0)
+    assert a.send_counter == 12
+    a.send_counter = REJECT_AFTER_MESSAGES - 2
+    assert a.reserve(5) == (REJECT_AFTER_MESSAGES - 2, 2)
+    assert a.reserve(1) == (REJECT_AFTER_MESSAGES, 0)
+
+
+def test_seal_run_on_reserved_counters_is_seal_many() -> None:
+    """The split used by offloaded sealing gives the same bytes as sealing in place, and the peer opens them."""
+    a, b = _pair()
+    twin, _ = _pair()
+    plaintexts = [bytes(16), b"", bytes(range(64)) * 3]
+    expected = a.seal_many(plaintexts)
+    first, count = twin.reserve(len(plaintexts))
+    key = twin.export_send_key()
+    assert key == KEY_A
+    assert seal_run(crypto.Aead(key), twin.remote_index, first, plaintexts[:count]) == expected
+    assert seal_run(twin.send_aead, twin.remote_index, first, plaintexts) == expected
+    assert [b.open(n, m) for n, m in enumerate(expected)] == plaintexts
+
+
+def test_a_zeroed_keypair_reserves_nothing_and_exports_no_key() -> None:
+    a, _ = _pair()
+    a.zero()
+    assert a.reserve(4) == (0, 0)
+    assert a.export_send_key() == b""
 
 
 def test_repr_shows_no_key_material() -> None:
