@@ -25,7 +25,8 @@ wgpy / wireguard-go, and written to ``<out>/e2e-<date>.json``, ``<out>/latest.js
 a bar chart ``<out>/latest.png``.
 
 Configurations (A sends, B receives): ``veth`` (no tunnel: the ceiling), ``go-go``, ``wgpy-wgpy``, ``wgpy-go``
-(wgpy sends, wireguard-go receives) and ``go-wgpy`` (the reverse). Only processes this script started are
+(wgpy sends, wireguard-go receives), ``go-wgpy`` (the reverse) and ``wgpyw-wgpyw`` (both wgpy with ``--worker``:
+a data-plane worker process each; their CPU time includes the workers'). Only processes this script started are
 signalled, by their PID.
 """
 
@@ -67,7 +68,7 @@ CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 class Config:
     name: str
     label: str
-    sender: str | None  # "go", "wgpy" or None (plain veth)
+    sender: str | None  # "go", "wgpy", "wgpyw" (wgpy --worker) or None (plain veth)
     receiver: str | None
 
 
@@ -77,8 +78,9 @@ CONFIGS: Final = (
     Config("wgpy-wgpy", "wgpy -> wgpy", "wgpy", "wgpy"),
     Config("wgpy-go", "wgpy -> wireguard-go", "wgpy", "go"),
     Config("go-wgpy", "wireguard-go -> wgpy", "go", "wgpy"),
+    Config("wgpyw-wgpyw", "wgpy --worker -> wgpy --worker", "wgpyw", "wgpyw"),
 )
-IMPLEMENTATION_NAMES: Final = {"go": "wireguard-go", "wgpy": "wgpy"}
+IMPLEMENTATION_NAMES: Final = {"go": "wireguard-go", "wgpy": "wgpy", "wgpyw": "wgpy --worker"}
 
 
 class E2EError(RuntimeError):
@@ -99,11 +101,22 @@ def in_ns(ns: str, *cmd: str) -> list[str]:
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
-    """(utime, stime) of the whole process (all threads), in seconds."""
+    """(utime, stime) of the whole process (all threads) and of its live child processes (wgpy's data-plane
+    worker), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3, utime 14, stime 15
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    user, system = int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(child) for child in f.read().split()]
+    for child in children:
+        with contextlib.suppress(OSError, ValueError):
+            child_user, child_system = cpu_times(child)
+            user, system = user + child_user, system + child_system
+    return user, system
 
 
 @dataclass
@@ -249,7 +262,8 @@ class Bench:
             cmd = in_ns(ns, self.args.wireguard_go, "-f", ifname)
         else:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
-            cmd = in_ns(ns, self.args.python, "-m", "wgpy", "-f", ifname)
+            worker = ["--worker"] if implementation == "wgpyw" else []
+            cmd = in_ns(ns, self.args.python, "-m", "wgpy", "-f", *worker, ifname)
         self.ifnames.append(ifname)
         with log_path.open("wb") as log:
             process = self.spawn(cmd, log, env)
@@ -262,7 +276,7 @@ class Bench:
             return socket.exists()
 
         self.wait_for(ready, what=f"{implementation} UAPI socket {socket}")
-        if implementation == "wgpy" and self.args.profile is not None:
+        if implementation != "go" and self.args.profile is not None:
             self.profilers.append(self.start_profiler(daemon))
         return daemon
 
@@ -456,7 +470,7 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     base = results.get("go-go")
     if base is None:
         return out
-    for name in ("wgpy-wgpy", "wgpy-go", "go-wgpy"):
+    for name in ("wgpy-wgpy", "wgpy-go", "go-wgpy", "wgpyw-wgpyw"):
         if name not in results:
             continue
         row: dict[str, float | None] = {}
@@ -526,7 +540,13 @@ def chart(results: dict[str, Any], path: Path, date: str) -> bool:
     # The plain veth is 20-100x faster than any tunnel: it is given as a number in the title, not as a bar, so
     # that the tunnels stay readable on a linear axis.
     tunnels = [n for n in results if n != "veth"]
-    colors = {"go-go": "#1f77b4", "wgpy-wgpy": "#d62728", "wgpy-go": "#ff7f0e", "go-wgpy": "#9467bd"}
+    colors = {
+        "go-go": "#1f77b4",
+        "wgpy-wgpy": "#d62728",
+        "wgpy-go": "#ff7f0e",
+        "go-wgpy": "#9467bd",
+        "wgpyw-wgpyw": "#8c564b",
+    }
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4))
     for ax, (test, metric, title) in zip(axes, panels, strict=True):
         medians = {n: results[n]["median"].get(test, {}) for n in tunnels}

@@ -132,6 +132,11 @@ def _cmd_interface(argv: Sequence[str]) -> int:
         metavar="FILE",
         help="append each handshake's secrets to FILE (mode 0600) in the format of Wireshark's wg.keylog_file",
     )
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="seal and write to the TUN device in a second process, on a second core (also WGPY_WORKER=1)",
+    )
     from .drivers.mesh_daemon import add_daemon_arguments, prepare_daemon
 
     add_daemon_arguments(parser)
@@ -184,7 +189,8 @@ def _cmd_interface(argv: Sequence[str]) -> int:
         return 0  # the parent: the child keeps the interface and the socket
     logger.info("wgpy %s serving interface %s", __version__, tun.name)
     try:
-        asyncio.run(_serve(tun, uapi_sock, keylog_fd, mesh))
+        worker = args.worker or _truthy(os.environ.get("WGPY_WORKER"))
+        asyncio.run(_serve(tun, uapi_sock, keylog_fd, mesh, worker=worker))
     finally:
         with contextlib.suppress(OSError):
             path = uapi_sock.getsockname()
@@ -211,7 +217,12 @@ def _keylog_sink(fd: int) -> Callable[[str], None]:
 
 
 async def _serve(
-    tun: object, uapi_sock: socket.socket, keylog_fd: int | None = None, mesh: MeshDaemonConfig | None = None
+    tun: object,
+    uapi_sock: socket.socket,
+    keylog_fd: int | None = None,
+    mesh: MeshDaemonConfig | None = None,
+    *,
+    worker: bool = False,
 ) -> None:
     from tun import TunDevice
 
@@ -225,7 +236,7 @@ async def _serve(
         from .keylog import KeyLogWriter
 
         device.keylog = KeyLogWriter(_keylog_sink(keylog_fd))
-    tunnel = Tunnel(device, tun=tun)
+    tunnel = Tunnel(device, tun=tun, worker=worker)
     await tunnel.start()
     agent = mesh.start(tunnel) if mesh is not None else None  # the filter is in place before any peer exists
     server = UapiServer(tunnel, uapi_sock, mesh=agent)
@@ -247,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(
-            "usage: wgpy [-f|--foreground] INTERFACE\n"
+            "usage: wgpy [-f|--foreground] [--worker] [--keylog FILE] INTERFACE\n"
             "       wgpy [-f] --mesh-key KEY [--mesh-map FILE] [--mesh-state FILE] [--fail-closed]"
             " [--audit-log FILE|-] INTERFACE\n"
             "       wgpy mesh keygen | pubkey | sign --key FILE MAP.json | apply INTERFACE FILE\n"

@@ -44,7 +44,7 @@ def padded_length(length: int, mtu: int | None) -> int:
 
 
 def seal_run(
-    aead: crypto.Aead, remote_index: int, first_counter: int, padded_plaintexts: Sequence[bytes]
+    aead: crypto.Aead, remote_index: int, first_counter: int, padded_plaintexts: Sequence[bytes | memoryview]
 ) -> list[bytes]:
     """Transport messages (whitepaper §5.4.6) for ``padded_plaintexts`` under counters ``first_counter``, +1, ...
 

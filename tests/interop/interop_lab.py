@@ -110,6 +110,17 @@ class Daemon:
             return self.process.poll() is None
         return self.pid is not None and pid_alive(self.pid)
 
+    def children(self) -> list[int]:
+        """PIDs of the daemon's live child processes (a wgpy daemon's data-plane worker)."""
+        found: list[int] = []
+        if self.pid is None:
+            return found
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{self.pid}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{self.pid}/task/{task}/children") as f:
+                    found += [int(pid) for pid in f.read().split()]
+        return found
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -291,10 +302,13 @@ class Lab:
         self.daemons.append(daemon)
         return daemon
 
-    def start(self, kind: Kind, netns: str, host: int) -> Daemon:
-        """Start a daemon of ``kind`` in the foreground inside ``netns`` and wait for its UAPI socket."""
+    def start(self, kind: Kind, netns: str, host: int, *, worker: bool = False) -> Daemon:
+        """Start a daemon of ``kind`` in the foreground inside ``netns`` and wait for its UAPI socket. ``worker``
+        gives a wgpy daemon its data-plane worker process (``WGPY_WORKER=1``)."""
         daemon = self.new_daemon(kind, netns, host)
         env = dict(os.environ, LOG_LEVEL="verbose", WG_PROCESS_FOREGROUND="1")
+        if worker:
+            env["WGPY_WORKER"] = "1"
         if kind == "wgpy":
             argv = [sys.executable, "-m", "wgpy", "-f", daemon.ifname]
         else:
@@ -347,12 +361,15 @@ class Lab:
             me.ip("-6", "addr", "add", f"{me.inner6}/64", "dev", me.ifname, "nodad")
             me.ip("link", "set", me.ifname, "up")
 
-    def pair(self, kind_a: Kind, kind_b: Kind, *, preshared_key: bool = False) -> tuple[Daemon, Daemon]:
+    def pair(
+        self, kind_a: Kind, kind_b: Kind, *, preshared_key: bool = False, worker_a: bool = False, worker_b: bool = False
+    ) -> tuple[Daemon, Daemon]:
         """Two namespaces joined by a veth, ``kind_a`` in the first and ``kind_b`` in the second, configured as
-        each other's peer. No packet has gone through the tunnel yet (no handshake)."""
+        each other's peer (``worker_*``: that wgpy daemon runs a data-plane worker). No packet has gone through the
+        tunnel yet (no handshake)."""
         ns_a, ns_b = self.add_namespace("1"), self.add_namespace("2")
         self.link(ns_a, ns_b)
-        a, b = self.start(kind_a, ns_a, 1), self.start(kind_b, ns_b, 2)
+        a, b = self.start(kind_a, ns_a, 1, worker=worker_a), self.start(kind_b, ns_b, 2, worker=worker_b)
         psk = self.run(None, "wg", "genpsk").stdout.strip() if preshared_key else None
         self.configure(a, b, preshared_key=psk)
         return a, b

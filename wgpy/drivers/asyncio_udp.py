@@ -8,6 +8,11 @@ timer at ``device.get_timer()``. Nothing else here knows the protocol.
 Endpoints are the socket addresses as asyncio reports them: ``(host, port)`` from the IPv4 socket and
 ``(host, port, flowinfo, scope_id)`` from the IPv6 socket (which is ``IPV6_V6ONLY``, so the two never overlap, as in
 wireguard-go). A datagram to an endpoint goes out of the socket of its family.
+
+With ``worker=True`` the tunnel starts a data-plane worker process (``worker.py``) and turns on the device's
+``seal_offload``: flushing then hands the sealing jobs and the decrypted packets to the worker, which encrypts, sends
+and writes to the TUN device on the second core. If the worker dies or stalls, the tunnel says so in the log and
+goes on in one process.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from typing import Final
 
 from tun import TunDevice
 
-from ..device import Device, Endpoint
+from ..device import Device, Endpoint, KeypairRetired, SealJob
 from ..errors import UapiError
 from ..events import EndpointChanged, Event, HandshakeCompleted, KeypairExpired
 from .clock import monotonic_now, wall_ns
 from .udp import UdpSocket
+from .worker import DataPlaneWorker, WorkerError
 
 __all__ = ["Tunnel"]
 
@@ -63,6 +69,7 @@ class Tunnel:
         on_packet: Callable[[bytes], None] | None = None,
         bind_address: str | None = None,
         on_event: Callable[[Event], None] | None = None,
+        worker: bool = False,
     ) -> None:
         """
         Args:
@@ -72,6 +79,7 @@ class Tunnel:
             bind_address: bind only this IPv4 address (for example ``127.0.0.1`` in the demo) instead of all.
             on_event: called with each event drained from the device, after it is logged (the mesh agent audits
                 handshakes with it). The device has one event queue, so this is the only place that drains it.
+            worker: seal and write to the TUN device in a second process (a second core); see ``worker.py``.
         """
         self.device = device
         self.tun = tun
@@ -85,6 +93,9 @@ class Tunnel:
         self._housekeeping: asyncio.TimerHandle | None = None
         self._closed = asyncio.Event()
         self.tun_errors = 0
+        self.use_worker = worker
+        self._worker: DataPlaneWorker | None = None
+        self.worker_failures = 0
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -97,8 +108,50 @@ class Tunnel:
             os.set_blocking(self.tun.fileno(), False)
             self.device.mtu = self.tun.mtu
             self._loop.add_reader(self.tun.fileno(), self._on_tun_readable)
+        if self.use_worker:
+            self._start_worker()
         self._schedule_housekeeping()
         self.flush()
+
+    def _start_worker(self) -> None:
+        """Start the data-plane worker on the current sockets; on failure, go on without it."""
+        try:
+            worker = DataPlaneWorker(
+                {family: udp.sock for family, udp in self._sockets.items()},
+                self.tun.fileno() if self.tun is not None else None,
+            )
+        except OSError as exc:
+            logger.error("cannot start the data-plane worker (%s): running in one process", exc)
+            self.worker_failures += 1
+            return
+        self._worker = worker
+        self.device.seal_offload = True
+        if self._loop is not None:
+            self._loop.add_reader(worker.fileno(), self._on_worker_gone)
+
+    def _stop_worker(self) -> None:
+        """Stop the worker and seal in this process again (jobs still queued in the device are run by ``flush``)."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        self.device.seal_offload = False
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(worker.fileno())
+        worker.close()
+
+    def _on_worker_gone(self) -> None:
+        """The channel turned readable: the worker exited (it never writes to it)."""
+        if self._worker is not None:
+            logger.error("the data-plane worker (pid %d) stopped: running in one process", self._worker.process.pid)
+            self.worker_failures += 1
+            self._stop_worker()
+            self.flush()
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The worker process's PID while one runs."""
+        return self._worker.process.pid if self._worker is not None else None
 
     async def _open_sockets(self, port: int) -> None:
         """Bind the IPv4 socket (and the IPv6 one on the same port) and register them with the loop."""
@@ -146,6 +199,10 @@ class Tunnel:
         except OSError as exc:
             self._sockets = old
             raise UapiError(errno.EADDRINUSE if exc.errno == errno.EADDRINUSE else errno.EIO, str(exc)) from None
+        if self._worker is not None:  # it holds the old sockets: a new one takes the new ones
+            self.flush()
+            self._stop_worker()
+            self._start_worker()
         self._close_sockets(old)
 
     def set_fwmark(self, fwmark: int) -> None:
@@ -172,6 +229,7 @@ class Tunnel:
             self._timer.cancel()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        self._stop_worker()
         self._close_sockets()
         if self.tun is not None:
             if self._loop is not None:
@@ -246,10 +304,27 @@ class Tunnel:
 
     def flush(self) -> None:
         """Send what the device wants sent, deliver its packets, re-arm its timer and log its events."""
-        datagrams = self.device.datagrams_to_send()
+        device = self.device
+        datagrams = device.datagrams_to_send()
         if datagrams:
             self._send(datagrams)
-        packets = self.device.packets_to_tun()
+        jobs = device.seal_jobs()
+        packets = device.packets_to_tun()
+        worker = self._worker
+        if worker is not None:
+            to_tun = packets if worker.has_tun and self.tun is not None else []
+            if jobs or to_tun:
+                try:
+                    worker.submit(jobs, to_tun)
+                    jobs = []
+                    if to_tun:
+                        packets = []
+                except WorkerError as exc:
+                    logger.error("%s: running in one process", exc)
+                    self.worker_failures += 1
+                    self._stop_worker()
+        if jobs:
+            self._run_jobs(jobs)
         if packets:
             if self.tun is not None:
                 try:
@@ -261,6 +336,12 @@ class Tunnel:
                     self.on_packet(packet)
         self._drain_events()
         self._arm_timer()
+
+    def _run_jobs(self, jobs: list[SealJob | KeypairRetired]) -> None:
+        """Seal here what the device handed out for a worker (jobs left over when the worker went away)."""
+        for job in jobs:
+            if isinstance(job, SealJob):
+                self._send([(message, job.endpoint) for message in job.run()])
 
     def _send(self, datagrams: list[tuple[bytes, Endpoint]]) -> None:
         """Hand each datagram to the socket of its address family, keeping their order per socket."""

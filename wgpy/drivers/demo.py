@@ -1,6 +1,7 @@
 """``wgpy demo``: two wgpy peers in one process, talking WireGuard over real UDP sockets on 127.0.0.1.
 
-No TUN device and no root: each side is a ``Device`` driven by a socket-only ``Tunnel``. Peer A sends IPv4/UDP
+No TUN device and no root: each side is a ``Device`` driven by a socket-only ``Tunnel`` (with ``--worker``, each
+tunnel also starts its data-plane worker process, which seals on another core). Peer A sends IPv4/UDP
 packets to 10.200.0.2 (peer B's allowed IP); B echoes each one back. Every half second a line shows handshakes,
 packets through the tunnel and the per-peer byte counters, as ``wg show`` would report them.
 """
@@ -31,7 +32,7 @@ def ipv4_udp_packet(source: bytes, destination: bytes, payload: bytes, port: int
     return header + udp
 
 
-async def run_demo(seconds: float, payload_size: int, out: object = None) -> dict[str, int]:
+async def run_demo(seconds: float, payload_size: int, out: object = None, *, worker: bool = False) -> dict[str, int]:
     stream = out if out is not None else sys.stdout
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
     device_a, device_b = Device(key_a), Device(key_b)
@@ -47,8 +48,8 @@ async def run_demo(seconds: float, payload_size: int, out: object = None) -> dic
         if tunnel_b is not None:  # echo: swap the addresses
             tunnel_b.send_packet(packet[:12] + packet[16:20] + packet[12:16] + packet[20:])
 
-    tunnel_a = Tunnel(device_a, on_packet=on_packet_a, bind_address="127.0.0.1")
-    tunnel_b = Tunnel(device_b, on_packet=on_packet_b, bind_address="127.0.0.1")
+    tunnel_a = Tunnel(device_a, on_packet=on_packet_a, bind_address="127.0.0.1", worker=worker)
+    tunnel_b = Tunnel(device_b, on_packet=on_packet_b, bind_address="127.0.0.1", worker=worker)
     await tunnel_a.start()
     await tunnel_b.start()
     device_a.add_peer(key_b.public_key(), endpoint=("127.0.0.1", tunnel_b.local_port), allowed_ips=["10.200.0.2/32"])
@@ -102,9 +103,12 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="wgpy demo", description="two wgpy peers over UDP on 127.0.0.1")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--size", type=int, default=1000, help="UDP payload bytes per packet")
+    parser.add_argument(
+        "--worker", action="store_true", help="give each peer a data-plane worker process (sealing on a second core)"
+    )
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= 3600 or not 0 <= args.size <= 1400:
         print("wgpy demo: --seconds must be in (0, 3600] and --size in [0, 1400]", file=sys.stderr)
         return 1
-    result = asyncio.run(run_demo(args.seconds, args.size))
+    result = asyncio.run(run_demo(args.seconds, args.size, worker=args.worker))
     return 0 if result["echoed_to_a"] > 0 else 1
