@@ -275,6 +275,30 @@ def test_private_key_change_rehandshakes(connected: Pair) -> None:
     assert pair.node_a.delivered == [back]
 
 
+@pytest.mark.parametrize("offload", [False, True])
+def test_reset_sessions_rehandshakes_at_once(connected: Pair, offload: bool) -> None:
+    pair = connected
+    net = pair.net
+    pair.a.seal_offload = offload
+    net.advance(1.0)  # well inside REKEY_TIMEOUT of the last initiation
+    handshakes = pair.a.stats.handshakes_completed
+    old = pair.peer_b.keypairs.all()
+    assert old
+    pair.a.seal_jobs()
+    pair.a.reset_sessions(pair.peer_b)
+    assert pair.peer_b.keypairs.all() == [] and all(not k.valid for k in old)
+    assert len(pair.a.index_table) == 0
+    if offload:  # whoever seals for A must drop the keys too
+        assert {job.local_index for job in pair.a.seal_jobs()} == {k.local_index for k in old}
+    sent_before = len(datagrams_from(net, ENDPOINT_A, MessageType.INITIATION))
+    packet = pair.send_a(b"after the reset")
+    assert len(datagrams_from(net, ENDPOINT_A, MessageType.INITIATION)) == sent_before + 1
+    assert pair.a.stats.handshakes_completed == handshakes + 1
+    assert pair.node_b.delivered == [packet]
+    assert pair.a.public_key == pair.pub_a  # the identity is untouched
+    assert pair.peer_a.endpoint == ENDPOINT_A and pair.b.stats.drops[DropReason.UNKNOWN_INDEX] == 0
+
+
 def test_private_key_change_old_identity_rejected(connected: Pair) -> None:
     """A peer that still knows the old public key cannot complete a handshake (mac1 is keyed by it)."""
     pair = connected

@@ -513,8 +513,8 @@ class Probe:
 
     def resync(self) -> None:
         """Drop the device's sessions so that its next packet starts a new handshake (public API only)."""
-        self.device.set_private_key(None)
-        self.device.set_private_key(self.config.private_key)
+        for peer in self.device.peers.values():
+            self.device.reset_sessions(peer)
         self.stale = False
 
     def ensure_session(self) -> float:
