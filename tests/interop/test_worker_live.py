@@ -32,6 +32,13 @@ def _worker_of(daemon: Daemon) -> int:
     raise AssertionError(f"no data-plane worker under {daemon.kind} pid {daemon.pid}:\n{daemon.log()}")
 
 
+def _assert_exits(worker: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pid_alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(worker), "the worker outlived its daemon"
+
+
 def test_worker_against_wireguard_go(lab: Lab, measure: Callable[[str], None]) -> None:
     a, b = lab.pair("wgpy", "wireguard-go", preshared_key=True, worker_a=True)
     worker = _worker_of(a)
@@ -49,10 +56,7 @@ def test_worker_against_wireguard_go(lab: Lab, measure: Callable[[str], None]) -
     assert a.process is not None
     a.process.send_signal(signal.SIGTERM)  # the daemon we started: it must take its worker with it
     a.process.wait(timeout=10)
-    deadline = time.monotonic() + 5.0
-    while pid_alive(worker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(worker), "the worker outlived its daemon"
+    _assert_exits(worker)
 
 
 def test_worker_exits_when_its_daemon_is_killed(lab: Lab) -> None:
@@ -61,10 +65,7 @@ def test_worker_exits_when_its_daemon_is_killed(lab: Lab) -> None:
     assert a.process is not None
     a.process.kill()  # no clean shutdown: the worker sees its channel close
     a.process.wait(timeout=10)
-    deadline = time.monotonic() + 5.0
-    while pid_alive(worker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(worker), "the worker outlived its daemon"
+    _assert_exits(worker)
 
 
 def test_two_workers_and_losing_one(lab: Lab) -> None:
