@@ -5,11 +5,13 @@ Theory of operation: a ``Device`` is a state machine with three inputs and four 
 Inputs: ``receive_datagram(data, endpoint, now)`` for every UDP datagram, ``send_packet(ip_packet, now)`` for every
 IP packet read from the TUN device, and ``handle_timer(now)`` when ``get_timer()`` says so (or on any periodic tick).
 Outputs, drained by the driver after each input: ``datagrams_to_send()``, ``packets_to_tun()``, ``get_timer()`` and
-``next_event()``. With ``seal_offload`` set, transport messages are not encrypted here: the device reserves their
-counters and hands the driver ``SealJob``s (``seal_jobs()``) to run wherever it likes, on another core for instance,
-with ``SealJob.run`` (``keypair.seal_run``) doing exactly what the device would have done. The device never reads a clock, never draws randomness except through the injected ``rng``, and
+``next_event()``. The device never reads a clock, never draws randomness except through the injected ``rng``, and
 never touches a socket: ``now`` is monotonic seconds that count through suspend, and ``wall_ns`` (optional on every
 input, needed for the TAI64N timestamps of initiations) is the Unix time in nanoseconds.
+
+With ``seal_offload`` set, transport messages are not encrypted here: the device reserves their counters and hands
+the driver ``SealJob``s (``seal_jobs()``) to run wherever it likes, on another core for instance, with
+``SealJob.run`` (``keypair.seal_run``) doing exactly what the device would have done.
 
 Remote input is checked cheapest first (style rule 5): length and type, then mac1 (one BLAKE2s) before any X25519,
 then the cookie (mac2) when the device is under load, then the per-source rate limit, then the Noise handshake; for
