@@ -184,6 +184,17 @@ class LoopbackPair:
         self.ta.close()
         self.tb.close()
 
+    async def __aenter__(self) -> LoopbackPair:
+        try:
+            await self.start()
+        except BaseException:
+            self.close()  # a failed start must not leave worker processes behind
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def _run(coro: object) -> None:
     asyncio.run(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
@@ -191,9 +202,7 @@ def _run(coro: object) -> None:
 
 def test_two_workers_carry_traffic_across_rekeys() -> None:
     async def scenario() -> None:
-        pair = LoopbackPair(True, True)
-        await pair.start()
-        try:
+        async with LoopbackPair(True, True) as pair:
             pids = [pair.ta.worker_pid, pair.tb.worker_pid]
             assert None not in pids
             for device in (pair.a, pair.b):
@@ -208,8 +217,6 @@ def test_two_workers_carry_traffic_across_rekeys() -> None:
             assert pair.ta.worker_failures == pair.tb.worker_failures == 0
             worker = pair.ta._worker
             assert worker is not None and worker.jobs_sent > 0
-        finally:
-            pair.close()
         for pid in pids:
             assert pid is not None
             with pytest.raises(ChildProcessError):
@@ -220,9 +227,7 @@ def test_two_workers_carry_traffic_across_rekeys() -> None:
 
 def test_losing_the_worker_falls_back_to_one_process() -> None:
     async def scenario() -> None:
-        pair = LoopbackPair(True, False)
-        await pair.start()
-        try:
+        async with LoopbackPair(True, False) as pair:
             await pair.exchange(50, b"before")
             pid = pair.ta.worker_pid
             assert pid is not None
@@ -233,17 +238,13 @@ def test_losing_the_worker_falls_back_to_one_process() -> None:
             assert pair.ta.worker_pid is None and pair.ta.worker_failures == 1
             assert not pair.a.seal_offload
             await pair.exchange(50, b"after")
-        finally:
-            pair.close()
 
     _run(scenario())
 
 
 def test_a_new_listen_port_gets_a_new_worker() -> None:
     async def scenario() -> None:
-        pair = LoopbackPair(True, False)
-        await pair.start()
-        try:
+        async with LoopbackPair(True, False) as pair:
             await pair.exchange(20, b"old port")
             old_pid = pair.ta.worker_pid
             await pair.ta.rebind(0)
@@ -254,7 +255,5 @@ def test_a_new_listen_port_gets_a_new_worker() -> None:
             peer.endpoint = ("127.0.0.1", pair.ta.local_port)
             await pair.exchange(20, b"new port")
             assert pair.ta.worker_failures == 0
-        finally:
-            pair.close()
 
     _run(scenario())
