@@ -235,7 +235,9 @@ def test_without_cap_net_admin_gives_tun_error(netns: str, how: str) -> None:
     result = run_in_netns(netns, [*prefix, sys.executable, "-c", _UNPRIVILEGED_PROBE, TUN_NAME])
     assert result.returncode == 0, f"stdout: {result.stdout}\nstderr: {result.stderr}"
     code, _, message = result.stdout.strip().partition(" ")
-    assert int(code) == errno.EPERM
+    # Without CAP_NET_ADMIN the kernel answers EPERM (TUNSETIFF); where /dev/net/tun is mode 0600, user nobody
+    # cannot even open it and gets EACCES. Both must read as the same one-line cause.
+    assert int(code) in (errno.EPERM, errno.EACCES)
     assert f"creating TUN device {TUN_NAME!r} needs root or CAP_NET_ADMIN" in message
     assert "Traceback" not in result.stderr
 

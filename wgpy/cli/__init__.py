@@ -24,15 +24,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .device import DEFAULT_MTU, Device
-from .errors import ConfigError
-from .keys import PresharedKey, PrivateKey
+from .. import __version__
+from ..device import DEFAULT_MTU, Device
+from ..errors import ConfigError
+from ..keys import PresharedKey, PrivateKey
 
 if TYPE_CHECKING:
     from tun import TunDevice
 
-    from .drivers.mesh_daemon import MeshDaemonConfig
+    from ..drivers.mesh_daemon import MeshDaemonConfig
 
 __all__ = ["main"]
 
@@ -137,7 +137,7 @@ def _cmd_interface(argv: Sequence[str]) -> int:
         action="store_true",
         help="seal and write to the TUN device in a second process, on a second core (also WGPY_WORKER=1)",
     )
-    from .drivers.mesh_daemon import add_daemon_arguments, prepare_daemon
+    from ..drivers.mesh_daemon import add_daemon_arguments, prepare_daemon
 
     add_daemon_arguments(parser)
     parser.add_argument("interface", help="interface name, e.g. wg0")
@@ -151,7 +151,7 @@ def _cmd_interface(argv: Sequence[str]) -> int:
 
     from tun import TunError
 
-    from .drivers.uapi_server import bind_uapi_socket
+    from ..drivers.uapi_server import bind_uapi_socket
 
     tun: TunDevice
     try:
@@ -226,14 +226,14 @@ async def _serve(
 ) -> None:
     from tun import TunDevice
 
-    from .drivers.asyncio_udp import Tunnel
-    from .drivers.uapi_server import UapiServer
+    from ..drivers.asyncio_udp import Tunnel
+    from ..drivers.uapi_server import UapiServer
 
     if not isinstance(tun, TunDevice):
         raise TypeError("not a TUN device")
     device = Device()
     if keylog_fd is not None:
-        from .keylog import KeyLogWriter
+        from ..keylog import KeyLogWriter
 
         device.keylog = KeyLogWriter(_keylog_sink(keylog_fd))
     tunnel = Tunnel(device, tun=tun, worker=worker)
@@ -280,19 +280,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "pubkey":
         return _cmd_pubkey()
     if command == "trace":
-        from .trace import main as trace_main
+        from ..trace import main as trace_main
 
         return trace_main(args[1:])
     if command == "probe":
-        from .drivers.probe import main as probe_main
+        from ..drivers.probe import main as probe_main
 
         return probe_main(args[1:])
     if command == "demo":
-        from .drivers.demo import main as demo_main
+        from ..drivers.demo import main as demo_main
 
         return demo_main(args[1:])
     if command == "mesh":
-        from .drivers.mesh_daemon import main as mesh_main
+        from ..drivers.mesh_daemon import main as mesh_main
 
         return mesh_main(args[1:])
     return _cmd_interface(args)
