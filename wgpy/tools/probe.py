@@ -8,12 +8,12 @@ to the device, sends what the device wants sent and runs its timers, until a con
 
 Inner traffic is ICMP echo from ``--tunnel-address`` (which the endpoint must accept from us) to ``--target`` (an
 address behind the endpoint that answers ping, typically the endpoint's own tunnel address). Hostile messages are
-crafted with ``wgpy.conformance`` (which uses ``wgpy.noise`` / ``wgpy.cookie`` / ``wgpy.messages``) next to the
+crafted with ``wgpy.tools.conformance`` (which uses ``wgpy.noise`` / ``wgpy.cookie`` / ``wgpy.messages``) next to the
 device, sometimes from datagrams the device produced and the probe held back instead of sending.
 
 "Ignored" is proved by silence within ``--timeout`` plus a control wherever one exists: the same message without
 the fault is answered (so the fault alone made the difference), and a ping through the session still works
-afterwards. The checks and what each proves are listed in ``wgpy.conformance.CHECKS`` and in docs/probe.md.
+afterwards. The checks and what each proves are listed in ``wgpy.tools.conformance.CHECKS`` and in docs/probe.md.
 
 The command line (argument parsing, the printed lines, the JSON report file) is ``wgpy.cli.probe``'s. Its exit
 status: 0 when no check failed, 1 when one did, 2 for bad arguments, keys or a socket that cannot be bound (one line

@@ -671,7 +671,7 @@ def random_inputs(rng: Callable[[int], bytes] = os.urandom, *, preshared: bool =
     )
 
 
-# --- The golden transcripts (vectors/handshake_transcripts.json) ------------------------------------------------
+# --- The golden transcripts (wgpy/tools/data/handshake_transcripts.json) -------------------------------------
 
 
 def _golden_case(document: object, name: str) -> dict[str, object]:
@@ -999,7 +999,7 @@ def _golden_source(vectors: Path | None) -> Traversable:
 
 
 def load_golden_document(vectors: Path | None = None) -> tuple[str, object]:
-    """Read the golden transcript file: the one shipped in the package, or ``vectors`` (a folder holding it, or the file).
+    """Read the golden transcripts: the file shipped in the package, or ``vectors`` (the file, or a folder holding it).
 
     Returns:
         Where it was read from (for messages) and the parsed JSON document.
