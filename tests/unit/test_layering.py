@@ -20,6 +20,8 @@ Each core module is parsed with ``ast``, never imported, and must not:
 * use ``os`` for anything but ``os.urandom`` (no ``os.environ``, ``os.path``, ``from os import open`` ...);
 * use ``print``, ``open`` or ``input`` (called or not: ``p = print`` counts), or ``sys.stdout`` / ``sys.stderr`` /
   ``sys.stdin`` (also as ``from sys import stdout`` and through an alias of ``sys``).
+
+Within the I/O layer only ``wgpy/cli/`` prints: the tools, drivers and the mesh agent hand their lines to it.
 """
 
 from __future__ import annotations
@@ -214,6 +216,22 @@ def core_violations(path: Path, root: Path = ROOT) -> list[str]:
 def test_core_module_does_no_io(path: Path) -> None:
     bad = core_violations(path)
     assert bad == [], f"{_module_name(path)} breaks the no-I/O rule: {bad}"
+
+
+def prints(path: Path) -> list[str]:
+    """Each use of ``print`` in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [f"line {n.lineno}: print" for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "print"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted((ROOT / "wgpy").rglob("*.py")) if "cli" not in p.relative_to(ROOT / "wgpy").parts],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_only_the_cli_prints(path: Path) -> None:
+    """Tools, drivers and the mesh agent return or report what they have to say; ``wgpy/cli/`` prints it."""
+    assert prints(path) == [], f"{_module_name(path)} prints: {prints(path)}"
 
 
 def tun_violations(path: Path, root: Path = ROOT) -> list[str]:
