@@ -1,4 +1,4 @@
-"""Generate ``vectors/handshake_transcripts.json``: golden WireGuard handshakes with every intermediate value.
+"""Generate ``wgpy/tools/data/handshake_transcripts.json``: golden WireGuard handshakes with every intermediate value.
 
 Run ``python vectors/make_handshake_transcripts.py`` from the repository root. The output depends only on the fixed
 inputs in ``CASES`` (static keys, ephemerals, preshared key, sender indices, wall clock), so running it again
@@ -64,7 +64,8 @@ from wgpy.noise import (
 )
 from wgpy.tai64n import stamp
 
-OUTPUT: Final = Path(__file__).resolve().with_name("handshake_transcripts.json")
+#: Package data (``wgpy trace --golden`` reads it from an installed wgpy too); the other vector files stay in vectors/.
+OUTPUT: Final = Path(__file__).resolve().parents[1] / "wgpy" / "tools" / "data" / "handshake_transcripts.json"
 NOISE_PROTOCOL_NAME: Final = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 INITIATION_TOKENS: Final = ("e", "es", "s", "ss", "{t}")
 RESPONSE_TOKENS: Final = ("e", "ee", "se", "psk", "{}")

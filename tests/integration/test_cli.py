@@ -187,3 +187,39 @@ def test_demo_runs_and_reports() -> None:
 def test_demo_rejects_bad_arguments() -> None:
     line = _one_line_error(wgpy("demo", "--seconds", "0"))
     assert "--seconds" in line
+
+
+# -- every command keeps the error contract -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("trace", "--vectors", "/nonexistent/handshake_transcripts.json"), "wgpy trace: cannot read"),
+        (("trace", "--golden", "nope"), "wgpy trace: "),
+        (
+            (
+                "probe",
+                "--endpoint",
+                "bad",
+                "--peer-public-key",
+                "x",
+                "--private-key-file",
+                "/nonexistent",
+                "--tunnel-address",
+                "10.0.0.1",
+                "--target",
+                "10.0.0.2",
+            ),
+            "wgpy probe: error: --endpoint",
+        ),
+        (("mesh", "pubkey"), "wgpy: Key is not the correct length or format"),
+        (("mesh", "sign", "--key", "/nonexistent", "map.json"), "wgpy: cannot read the key /nonexistent"),
+        (("mesh", "apply", "bad/name", "/dev/null"), "wgpy: invalid interface name"),
+        (("-f", "--mesh-map", "map.json", "wgpybad0"), "wgpy: --mesh-map need --mesh-key"),
+    ],
+    ids=["trace-file", "trace-case", "probe", "mesh-pubkey", "mesh-sign", "mesh-apply", "daemon-mesh"],
+)
+def test_each_command_reports_bad_input_in_one_line(argv: tuple[str, ...], expected: str) -> None:
+    line = _one_line_error(wgpy(*argv, stdin="garbage\n"))
+    assert line.startswith(expected), line

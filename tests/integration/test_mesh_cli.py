@@ -32,10 +32,10 @@ from helpers import private_key as seeded_key
 from wgpy.device import Device
 from wgpy.drivers import uapi_server
 from wgpy.drivers.asyncio_udp import Tunnel
-from wgpy.drivers.mesh_daemon import MeshAgent, MeshState, read_state, write_state
 from wgpy.drivers.uapi_server import UapiServer, bind_uapi_socket, socket_path
 from wgpy.keys import PrivateKey, PublicKey
 from wgpy.mesh import AUDIT_LOGGER_NAME, verify_and_parse
+from wgpy.mesh.agent import MeshAgent, MeshState, read_state, write_state
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60.0

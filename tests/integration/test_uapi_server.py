@@ -21,9 +21,9 @@ import pytest
 
 from wgpy.device import Device
 from wgpy.drivers.asyncio_udp import Tunnel
-from wgpy.drivers.demo import ipv4_udp_packet
 from wgpy.drivers.uapi_server import UapiServer, bind_uapi_socket, socket_path
 from wgpy.keys import PresharedKey, PrivateKey
+from wgpy.tools.demo import ipv4_udp_packet
 
 REPLY_TIMEOUT = 5.0
 

@@ -20,15 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from wgpy import conformance, noise
+from wgpy import noise
+from wgpy.cli.probe import main
 from wgpy.cookie import CookieChecker
 from wgpy.device import Device
 from wgpy.drivers.asyncio_udp import Tunnel
-from wgpy.drivers.probe import main
 from wgpy.keys import PresharedKey, PrivateKey, PublicKey
 from wgpy.messages import Initiation, unpack
 from wgpy.noise import StaticIdentity
 from wgpy.replay import ReplayWindow
+from wgpy.tools import conformance
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE_ADDRESS, TARGET = "10.200.0.1", "10.200.0.2"

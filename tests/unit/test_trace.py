@@ -1,6 +1,6 @@
-"""wgpy.trace: the token-by-token trace equals the golden transcripts, and ``wgpy trace`` prints it.
+"""wgpy.tools.trace: the token-by-token trace equals the golden transcripts, and ``wgpy trace`` (wgpy.cli.trace) prints it.
 
-The independent source is ``vectors/handshake_transcripts.json``: its per-token chaining keys and hashes were
+The independent source is ``wgpy/tools/data/handshake_transcripts.json`` (package data): its per-token chaining keys and hashes were
 cross-checked against the ``noiseprotocol`` oracle when the file was generated. The trace computes them again (and
 checks its end-of-message values against ``wgpy.noise``); here they are compared with the file's recorded values.
 """
@@ -17,21 +17,22 @@ import pytest
 from helpers import det_rng
 
 import wgpy.noise
-from wgpy import crypto, trace
+from wgpy import crypto
+from wgpy.cli.trace import main
 from wgpy.constants import CONSTRUCTION, IDENTIFIER
 from wgpy.keys import PresharedKey, PrivateKey
-from wgpy.trace import (
+from wgpy.tools import trace
+from wgpy.tools.trace import (
     HandshakeTrace,
     TraceMismatch,
     format_trace,
-    main,
     random_inputs,
     trace_handshake,
     trace_inputs,
 )
 
-VECTORS_DIR: Final = Path(__file__).resolve().parents[2] / "vectors"
-GOLDEN: Final = VECTORS_DIR / "handshake_transcripts.json"
+DATA_DIR: Final = Path(__file__).resolve().parents[2] / "wgpy" / "tools" / "data"
+GOLDEN: Final = DATA_DIR / "handshake_transcripts.json"
 CASES: Final = ("no_psk", "psk")
 BLOCK_ORDER: Final = (
     "init",
@@ -279,7 +280,7 @@ def test_main_random_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_main_vectors_option_takes_a_folder_or_the_file(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--vectors", str(VECTORS_DIR), "--golden", "psk", "--json"]) == 0
+    assert main(["--vectors", str(DATA_DIR), "--golden", "psk", "--json"]) == 0
     assert main(["--vectors", str(GOLDEN), "--golden", "psk", "--json"]) == 0
     first, second = capsys.readouterr().out.split("\n}\n")[:2]
     assert json.loads(first + "\n}") == json.loads(second + "\n}")
@@ -354,13 +355,20 @@ def test_a_missing_vector_file_is_one_clear_line(tmp_path: Path, capsys: pytest.
     assert err.startswith("wgpy trace: ") and "cannot read" in err and err.count("\n") == 1
 
 
-def test_no_source_tree_asks_for_vectors(
+def test_the_default_is_the_package_data() -> None:
+    assert Path(str(trace.DEFAULT_GOLDEN)) == GOLDEN
+    source, document = trace.load_golden_document()
+    assert source == str(GOLDEN) and document == golden_document()
+
+
+def test_missing_package_data_asks_for_vectors(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(trace, "DEFAULT_VECTORS_DIR", tmp_path / "absent")
+    monkeypatch.setattr(trace, "DEFAULT_GOLDEN", tmp_path / "absent" / "handshake_transcripts.json")
     assert main(["--golden", "psk"]) == 1
-    err = capsys.readouterr().err
-    assert "--vectors" in err and err.count("\n") == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.startswith("wgpy trace: ") and "--vectors" in captured.err and captured.err.count("\n") == 1
 
 
 def test_bad_arguments_return_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -370,8 +378,8 @@ def test_bad_arguments_return_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "wgpy trace" in capsys.readouterr().out
 
 
-def test_trace_is_a_core_module() -> None:
-    """Only os.urandom from os; none of the I/O modules the layering rule bans (reading a file with pathlib is fine)."""
+def test_the_trace_tool_reads_no_clock_and_opens_no_socket() -> None:
+    """Only os.urandom from os; none of the I/O modules the layering rule bans (reading its data file is fine)."""
     tree = ast.parse(Path(trace.__file__).read_text(encoding="utf-8"))
     banned = {"socket", "asyncio", "select", "fcntl", "threading", "time", "subprocess", "logging"}
     for node in ast.walk(tree):

@@ -1,4 +1,4 @@
-"""wgpy reproduces the golden handshake transcripts of ``vectors/handshake_transcripts.json``.
+"""wgpy reproduces the golden handshake transcripts of ``wgpy/tools/data/handshake_transcripts.json``.
 
 The file was written by ``vectors/make_handshake_transcripts.py``, which cross-checked every value against the
 ``noiseprotocol`` oracle and a straight-line recomputation of the whitepaper's formulas. Here wgpy plays each role
@@ -49,7 +49,7 @@ from wgpy.noise import (
 )
 from wgpy.tai64n import stamp
 
-VECTORS: Final = Path(__file__).resolve().parents[2] / "vectors" / "handshake_transcripts.json"
+VECTORS: Final = Path(__file__).resolve().parents[2] / "wgpy" / "tools" / "data" / "handshake_transcripts.json"
 NOW: Final = 1.0
 _TRANSPORT_HEADER: Final = struct.Struct("<IIQ")
 

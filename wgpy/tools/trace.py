@@ -17,29 +17,31 @@ otherwise ``TraceMismatch`` is raised: a trace that disagrees with the code it c
 The trace holds every secret of the handshake (chaining keys, AEAD keys, the inputs' private keys): it is meant
 for test keys and throwaway random keys, never for a live interface's.
 
-Apart from ``main`` (the ``wgpy trace`` command, which reads the golden transcript file and prints) this module does
-no I/O and reads no clock; ``--random`` draws its keys from an injected ``rng`` (``os.urandom`` by default).
+The golden transcripts ship inside the package (``wgpy/tools/data/handshake_transcripts.json``, read with
+``importlib.resources``), so ``wgpy trace --golden`` works from a plain install; ``load_golden_document`` is the only
+file read here. It reads no clock; ``--random`` draws its keys from an injected ``rng`` (``os.urandom`` by default).
+Argument parsing and printing are ``wgpy.cli.trace``'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import struct
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Final
 
-from . import crypto, noise
-from .constants import CONSTRUCTION, IDENTIFIER, LABEL_MAC1
-from .cookie import CookieChecker, CookieGenerator
-from .errors import WgpyError
-from .keypair import Keypair
-from .keys import PresharedKey, PrivateKey, PublicKey
-from .messages import (
+from .. import crypto, noise
+from ..constants import CONSTRUCTION, IDENTIFIER, LABEL_MAC1
+from ..cookie import CookieChecker, CookieGenerator
+from ..errors import WgpyError
+from ..keypair import Keypair
+from ..keys import PresharedKey, PrivateKey, PublicKey
+from ..messages import (
     MAC1_OFFSET_INITIATION,
     MAC1_OFFSET_RESPONSE,
     MAC_SIZE,
@@ -51,7 +53,7 @@ from .messages import (
     Response,
     unpack,
 )
-from .tai64n import stamp, unstamp
+from ..tai64n import stamp, unstamp
 
 __all__ = [
     "INITIATION_TOKENS",
@@ -66,7 +68,7 @@ __all__ = [
     "format_trace",
     "golden_inputs",
     "initiation_fields",
-    "main",
+    "load_golden_document",
     "random_inputs",
     "response_fields",
     "trace_handshake",
@@ -81,8 +83,8 @@ SECTION_RESPONSE: Final = "§5.4.3"
 SECTION_MACS: Final = "§5.4.4"
 SECTION_TRANSPORT: Final = "§5.4.5"
 GOLDEN_FILE_NAME: Final = "handshake_transcripts.json"
-#: The repository's ``vectors/`` folder, next to the ``wgpy`` package in a source checkout (absent once installed).
-DEFAULT_VECTORS_DIR: Final = Path(__file__).resolve().parent.parent / "vectors"
+#: The golden transcripts shipped as package data (``[tool.setuptools.package-data]`` in pyproject.toml).
+DEFAULT_GOLDEN: Traversable = files(__package__ or "wgpy.tools") / "data" / GOLDEN_FILE_NAME
 _NOW: Final = 0.0  # the monotonic clock the protocol functions are given: no timer matters in a single handshake
 _HEADER_INITIATION: Final = struct.Struct("<II")
 _HEADER_RESPONSE: Final = struct.Struct("<III")
@@ -669,7 +671,7 @@ def random_inputs(rng: Callable[[int], bytes] = os.urandom, *, preshared: bool =
     )
 
 
-# --- The golden transcripts (vectors/handshake_transcripts.json) ------------------------------------------------
+# --- The golden transcripts (wgpy/tools/data/handshake_transcripts.json) -------------------------------------
 
 
 def _golden_case(document: object, name: str) -> dict[str, object]:
@@ -987,103 +989,38 @@ def trace_to_json(trace: HandshakeTrace) -> dict[str, object]:
     }
 
 
-# --- wgpy trace ---------------------------------------------------------------------------------------------------
+# --- the golden transcripts ---------------------------------------------------------------------------------------
 
 
-def _golden_path(vectors: Path | None) -> Path:
+def _golden_source(vectors: Path | None) -> Traversable:
     if vectors is None:
-        if not DEFAULT_VECTORS_DIR.is_dir():
-            raise GoldenCaseError(
-                f"no vectors folder at {DEFAULT_VECTORS_DIR} (wgpy is installed without its source tree): "
-                f"pass --vectors PATH to a checkout's vectors/ or its {GOLDEN_FILE_NAME}"
-            )
-        vectors = DEFAULT_VECTORS_DIR
+        return DEFAULT_GOLDEN
     return vectors / GOLDEN_FILE_NAME if vectors.is_dir() else vectors
 
 
-def _load_document(path: Path) -> object:
+def load_golden_document(vectors: Path | None = None) -> tuple[str, object]:
+    """Read the golden transcripts: the file shipped in the package, or ``vectors`` (the file, or a folder holding it).
+
+    Returns:
+        Where it was read from (for messages) and the parsed JSON document.
+
+    Raises:
+        GoldenCaseError: The file is missing, unreadable, not UTF-8 or not JSON (one line, naming the file).
+    """
+    source = _golden_source(vectors)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = source.read_text(encoding="utf-8")
     except OSError as error:
-        raise GoldenCaseError(f"cannot read {path}: {error.strerror or error}") from None
+        if vectors is None:
+            raise GoldenCaseError(
+                f"cannot read the golden transcripts shipped with wgpy ({source}: {error.strerror or error}): "
+                f"reinstall wgpy, or pass --vectors PATH to a {GOLDEN_FILE_NAME} or the folder that holds it"
+            ) from None
+        raise GoldenCaseError(f"cannot read {source}: {error.strerror or error}") from None
     except UnicodeDecodeError:
-        raise GoldenCaseError(f"{path} is not UTF-8 text") from None
+        raise GoldenCaseError(f"{source} is not UTF-8 text") from None
     try:
         document: object = json.loads(text)
     except json.JSONDecodeError as error:
-        raise GoldenCaseError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno})") from None
-    return document
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wgpy trace",
-        description="Replay a WireGuard handshake token by token (whitepaper §5.4), checked against wgpy.noise.",
-    )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--golden",
-        metavar="CASE",
-        default=None,
-        help="trace a committed golden transcript (no_psk or psk) and check it against the recorded values "
-        "(the default is --golden no_psk)",
-    )
-    source.add_argument("--random", action="store_true", help="trace a handshake between fresh random keys")
-    parser.add_argument("--psk", action="store_true", help="with --random: configure a random preshared key too")
-    parser.add_argument("--json", action="store_true", help="print the steps as JSON")
-    parser.add_argument(
-        "--vectors",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help=f"the vectors/ folder (or its {GOLDEN_FILE_NAME}); default: the source tree's {DEFAULT_VECTORS_DIR}",
-    )
-    parser.add_argument(
-        "--color",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="colour the text output (default: when writing to a terminal)",
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, rng: Callable[[int], bytes] = os.urandom) -> int:
-    """``wgpy trace [--golden CASE | --random [--psk]] [--json] [--vectors PATH] [--color WHEN]``.
-
-    Returns the exit status: 0 on success, 1 (with one line on stderr) if the golden file is missing or corrupted or
-    the trace disagrees with ``wgpy.noise``, 2 for bad arguments (argparse's usage message).
-    """
-    parser = _parser()
-    try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 2
-    if args.psk and not args.random:
-        parser.print_usage(sys.stderr)
-        print("wgpy trace: error: --psk goes with --random (golden cases carry their own)", file=sys.stderr)
-        return 2
-    try:
-        if args.random:
-            trace = trace_inputs(random_inputs(rng, preshared=args.psk))
-        else:
-            name = args.golden if args.golden is not None else "no_psk"
-            path = _golden_path(args.vectors)
-            document = _load_document(path)
-            try:
-                trace = trace_inputs(golden_inputs(document, name))
-                check_against_golden(trace, document, name)
-            except GoldenCaseError as error:
-                raise GoldenCaseError(f"{path}: case {name!r}: {error}") from None
-    except (GoldenCaseError, TraceMismatch) as error:
-        print(f"wgpy trace: {error}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(trace_to_json(trace), indent=2, ensure_ascii=False))
-    else:
-        color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-        sys.stdout.write(format_trace(trace, color=color))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+        raise GoldenCaseError(f"{source} is not valid JSON (line {error.lineno}, column {error.colno})") from None
+    return str(source), document

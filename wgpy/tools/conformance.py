@@ -1,6 +1,6 @@
 """The checks of ``wgpy probe``: what each one proves, how results are reported, and how hostile messages are made.
 
-Theory of operation: ``wgpy probe`` (``drivers/probe.py``) tests a live WireGuard endpoint from the outside. It runs
+Theory of operation: ``wgpy probe`` (``wgpy/tools/probe.py``) tests a live WireGuard endpoint from the outside. It runs
 a real ``Device`` as the endpoint's legitimate peer and, next to it, sends messages crafted here: handshake
 initiations with a wrong mac1, from a key the endpoint does not know, with non-zero reserved bytes; exact replays;
 transport messages with one bit flipped; bursts of initiations that only a cookie can get through. This module owns
@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from .cookie import CookieGenerator
-from .keys import PresharedKey, PublicKey
-from .messages import MAC_SIZE, MESSAGE_INITIATION_SIZE, MESSAGE_TRANSPORT_HEADER_SIZE, MessageType
-from .noise import Handshake, StaticIdentity, create_initiation
+from ..cookie import CookieGenerator
+from ..keys import PresharedKey, PublicKey
+from ..messages import MAC_SIZE, MESSAGE_INITIATION_SIZE, MESSAGE_TRANSPORT_HEADER_SIZE, MessageType
+from ..noise import Handshake, StaticIdentity, create_initiation
 
 __all__ = [
     "CHECKS",

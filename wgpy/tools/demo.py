@@ -3,26 +3,29 @@
 No TUN device and no root: each side is a ``Device`` driven by a socket-only ``Tunnel`` (with ``--worker``, each
 tunnel also starts its data-plane worker process, which seals on another core). Peer A sends IPv4/UDP
 packets to 10.200.0.2 (peer B's allowed IP); B echoes each one back. Every half second a line shows handshakes,
-packets through the tunnel and the per-peer byte counters, as ``wg show`` would report them.
+packets through the tunnel and the per-peer byte counters, as ``wg show`` would report them. ``wgpy.cli.demo`` is
+the command line and prints the lines.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import struct
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 
 from ..device import Device
+from ..drivers.asyncio_udp import Tunnel
 from ..keys import PrivateKey
-from .asyncio_udp import Tunnel
 
-__all__ = ["ipv4_udp_packet", "main"]
+__all__ = ["ipv4_udp_packet", "run_demo"]
 
 ADDRESS_A = bytes([10, 200, 0, 1])
 ADDRESS_B = bytes([10, 200, 0, 2])
+
+
+def _quiet(line: str) -> None:
+    pass
 
 
 def ipv4_udp_packet(source: bytes, destination: bytes, payload: bytes, port: int = 7) -> bytes:
@@ -32,8 +35,11 @@ def ipv4_udp_packet(source: bytes, destination: bytes, payload: bytes, port: int
     return header + udp
 
 
-async def run_demo(seconds: float, payload_size: int, out: object = None, *, worker: bool = False) -> dict[str, int]:
-    stream = out if out is not None else sys.stdout
+async def run_demo(
+    seconds: float, payload_size: int, report: Callable[[str], None] | None = None, *, worker: bool = False
+) -> dict[str, int]:
+    """Run the two peers for ``seconds``, handing each progress line to ``report``; returns the counters."""
+    say = report if report is not None else _quiet
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
     device_a, device_b = Device(key_a), Device(key_b)
     received_a: list[int] = [0]
@@ -54,10 +60,9 @@ async def run_demo(seconds: float, payload_size: int, out: object = None, *, wor
     await tunnel_b.start()
     device_a.add_peer(key_b.public_key(), endpoint=("127.0.0.1", tunnel_b.local_port), allowed_ips=["10.200.0.2/32"])
     device_b.add_peer(key_a.public_key(), endpoint=("127.0.0.1", tunnel_a.local_port), allowed_ips=["10.200.0.1/32"])
-    print(
+    say(
         f"peer A {key_a.public_key().short()} on 127.0.0.1:{tunnel_a.local_port}  <->  "
         f"peer B {key_b.public_key().short()} on 127.0.0.1:{tunnel_b.local_port}",
-        file=stream,  # type: ignore[arg-type]
     )
     payload = bytes(payload_size)
     sent = 0
@@ -74,11 +79,10 @@ async def run_demo(seconds: float, payload_size: int, out: object = None, *, wor
             if now >= next_report:
                 next_report += 0.5
                 elapsed = now - start
-                print(
+                say(
                     f"[{elapsed:4.1f}s] handshakes={device_a.stats.handshakes_completed} "
                     f"sent={sent} echoed={received_a[0]} ({received_a[0] / elapsed:,.0f} round trips/s)  "
                     f"peer A: tx={peer_b_on_a.tx_bytes:,} rx={peer_b_on_a.rx_bytes:,} bytes",
-                    file=stream,  # type: ignore[arg-type]
                 )
         await asyncio.sleep(0.2)
     finally:
@@ -91,24 +95,8 @@ async def run_demo(seconds: float, payload_size: int, out: object = None, *, wor
         "handshakes": device_a.stats.handshakes_completed,
         "drops": sum(device_a.stats.drops.values()) + sum(device_b.stats.drops.values()),
     }
-    print(
+    say(
         f"done: {result['delivered_to_b']} packets A->B and {result['echoed_to_a']} back, "
         f"{result['handshakes']} handshake(s), {result['drops']} drops",
-        file=stream,  # type: ignore[arg-type]
     )
     return result
-
-
-def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="wgpy demo", description="two wgpy peers over UDP on 127.0.0.1")
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--size", type=int, default=1000, help="UDP payload bytes per packet")
-    parser.add_argument(
-        "--worker", action="store_true", help="give each peer a data-plane worker process (sealing on a second core)"
-    )
-    args = parser.parse_args(argv)
-    if not 0 < args.seconds <= 3600 or not 0 <= args.size <= 1400:
-        print("wgpy demo: --seconds must be in (0, 3600] and --size in [0, 1400]", file=sys.stderr)
-        return 1
-    result = asyncio.run(run_demo(args.seconds, args.size, worker=args.worker))
-    return 0 if result["echoed_to_a"] > 0 else 1

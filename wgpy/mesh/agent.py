@@ -1,4 +1,8 @@
-"""Mesh mode for the daemon, and the ``wgpy mesh`` commands of the management side.
+"""Mesh mode for the daemon: the glue between a running ``Tunnel`` and a ``MeshController``.
+
+This module is part of the I/O layer (it reads and writes the state file, polls the map file, opens the audit log
+and runs on the event loop); the decisions are the controller's (``wgpy.mesh.controller``). Its options are parsed
+by ``wgpy.cli.daemon`` and the ``wgpy mesh keygen | pubkey | sign | apply`` commands live in ``wgpy.cli.mesh``.
 
 Theory of operation: ``MeshAgent`` is the glue between a running ``Tunnel`` and a ``MeshController`` (``wgpy.mesh``).
 It installs the controller's packet filter in the device (``Device.packet_filter``), forwards the device's events to
@@ -35,28 +39,25 @@ Where the audit log goes is chosen here too: ``--audit-log FILE`` (appended, mod
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import base64
-import binascii
 import contextlib
 import errno
 import json
 import logging
 import os
-import re
-import socket
 import stat
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final
 
-from ..crypto import Ed25519PrivateKey, Ed25519PublicKey
+from ..crypto import Ed25519PublicKey
+from ..drivers.clock import monotonic_now
+from ..drivers.uapi_server import MeshApplyReply
 from ..errors import ConfigError
-from ..mesh import (
+from . import (
     AUDIT_LOGGER_NAME,
     AuditLog,
     MapChanges,
@@ -64,24 +65,20 @@ from ..mesh import (
     MeshController,
     RejectReason,
     load_management_public_key,
-    sign_network_map,
     verify_and_parse,
 )
-from ..mesh.netmap import MAX_DOCUMENT_SIZE
-from .clock import monotonic_now
-from .uapi_server import MAX_MESH_DOCUMENT, SOCKET_DIRECTORY, MeshApplyReply, socket_path
+from .netmap import MAX_DOCUMENT_SIZE
 
 if TYPE_CHECKING:
+    from ..drivers.asyncio_udp import Tunnel
     from ..events import Event
-    from .asyncio_udp import Tunnel
 
 __all__ = [
     "POLL_INTERVAL",
     "MeshAgent",
     "MeshDaemonConfig",
     "MeshState",
-    "add_daemon_arguments",
-    "main",
+    "open_audit_log",
     "prepare_daemon",
     "read_state",
     "write_state",
@@ -92,9 +89,6 @@ logger = logging.getLogger("wgpy.mesh")
 POLL_INTERVAL: Final = 1.0  # seconds between looks at the map file and the clocks (ours)
 STATE_VERSION: Final = 1  # the "version" field of the state file (ours)
 NO_PRIVATE_KEY: Final = "no_private_key"  # the UAPI reason when the device cannot find itself in any map yet
-ED25519_KEY_SIZE: Final = 32  # RFC 8032 §5.1.5: private seed and public key are both 32 bytes
-_IFNAME_RE: Final = re.compile(r"^[A-Za-z0-9_=+.-]{1,15}$")  # IFNAMSIZ - 1, and never a path
-_REPLY_LIMIT: Final = 65536  # bytes of a mesh_apply answer the client reads before giving up
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -463,7 +457,7 @@ def _printable(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Daemon options (``wgpy [-f] --mesh-key ... IFNAME``)
+# Daemon options (``wgpy [-f] --mesh-key ... IFNAME``, parsed by ``wgpy.cli.daemon``)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -491,41 +485,35 @@ class MeshDaemonConfig:
         return agent
 
 
-def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the mesh options to the daemon's parser."""
-    group = parser.add_argument_group("mesh mode (signed network maps, ACL, audit log)")
-    group.add_argument(
-        "--mesh-key",
-        metavar="KEY|FILE",
-        help="run in mesh mode, accepting network maps signed by this Ed25519 public key (base64, or a file holding it)",
-    )
-    group.add_argument("--mesh-map", metavar="FILE", help="apply this signed network map file and watch it for changes")
-    group.add_argument(
-        "--mesh-state", metavar="FILE", help="remember the last accepted map here, so a restart refuses older maps"
-    )
-    group.add_argument(
-        "--fail-closed", action="store_true", help="deny all traffic while no map is in force or the map has expired"
-    )
-    group.add_argument(
-        "--audit-log", metavar="FILE|-", help="write the audit log (JSON lines) to FILE (appended, mode 0600) or stdout"
-    )
-
-
-def prepare_daemon(args: argparse.Namespace) -> MeshDaemonConfig | None:
+def prepare_daemon(
+    *,
+    mesh_key: str | None,
+    mesh_map: str | None = None,
+    mesh_state: str | None = None,
+    fail_closed: bool = False,
+    audit_log: str | None = None,
+) -> MeshDaemonConfig | None:
     """Check the mesh options, read the state file and open the audit log; ``None`` without ``--mesh-key``.
+
+    Args:
+        mesh_key: ``--mesh-key``: the management public key (base64) or a file holding it.
+        mesh_map: ``--mesh-map``: the signed map file to apply and watch.
+        mesh_state: ``--mesh-state``: where the last accepted map is remembered.
+        fail_closed: ``--fail-closed``.
+        audit_log: ``--audit-log``: a file (appended, mode 0600) or ``-`` for stdout.
 
     Raises:
         ConfigError: One line saying what is wrong.
     """
-    key_text: str | None = args.mesh_key
+    key_text = mesh_key
     if key_text is None:
         used = [
             name
             for name, value in (
-                ("--mesh-map", args.mesh_map),
-                ("--mesh-state", args.mesh_state),
-                ("--fail-closed", args.fail_closed),
-                ("--audit-log", args.audit_log),
+                ("--mesh-map", mesh_map),
+                ("--mesh-state", mesh_state),
+                ("--fail-closed", fail_closed),
+                ("--audit-log", audit_log),
             )
             if value
         ]
@@ -544,15 +532,15 @@ def prepare_daemon(args: argparse.Namespace) -> MeshDaemonConfig | None:
         if not key_path.is_file() and ("/" in key_text or "." in key_text) and len(key_text.strip()) != 44:
             raise ConfigError(f"cannot read the mesh key {key_path}: no such file") from None  # (base64 has "/")
         raise ConfigError(f"--mesh-key: {exc}") from None
-    state_path = Path(args.mesh_state) if args.mesh_state else None
+    state_path = Path(mesh_state) if mesh_state else None
     state = read_state(state_path) if state_path is not None else MeshState()
-    if args.audit_log:
-        open_audit_log(args.audit_log)
+    if audit_log:
+        open_audit_log(audit_log)
     return MeshDaemonConfig(
         management_public_key=key,
-        map_path=Path(args.mesh_map) if args.mesh_map else None,
+        map_path=Path(mesh_map) if mesh_map else None,
         state_path=state_path,
-        fail_closed=bool(args.fail_closed),
+        fail_closed=bool(fail_closed),
         state=state,
     )
 
@@ -577,180 +565,3 @@ def open_audit_log(target: str) -> logging.Handler:
     audit.setLevel(logging.INFO)
     audit.propagate = False  # the lines go where the operator said, not also to the daemon's log
     return handler
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# ``wgpy mesh ...``
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class _Failure(Exception):
-    """A command failed; the message is printed as one line on stderr."""
-
-
-def _fail(message: str) -> NoReturn:
-    raise _Failure(message)
-
-
-def _decode_key(text: str) -> bytes:
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        _fail("Key is not the correct length or format")
-    if len(raw) != ED25519_KEY_SIZE:
-        _fail("Key is not the correct length or format")
-    return raw
-
-
-def _load_private_key(text: str) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(_decode_key(text))
-
-
-def _warn_if_world_readable() -> None:
-    """Like ``wg genkey``: a private key written to a file others can read deserves a warning."""
-    with contextlib.suppress(OSError, ValueError):
-        mode = os.fstat(sys.stdout.fileno()).st_mode
-        if stat.S_ISREG(mode) and mode & 0o007:
-            print(
-                "Warning: writing to world accessible file.\nConsider setting the umask to 077 and trying again.",
-                file=sys.stderr,
-            )
-
-
-def _cmd_keygen() -> int:
-    private = Ed25519PrivateKey.generate()
-    _warn_if_world_readable()
-    print(base64.b64encode(private.private_bytes_raw()).decode("ascii"))
-    public = base64.b64encode(private.public_key().public_bytes_raw()).decode("ascii")
-    print(f"public key: {public}", file=sys.stderr)
-    return 0
-
-
-def _cmd_pubkey() -> int:
-    private = _load_private_key(sys.stdin.read())
-    print(base64.b64encode(private.public_key().public_bytes_raw()).decode("ascii"))
-    return 0
-
-
-def _read_input(name: str) -> bytes:
-    try:
-        if name == "-":
-            return sys.stdin.buffer.read(MAX_DOCUMENT_SIZE + 1)
-        with open(name, "rb") as stream:
-            return stream.read(MAX_DOCUMENT_SIZE + 1)
-    except OSError as exc:
-        _fail(f"cannot read {name}: {exc.strerror or exc}")
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            _fail(f"the map repeats the key {key[:40]!r} in one object")
-        result[key] = value
-    return result
-
-
-def _cmd_sign(key_file: str, body_file: str) -> int:
-    try:
-        key_text = Path(key_file).read_text(encoding="ascii", errors="replace")
-    except OSError as exc:
-        _fail(f"cannot read the key {key_file}: {exc.strerror or exc}")
-    private = _load_private_key(key_text)
-    data = _read_input(body_file)
-    if len(data) > MAX_DOCUMENT_SIZE:
-        _fail(f"{body_file} is larger than {MAX_DOCUMENT_SIZE} bytes")
-    try:
-        body = json.loads(data, object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError) as exc:
-        _fail(f"{body_file} is not valid JSON: {str(exc).splitlines()[0]}")
-    if not isinstance(body, dict):
-        _fail(f"{body_file} does not hold a JSON object (the map body)")
-    if set(body) == {"map", "signature"}:
-        _fail(f"{body_file} is already a signed document; sign its map body")
-    try:
-        document = sign_network_map(body, private)
-    except MapRejected as exc:
-        _fail(f"invalid network map: {exc.detail}")
-    print(json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True))
-    return 0
-
-
-def _cmd_apply(ifname: str, document_file: str, socket_override: str | None) -> int:
-    if socket_override is not None:
-        path = Path(socket_override)
-    elif _IFNAME_RE.fullmatch(ifname):
-        path = socket_path(ifname, SOCKET_DIRECTORY)
-    else:
-        _fail(f"invalid interface name {ifname!r}")
-    data = _read_input(document_file)
-    # JSON allows a line break only between tokens (one inside a string must be escaped), so turning CR and LF into
-    # spaces keeps any valid document valid and identical, and puts it on the one line the extension expects.
-    line = data.replace(b"\r", b" ").replace(b"\n", b" ").strip()
-    if not line:
-        _fail(f"{document_file} is empty")
-    if len(line) > MAX_MESH_DOCUMENT:
-        _fail(f"{document_file} is larger than {MAX_MESH_DOCUMENT} bytes")
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(30.0)
-            sock.connect(str(path))
-            sock.sendall(b"mesh_apply=1\n" + line + b"\n\n")
-            reply = b""
-            while not reply.endswith(b"\n\n") and len(reply) < _REPLY_LIMIT:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
-    except OSError as exc:
-        _fail(f"cannot talk to {ifname} ({path}): {exc.strerror or exc}")
-    fields: dict[str, str] = {}
-    for raw in reply.decode("ascii", errors="replace").splitlines():
-        key, sep, value = raw.partition("=")
-        if sep:
-            fields[key] = value
-    code = fields.get("errno")
-    if code is None:
-        _fail(f"{ifname} does not accept network maps (is it a wgpy daemon started with --mesh-key?)")
-    if code == "0":
-        print(
-            f"{ifname}: network map serial {fields.get('serial', '?')} applied: {fields.get('added', '?')} peers added,"
-            f" {fields.get('removed', '?')} removed, {fields.get('changed', '?')} changed"
-        )
-        return 0
-    reason = fields.get("reason", f"errno {code}")
-    detail = fields.get("detail")
-    _fail(f"{ifname}: network map rejected ({reason})" + (f": {detail}" if detail else ""))
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wgpy mesh", description="Signed network maps for wgpy's mesh mode.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
-        "keygen", help="print a new management Ed25519 private key (base64); its public key goes to stderr"
-    )
-    commands.add_parser("pubkey", help="read a management private key on stdin, print its public key")
-    sign = commands.add_parser("sign", help="sign a map body (JSON) into the document devices accept")
-    sign.add_argument("--key", required=True, metavar="FILE", help="the management private key (from keygen)")
-    sign.add_argument("body", metavar="MAP.json", help="the map body, or - for stdin")
-    apply = commands.add_parser("apply", help="send a signed map to a running daemon over its UAPI socket")
-    apply.add_argument("--socket", metavar="PATH", help="the UAPI socket (default /var/run/wireguard/IFNAME.sock)")
-    apply.add_argument("interface", metavar="IFNAME")
-    apply.add_argument("document", metavar="FILE", help="the signed document, or - for stdin")
-    return parser
-
-
-def main(argv: Sequence[str]) -> int:
-    """``wgpy mesh keygen | pubkey | sign --key FILE MAP.json | apply IFNAME FILE``; returns the exit status."""
-    args = _parser().parse_args(list(argv))
-    try:
-        if args.command == "keygen":
-            return _cmd_keygen()
-        if args.command == "pubkey":
-            return _cmd_pubkey()
-        if args.command == "sign":
-            return _cmd_sign(args.key, args.body)
-        return _cmd_apply(args.interface, args.document, args.socket)
-    except _Failure as exc:
-        print(f"wgpy: {exc}", file=sys.stderr)
-        return 1
