@@ -254,7 +254,7 @@ def test_listen_port_in_use_is_eaddrinuse_and_changes_nothing(socket_dir: Path) 
                 assert await request(served.path, text) == errno_line(errno.EADDRINUSE)
             assert await get(served.path) == before
             assert served.tunnel.local_port == port_before
-            assert served.tunnel.device.fwmark == 0
+            assert served.tunnel.fwmark == 0
             # The old sockets still work: a new port can still be taken.
             new_port = free_udp_port()
             assert await request(served.path, f"set=1\nlisten_port={new_port}\n\n") == "errno=0\n\n"
