@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from . import crypto
-from .constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
+from .constants import REJECT_AFTER_MESSAGES
 from .messages import MESSAGE_TRANSPORT_HEADER_SIZE, TRANSPORT_HEADER, MessageType
 from .replay import ReplayWindow
 
@@ -98,12 +98,6 @@ class Keypair:
     def __repr__(self) -> str:
         role = "initiator" if self.is_initiator else "responder"
         return f"Keypair(local_index={self.local_index:#010x}, {role}, sent={self.send_counter})"
-
-    def usable_for_sending(self, now: float, limit: int = REJECT_AFTER_MESSAGES) -> bool:
-        """Whether new packets may be sealed with this keypair at ``now`` (kernel: ``sending.is_valid``, the age
-        limit and the counter limit). The one place this decision is written; ``seal`` and ``reserve`` enforce
-        the counter half of it again, as a guard that can never hand out a counter twice."""
-        return self.valid and now - self.created_at < REJECT_AFTER_TIME and self.send_counter < limit
 
     def seal(self, padded_plaintext: bytes, limit: int = REJECT_AFTER_MESSAGES) -> bytes | None:
         """The transport message carrying ``padded_plaintext``, or ``None`` once the counter reaches ``limit``

@@ -8,11 +8,11 @@ a run that is sealed in one call, with the timer hooks and the rekey check once 
 same path for one packet, written out without the batching loop because a driver without batched reads calls it
 once per packet; every decision in it is one of the helpers the batch path uses:
 
-- ``_sending_keypair``: is there a session we may seal new packets with now (``Keypair.usable_for_sending``: the
-  keypair is valid, younger than REJECT_AFTER_TIME, its counter below the limit; and the peer has an endpoint);
+- ``_sending_keypair``: is there a session we may seal new packets with now (the keypair is valid, younger than
+  REJECT_AFTER_TIME, its counter below the limit; and the peer has an endpoint);
 - ``_send_run``: seal a run and handle what the counter could not take (staged, and a handshake started);
-- ``_after_sending``: the timer hooks of send.c and ``_keep_key_fresh_after_send``, which holds the one rekey
-  condition (REKEY_AFTER_MESSAGES, or REKEY_AFTER_TIME for the initiator).
+- ``_after_sending``: the timer hooks of send.c and keep-key-fresh, the one rekey condition on send
+  (REKEY_AFTER_MESSAGES, or REKEY_AFTER_TIME for the initiator).
 
 Sealing itself goes through a ``Sealer``: ``InlineSealer`` encrypts here and queues the datagrams;
 ``OffloadSealer`` only reserves the counters and queues ``SealJob``s for the driver to run elsewhere (a worker on
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
 from . import crypto, ip, noise
-from .constants import REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
+from .constants import REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
 from .errors import DropReason
 from .events import Endpoint, Event
 from .keypair import MESSAGE_PADDING_MULTIPLE, Keypair, padded_length, seal_run
@@ -213,17 +213,25 @@ class Sender:
     # --- input: IP packets from the TUN device -----------------------------------------------------------------
 
     def send_packet(self, ip_packet: bytes, now: float, wall_ns: int | None = None) -> None:
-        """Encrypt an IP packet to the peer whose allowed IPs hold its destination: ``send_packets([ip_packet])``."""
+        """Encrypt an IP packet to the peer whose allowed IPs hold its destination: ``send_packets([ip_packet])``,
+        without the batching loop (every decision is the batch path's: ``_route``, ``_sending_keypair``, the
+        sealer, ``_after_sending``, and ``_stage_and_send`` for what cannot go now)."""
         if wall_ns is not None:
             self._note_wall(now, wall_ns)
         peer = self._route(ip_packet, now)
         if peer is None:
             return
         keypair = None if peer.staged else self._sending_keypair(peer, now)
-        if keypair is None:
-            self._stage_and_send(peer, ip_packet, now)
+        endpoint = peer.endpoint
+        if (
+            keypair is not None
+            and endpoint is not None
+            and self.sealer.seal(peer, keypair, endpoint, [pad(ip_packet, self.mtu)], self.reject_after_messages)
+        ):
+            self.stats.packets_sent += 1
+            self._after_sending(peer, now, data_sent=True)
         else:
-            self._send_run(peer, keypair, [pad(ip_packet, self.mtu)], now)
+            self._stage_and_send(peer, ip_packet, now)
 
     def send_packets(self, ip_packets: Iterable[bytes], now: float, wall_ns: int | None = None) -> None:
         """Encrypt a batch of IP packets read from the TUN device (same as ``send_packet`` on each, in order).
@@ -278,9 +286,17 @@ class Sender:
 
     def _sending_keypair(self, peer: Peer, now: float) -> Keypair | None:
         """The keypair new packets to ``peer`` may be sealed with at ``now``, or ``None``: they must wait for a
-        handshake. The one "is this session usable for sending" decision of the send path."""
+        handshake. The one "is this session usable for sending" decision (kernel: ``sending.is_valid``, the age
+        limit REJECT_AFTER_TIME and the counter limit), and an endpoint to send to. ``Keypair.seal`` and
+        ``reserve`` guard the counter again, so that no counter is ever handed out twice."""
         keypair = peer.keypairs.current
-        if keypair is None or peer.endpoint is None or not keypair.usable_for_sending(now, self.reject_after_messages):
+        if (
+            keypair is None
+            or peer.endpoint is None
+            or not keypair.valid
+            or now - keypair.created_at >= REJECT_AFTER_TIME
+            or keypair.send_counter >= self.reject_after_messages
+        ):
             return None
         return keypair
 
@@ -334,18 +350,15 @@ class Sender:
         self._send_staged(peer, now)
 
     def _after_sending(self, peer: Peer, now: float, *, data_sent: bool) -> None:
-        """Timer hooks and rekey check after authenticated transport packets went out (kernel send.c)."""
+        """Timer hooks and keep-key-fresh after authenticated transport packets went out (kernel send.c): the one
+        rekey condition on send. A new handshake starts when the current keypair sent more than
+        REKEY_AFTER_MESSAGES, or when we initiated it REKEY_AFTER_TIME ago (kernel ``keep_key_fresh``)."""
         timers = peer.timers
         if timers.persistent_keepalive_interval:  # the hook does nothing otherwise
             timers.on_any_authenticated_packet_traversal(now)
         timers.on_any_authenticated_packet_sent()
         if data_sent and timers.new_handshake_at is None:  # draw jitter only when the timer gets armed
             timers.on_data_sent(now, self._jitter())
-        self._keep_key_fresh_after_send(peer, now)
-
-    def _keep_key_fresh_after_send(self, peer: Peer, now: float) -> None:
-        """Start a handshake when the current keypair is old enough to replace (kernel ``keep_key_fresh``): it
-        sent more than REKEY_AFTER_MESSAGES, or we initiated it REKEY_AFTER_TIME ago."""
         keypair = peer.keypairs.current
         if (
             keypair is not None

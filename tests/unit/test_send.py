@@ -99,7 +99,7 @@ def test_running_out_of_counters_stages_the_rest_and_starts_a_handshake(batched:
     assert sent.count(MessageType.INITIATION) == 1
     assert len(pair.peer_b.staged) == 2
     assert keypair.send_counter == pair.a.reject_after_messages  # never past the limit
-    assert not keypair.usable_for_sending(pair.net.now, pair.a.reject_after_messages)
+    assert pair.a._sending_keypair(pair.peer_b, pair.net.now) is None  # the sending half is used up
 
 
 def test_keep_key_fresh_after_send_rekeys_after_messages_and_after_time() -> None:
