@@ -27,6 +27,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -50,16 +51,27 @@ UDP_READ_BATCH: Final = 64  # datagrams read per readiness callback
 HOUSEKEEPING_INTERVAL: Final = 1.0  # seconds between MTU refreshes
 
 
+MAX_FWMARK: Final = 2**32 - 1  # SO_MARK is a u32 in the kernel
+
+
+def _set_mark(sock: socket.socket, fwmark: int) -> None:
+    """SO_MARK as the kernel reads it, a 32-bit value: passed as bytes, since ``setsockopt`` with a Python int
+    takes a C int and refuses marks from 2**31 up (``wg set IF fwmark 0x80000000`` is valid)."""
+    if not 0 <= fwmark <= MAX_FWMARK:
+        raise ValueError(f"fwmark {fwmark} is not a 32-bit value")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", fwmark))
+
+
 def _bind(family: socket.AddressFamily, port: int, fwmark: int = 0) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if fwmark and hasattr(socket, "SO_MARK"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+            _set_mark(sock, fwmark)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))  # noqa: S104 - a VPN listens everywhere
         sock.setblocking(False)
-    except OSError:
+    except BaseException:
         sock.close()
         raise
     return sock
@@ -174,25 +186,32 @@ class Tunnel:
         loop = asyncio.get_running_loop()
         if self.bind_address is not None:
             sock4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock4.bind((self.bind_address, port))
-            sock4.setblocking(False)
+            try:
+                sock4.bind((self.bind_address, port))
+                sock4.setblocking(False)
+            except BaseException:
+                sock4.close()
+                raise
             socks = {socket.AF_INET: sock4}
         else:
             sock4 = _bind(socket.AF_INET, port, fwmark)
-            port = sock4.getsockname()[1]
             socks = {socket.AF_INET: sock4}
             try:
-                socks[socket.AF_INET6] = _bind(socket.AF_INET6, port, fwmark)
+                socks[socket.AF_INET6] = _bind(socket.AF_INET6, sock4.getsockname()[1], fwmark)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     sock4.close()
                     raise
                 logger.info("no IPv6 socket: %s", exc)
-        self.listen_port = int(socks[socket.AF_INET].getsockname()[1])
+            except BaseException:
+                sock4.close()
+                raise
+        bound = int(sock4.getsockname()[1])
         for family, sock in socks.items():
             udp = UdpSocket(sock)
             loop.add_reader(udp.fileno(), self._on_socket_readable, udp)
             self._sockets[family] = udp
+        self.listen_port = bound
 
     def _close_sockets(self, sockets: dict[int, UdpSocket] | None = None) -> None:
         closing = self._sockets if sockets is None else sockets
@@ -207,17 +226,24 @@ class Tunnel:
         """Move to a new listen port (a UAPI ``listen_port``). Raises ``UapiError(EADDRINUSE)`` and keeps the old one.
 
         The new sockets get ``fwmark`` when given (a request that sets both), else the current one; ``fwmark``
-        itself changes only through ``set_fwmark``.
+        itself changes only through ``set_fwmark``. Transactional: whatever fails, the old sockets stay open and
+        in use, and nothing of the tunnel changed.
         """
+        mark = self.fwmark if fwmark is None else fwmark
+        if not 0 <= mark <= MAX_FWMARK:
+            raise UapiError(errno.EINVAL, f"fwmark {mark} is not a 32-bit value")
         if port == self.listen_port and port != 0 and self._sockets:
             return
         old = dict(self._sockets)
         self._sockets.clear()
         try:
-            await self._open_sockets(port, self.fwmark if fwmark is None else fwmark)
-        except OSError as exc:
+            await self._open_sockets(port, mark)
+        except Exception as exc:
+            self._close_sockets()  # whatever of the new ones was registered already
             self._sockets = old
-            raise UapiError(errno.EADDRINUSE if exc.errno == errno.EADDRINUSE else errno.EIO, str(exc)) from None
+            reported = exc.errno if isinstance(exc, OSError) else None
+            code = reported if reported in (errno.EADDRINUSE, errno.EPERM) else errno.EIO
+            raise UapiError(code, f"cannot bind port {port}: {exc}") from None
         if self._worker is not None:  # it holds the old sockets: a new one takes the new ones
             self.flush()
             self._stop_worker()
@@ -229,16 +255,18 @@ class Tunnel:
         ``BindSetMark`` does: wg-quick sets the mark after the port and relies on it to keep the tunnel's own
         datagrams out of a default route through the tunnel. Raises ``UapiError(EPERM/EIO)`` and keeps the old mark.
         """
+        if not 0 <= fwmark <= MAX_FWMARK:
+            raise UapiError(errno.EINVAL, f"fwmark {fwmark} is not a 32-bit value")
         if fwmark == self.fwmark:
             return
         if self.bind_address is None and hasattr(socket, "SO_MARK"):
             try:
                 for udp in self._sockets.values():
-                    udp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+                    _set_mark(udp.sock, fwmark)
             except OSError as exc:
                 for udp in self._sockets.values():  # best effort: put the old mark back
                     with contextlib.suppress(OSError):
-                        udp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
+                        _set_mark(udp.sock, self.fwmark)
                 raise UapiError(exc.errno or errno.EIO, f"cannot set fwmark: {exc.strerror or exc}") from None
         self.fwmark = fwmark
 
