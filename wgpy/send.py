@@ -109,6 +109,10 @@ class Sealer(Protocol):
         """
         ...
 
+    def seal_one(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: bytes, limit: int) -> bool:
+        """``seal`` of one plaintext (the single-packet path, without a list): whether it was taken."""
+        ...
+
     def retire(self, keypair: Keypair) -> None:
         """``keypair`` left its peer (already zeroed): nothing more is sealed with it."""
         ...
@@ -123,18 +127,19 @@ class InlineSealer:
         self._datagrams = datagrams
 
     def seal(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: list[bytes], limit: int) -> int:
-        if len(padded) == 1:  # the common single-packet case, without the batch's lists
-            message = keypair.seal(padded[0], limit)
-            if message is None:
-                return 0
-            self._datagrams.append((message, endpoint))
-            peer.tx_bytes += len(message)
-            return 1
         messages = keypair.seal_many(padded, limit)
         if messages:
             self._datagrams.extend([(message, endpoint) for message in messages])
             peer.tx_bytes += sum(map(len, messages))
         return len(messages)
+
+    def seal_one(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: bytes, limit: int) -> bool:
+        message = keypair.seal(padded, limit)
+        if message is None:
+            return False
+        self._datagrams.append((message, endpoint))
+        peer.tx_bytes += len(message)
+        return True
 
     def retire(self, keypair: Keypair) -> None:
         return None  # nothing holds its key but the keypair itself
@@ -176,6 +181,9 @@ class OffloadSealer:
             )
         peer.tx_bytes += sum(map(len, taken)) + count * _TRANSPORT_OVERHEAD  # the bytes the messages will have
         return count
+
+    def seal_one(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: bytes, limit: int) -> bool:
+        return self.seal(peer, keypair, endpoint, [padded], limit) == 1
 
     def retire(self, keypair: Keypair) -> None:
         self._jobs.append(KeypairRetired(keypair.local_index))
@@ -226,7 +234,7 @@ class Sender:
         if (
             keypair is not None
             and endpoint is not None
-            and self.sealer.seal(peer, keypair, endpoint, [pad(ip_packet, self.mtu)], self.reject_after_messages)
+            and self.sealer.seal_one(peer, keypair, endpoint, pad(ip_packet, self.mtu), self.reject_after_messages)
         ):
             self.stats.packets_sent += 1
             self._after_sending(peer, now, data_sent=True)
