@@ -126,7 +126,9 @@ def no_timestamp_check() -> None:
 def ignore_keepalive() -> None:
     receive = Device.receive_datagram
 
-    def receive_datagram(self: Receiver, data: bytes, endpoint: Endpoint, now: float, wall_ns: int | None = None) -> None:
+    def receive_datagram(
+        self: Receiver, data: bytes, endpoint: Endpoint, now: float, wall_ns: int | None = None
+    ) -> None:
         if len(data) == _KEEPALIVE_SIZE and bytes(data[:4]) == _TRANSPORT_TYPE:
             return  # the fault: a keepalive is never authenticated, so it confirms no session
         receive(self, data, endpoint, now, wall_ns)
