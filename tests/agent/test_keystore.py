@@ -103,7 +103,7 @@ def test_fail_and_null_backends_do_not_count(monkeypatch: pytest.MonkeyPatch) ->
     import keyring
     from keyring.backends import fail, null
 
-    for backend in (fail.Keyring(), null.Keyring()):
+    for backend in (fail.Keyring(), null.Keyring()):  # type: ignore[no-untyped-call]
         monkeypatch.setattr(keyring, "get_keyring", lambda backend=backend: backend)
         assert usable_keyring() is None
     monkeypatch.setenv("WGPY_KEYRING", "0")

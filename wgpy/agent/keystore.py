@@ -9,7 +9,8 @@ root, else ``$XDG_STATE_HOME/wgpy``, i.e. ``~/.local/state/wgpy``), created with
 * ``private.key``: the WireGuard private key (base64, mode 0600), only when no usable keyring exists.
 * ``map.json``: the last accepted network map and its serial (``mesh_daemon.write_state``), so that a restart
   resumes the last known good map and refuses older ones.
-* ``agent.pid`` and ``status.json``: the running daemon's pid and what ``wgpy status`` shows.
+* ``agent.pid``, ``status.json`` and ``agent.log``: the running daemon's pid, what ``wgpy status`` shows, and
+  the background agent's log.
 
 The private key is generated here (``PrivateKey.generate()``) and never leaves the device: the keyring where a
 working backend exists (``keyring.get_keyring()`` is often the *fail* or *null* backend on a headless machine, and
@@ -54,6 +55,7 @@ KEY_FILE: Final = "private.key"
 MAP_FILE: Final = "map.json"
 PID_FILE: Final = "agent.pid"
 STATUS_FILE: Final = "status.json"
+LOG_FILE: Final = "agent.log"  # the background agent's log (mode 0600)
 _MAX_FILE: Final = 1 << 20  # bytes of a state file read at most
 
 
@@ -279,7 +281,7 @@ class StateDir:
 
     def remove_all(self) -> None:
         """Delete every file the agent keeps here (the keyring entry is the ``KeyStore``'s business)."""
-        for name in (STATE_FILE, REFRESH_FILE, KEY_FILE, MAP_FILE, PID_FILE, STATUS_FILE):
+        for name in (STATE_FILE, REFRESH_FILE, KEY_FILE, MAP_FILE, PID_FILE, STATUS_FILE, LOG_FILE):
             with contextlib.suppress(FileNotFoundError):
                 self.file(name).unlink()
         with contextlib.suppress(OSError):

@@ -295,4 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..drivers.mesh_daemon import main as mesh_main
 
         return mesh_main(args[1:])
+    if command in ("up", "status", "down", "logout"):  # the agent (wgpy/cli/up.py)
+        from . import up
+
+        return {"up": up.main_up, "status": up.main_status, "down": up.main_down, "logout": up.main_logout}[command](
+            args[1:]
+        )
     return _cmd_interface(args)
