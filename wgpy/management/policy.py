@@ -20,10 +20,11 @@ Pure: no database, no clock, no I/O. Times come in as arguments.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal, NoReturn
 
 import yaml
@@ -120,10 +121,18 @@ class PeerView:
 
     peers: tuple[PeerEntry, ...]
     rules: tuple[PolicyRule, ...]
+    digest: bytes | None = field(default=None, compare=False, repr=False)
 
-    def fingerprint(self) -> tuple[object, ...]:
-        """A value equal for two views exactly when their map bodies (serial and times aside) are equal."""
-        return (self.peers, self.rules)
+    def fingerprint(self) -> bytes:
+        """A digest equal for two views exactly when their map bodies (serial and times aside) are equal.
+
+        Computed once per view object (views are shared between peers of one group signature).
+        """
+        digest = self.digest
+        if digest is None:
+            digest = hashlib.blake2b(repr((self.peers, self.rules)).encode("utf-8"), digest_size=32).digest()
+            object.__setattr__(self, "digest", digest)  # a cache of a pure function of the frozen fields
+        return digest
 
 
 # ----------------------------------------------------------------------------------------------------------------
