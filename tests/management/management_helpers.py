@@ -57,7 +57,16 @@ class Harness:
     def url(self) -> str:
         return self.running.url
 
-    async def admin(self, method: str, path: str, body: object = None, *, token: str | None = None, raw: bytes | None = None, content_type: str = "application/json") -> Answer:
+    async def admin(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        token: str | None = None,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Answer:
         headers = {"Authorization": f"Bearer {token if token is not None else self.running.admin_token}"}
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         if data is not None:
@@ -101,19 +110,40 @@ class Agent:
     def public_key(self) -> str:
         return self.private.public_key().to_base64()
 
-    def headers(self, method: str, path: str, body: bytes, *, token: str | None = None, now: float | None = None) -> dict[str, str]:
+    def headers(
+        self, method: str, path: str, body: bytes, *, token: str | None = None, now: float | None = None
+    ) -> dict[str, str]:
         proof_key = self.harness.running.keys.proof.public_key()
         headers = proof_headers(
-            self.private, proof_key, method, path, body, now=self.harness.clock() if now is None else now, nonce=os.urandom(16)
+            self.private,
+            proof_key,
+            method,
+            path,
+            body,
+            now=self.harness.clock() if now is None else now,
+            nonce=os.urandom(16),
         )
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         self.last_headers = headers
         return headers
 
-    async def call(self, method: str, path: str, body: object = None, *, token: str | None = None, raw: bytes | None = None, headers: dict[str, str] | None = None) -> Answer:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        token: str | None = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-        sent = headers if headers is not None else self.headers(method, path, data, token=token if token is not None else self.access_token)
+        sent = (
+            headers
+            if headers is not None
+            else self.headers(method, path, data, token=token if token is not None else self.access_token)
+        )
         if data:
             sent = {**sent, "Content-Type": "application/json"}
         async with self.harness.http.request(method, self.harness.url + path, data=data, headers=sent) as response:
@@ -132,7 +162,9 @@ class Agent:
 
     async def refresh(self, token: str | None = None) -> Answer:
         raw = json.dumps({"refresh_token": token or self.refresh_token}).encode()
-        answer = await self.call("POST", "/api/v1/token/refresh", raw=raw, headers=self.headers("POST", "/api/v1/token/refresh", raw))
+        answer = await self.call(
+            "POST", "/api/v1/token/refresh", raw=raw, headers=self.headers("POST", "/api/v1/token/refresh", raw)
+        )
         if answer.status == 200:
             self.access_token = answer.body["access_token"]
             self.refresh_token = answer.body["refresh_token"]

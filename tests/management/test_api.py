@@ -33,7 +33,9 @@ def _verify(h: Harness, document: object) -> crypto.Ed25519PublicKey:
 
 def test_enrol_and_map(tmp_path: pathlib.Path) -> None:
     async def body(h: Harness) -> None:
-        assert (await h.admin("PUT", "/api/v1/policy", raw=POLICY.encode(), content_type="application/yaml")).body == {"rules": 2}
+        assert (await h.admin("PUT", "/api/v1/policy", raw=POLICY.encode(), content_type="application/yaml")).body == {
+            "rules": 2
+        }
         dev_key = await h.setup_key(auto_groups=["developers"])
         prod_key = await h.setup_key(auto_groups=["production"])
         dev, prod = h.agent(), h.agent()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import struct
 
 import pytest
+from helpers import ipv4_packet, private_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import ipv4_packet, private_key
 from wgpy import crypto
 from wgpy.keys import PublicKey
 from wgpy.management.policy import (
@@ -68,15 +68,39 @@ def test_model_policy_parses() -> None:
     ("text", "expected"),
     [
         ("acls: []\nextra: 1\n", "line 2: unknown field 'extra'"),
-        ("acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    action: accept\n    prot: tcp\n", "line 6: acls[0]: unknown field 'prot'"),
-        ("acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    proto: icmp\n    ports: ['22']\n    action: accept\n", "line 6: acls[0].ports: ports apply only to tcp and udp"),
-        ("acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    proto: tcp\n    ports: ['9-3']\n    action: accept\n", "line 6: '9-3'"),
-        ("acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    proto: tcp\n    ports: ['70000']\n    action: accept\n", "ports are 0-65535"),
-        ("acls:\n  - name: r\n    src: ['bad group']\n    dst: [b]\n    action: accept\n", "line 3: acls[0].src: 'bad group' is not a group name"),
-        ("acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    action: allow\n", "line 5: acls[0].action: 'allow' is not accept or deny"),
+        (
+            "acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    action: accept\n    prot: tcp\n",
+            "line 6: acls[0]: unknown field 'prot'",
+        ),
+        (
+            "acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    proto: icmp\n    ports: ['22']\n    action: accept\n",
+            "line 6: acls[0].ports: ports apply only to tcp and udp",
+        ),
+        (
+            "acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    proto: tcp\n    ports: ['9-3']\n    action: accept\n",
+            "line 6: '9-3'",
+        ),
+        (
+            "acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    proto: tcp\n    ports: ['70000']\n    action: accept\n",
+            "ports are 0-65535",
+        ),
+        (
+            "acls:\n  - name: r\n    src: ['bad group']\n    dst: [b]\n    action: accept\n",
+            "line 3: acls[0].src: 'bad group' is not a group name",
+        ),
+        (
+            "acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    action: allow\n",
+            "line 5: acls[0].action: 'allow' is not accept or deny",
+        ),
         ("acls:\n  - name: r\n    src: [a]\n    action: accept\n", "line 2: acls[0]: missing dst"),
-        ("acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    action: accept\n  - name: r\n    src: [a]\n    dst: [b]\n    action: deny\n", "line 6: acls[1].name: 'r' is already"),
-        ("acls:\n  - name: default-deny\n    src: [a]\n    dst: [b]\n    action: deny\n", "line 2: acls[0].name: 'default-deny' is reserved"),
+        (
+            "acls:\n  - name: r\n    src: [a]\n    dst: [b]\n    action: accept\n  - name: r\n    src: [a]\n    dst: [b]\n    action: deny\n",
+            "line 6: acls[1].name: 'r' is already",
+        ),
+        (
+            "acls:\n  - name: default-deny\n    src: [a]\n    dst: [b]\n    action: deny\n",
+            "line 2: acls[0].name: 'default-deny' is reserved",
+        ),
         ("acls: [\n", "line 2: not valid YAML"),
         ("acls: []\nacls: []\n", "line 2: the policy: 'acls' is given twice"),
         ("x: &a [1]\ny: *a\nacls: []\n", "aliases are not allowed"),
@@ -126,7 +150,9 @@ def test_model_example_compiles_to_valid_signed_maps() -> None:
 def test_compile_scales_by_signature() -> None:
     policy = Policy((), (PolicyRule("all", frozenset("*"), frozenset("*"), "all", (), "accept"),))
     peers = [
-        PeerEntry(f"p{i}", PublicKey(i.to_bytes(32, "little")).to_base64(), f"100.64.{i >> 8}.{i & 255}", frozenset({"g"}))
+        PeerEntry(
+            f"p{i}", PublicKey(i.to_bytes(32, "little")).to_base64(), f"100.64.{i >> 8}.{i & 255}", frozenset({"g"})
+        )
         for i in range(2, 2002)
     ]
     views = compile_views(policy, peers)
@@ -142,9 +168,9 @@ def test_compile_scales_by_signature() -> None:
 GROUPS = ["a", "b", "c", "d"]
 _group_sets = st.frozensets(st.sampled_from(GROUPS), max_size=3)
 _sides = st.one_of(st.just(frozenset({"*"})), st.frozensets(st.sampled_from(GROUPS), min_size=1, max_size=2))
-_ports = st.lists(
-    st.tuples(st.integers(0, 40), st.integers(0, 10)).map(lambda t: (t[0], t[0] + t[1])), max_size=2
-).map(tuple)
+_ports = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 10)).map(lambda t: (t[0], t[0] + t[1])), max_size=2).map(
+    tuple
+)
 
 
 @st.composite
@@ -155,9 +181,7 @@ def _rules(draw: st.DrawFn) -> tuple[PolicyRule, ...]:
         proto = draw(st.sampled_from(["tcp", "udp", "icmp", "all"]))
         ports = draw(_ports) if proto in ("tcp", "udp") else ()
         rules.append(
-            PolicyRule(
-                f"r{index}", draw(_sides), draw(_sides), proto, ports, draw(st.sampled_from(["accept", "deny"]))
-            )
+            PolicyRule(f"r{index}", draw(_sides), draw(_sides), proto, ports, draw(st.sampled_from(["accept", "deny"])))
         )
     return tuple(rules)
 
