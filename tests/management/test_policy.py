@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from wgpy import crypto
 from wgpy.keys import PublicKey
 from wgpy.management.policy import (
+    Action,
     PeerEntry,
     Policy,
     PolicyError,
     PolicyRule,
+    Protocol,
     compile_views,
     map_body,
     matches,
@@ -166,6 +168,7 @@ def test_compile_scales_by_signature() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 GROUPS = ["a", "b", "c", "d"]
+ACTIONS: list[Action] = ["accept", "deny"]
 _group_sets = st.frozensets(st.sampled_from(GROUPS), max_size=3)
 _sides = st.one_of(st.just(frozenset({"*"})), st.frozensets(st.sampled_from(GROUPS), min_size=1, max_size=2))
 _ports = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 10)).map(lambda t: (t[0], t[0] + t[1])), max_size=2).map(
@@ -178,7 +181,7 @@ def _rules(draw: st.DrawFn) -> tuple[PolicyRule, ...]:
     count = draw(st.integers(0, 6))
     rules = []
     for index in range(count):
-        proto = draw(st.sampled_from(["tcp", "udp", "icmp", "all"]))
+        proto: Protocol = draw(st.sampled_from(["tcp", "udp", "icmp", "all"]))
         ports = draw(_ports) if proto in ("tcp", "udp") else ()
         rules.append(
             PolicyRule(f"r{index}", draw(_sides), draw(_sides), proto, ports, draw(st.sampled_from(["accept", "deny"])))

@@ -125,6 +125,8 @@ async def _errors(
     try:
         return await handler(request)
     except ApiError as exc:
+        # Method, path, status and code only: bodies and headers may hold secrets.
+        logger.info("refused %s %s: %d %s", request.method, request.path, exc.status, exc.code)
         return _error_response(exc.status, exc.code, exc.detail)
     except web.HTTPException as exc:
         if exc.status < 400:
