@@ -295,6 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..drivers.mesh_daemon import main as mesh_main
 
         return mesh_main(args[1:])
+    if command == "management":
+        from .management import main as management_main
+
+        return management_main(args[1:])
+    if command == "admin":
+        from .admin import main as admin_main
+
+        return admin_main(args[1:])
     if command in ("up", "status", "down", "logout"):  # the agent (wgpy/cli/up.py)
         from . import up
 

@@ -1,0 +1,374 @@
+"""Pushing network maps to connected peers: what changed -> recompute -> sign -> send.
+
+Theory of operation: every state change commits first and then calls ``PushHub.notify(change)``. A ``Change`` says
+what happened (``peer_joined``, ``peer_left``, ``peer_revoked``, ``peer_approved``, ``peer_updated``,
+``peer_endpoint``, ``policy``...) and to whom; this process's own handlers call it, and a later LISTEN/NOTIFY layer
+(PostgreSQL replicas) will call it with the changes other replicas made. No notification is load-bearing: a peer
+that connects (or reconnects) always gets its current map.
+
+``notify`` is synchronous and cheap: it closes the stream of a revoked or deleted peer at once (``{"type":
+"revoked"}``, close 4001) and wakes the worker. The worker coalesces bursts of changes into one recomputation: it
+reads the current policy and peers (one read transaction), compiles every view (``policy.compile_views``, pure,
+grouped by group signature), and pushes a new map to each connected peer whose view differs from the one it last
+got, whose map nears expiry (``MAP_REISSUE`` before ``expires_at``), or that has just connected. Serials are bumped
+in the database in one transaction per batch (``UPDATE peers SET map_serial = map_serial + 1 ... RETURNING``), so
+serials increase strictly per peer across restarts and replicas, and the push is audited (``map_push``) there too.
+
+Sending never blocks the worker: each stream has a one-slot mailbox holding the newest map and its own writer
+task; a slow peer only ever receives the latest map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .. import crypto
+from ..mesh.netmap import sign_network_map
+from . import audit
+from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, compile_views, map_body, parse_policy
+from .store import PeerRow, PolicyRow
+
+__all__ = [
+    "CLOSE_REPLACED",
+    "CLOSE_REVOKED",
+    "MAP_LIFETIME",
+    "MAP_REISSUE",
+    "Change",
+    "IssuedMap",
+    "MapService",
+    "PeerStream",
+    "PushHub",
+]
+
+MAP_LIFETIME: Final = 900  # seconds a map is valid (contract)
+MAP_REISSUE: Final = 300  # seconds before expiry a connected peer gets a fresh map (contract)
+TICK_INTERVAL: Final = 15.0  # seconds between re-issue / last-seen / ephemeral sweeps (ours)
+CLOSE_REVOKED: Final = 4001  # WebSocket close code: the peer was revoked (contract)
+CLOSE_REPLACED: Final = 4000  # WebSocket close code: the same peer connected again elsewhere (ours)
+SEND_TIMEOUT: Final = 10.0  # seconds one frame may take to send before the stream is dropped (ours)
+_SERIAL_BATCH: Final = 500  # peers per serial-bump statement (well under SQLite's parameter limit)
+
+logger = logging.getLogger("wgpy.management")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Something that may change some peers' maps. ``peer_id`` is the peer it happened to, if any."""
+
+    kind: str
+    peer_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedMap:
+    serial: int
+    document: dict[str, object]
+    expires_at: int
+    fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    policy: Policy
+    views: dict[str, PeerView]
+
+
+def peer_entry(row: PeerRow) -> PeerEntry:
+    endpoint = None
+    if row.endpoint_host is not None and row.endpoint_port is not None:
+        endpoint = (row.endpoint_host, row.endpoint_port)
+    assert row.address is not None  # noqa: S101 (active peers have an address: the caller's filter)
+    return PeerEntry(row.id, row.public_key, row.address, frozenset(row.groups), endpoint)
+
+
+class MapService:
+    """Reads the state, compiles views and issues signed maps with fresh serials (one transaction per batch)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        signing_key: crypto.Ed25519PrivateKey,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sessions = sessions
+        self.signing_key = signing_key
+        self.clock = clock
+        self._policy_cache: tuple[int, Policy] | None = None
+
+    async def snapshot(self) -> Snapshot:
+        """The current policy and every active peer's view."""
+        async with self.sessions() as session:
+            policy_row = (await session.execute(select(PolicyRow).order_by(PolicyRow.id.desc()).limit(1))).scalar()
+            rows = (
+                await session.execute(
+                    select(PeerRow)
+                    .where(
+                        PeerRow.approved.is_(True),
+                        PeerRow.revoked.is_(False),
+                        PeerRow.deleted.is_(False),
+                        PeerRow.address.is_not(None),
+                    )
+                    .order_by(PeerRow.created_at, PeerRow.id)
+                )
+            ).scalars()
+            peers = [peer_entry(row) for row in rows]
+        policy = self._policy(policy_row)
+        return Snapshot(policy, compile_views(policy, peers))
+
+    def _policy(self, row: PolicyRow | None) -> Policy:
+        if row is None:
+            return EMPTY_POLICY
+        if self._policy_cache is None or self._policy_cache[0] != row.id:
+            self._policy_cache = (row.id, parse_policy(row.text))  # stored policies were validated when set
+        return self._policy_cache[1]
+
+    async def issue(self, views: dict[str, PeerView]) -> dict[str, IssuedMap]:
+        """Sign a map for each ``peer id -> view`` with the peer's next serial; audited as ``map_push``."""
+        if not views:
+            return {}
+        now = self.clock()
+        issued_at = int(now)
+        expires_at = issued_at + MAP_LIFETIME
+        serials: dict[str, int] = {}
+        ids = list(views)
+        async with self.sessions() as session, session.begin():
+            for start in range(0, len(ids), _SERIAL_BATCH):
+                chunk = ids[start : start + _SERIAL_BATCH]
+                result = await session.execute(
+                    update(PeerRow)
+                    .where(PeerRow.id.in_(chunk))
+                    .values(map_serial=PeerRow.map_serial + 1)
+                    .returning(PeerRow.id, PeerRow.map_serial)
+                )
+                serials.update({peer_id: serial for peer_id, serial in result.all()})
+            for peer_id in serials:
+                audit.record(
+                    session,
+                    now=now,
+                    kind="map_push",
+                    actor="server",
+                    peer=peer_id,
+                    detail={"serial": serials[peer_id], "peers": len(views[peer_id].peers)},
+                )
+        audit.emit_pending(session)
+        issued: dict[str, IssuedMap] = {}
+        for peer_id, serial in serials.items():
+            view = views[peer_id]
+            body = map_body(view, serial=serial, issued_at=issued_at, expires_at=expires_at)
+            document = sign_network_map(body, self.signing_key, validate=False)
+            issued[peer_id] = IssuedMap(serial, document, expires_at, view.fingerprint())
+        return issued
+
+    async def current(self, peer_id: str) -> IssuedMap | None:
+        """A fresh map for one peer, or ``None`` if it is not active (pending approval, revoked, deleted)."""
+        snapshot = await self.snapshot()
+        view = snapshot.views.get(peer_id)
+        if view is None:
+            return None
+        return (await self.issue({peer_id: view})).get(peer_id)
+
+
+class PeerStream:
+    """One connected peer's WebSocket: a one-slot mailbox and a writer task."""
+
+    def __init__(self, peer_id: str, ws: web.WebSocketResponse) -> None:
+        self.peer_id = peer_id
+        self.ws = ws
+        self.fingerprint: bytes | None = None
+        self.expires_at = 0
+        self.sent_serial = 0
+        self.acked_serial = 0
+        self.closed = asyncio.Event()
+        self._pending: str | None = None
+        self._close: tuple[int, bytes] | None = None
+        self._wake = asyncio.Event()
+        self._writer = asyncio.create_task(self._write(), name=f"stream-{peer_id}")
+
+    def offer(self, issued: IssuedMap) -> None:
+        self.fingerprint = issued.fingerprint
+        self.expires_at = issued.expires_at
+        self.sent_serial = issued.serial
+        message = {"type": "map", "serial": issued.serial, "document": issued.document}
+        self._pending = json.dumps(message, separators=(",", ":"))
+        self._wake.set()
+
+    def revoke(self) -> None:
+        """Send ``{"type": "revoked"}`` and close with 4001 (after nothing else)."""
+        self._pending = json.dumps({"type": "revoked"})
+        self._close = (CLOSE_REVOKED, b"revoked")
+        self._wake.set()
+
+    def replace(self) -> None:
+        self._pending = None
+        self._close = (CLOSE_REPLACED, b"replaced by a newer connection")
+        self._wake.set()
+
+    def send_now(self, message: dict[str, object]) -> None:
+        """Queue a small reply (pong) without displacing a pending map."""
+        if not self.ws.closed:
+            task = asyncio.ensure_future(self.ws.send_str(json.dumps(message)))
+            task.add_done_callback(_ignore_result)
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                text, self._pending = self._pending, None
+                if text is not None and not self.ws.closed:
+                    await asyncio.wait_for(self.ws.send_str(text), SEND_TIMEOUT)
+                if self._close is not None:
+                    code, reason = self._close
+                    await self.ws.close(code=code, message=reason)
+                    return
+        except (ConnectionError, TimeoutError, RuntimeError):
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+        finally:
+            self.closed.set()
+
+    async def stop(self) -> None:
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+
+def _ignore_result(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class PushHub:
+    """Connected peers and the worker that keeps their maps current. See the module docstring."""
+
+    def __init__(self, maps: MapService, *, max_streams: int = 20000) -> None:
+        self.maps = maps
+        self.max_streams = max_streams
+        self.streams: dict[str, PeerStream] = {}
+        self._wake = asyncio.Event()
+        self._forced: set[str] = set()
+        self._worker: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.pushes = 0  # maps handed to streams (for tests and benchmarks)
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.tick_hooks: list[Callable[[], object]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name="push-worker")
+        self._ticker = asyncio.create_task(self._tick(), name="push-ticker")
+
+    async def stop(self) -> None:
+        for task in (self._worker, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for stream in list(self.streams.values()):
+            await stream.ws.close(code=1001, message=b"server shutting down")
+            await stream.stop()
+        self.streams.clear()
+
+    # --- the interface -------------------------------------------------------------------------------------------
+
+    def notify(self, change: Change) -> None:
+        """Something changed (committed already): recompute the maps of the affected connected peers."""
+        if change.kind in ("peer_revoked", "peer_left") and change.peer_id is not None:
+            stream = self.streams.pop(change.peer_id, None)
+            if stream is not None:
+                stream.revoke()
+        self.idle.clear()
+        self._wake.set()
+
+    def attach(self, peer_id: str, ws: web.WebSocketResponse) -> PeerStream | None:
+        """Register a newly connected stream (replacing an older one of the same peer); ``None`` if full."""
+        old = self.streams.pop(peer_id, None)
+        if old is not None:
+            old.replace()
+        elif len(self.streams) >= self.max_streams:
+            return None
+        stream = PeerStream(peer_id, ws)
+        self.streams[peer_id] = stream
+        self._forced.add(peer_id)
+        self.notify(Change("stream_connected", peer_id))
+        return stream
+
+    def detach(self, stream: PeerStream) -> None:
+        if self.streams.get(stream.peer_id) is stream:
+            del self.streams[stream.peer_id]
+
+    def online(self, peer_id: str) -> bool:
+        return peer_id in self.streams
+
+    # --- the worker ----------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            forced, self._forced = self._forced, set()
+            try:
+                await self.recompute(forced)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database went away, say: log and try again on the next change or tick
+                logger.exception("map push failed")
+                self._forced |= forced
+                await asyncio.sleep(1.0)
+                self._wake.set()
+            if not self._wake.is_set():
+                self.idle.set()
+
+    async def recompute(self, forced: Iterable[str] = ()) -> int:
+        """Push new maps to the connected peers that need one; returns how many were pushed."""
+        if not self.streams:
+            return 0
+        snapshot = await self.maps.snapshot()
+        now = self.maps.clock()
+        forced = set(forced)
+        due: dict[str, PeerView] = {}
+        for peer_id, stream in list(self.streams.items()):
+            view = snapshot.views.get(peer_id)
+            if view is None:
+                continue  # pending approval (revoked and deleted peers were closed by notify)
+            if peer_id in forced or stream.fingerprint != view.fingerprint() or stream.expires_at - now <= MAP_REISSUE:
+                due[peer_id] = view
+        issued = await self.maps.issue(due)
+        for peer_id, issued_map in issued.items():
+            target = self.streams.get(peer_id)
+            if target is not None:
+                target.offer(issued_map)
+                self.pushes += 1
+        return len(issued)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            for hook in self.tick_hooks:
+                try:
+                    result = hook()
+                    if asyncio.iscoroutine(result):
+                        await result
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("periodic task failed")
+            self.notify(Change("tick"))
+
+    async def settle(self) -> None:
+        """Wait until the worker has handled every change so far (tests, benchmarks)."""
+        while not self.idle.is_set() or self._wake.is_set():
+            await asyncio.sleep(0.005)
