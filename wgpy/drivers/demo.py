@@ -100,6 +100,10 @@ async def run_demo(seconds: float, payload_size: int, out: object = None, *, wor
 
 
 def main(argv: Sequence[str]) -> int:
+    if "--mesh" in argv:  # the mesh demo: management server, policy, three peers (wgpy/agent/demo.py)
+        from ..agent.demo import main as mesh_main
+
+        return mesh_main([arg for arg in argv if arg != "--mesh"])
     parser = argparse.ArgumentParser(prog="wgpy demo", description="two wgpy peers over UDP on 127.0.0.1")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--size", type=int, default=1000, help="UDP payload bytes per packet")
