@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -163,6 +164,8 @@ def test_an_expired_map(tmp_path: Path, fail_closed: bool) -> None:
 
 
 def test_the_private_key_never_reaches_the_server(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
     async def scenario() -> None:
         async with mesh(tmp_path) as (server, laptop, _prod, _other):
             private = laptop.runner.device.private_key
@@ -172,6 +175,10 @@ def test_the_private_key_never_reaches_the_server(tmp_path: Path, caplog: pytest
                 blob = request.body.decode("latin-1") + repr(request.headers) + request.path
                 assert not any(secret in blob for secret in secrets)
             assert not any(secret in caplog.text for secret in secrets)
+            laptop.runner._write_status()
+            for name in ("state.json", "status.json", "map.json", "refresh_token"):
+                text = laptop.state.file(name).read_text()
+                assert not any(secret in text for secret in secrets), name
             assert private.to_base64() not in repr(laptop.runner) + repr(laptop.runner.client)
             # and every request was signed (the fake server checks each proof with the real verifier)
             assert all("X-Wgpy-Proof" in r.headers for r in server.requests)

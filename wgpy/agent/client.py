@@ -323,12 +323,15 @@ class ManagementClient:
         if self._on_refresh_token is not None:
             self._on_refresh_token(refresh)  # persisted first: it is the only one that will work from now on
         self._access_token = access
+        # The token's own clock (iat) may differ from ours: only its lifetime is used, counted from now.
         now = self._clock()
         times = token_expiry(access)
-        iat, exp = times if times is not None else (now, now + 3600.0)
-        lifetime = max(0.0, exp - iat)
-        self._access_expires_at = exp
-        self._access_refresh_at = max(now, min(iat + lifetime * REFRESH_FRACTION, exp - REFRESH_MARGIN))
+        lifetime = max(1.0, times[1] - times[0]) if times is not None else 3600.0
+        due = lifetime * REFRESH_FRACTION
+        if lifetime > 2 * REFRESH_MARGIN:
+            due = min(due, lifetime - REFRESH_MARGIN)
+        self._access_expires_at = now + lifetime
+        self._access_refresh_at = now + max(0.5, due)
 
     # --- endpoints ------------------------------------------------------------------------------------------------
 
