@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -121,6 +121,21 @@ def test_server_away_keeps_the_mesh_and_reconnect_comes_back(tmp_path: Path) -> 
     run(scenario)
 
 
+@contextmanager
+def wgpy_logs(caplog: pytest.LogCaptureFixture, level: int) -> Iterator[None]:
+    """Capture the ``wgpy`` loggers directly (another test may have stopped them propagating to the root)."""
+    logger = logging.getLogger("wgpy")
+    old_level = logger.level
+    logger.addHandler(caplog.handler)
+    logger.setLevel(level)
+    caplog.handler.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(old_level)
+
+
 def test_a_map_signed_by_another_key_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         async with mesh(tmp_path) as (server, laptop, prod, _other):
@@ -137,7 +152,8 @@ def test_a_map_signed_by_another_key_is_refused(tmp_path: Path, caplog: pytest.L
             laptop.send(tcp_packet(laptop.address, prod.address, 43022, 22))
             await wait_for(lambda: len(syns(prod, 22)) == 1)
 
-    run(scenario)
+    with wgpy_logs(caplog, logging.INFO):
+        run(scenario)
 
 
 @pytest.mark.parametrize("fail_closed", [False, True])
@@ -164,8 +180,6 @@ def test_an_expired_map(tmp_path: Path, fail_closed: bool) -> None:
 
 
 def test_the_private_key_never_reaches_the_server(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
-
     async def scenario() -> None:
         async with mesh(tmp_path) as (server, laptop, _prod, _other):
             private = laptop.runner.device.private_key
@@ -183,4 +197,5 @@ def test_the_private_key_never_reaches_the_server(tmp_path: Path, caplog: pytest
             # and every request was signed (the fake server checks each proof with the real verifier)
             assert all("X-Wgpy-Proof" in r.headers for r in server.requests)
 
-    run(scenario)
+    with wgpy_logs(caplog, logging.DEBUG):
+        run(scenario)
