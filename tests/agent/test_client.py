@@ -220,3 +220,12 @@ def test_client_repr_hides_secrets() -> None:
     assert key.to_base64() not in repr(client) and "secret.refresh.token" not in repr(client)
     with pytest.raises(Exception, match="management URL"):
         ManagementClient("ftp://x", key, Ed25519PrivateKey.generate().public_key())
+
+
+def test_refresh_delay() -> None:
+    from wgpy.agent.rules import refresh_delay
+
+    assert refresh_delay(3600) == 2880.0  # 80 % of an hour (earlier than a minute before expiry)
+    assert refresh_delay(200) == 140.0  # a minute before expiry is earlier than 80 %
+    assert refresh_delay(2) == 1.6
+    assert refresh_delay(0.1) == 0.5  # never a hot loop

@@ -16,8 +16,7 @@ API's error code and its (sanitised, shortened) detail; never a token, a setup k
 ``retryable`` says whether trying again later can help (connection problems, 5xx, 429); ``fatal`` says the
 credentials are dead (revoked peer, refused refresh token).
 
-``Backoff`` is the reconnect policy: exponential from ``base`` to ``cap`` seconds with jitter, so that a thousand
-agents whose server restarts do not all come back in the same second.
+When to retry and when to refresh is decided in ``rules.py`` (pure).
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ import binascii
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -43,6 +41,7 @@ from ..crypto import Ed25519PublicKey
 from ..errors import ConfigError
 from ..keys import PrivateKey, PublicKey
 from ..management.proof import NONCE_SIZE, ProofError, proof_headers
+from .rules import Backoff, refresh_delay, token_expiry
 
 __all__ = [
     "Backoff",
@@ -57,8 +56,6 @@ __all__ = [
 logger = logging.getLogger("wgpy.agent")
 
 REQUEST_TIMEOUT: Final = 15.0  # seconds for one HTTP request (ours)
-REFRESH_MARGIN: Final = 60.0  # refresh the access token this long before it expires, at the latest (ours)
-REFRESH_FRACTION: Final = 0.8  # ... or after this fraction of its lifetime, whichever is earlier (ours)
 WS_HEARTBEAT: Final = 15.0  # seconds between WebSocket pings; a missing pong closes the connection (ours)
 MAX_MESSAGE: Final = 16 * 1024 * 1024 + 4096  # bytes of one WebSocket message (a map is at most 16 MiB)
 MAX_RESPONSE: Final = 17 * 1024 * 1024  # bytes of an HTTP response body read at most
@@ -94,42 +91,6 @@ class ManagementError(Exception):
 def _printable(text: str, limit: int = _DETAIL_LIMIT) -> str:
     cleaned = "".join(char if " " <= char <= "~" else "?" for char in text.replace("\n", " "))
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
-
-
-def token_expiry(token: str) -> tuple[float, float] | None:
-    """``(iat, exp)`` of a JWT, read without verifying it (only to decide when to refresh), or ``None``."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-        exp = payload["exp"]
-        iat = payload.get("iat", exp - 3600)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (exp, iat)):
-            return None
-        return float(iat), float(exp)
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        return None
-
-
-class Backoff:
-    """Exponential backoff with jitter: attempt ``n`` waits between half and all of ``min(cap, base * 2**n)``."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0, rng: Callable[[], float] = random.random) -> None:
-        if not 0 < base <= cap:
-            raise ValueError("backoff needs 0 < base <= cap")
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-        self._rng = rng
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return float(ceiling / 2 + self._rng() * ceiling / 2)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,11 +288,8 @@ class ManagementClient:
         now = self._clock()
         times = token_expiry(access)
         lifetime = max(1.0, times[1] - times[0]) if times is not None else 3600.0
-        due = lifetime * REFRESH_FRACTION
-        if lifetime > 2 * REFRESH_MARGIN:
-            due = min(due, lifetime - REFRESH_MARGIN)
         self._access_expires_at = now + lifetime
-        self._access_refresh_at = now + max(0.5, due)
+        self._access_refresh_at = now + refresh_delay(lifetime)
 
     # --- endpoints ------------------------------------------------------------------------------------------------
 
