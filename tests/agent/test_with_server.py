@@ -184,3 +184,38 @@ def test_restart_loses_nothing_and_logout_removes_the_peer(tmp_path: pathlib.Pat
                     await agent.runner.close()
 
     run(scenario)
+
+
+def test_a_peer_awaiting_approval_gets_its_map_once_approved(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with management(tmp_path) as server:
+            prod = await enrol(server, tmp_path, "prod", "production")
+            status, body = await server.admin(
+                "POST",
+                "/api/v1/setup-keys",
+                json={"name": "laptop", "auto_groups": ["developers"], "approval_required": True},
+            )
+            assert status == 201 and isinstance(body, dict)
+            state = StateDir(tmp_path / "laptop")
+            enrolled = await enrol_device(
+                state,
+                KeyStore(state, keyring_backend=False),
+                url=server.url,
+                setup_key=str(body["key"]),
+                management_key=server.signing_key,
+                name="laptop",
+            )
+            assert enrolled.initial_map is None  # pending approval
+            laptop = await _start(enrolled.enrolment.peer_id, state, enrolled, "laptop")
+            try:
+                await asyncio.sleep(0.5)
+                assert laptop.runner.mesh is not None and laptop.runner.mesh.controller.network_map is None
+                assert laptop.runner.device.peers == {}
+                status, _ = await server.admin("POST", f"/api/v1/peers/{enrolled.enrolment.peer_id}/approve")
+                assert status == 200
+                await wait_for(lambda: prod.runner.device.public_key in laptop.runner.device.peers, timeout=5)
+            finally:
+                await laptop.runner.close()
+                await prod.runner.close()
+
+    run(scenario)
