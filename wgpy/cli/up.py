@@ -476,6 +476,7 @@ def _status(argv: Sequence[str]) -> int:
         "interface": enrolment.interface,
         "private_key": key_location,
         "peers": live.get("peers", []) if live else [],
+        "last_exit": (state.read_status() or {}).get("exit") if pid is None else None,
     }
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
@@ -486,7 +487,13 @@ def _status(argv: Sequence[str]) -> int:
         f"management:   {enrolment.management_url}",
     ]
     if pid is None:
-        lines.append("agent:        not running")
+        last = state.read_status()
+        exit_reason = last.get("exit") if last is not None else None
+        words = {"revoked": "revoked by the management server", "credentials_refused": "credentials refused"}
+        if exit_reason in words:
+            lines.append(f"agent:        not running (it stopped: {words[str(exit_reason)]})")
+        else:
+            lines.append("agent:        not running")
     else:
         connection = "connected" if report["connected"] else "not connected"
         if not report["connected"] and report["last_error"]:
