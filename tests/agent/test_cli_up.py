@@ -177,3 +177,19 @@ def test_up_status_down_up_logout(tmp_path: Path, server: ServerThread) -> None:
         assert "p1" not in fake.peers
     finally:
         wgpy("down", state=state)
+
+
+def test_up_after_revocation_is_one_line(tmp_path: Path, server: ServerThread) -> None:
+    fake = server.server
+    state = tmp_path / "s"
+    key = fake.add_setup_key(["developers"])
+    up = ["up", "--management", fake.url, "--management-key", fake.management_key_b64, "--no-tun"]
+    try:
+        assert wgpy(*up, "--setup-key", key, state=state).returncode == 0
+        wgpy("down", state=state)
+        fake.peers["p1"].revoked = True
+        result = wgpy("up", "--no-tun", "-f", state=state)
+        assert_one_line_error(result, "403", "revoked")
+        assert "not running" in wgpy("status", state=state).stdout
+    finally:
+        wgpy("down", state=state)

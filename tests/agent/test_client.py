@@ -229,3 +229,19 @@ def test_refresh_delay() -> None:
     assert refresh_delay(200) == 140.0  # a minute before expiry is earlier than 80 %
     assert refresh_delay(2) == 1.6
     assert refresh_delay(0.1) == 0.5  # never a hot loop
+
+
+def test_a_clock_off_by_more_than_the_proof_window_is_not_fatal() -> None:
+    async def scenario() -> None:
+        server = FakeServer()
+        await server.start()
+        try:
+            client, _ = await _client(server, clock=lambda: time.time() + 600)
+            with pytest.raises(ManagementError, match="stale_proof") as info:
+                await client.enrol(server.add_setup_key(["developers"]))
+            assert info.value.retryable and not info.value.fatal
+            await client.close()
+        finally:
+            await server.stop()
+
+    run(scenario)

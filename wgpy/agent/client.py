@@ -59,6 +59,7 @@ REQUEST_TIMEOUT: Final = 15.0  # seconds for one HTTP request (ours)
 WS_HEARTBEAT: Final = 15.0  # seconds between WebSocket pings; a missing pong closes the connection (ours)
 MAX_MESSAGE: Final = 16 * 1024 * 1024 + 4096  # bytes of one WebSocket message (a map is at most 16 MiB)
 MAX_RESPONSE: Final = 17 * 1024 * 1024  # bytes of an HTTP response body read at most
+_TRANSIENT_CODES: Final = frozenset({"stale_proof", "replayed_proof", "busy"})  # proof.py error codes
 _DETAIL_LIMIT: Final = 200  # characters of a server's error detail shown
 _STATUS_WORDS: Final = {
     400: "bad request",
@@ -84,8 +85,8 @@ class ManagementError(Exception):
 
     @property
     def fatal(self) -> bool:
-        """The peer's credentials are dead: revoked, deleted, or the refresh token refused."""
-        return self.status in (401, 403) or self.code == "revoked"
+        """The peer's credentials are dead: revoked, deleted, or the refresh token refused (never when retryable)."""
+        return not self.retryable and (self.status in (401, 403) or self.code == "revoked")
 
 
 def _printable(text: str, limit: int = _DETAIL_LIMIT) -> str:
@@ -275,7 +276,10 @@ class ManagementClient:
             line += f": {_printable(detail)}"
         elif status == 404:
             line += f": is {self.base_url} a wgpy management server?"
-        return ManagementError(line, status=status, code=code, retryable=status >= 500 or status == 429)
+        # A proof refused for its timestamp or nonce says nothing about our credentials (a clock off by more than
+        # the proof window, a replay cache that is full): trying again later may work, so it is not fatal.
+        transient = code in _TRANSIENT_CODES
+        return ManagementError(line, status=status, code=code, retryable=status >= 500 or status == 429 or transient)
 
     def _take_tokens(self, access: object, refresh: object) -> None:
         if not isinstance(access, str) or not isinstance(refresh, str) or not access or not refresh:
