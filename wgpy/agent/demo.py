@@ -299,6 +299,31 @@ async def run_mesh_demo(out_stream: TextIO | None = None) -> int:
                     f" (no rule lets other reach it), so other has no peer to send it to"
                     f" (other's device drops: no-route={other.runner.device.stats.drops[DropReason.NO_ROUTE] - before_routes})"
                 )
+                # A compromised "other" configures production by hand and drops its own filter: production does
+                # not know its key (no rule lets other reach it, so production's map does not list other), so
+                # the handshake itself is refused and nothing can arrive.
+                prod_key = prod.runner.device.public_key
+                if prod_key is not None and prod.runner.endpoint is not None:
+                    before_unknown = prod.runner.device.stats.drops[DropReason.UNKNOWN_PEER]
+                    own_filter = other.runner.device.packet_filter
+                    other.runner.device.packet_filter = None
+                    other.runner.device.add_peer(
+                        prod_key, endpoint=prod.runner.endpoint, allowed_ips=[f"{prod.address}/32"]
+                    )
+                    arrived, _ = await attempt(other, prod, 22, 40222)
+                    refused = prod.runner.device.stats.drops[DropReason.UNKNOWN_PEER] - before_unknown
+                    ok = check("a compromised other cannot reach production", not arrived and refused >= 1)
+                    out(
+                        f"  {'DENIED ' if ok else 'FAILED '}  other, compromised (adds production-server by hand,"
+                        f" no filter) -> production-server tcp/22: "
+                        + (
+                            "arrived!"
+                            if arrived
+                            else f"handshake refused by production-server (unknown peer: {refused})"
+                        )
+                    )
+                    other.runner.device.remove_peer(prod_key)
+                    other.runner.device.packet_filter = own_filter
                 arrived, _ = await attempt(prod, laptop, 22, 50022)
                 denied = prod.runner.mesh.controller.filter.stats.denied if prod.runner.mesh else {}
                 ok = check(
