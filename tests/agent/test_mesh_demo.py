@@ -41,7 +41,9 @@ def test_the_mesh_demo_shows_the_model_and_revocation() -> None:
         )
     assert re.search(r"DENIED\s+developer-laptop -> production-server tcp/80: dropped .*deny-all-other", out)
     assert re.search(r"DENIED\s+other -> production-server tcp/22: nothing arrives", out)
-    assert re.search(r"DENIED\s+other, compromised .*: handshake refused by production-server \(unknown peer: \d+\)", out)
+    assert re.search(
+        r"DENIED\s+other, compromised .*: handshake refused by production-server \(unknown peer: \d+\)", out
+    )
     assert re.search(r"DENIED\s+production-server -> developer-laptop tcp/22 \(new connection\): dropped", out)
     assert "counters developer-laptop: accepted [allow-dev-to-prod=2] denied [deny-all-other=1]" in out
     revoked = re.search(r"production-server: map serial \d+ no longer lists developer-laptop, ([0-9.]+) s after", out)
