@@ -138,7 +138,7 @@ def test_token_refusals_change_nothing(tmp_path: pathlib.Path) -> None:
             jti="x",
         )
         _refused(await a.call("GET", "/api/v1/peer/map", token=forged), 401, "bad_signature")
-        _refused(await a.call("GET", "/api/v1/peer/map", token="garbage"), 401, "malformed")
+        _refused(await a.call("GET", "/api/v1/peer/map", token="garbage"), 401, "malformed")  # noqa: S106
         _refused(await a.call("GET", "/api/v1/peer/map", token=a.refresh_token), 401, "wrong_type")
         # other key: b presents a's access token with b's own proof
         _refused(await b.call("GET", "/api/v1/peer/map", token=a.access_token), 401, "other_key")
@@ -204,7 +204,7 @@ def test_refresh_token_expires_after_seven_days(tmp_path: pathlib.Path) -> None:
 def test_admin_refusals(tmp_path: pathlib.Path) -> None:
     async def body(h: Harness) -> None:
         before = await _state(h)
-        _refused(await h.admin("GET", "/api/v1/peers", token="wgat_wrong"), 401, "invalid_token")
+        _refused(await h.admin("GET", "/api/v1/peers", token="wgat_wrong"), 401, "invalid_token")  # noqa: S106
         async with h.http.get(h.url + "/api/v1/peers") as response:
             assert response.status == 401 and (await response.json())["error"] == "missing_token"
         _refused(await h.admin("POST", "/api/v1/setup-keys", {"name": "k", "colour": 1}), 400, "unknown_field")

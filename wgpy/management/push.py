@@ -239,6 +239,10 @@ class PeerStream:
             self.closed.set()
 
     async def stop(self) -> None:
+        if self._close is not None and not self._writer.done():
+            # A revocation or replacement is being sent: let its close frame go out with its code.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.closed.wait()), SEND_TIMEOUT)
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
@@ -351,6 +355,7 @@ class PushHub:
             target = self.streams.get(peer_id)
             if target is not None:
                 target.offer(issued_map)
+                self._forced.discard(peer_id)  # it has its current map: a queued connect push would repeat it
                 self.pushes += 1
         return len(issued)
 
