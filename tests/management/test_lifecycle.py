@@ -208,7 +208,7 @@ def test_acks_are_recorded(tmp_path: pathlib.Path) -> None:
             if row.acked_serial:
                 break
             await asyncio.sleep(0.02)
-        assert row.acked_serial == first["serial"]
+        assert row is not None and row.acked_serial == first["serial"]
 
     with_harness(tmp_path, body)
 
