@@ -427,11 +427,12 @@ class ManagementServer:
                 if attempt == ENROL_RETRIES - 1:
                     raise ApiError(409, "conflict", "the enrolment raced with another; try again") from None
         self.hub.notify(Change("peer_joined", peer.id))
-        signed = None
+        signed = "null"
         if peer.approved:
             issued = await self.maps.current(peer.id)
-            signed = issued.document if issued is not None else None
-        return web.json_response({"peer": peer_info(peer, False), **pair, "map": signed}, status=201)
+            signed = issued.document if issued is not None else "null"
+        head = json.dumps({"peer": peer_info(peer, False), **pair})
+        return web.Response(text=f'{head[:-1]}, "map": {signed}}}', status=201, content_type="application/json")
 
     async def _enrol_once(
         self, setup_key: str, public_key: PublicKey, name: object, endpoint: tuple[str, int] | None, now: float
@@ -602,7 +603,7 @@ class ManagementServer:
         issued = await self.maps.current(auth.row.id)
         if issued is None:
             raise ApiError(409, "pending_approval", "the peer has no map")
-        return web.json_response(issued.document)
+        return web.Response(text=issued.document, content_type="application/json")
 
     async def peer_endpoint(self, request: web.Request) -> web.Response:
         now = self.clock()

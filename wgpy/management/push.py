@@ -21,6 +21,7 @@ task; a slow peer only ever receives the latest map.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -30,13 +31,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import crypto
-from ..mesh.netmap import sign_network_map
 from . import audit
-from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, compile_views, map_body, parse_policy
+from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, canonical_body, compile_views, parse_policy
 from .store import PeerRow, PolicyRow
 
 __all__ = [
@@ -72,8 +72,10 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class IssuedMap:
+    """A signed map: ``document`` is the ``SignedMap`` JSON text ``{"map": body, "signature": b64}``."""
+
     serial: int
-    document: dict[str, object]
+    document: str
     expires_at: int
     fingerprint: bytes
 
@@ -134,40 +136,58 @@ class MapService:
         return self._policy_cache[1]
 
     async def issue(self, views: dict[str, PeerView]) -> dict[str, IssuedMap]:
-        """Sign a map for each ``peer id -> view`` with the peer's next serial; audited as ``map_push``."""
+        """Sign a map for each ``peer id -> view`` under one new serial; audited as ``map_push``.
+
+        The batch's serial is one more than the highest serial any peer holds, and a peer's row takes it only if it
+        is greater than the peer's own (``UPDATE ... WHERE map_serial < :serial``): serials increase strictly per peer
+        whichever process issues them. A peer whose row was bumped past it meanwhile is left out (the caller's next
+        round covers it). Peers sharing a view object share one signature, so an all-to-all change signs once.
+        """
         if not views:
             return {}
         now = self.clock()
         issued_at = int(now)
         expires_at = issued_at + MAP_LIFETIME
-        serials: dict[str, int] = {}
         ids = list(views)
+        taken: set[str] = set()
         async with self.sessions() as session, session.begin():
+            highest = (await session.execute(select(func.max(PeerRow.map_serial)))).scalar() or 0
+            serial = highest + 1
             for start in range(0, len(ids), _SERIAL_BATCH):
                 chunk = ids[start : start + _SERIAL_BATCH]
                 result = await session.execute(
                     update(PeerRow)
-                    .where(PeerRow.id.in_(chunk))
-                    .values(map_serial=PeerRow.map_serial + 1)
-                    .returning(PeerRow.id, PeerRow.map_serial)
+                    .where(PeerRow.id.in_(chunk), PeerRow.map_serial < serial)
+                    .values(map_serial=serial)
+                    .returning(PeerRow.id)
                 )
-                serials.update({peer_id: serial for peer_id, serial in result.all()})
-            for peer_id in serials:
-                audit.record(
-                    session,
-                    now=now,
-                    kind="map_push",
-                    actor="server",
-                    peer=peer_id,
-                    detail={"serial": serials[peer_id], "peers": len(views[peer_id].peers)},
-                )
+                taken.update(result.scalars())
+            await audit.record_many(
+                session,
+                now=now,
+                kind="map_push",
+                actor="server",
+                entries=[
+                    (peer_id, {"serial": serial, "peers": len(views[peer_id].peers)})
+                    for peer_id in ids
+                    if peer_id in taken
+                ],
+            )
         audit.emit_pending(session)
         issued: dict[str, IssuedMap] = {}
-        for peer_id, serial in serials.items():
+        signed: dict[int, IssuedMap] = {}  # id(view) -> its map (views are shared by peers of one group signature)
+        for peer_id in ids:
+            if peer_id not in taken:
+                continue
             view = views[peer_id]
-            body = map_body(view, serial=serial, issued_at=issued_at, expires_at=expires_at)
-            document = sign_network_map(body, self.signing_key, validate=False)
-            issued[peer_id] = IssuedMap(serial, document, expires_at, view.fingerprint())
+            done = signed.get(id(view))
+            if done is None:
+                body = canonical_body(view, serial=serial, issued_at=issued_at, expires_at=expires_at)
+                signature = base64.b64encode(crypto.ed25519_sign(self.signing_key, body)).decode("ascii")
+                # The envelope in canonical form too ("map" < "signature"); the agent re-canonicalises the body anyway.
+                document = f'{{"map":{body.decode("ascii")},"signature":"{signature}"}}'
+                done = signed[id(view)] = IssuedMap(serial, document, expires_at, view.fingerprint())
+            issued[peer_id] = done
         return issued
 
     async def current(self, peer_id: str) -> IssuedMap | None:
@@ -176,7 +196,11 @@ class MapService:
         view = snapshot.views.get(peer_id)
         if view is None:
             return None
-        return (await self.issue({peer_id: view})).get(peer_id)
+        for _attempt in range(3):  # a concurrent issue may take the serial first; the next one is ours
+            issued = (await self.issue({peer_id: view})).get(peer_id)
+            if issued is not None:
+                return issued
+        return None
 
 
 class PeerStream:
@@ -199,8 +223,8 @@ class PeerStream:
         self.fingerprint = issued.fingerprint
         self.expires_at = issued.expires_at
         self.sent_serial = issued.serial
-        message = {"type": "map", "serial": issued.serial, "document": issued.document}
-        self._pending = json.dumps(message, separators=(",", ":"))
+        # Spliced, not re-serialised: the document may be megabytes, and the frame's head carries the serial.
+        self._pending = f'{{"type":"map","serial":{issued.serial},"document":{issued.document}}}'
         self._wake.set()
 
     def revoke(self) -> None:
@@ -351,6 +375,9 @@ class PushHub:
             if peer_id in forced or stream.fingerprint != view.fingerprint() or stream.expires_at - now <= MAP_REISSUE:
                 due[peer_id] = view
         issued = await self.maps.issue(due)
+        if len(issued) < len(due):
+            self._forced.update(peer_id for peer_id in due if peer_id not in issued)
+            self._wake.set()  # another process bumped some serials meanwhile: go round again for those
         for peer_id, issued_map in issued.items():
             target = self.streams.get(peer_id)
             if target is not None:
