@@ -86,14 +86,6 @@ class Snapshot:
     views: dict[str, PeerView]
 
 
-def peer_entry(row: PeerRow) -> PeerEntry:
-    endpoint = None
-    if row.endpoint_host is not None and row.endpoint_port is not None:
-        endpoint = (row.endpoint_host, row.endpoint_port)
-    assert row.address is not None  # noqa: S101 (active peers have an address: the caller's filter)
-    return PeerEntry(row.id, row.public_key, row.address, frozenset(row.groups), endpoint)
-
-
 class MapService:
     """Reads the state, compiles views and issues signed maps with fresh serials (one transaction per batch)."""
 
@@ -107,14 +99,25 @@ class MapService:
         self.signing_key = signing_key
         self.clock = clock
         self._policy_cache: tuple[int, Policy] | None = None
+        self._entries: dict[tuple[object, ...], PeerEntry] = {}
 
     async def snapshot(self) -> Snapshot:
-        """The current policy and every active peer's view."""
+        """The current policy and every active peer's view (columns only, no ORM objects: this runs per change)."""
         async with self.sessions() as session:
-            policy_row = (await session.execute(select(PolicyRow).order_by(PolicyRow.id.desc()).limit(1))).scalar()
+            policy_id = (await session.execute(select(func.max(PolicyRow.id)))).scalar()
+            if policy_id is not None and (self._policy_cache is None or self._policy_cache[0] != policy_id):
+                text = (await session.execute(select(PolicyRow.text).where(PolicyRow.id == policy_id))).scalar_one()
+                self._policy_cache = (policy_id, parse_policy(text))  # stored policies were validated when set
             rows = (
                 await session.execute(
-                    select(PeerRow)
+                    select(
+                        PeerRow.id,
+                        PeerRow.public_key,
+                        PeerRow.address,
+                        PeerRow.groups,
+                        PeerRow.endpoint_host,
+                        PeerRow.endpoint_port,
+                    )
                     .where(
                         PeerRow.approved.is_(True),
                         PeerRow.revoked.is_(False),
@@ -123,17 +126,25 @@ class MapService:
                     )
                     .order_by(PeerRow.created_at, PeerRow.id)
                 )
-            ).scalars()
-            peers = [peer_entry(row) for row in rows]
-        policy = self._policy(policy_row)
+            ).all()
+        # Entries are reused from the previous snapshot when nothing about the peer changed, so that their cached
+        # map JSON is too (the cache holds only the current peers).
+        previous = self._entries
+        entries: dict[tuple[object, ...], PeerEntry] = {}
+        peers: list[PeerEntry] = []
+        for peer_id, public_key, address, groups, host, port in rows:
+            if address is None:
+                continue  # (the query excludes them; for the type checker)
+            endpoint = (host, port) if host is not None and port is not None else None
+            key = (peer_id, public_key, address, tuple(groups), endpoint)
+            entry = previous.get(key)
+            if entry is None:
+                entry = PeerEntry(peer_id, public_key, address, frozenset(groups), endpoint)
+            entries[key] = entry
+            peers.append(entry)
+        self._entries = entries
+        policy = EMPTY_POLICY if policy_id is None or self._policy_cache is None else self._policy_cache[1]
         return Snapshot(policy, compile_views(policy, peers))
-
-    def _policy(self, row: PolicyRow | None) -> Policy:
-        if row is None:
-            return EMPTY_POLICY
-        if self._policy_cache is None or self._policy_cache[0] != row.id:
-            self._policy_cache = (row.id, parse_policy(row.text))  # stored policies were validated when set
-        return self._policy_cache[1]
 
     async def issue(self, views: dict[str, PeerView]) -> dict[str, IssuedMap]:
         """Sign a map for each ``peer id -> view`` under one new serial; audited as ``map_push``.
