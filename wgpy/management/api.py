@@ -330,7 +330,7 @@ class ManagementServer:
     def _proof(self, request: web.Request, body: bytes, now: float, expected: PublicKey | None) -> PublicKey:
         try:
             proof = verify_proof(
-                request.headers, self.keys.proof, request.method, request.path_qs, body, now=now, expected_key=expected
+                request.headers, self.keys.proof, request.method, request.raw_path, body, now=now, expected_key=expected
             )
             self.nonces.remember(proof, now)
         except ProofError as exc:
@@ -670,7 +670,8 @@ class ManagementServer:
                     break
                 kind = data.get("type")
                 if kind == "ping":
-                    stream.send_now({"type": "pong"})
+                    if not stream.send_now({"type": "pong"}):
+                        break
                 elif kind == "ack":
                     serial = data.get("serial")
                     if isinstance(serial, int) and not isinstance(serial, bool) and serial <= stream.sent_serial:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import logging
@@ -56,6 +57,7 @@ MAP_REISSUE: Final = 300  # seconds before expiry a connected peer gets a fresh 
 TICK_INTERVAL: Final = 15.0  # seconds between re-issue / last-seen / ephemeral sweeps (ours)
 CLOSE_REVOKED: Final = 4001  # WebSocket close code: the peer was revoked (contract)
 CLOSE_REPLACED: Final = 4000  # WebSocket close code: the same peer connected again elsewhere (ours)
+MAX_CONTROL_QUEUE: Final = 16  # pongs queued for one stream before it counts as a flood (ours)
 SEND_TIMEOUT: Final = 10.0  # seconds one frame may take to send before the stream is dropped (ours)
 _SERIAL_BATCH: Final = 500  # peers per serial-bump statement (well under SQLite's parameter limit)
 
@@ -226,6 +228,7 @@ class PeerStream:
         self.acked_serial = 0
         self.closed = asyncio.Event()
         self._pending: str | None = None
+        self._control: collections.deque[str] = collections.deque()
         self._close: tuple[int, bytes] | None = None
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write(), name=f"stream-{peer_id}")
@@ -249,17 +252,21 @@ class PeerStream:
         self._close = (CLOSE_REPLACED, b"replaced by a newer connection")
         self._wake.set()
 
-    def send_now(self, message: dict[str, object]) -> None:
-        """Queue a small reply (pong) without displacing a pending map."""
-        if not self.ws.closed:
-            task = asyncio.ensure_future(self.ws.send_str(json.dumps(message)))
-            task.add_done_callback(_ignore_result)
+    def send_now(self, message: dict[str, object]) -> bool:
+        """Queue a small reply (pong) before any pending map; ``False`` if too many are queued (a flooding peer)."""
+        if len(self._control) >= MAX_CONTROL_QUEUE:
+            return False
+        self._control.append(json.dumps(message))
+        self._wake.set()
+        return True
 
     async def _write(self) -> None:
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                while self._control and not self.ws.closed:
+                    await asyncio.wait_for(self.ws.send_str(self._control.popleft()), SEND_TIMEOUT)
                 text, self._pending = self._pending, None
                 if text is not None and not self.ws.closed:
                     await asyncio.wait_for(self.ws.send_str(text), SEND_TIMEOUT)
@@ -268,6 +275,10 @@ class PeerStream:
                     await self.ws.close(code=code, message=reason)
                     return
         except (ConnectionError, TimeoutError, RuntimeError):
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+        except Exception:
+            logger.exception("stream writer failed")
             with contextlib.suppress(Exception):
                 await self.ws.close()
         finally:
@@ -281,11 +292,6 @@ class PeerStream:
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
-
-
-def _ignore_result(task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class PushHub:
