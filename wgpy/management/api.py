@@ -14,6 +14,7 @@ pure rules as ``now``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ipaddress
@@ -53,7 +54,7 @@ MAX_BODY: Final = 64 * 1024  # bytes of a request body (contract)
 MAX_WS_MESSAGE: Final = 4096  # bytes of one agent -> server WebSocket frame (ours: acks and pings are tiny)
 WS_HEARTBEAT: Final = 30.0  # seconds between WebSocket pings (ours)
 MAX_AUDIT_PAGE: Final = 1000  # events in one audit answer (ours)
-MAX_LIST: Final = 10000  # setup keys or peers in one list answer (ours)
+MAX_LIST: Final = 100_000  # setup keys or peers in one list answer (ours)
 ENROL_RETRIES: Final = 5  # attempts when two enrolments race for one address (ours)
 SETUP_KEY_PREFIX: Final = "wgsk_"
 ADMIN_TOKEN_PREFIX: Final = "wgat_"  # noqa: S105 (a prefix, not a secret)
@@ -836,7 +837,7 @@ class ManagementServer:
         raw = await self._body(request, MAX_POLICY_SIZE)
         try:
             text = raw.decode("utf-8")
-            policy = parse_policy(text)
+            policy = await asyncio.to_thread(parse_policy, text)  # up to 1 MiB of YAML: off the event loop
         except UnicodeDecodeError:
             raise ApiError(400, "invalid_policy", "the policy is not UTF-8 text") from None
         except PolicyError as exc:

@@ -66,6 +66,9 @@ _RULE_REQUIRED: Final = frozenset({"name", "src", "dst", "action"})
 _PROTOCOLS: Final = ("tcp", "udp", "icmp", "all")
 _ACTIONS: Final = ("accept", "deny")
 
+# libyaml's safe loader when PyYAML was built with it (ten times faster on a large policy); same nodes and marks.
+_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 Protocol = Literal["tcp", "udp", "icmp", "all"]
 Action = Literal["accept", "deny"]
 
@@ -302,7 +305,7 @@ def parse_policy(text: str | bytes) -> Policy:
         except UnicodeDecodeError:
             raise PolicyError("the policy is not UTF-8 text") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -109,7 +109,8 @@ class MapService:
             policy_id = (await session.execute(select(func.max(PolicyRow.id)))).scalar()
             if policy_id is not None and (self._policy_cache is None or self._policy_cache[0] != policy_id):
                 text = (await session.execute(select(PolicyRow.text).where(PolicyRow.id == policy_id))).scalar_one()
-                self._policy_cache = (policy_id, parse_policy(text))  # stored policies were validated when set
+                # Stored policies were validated when set; parsing a large one is kept off the event loop.
+                self._policy_cache = (policy_id, await asyncio.to_thread(parse_policy, text))
             rows = (
                 await session.execute(
                     select(
