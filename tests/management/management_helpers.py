@@ -52,6 +52,7 @@ class Harness:
     http: aiohttp.ClientSession
     clock: Clock
     peers: list[Agent] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)  # every secret seen (setup keys, tokens, proofs, private keys)
 
     @property
     def url(self) -> str:
@@ -79,12 +80,14 @@ class Harness:
         answer = await self.admin("POST", "/api/v1/setup-keys", {"name": "k", **fields})
         assert answer.status == 201, answer.text
         key: str = answer.body["key"]
+        self.secrets.append(key)
         return key
 
     def agent(self, seed: int | None = None) -> Agent:
         private = PrivateKey(os.urandom(32) if seed is None else bytes([seed]) * 32)
         agent = Agent(self, private)
         self.peers.append(agent)
+        self.secrets.append(private.to_base64())
         return agent
 
 
@@ -126,6 +129,7 @@ class Agent:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         self.last_headers = headers
+        self.harness.secrets.append(headers["X-Wgpy-Proof"])
         return headers
 
     async def call(
@@ -155,6 +159,7 @@ class Agent:
         raw = json.dumps(body).encode()
         answer = await self.call("POST", "/api/v1/enrol", raw=raw, headers=self.headers("POST", "/api/v1/enrol", raw))
         if answer.status == 201:
+            self.harness.secrets += [answer.body["access_token"], answer.body["refresh_token"]]
             self.access_token = answer.body["access_token"]
             self.refresh_token = answer.body["refresh_token"]
             self.peer_id = answer.body["peer"]["id"]
@@ -166,6 +171,7 @@ class Agent:
             "POST", "/api/v1/token/refresh", raw=raw, headers=self.headers("POST", "/api/v1/token/refresh", raw)
         )
         if answer.status == 200:
+            self.harness.secrets += [answer.body["access_token"], answer.body["refresh_token"]]
             self.access_token = answer.body["access_token"]
             self.refresh_token = answer.body["refresh_token"]
         return answer
@@ -180,7 +186,8 @@ class Agent:
 async def next_message(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dict[str, Any]:
     message = await ws.receive(timeout)
     if message.type != aiohttp.WSMsgType.TEXT:
-        return {"type": f"<{message.type.name}>", "code": ws.close_code}
+        code = message.data if message.type == aiohttp.WSMsgType.CLOSE else ws.close_code
+        return {"type": f"<{message.type.name}>", "code": code}
     data: dict[str, Any] = json.loads(message.data)
     return data
 
@@ -189,7 +196,9 @@ async def next_message(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0
 async def harness(tmp_path: pathlib.Path, **kwargs: Any) -> AsyncIterator[Harness]:
     clock = Clock()
     async with running_server(tmp_path / "state", clock=clock, **kwargs) as running, aiohttp.ClientSession() as http:
-        yield Harness(running, http, clock)
+        h = Harness(running, http, clock)
+        h.secrets.append(running.admin_token)
+        yield h
 
 
 def with_harness(tmp_path: pathlib.Path, body: Callable[[Harness], Awaitable[None]], **kwargs: Any) -> None:

@@ -19,12 +19,13 @@ from wgpy.management.policy import (
     PolicyError,
     PolicyRule,
     Protocol,
+    canonical_body,
     compile_views,
     map_body,
     matches,
     parse_policy,
 )
-from wgpy.mesh import INBOUND, OUTBOUND, PacketFilter, sign_network_map, verify_and_parse
+from wgpy.mesh import INBOUND, OUTBOUND, PacketFilter, canonical_json, sign_network_map, verify_and_parse
 
 MODEL_POLICY = """\
 groups:
@@ -233,6 +234,7 @@ def test_compiled_maps_agree_with_the_naive_evaluator(
         expected = {b.id for b in peers if b is a or _naive_connected(policy, a, b)}
         assert listed == expected
         body = map_body(views[a.id], serial=1, issued_at=0, expires_at=900)
+        assert canonical_body(views[a.id], serial=1, issued_at=0, expires_at=900) == canonical_json(body)
         netmap = verify_and_parse(sign_network_map(body, SIGNING), SIGNING.public_key(), 1.0)
         packet_filter = PacketFilter()
         packet_filter.load(netmap)

@@ -14,6 +14,7 @@ pure rules as ``now``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ipaddress
@@ -53,7 +54,7 @@ MAX_BODY: Final = 64 * 1024  # bytes of a request body (contract)
 MAX_WS_MESSAGE: Final = 4096  # bytes of one agent -> server WebSocket frame (ours: acks and pings are tiny)
 WS_HEARTBEAT: Final = 30.0  # seconds between WebSocket pings (ours)
 MAX_AUDIT_PAGE: Final = 1000  # events in one audit answer (ours)
-MAX_LIST: Final = 10000  # setup keys or peers in one list answer (ours)
+MAX_LIST: Final = 100_000  # setup keys or peers in one list answer (ours)
 ENROL_RETRIES: Final = 5  # attempts when two enrolments race for one address (ours)
 SETUP_KEY_PREFIX: Final = "wgsk_"
 ADMIN_TOKEN_PREFIX: Final = "wgat_"  # noqa: S105 (a prefix, not a secret)
@@ -330,7 +331,7 @@ class ManagementServer:
     def _proof(self, request: web.Request, body: bytes, now: float, expected: PublicKey | None) -> PublicKey:
         try:
             proof = verify_proof(
-                request.headers, self.keys.proof, request.method, request.path_qs, body, now=now, expected_key=expected
+                request.headers, self.keys.proof, request.method, request.raw_path, body, now=now, expected_key=expected
             )
             self.nonces.remember(proof, now)
         except ProofError as exc:
@@ -427,11 +428,12 @@ class ManagementServer:
                 if attempt == ENROL_RETRIES - 1:
                     raise ApiError(409, "conflict", "the enrolment raced with another; try again") from None
         self.hub.notify(Change("peer_joined", peer.id))
-        signed = None
+        signed = "null"
         if peer.approved:
             issued = await self.maps.current(peer.id)
-            signed = issued.document if issued is not None else None
-        return web.json_response({"peer": peer_info(peer, False), **pair, "map": signed}, status=201)
+            signed = issued.document if issued is not None else "null"
+        head = json.dumps({"peer": peer_info(peer, False), **pair})
+        return web.Response(text=f'{head[:-1]}, "map": {signed}}}', status=201, content_type="application/json")
 
     async def _enrol_once(
         self, setup_key: str, public_key: PublicKey, name: object, endpoint: tuple[str, int] | None, now: float
@@ -602,7 +604,7 @@ class ManagementServer:
         issued = await self.maps.current(auth.row.id)
         if issued is None:
             raise ApiError(409, "pending_approval", "the peer has no map")
-        return web.json_response(issued.document)
+        return web.Response(text=issued.document, content_type="application/json")
 
     async def peer_endpoint(self, request: web.Request) -> web.Response:
         now = self.clock()
@@ -669,7 +671,8 @@ class ManagementServer:
                     break
                 kind = data.get("type")
                 if kind == "ping":
-                    stream.send_now({"type": "pong"})
+                    if not stream.send_now({"type": "pong"}):
+                        break
                 elif kind == "ack":
                     serial = data.get("serial")
                     if isinstance(serial, int) and not isinstance(serial, bool) and serial <= stream.sent_serial:
@@ -834,7 +837,7 @@ class ManagementServer:
         raw = await self._body(request, MAX_POLICY_SIZE)
         try:
             text = raw.decode("utf-8")
-            policy = parse_policy(text)
+            policy = await asyncio.to_thread(parse_policy, text)  # up to 1 MiB of YAML: off the event loop
         except UnicodeDecodeError:
             raise ApiError(400, "invalid_policy", "the policy is not UTF-8 text") from None
         except PolicyError as exc:

@@ -14,11 +14,12 @@ import json
 import logging
 from typing import Final
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .store import AuditRow
 
-__all__ = ["AUDIT_LOGGER_NAME", "KINDS", "emit_pending", "record"]
+__all__ = ["AUDIT_LOGGER_NAME", "KINDS", "drop_pending", "emit_pending", "record", "record_many"]
 
 AUDIT_LOGGER_NAME: Final = "wgpy.audit"
 _PENDING: Final = "wgpy_audit_lines"
@@ -46,6 +47,14 @@ KINDS: Final = frozenset(
 _logger = logging.getLogger(AUDIT_LOGGER_NAME)
 
 
+def _line(now: float, kind: str, actor: str, peer: str | None, detail: dict[str, object]) -> str:
+    return json.dumps(
+        {"ts": round(now, 3), "kind": kind, "actor": actor, "peer": peer, "detail": detail},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
 def record(
     session: AsyncSession,
     *,
@@ -60,12 +69,26 @@ def record(
         raise ValueError(f"unknown audit kind {kind!r}")
     fields = dict(detail or {})
     session.add(AuditRow(ts=now, kind=kind, actor=actor, peer=peer, detail=fields))
-    line = json.dumps(
-        {"ts": round(now, 3), "kind": kind, "actor": actor, "peer": peer, "detail": fields},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    session.info.setdefault(_PENDING, []).append(line)
+    session.info.setdefault(_PENDING, []).append(_line(now, kind, actor, peer, fields))
+
+
+async def record_many(
+    session: AsyncSession,
+    *,
+    now: float,
+    kind: str,
+    actor: str,
+    entries: list[tuple[str | None, dict[str, object]]],
+) -> None:
+    """Like ``record`` for many peers at once, as one bulk INSERT (a push to thousands of peers stays cheap)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown audit kind {kind!r}")
+    if not entries:
+        return
+    rows = [{"ts": now, "kind": kind, "actor": actor, "peer": peer, "detail": detail} for peer, detail in entries]
+    await session.execute(insert(AuditRow), rows)
+    lines = session.info.setdefault(_PENDING, [])
+    lines.extend(_line(now, kind, actor, peer, detail) for peer, detail in entries)
 
 
 def emit_pending(session: AsyncSession) -> None:

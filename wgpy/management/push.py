@@ -21,6 +21,8 @@ task; a slow peer only ever receives the latest map.
 from __future__ import annotations
 
 import asyncio
+import base64
+import collections
 import contextlib
 import json
 import logging
@@ -30,13 +32,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import crypto
-from ..mesh.netmap import sign_network_map
 from . import audit
-from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, compile_views, map_body, parse_policy
+from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, canonical_body, compile_views, parse_policy
 from .store import PeerRow, PolicyRow
 
 __all__ = [
@@ -56,6 +57,7 @@ MAP_REISSUE: Final = 300  # seconds before expiry a connected peer gets a fresh 
 TICK_INTERVAL: Final = 15.0  # seconds between re-issue / last-seen / ephemeral sweeps (ours)
 CLOSE_REVOKED: Final = 4001  # WebSocket close code: the peer was revoked (contract)
 CLOSE_REPLACED: Final = 4000  # WebSocket close code: the same peer connected again elsewhere (ours)
+MAX_CONTROL_QUEUE: Final = 16  # pongs queued for one stream before it counts as a flood (ours)
 SEND_TIMEOUT: Final = 10.0  # seconds one frame may take to send before the stream is dropped (ours)
 _SERIAL_BATCH: Final = 500  # peers per serial-bump statement (well under SQLite's parameter limit)
 
@@ -72,8 +74,10 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class IssuedMap:
+    """A signed map: ``document`` is the ``SignedMap`` JSON text ``{"map": body, "signature": b64}``."""
+
     serial: int
-    document: dict[str, object]
+    document: str
     expires_at: int
     fingerprint: bytes
 
@@ -82,14 +86,6 @@ class IssuedMap:
 class Snapshot:
     policy: Policy
     views: dict[str, PeerView]
-
-
-def peer_entry(row: PeerRow) -> PeerEntry:
-    endpoint = None
-    if row.endpoint_host is not None and row.endpoint_port is not None:
-        endpoint = (row.endpoint_host, row.endpoint_port)
-    assert row.address is not None  # noqa: S101 (active peers have an address: the caller's filter)
-    return PeerEntry(row.id, row.public_key, row.address, frozenset(row.groups), endpoint)
 
 
 class MapService:
@@ -105,14 +101,26 @@ class MapService:
         self.signing_key = signing_key
         self.clock = clock
         self._policy_cache: tuple[int, Policy] | None = None
+        self._entries: dict[tuple[object, ...], PeerEntry] = {}
 
     async def snapshot(self) -> Snapshot:
-        """The current policy and every active peer's view."""
+        """The current policy and every active peer's view (columns only, no ORM objects: this runs per change)."""
         async with self.sessions() as session:
-            policy_row = (await session.execute(select(PolicyRow).order_by(PolicyRow.id.desc()).limit(1))).scalar()
+            policy_id = (await session.execute(select(func.max(PolicyRow.id)))).scalar()
+            if policy_id is not None and (self._policy_cache is None or self._policy_cache[0] != policy_id):
+                text = (await session.execute(select(PolicyRow.text).where(PolicyRow.id == policy_id))).scalar_one()
+                # Stored policies were validated when set; parsing a large one is kept off the event loop.
+                self._policy_cache = (policy_id, await asyncio.to_thread(parse_policy, text))
             rows = (
                 await session.execute(
-                    select(PeerRow)
+                    select(
+                        PeerRow.id,
+                        PeerRow.public_key,
+                        PeerRow.address,
+                        PeerRow.groups,
+                        PeerRow.endpoint_host,
+                        PeerRow.endpoint_port,
+                    )
                     .where(
                         PeerRow.approved.is_(True),
                         PeerRow.revoked.is_(False),
@@ -121,53 +129,79 @@ class MapService:
                     )
                     .order_by(PeerRow.created_at, PeerRow.id)
                 )
-            ).scalars()
-            peers = [peer_entry(row) for row in rows]
-        policy = self._policy(policy_row)
+            ).all()
+        # Entries are reused from the previous snapshot when nothing about the peer changed, so that their cached
+        # map JSON is too (the cache holds only the current peers).
+        previous = self._entries
+        entries: dict[tuple[object, ...], PeerEntry] = {}
+        peers: list[PeerEntry] = []
+        for peer_id, public_key, address, groups, host, port in rows:
+            if address is None:
+                continue  # (the query excludes them; for the type checker)
+            endpoint = (host, port) if host is not None and port is not None else None
+            key = (peer_id, public_key, address, tuple(groups), endpoint)
+            entry = previous.get(key)
+            if entry is None:
+                entry = PeerEntry(peer_id, public_key, address, frozenset(groups), endpoint)
+            entries[key] = entry
+            peers.append(entry)
+        self._entries = entries
+        policy = EMPTY_POLICY if policy_id is None or self._policy_cache is None else self._policy_cache[1]
         return Snapshot(policy, compile_views(policy, peers))
 
-    def _policy(self, row: PolicyRow | None) -> Policy:
-        if row is None:
-            return EMPTY_POLICY
-        if self._policy_cache is None or self._policy_cache[0] != row.id:
-            self._policy_cache = (row.id, parse_policy(row.text))  # stored policies were validated when set
-        return self._policy_cache[1]
-
     async def issue(self, views: dict[str, PeerView]) -> dict[str, IssuedMap]:
-        """Sign a map for each ``peer id -> view`` with the peer's next serial; audited as ``map_push``."""
+        """Sign a map for each ``peer id -> view`` under one new serial; audited as ``map_push``.
+
+        The batch's serial is one more than the highest serial any peer holds, and a peer's row takes it only if it
+        is greater than the peer's own (``UPDATE ... WHERE map_serial < :serial``): serials increase strictly per peer
+        whichever process issues them. A peer whose row was bumped past it meanwhile is left out (the caller's next
+        round covers it). Peers sharing a view object share one signature, so an all-to-all change signs once.
+        """
         if not views:
             return {}
         now = self.clock()
         issued_at = int(now)
         expires_at = issued_at + MAP_LIFETIME
-        serials: dict[str, int] = {}
         ids = list(views)
+        taken: set[str] = set()
         async with self.sessions() as session, session.begin():
+            highest = (await session.execute(select(func.max(PeerRow.map_serial)))).scalar() or 0
+            serial = highest + 1
             for start in range(0, len(ids), _SERIAL_BATCH):
                 chunk = ids[start : start + _SERIAL_BATCH]
                 result = await session.execute(
                     update(PeerRow)
-                    .where(PeerRow.id.in_(chunk))
-                    .values(map_serial=PeerRow.map_serial + 1)
-                    .returning(PeerRow.id, PeerRow.map_serial)
+                    .where(PeerRow.id.in_(chunk), PeerRow.map_serial < serial)
+                    .values(map_serial=serial)
+                    .returning(PeerRow.id)
                 )
-                serials.update({peer_id: serial for peer_id, serial in result.all()})
-            for peer_id in serials:
-                audit.record(
-                    session,
-                    now=now,
-                    kind="map_push",
-                    actor="server",
-                    peer=peer_id,
-                    detail={"serial": serials[peer_id], "peers": len(views[peer_id].peers)},
-                )
+                taken.update(result.scalars())
+            await audit.record_many(
+                session,
+                now=now,
+                kind="map_push",
+                actor="server",
+                entries=[
+                    (peer_id, {"serial": serial, "peers": len(views[peer_id].peers)})
+                    for peer_id in ids
+                    if peer_id in taken
+                ],
+            )
         audit.emit_pending(session)
         issued: dict[str, IssuedMap] = {}
-        for peer_id, serial in serials.items():
+        signed: dict[int, IssuedMap] = {}  # id(view) -> its map (views are shared by peers of one group signature)
+        for peer_id in ids:
+            if peer_id not in taken:
+                continue
             view = views[peer_id]
-            body = map_body(view, serial=serial, issued_at=issued_at, expires_at=expires_at)
-            document = sign_network_map(body, self.signing_key, validate=False)
-            issued[peer_id] = IssuedMap(serial, document, expires_at, view.fingerprint())
+            done = signed.get(id(view))
+            if done is None:
+                body = canonical_body(view, serial=serial, issued_at=issued_at, expires_at=expires_at)
+                signature = base64.b64encode(crypto.ed25519_sign(self.signing_key, body)).decode("ascii")
+                # The envelope in canonical form too ("map" < "signature"); the agent re-canonicalises the body anyway.
+                document = f'{{"map":{body.decode("ascii")},"signature":"{signature}"}}'
+                done = signed[id(view)] = IssuedMap(serial, document, expires_at, view.fingerprint())
+            issued[peer_id] = done
         return issued
 
     async def current(self, peer_id: str) -> IssuedMap | None:
@@ -176,7 +210,11 @@ class MapService:
         view = snapshot.views.get(peer_id)
         if view is None:
             return None
-        return (await self.issue({peer_id: view})).get(peer_id)
+        for _attempt in range(3):  # a concurrent issue may take the serial first; the next one is ours
+            issued = (await self.issue({peer_id: view})).get(peer_id)
+            if issued is not None:
+                return issued
+        return None
 
 
 class PeerStream:
@@ -191,6 +229,7 @@ class PeerStream:
         self.acked_serial = 0
         self.closed = asyncio.Event()
         self._pending: str | None = None
+        self._control: collections.deque[str] = collections.deque()
         self._close: tuple[int, bytes] | None = None
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write(), name=f"stream-{peer_id}")
@@ -199,8 +238,8 @@ class PeerStream:
         self.fingerprint = issued.fingerprint
         self.expires_at = issued.expires_at
         self.sent_serial = issued.serial
-        message = {"type": "map", "serial": issued.serial, "document": issued.document}
-        self._pending = json.dumps(message, separators=(",", ":"))
+        # Spliced, not re-serialised: the document may be megabytes, and the frame's head carries the serial.
+        self._pending = f'{{"type":"map","serial":{issued.serial},"document":{issued.document}}}'
         self._wake.set()
 
     def revoke(self) -> None:
@@ -214,17 +253,21 @@ class PeerStream:
         self._close = (CLOSE_REPLACED, b"replaced by a newer connection")
         self._wake.set()
 
-    def send_now(self, message: dict[str, object]) -> None:
-        """Queue a small reply (pong) without displacing a pending map."""
-        if not self.ws.closed:
-            task = asyncio.ensure_future(self.ws.send_str(json.dumps(message)))
-            task.add_done_callback(_ignore_result)
+    def send_now(self, message: dict[str, object]) -> bool:
+        """Queue a small reply (pong) before any pending map; ``False`` if too many are queued (a flooding peer)."""
+        if len(self._control) >= MAX_CONTROL_QUEUE:
+            return False
+        self._control.append(json.dumps(message))
+        self._wake.set()
+        return True
 
     async def _write(self) -> None:
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                while self._control and not self.ws.closed:
+                    await asyncio.wait_for(self.ws.send_str(self._control.popleft()), SEND_TIMEOUT)
                 text, self._pending = self._pending, None
                 if text is not None and not self.ws.closed:
                     await asyncio.wait_for(self.ws.send_str(text), SEND_TIMEOUT)
@@ -235,18 +278,21 @@ class PeerStream:
         except (ConnectionError, TimeoutError, RuntimeError):
             with contextlib.suppress(Exception):
                 await self.ws.close()
+        except Exception:
+            logger.exception("stream writer failed")
+            with contextlib.suppress(Exception):
+                await self.ws.close()
         finally:
             self.closed.set()
 
     async def stop(self) -> None:
+        if self._close is not None and not self._writer.done():
+            # A revocation or replacement is being sent: let its close frame go out with its code.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.closed.wait()), SEND_TIMEOUT)
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
-
-
-def _ignore_result(task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class PushHub:
@@ -347,10 +393,14 @@ class PushHub:
             if peer_id in forced or stream.fingerprint != view.fingerprint() or stream.expires_at - now <= MAP_REISSUE:
                 due[peer_id] = view
         issued = await self.maps.issue(due)
+        if len(issued) < len(due):
+            self._forced.update(peer_id for peer_id in due if peer_id not in issued)
+            self._wake.set()  # another process bumped some serials meanwhile: go round again for those
         for peer_id, issued_map in issued.items():
             target = self.streams.get(peer_id)
             if target is not None:
                 target.offer(issued_map)
+                self._forced.discard(peer_id)  # it has its current map: a queued connect push would repeat it
                 self.pushes += 1
         return len(issued)
 
