@@ -52,6 +52,12 @@ __all__ = ["AgentRunner", "RunnerExit", "ServerMeshAgent", "local_address_toward
 logger = logging.getLogger("wgpy.agent")
 
 CLOSE_REVOKED: Final = 4001  # the stream's close code for a revoked peer (docs/management-api.md)
+CLOSE_REPLACED: Final = 4000  # the same peer opened a newer stream (another agent with this key?)
+_CLOSE_WORDS: Final = {
+    CLOSE_REPLACED: "another stream of this peer replaced ours (is a second agent running with this key?)",
+    1013: "the management server holds its maximum of streams",
+    1001: "the management server is shutting down",
+}
 STATUS_INTERVAL: Final = 1.0  # seconds between status.json writes (ours)
 
 
@@ -270,7 +276,7 @@ class AgentRunner:
             logger.warning("%s (retrying with backoff; the last map stays in force)", message)
 
     def _credentials_refused(self, exc: ManagementError) -> None:
-        if exc.code == "revoked" or exc.status == 403:
+        if exc.status == 403:  # the peer itself is revoked (a 401 "revoked" is a refresh-token family)
             self.revoke()
             return
         self.last_error = str(exc)
@@ -302,7 +308,8 @@ class AgentRunner:
                     self.revoke()
                     return
                 if not self._stop.is_set():
-                    self._note_error(ManagementError("the management server closed the map stream", retryable=True))
+                    words = _CLOSE_WORDS.get(code or 0, f"the management server closed the map stream (code {code})")
+                    self._note_error(ManagementError(words, retryable=True))
             except ManagementError as exc:
                 self.connected = False
                 if exc.fatal and not exc.retryable:
