@@ -288,3 +288,9 @@ def test_mesh_with_tun_devices_in_namespaces(lab: Lab) -> None:
     assert dropped_at - started < 1.0, f"production dropped the laptop {dropped_at - started:.3f} s after the revoke"
     assert not connect("laptop", 22, 1.5), "a revoked laptop must not connect"
     wait_until(lambda: "was revoked" in lab.logs["laptop"].read_text(errors="replace"), 5, "laptop told of revocation")
+
+    # `wgpy status` and `wgpy down` on an agent with a TUN device: the interface goes away with it
+    text = lab.run(None, sys.executable, "-m", "wgpy", "status", "--state-dir", str(states["prod"])).stdout
+    assert "running (pid" in text and f"on {interfaces['prod']}" in text and "private key:  file" in text
+    lab.run(None, sys.executable, "-m", "wgpy", "down", "--state-dir", str(states["prod"]))
+    assert lab.run("prod", "ip", "link", "show", interfaces["prod"], check=False).returncode != 0

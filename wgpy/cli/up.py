@@ -539,14 +539,27 @@ def _stop_agent(state: StateDir) -> int | None:
         raise _Failure(f"not allowed to stop the agent (pid {pid})") from None
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return pid
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)  # reap it if it is our child (tests run up and down in one process)
         time.sleep(0.05)
     raise _Failure(f"the agent (pid {pid}) did not stop within {STOP_TIMEOUT:.0f} s")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for its parent to reap it has stopped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    return not fields or fields[0] not in ("Z", "X")
 
 
 def main_down(argv: Sequence[str]) -> int:
