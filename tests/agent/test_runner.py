@@ -199,3 +199,15 @@ def test_the_private_key_never_reaches_the_server(tmp_path: Path, caplog: pytest
 
     with wgpy_logs(caplog, logging.DEBUG):
         run(scenario)
+
+
+def test_a_changed_local_address_is_reported_again_after_a_reconnect(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with mesh(tmp_path) as (server, laptop, _prod, _other):
+            assert server.peers["p1"].endpoint == {"host": "127.0.0.1", "port": laptop.runner.tunnel.local_port}
+            laptop.runner.advertise_host = "127.0.0.2"  # as if the laptop had moved to another network
+            for ws in list(server._streams.get("p1", ())):
+                await ws.close()
+            await wait_for(lambda: (server.peers["p1"].endpoint or {}).get("host") == "127.0.0.2")
+
+    run(scenario)

@@ -7,7 +7,8 @@ and keeps the ACL filter in the device). Beside them runs the control loop:
 
 1. make sure an access token is in memory (refresh with the stored refresh token; the new refresh token is saved
    before the access token is used);
-2. report the tunnel's endpoint once (``POST /api/v1/peer/endpoint``);
+2. report the tunnel's endpoint (``POST /api/v1/peer/endpoint``): once, and again after a reconnect if the local
+   address facing the server changed;
 3. subscribe to the map stream; each ``map`` message's document goes to ``MeshAgent`` (and so to
    ``MeshController.apply_network_map``) and is acknowledged by serial once applied or already in force; a refused
    map is logged and not acknowledged;
@@ -174,11 +175,7 @@ class AgentRunner:
             raise TypeError("ServerMeshAgent.create returned another class")
         self.mesh = mesh
         mesh.start()  # the filter is in place before any peer exists; resumes the saved map if still valid
-        host = self.advertise_host or self._bind_address
-        if host is None:
-            url = self.client.base_url
-            host = local_address_towards(url.host or "", url.port or 443)
-        self.endpoint = (host, self.tunnel.local_port) if host else None
+        self._refresh_endpoint()
         if self._initial_map is not None:
             self.apply_map(self._initial_map)
         loop = asyncio.get_running_loop()
@@ -223,6 +220,17 @@ class AgentRunner:
         self.tunnel.close()
         self._write_status()
         await self.client.close()
+
+    def _refresh_endpoint(self) -> None:
+        """Work out the endpoint to report; report it again if it changed (the device moved to another network)."""
+        host = self.advertise_host or self._bind_address
+        if host is None:
+            url = self.client.base_url
+            host = local_address_towards(url.host or "", url.port or (443 if url.scheme == "https" else 80))
+        endpoint = (host, self.tunnel.local_port) if host else None
+        if endpoint != self.endpoint:
+            self.endpoint = endpoint
+            self.endpoint_reported = False
 
     # --- maps -----------------------------------------------------------------------------------------------------
 
@@ -292,6 +300,7 @@ class AgentRunner:
         while not self._stop.is_set():
             try:
                 await client.ensure_access()
+                self._refresh_endpoint()
                 if not self.endpoint_reported and self.endpoint is not None:
                     await client.report_endpoint(*self.endpoint)
                     self.endpoint_reported = True
