@@ -52,7 +52,9 @@ class Harness:
     http: aiohttp.ClientSession
     clock: Clock
     peers: list[Agent] = field(default_factory=list)
-    secrets: list[str] = field(default_factory=list, repr=False)  # every secret seen (setup keys, tokens, proofs, private keys)
+    secrets: list[str] = field(
+        default_factory=list, repr=False
+    )  # every secret seen (setup keys, tokens, proofs, private keys)
 
     @property
     def url(self) -> str:
