@@ -86,6 +86,7 @@ class IssuedMap:
 class Snapshot:
     policy: Policy
     views: dict[str, PeerView]
+    pending: frozenset[str] = frozenset()  # peers awaiting approval (neither revoked nor deleted)
 
 
 class MapService:
@@ -152,7 +153,17 @@ class MapService:
     async def snapshot(self) -> Snapshot:
         """The current policy and every active peer's view (compiled in a thread: the event loop keeps serving)."""
         policy, peers = await self._load()
-        return Snapshot(policy, await asyncio.to_thread(compile_views, policy, peers))
+        async with self.sessions() as session:
+            pending = frozenset(
+                (
+                    await session.execute(
+                        select(PeerRow.id).where(
+                            PeerRow.approved.is_(False), PeerRow.revoked.is_(False), PeerRow.deleted.is_(False)
+                        )
+                    )
+                ).scalars()
+            )
+        return Snapshot(policy, await asyncio.to_thread(compile_views, policy, peers), pending)
 
     async def issue(self, views: dict[str, PeerView]) -> dict[str, IssuedMap]:
         """Sign a map for each ``peer id -> view`` under one new serial; audited as ``map_push``.
@@ -396,7 +407,11 @@ class PushHub:
         for peer_id, stream in list(self.streams.items()):
             view = snapshot.views.get(peer_id)
             if view is None:
-                continue  # pending approval (revoked and deleted peers were closed by notify)
+                if peer_id not in snapshot.pending and self.streams.get(peer_id) is stream:
+                    # Revoked or deleted without a notification reaching us (another replica): close it now.
+                    del self.streams[peer_id]
+                    stream.revoke()
+                continue
             if peer_id in forced or stream.fingerprint != view.fingerprint() or stream.expires_at - now <= MAP_REISSUE:
                 due[peer_id] = view
         issued = await self.maps.issue(due)
