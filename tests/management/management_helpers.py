@@ -52,7 +52,9 @@ class Harness:
     http: aiohttp.ClientSession
     clock: Clock
     peers: list[Agent] = field(default_factory=list)
-    secrets: list[str] = field(default_factory=list)  # every secret seen (setup keys, tokens, proofs, private keys)
+    secrets: list[str] = field(
+        default_factory=list, repr=False
+    )  # every secret seen (setup keys, tokens, proofs, private keys)
 
     @property
     def url(self) -> str:
@@ -104,10 +106,10 @@ class Agent:
 
     harness: Harness
     private: PrivateKey
-    access_token: str | None = None
-    refresh_token: str | None = None
+    access_token: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
     peer_id: str | None = None
-    last_headers: dict[str, str] = field(default_factory=dict)
+    last_headers: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def public_key(self) -> str:

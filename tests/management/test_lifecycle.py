@@ -11,7 +11,7 @@ import pathlib
 
 import aiohttp
 from management_helpers import Harness, next_message, with_harness
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from wgpy.management import store
 from wgpy.management.api import ManagementServer
@@ -281,3 +281,19 @@ def test_audit_rows_and_log_lines_hold_no_secret(tmp_path: pathlib.Path) -> None
         root.removeHandler(capture)
         root.setLevel(old_level)
         logging.getLogger("wgpy").setLevel(logging.NOTSET)
+
+
+def test_a_revocation_without_notification_closes_the_stream_on_the_next_round(tmp_path: pathlib.Path) -> None:
+    async def body(h: Harness) -> None:
+        a = h.agent()
+        assert (await a.enrol(await h.setup_key())).status == 201
+        async with a.stream() as ws:
+            assert (await next_message(ws))["type"] == "map"
+            # another replica revokes it: the row changes, no notify reaches this process
+            async with h.running.server.transaction() as session:
+                await session.execute(update(store.PeerRow).where(store.PeerRow.id == a.peer_id).values(revoked=True))
+            await h.running.server.hub.recompute()
+            assert await next_message(ws) == {"type": "revoked"}
+            assert (await next_message(ws))["code"] == 4001
+
+    with_harness(tmp_path, body)

@@ -20,6 +20,7 @@ from wgpy.management.policy import (
     PolicyRule,
     Protocol,
     canonical_body,
+    compile_view,
     compile_views,
     map_body,
     matches,
@@ -230,6 +231,7 @@ def test_compiled_maps_agree_with_the_naive_evaluator(
     peers = [_peer(index, *groups) for index, groups in enumerate(group_sets)]
     views = compile_views(policy, peers)
     for a in peers:
+        assert compile_view(policy, peers, a.id) == views[a.id]
         listed = {peer.id for peer in views[a.id].peers}
         expected = {b.id for b in peers if b is a or _naive_connected(policy, a, b)}
         assert listed == expected

@@ -170,3 +170,14 @@ def test_quarantine_and_ephemeral_expiry() -> None:
     assert enrolment.ephemeral_expired(ephemeral=True, timeout=60, last_seen=NOW, online=False, now=NOW + 60)
     assert not enrolment.ephemeral_expired(ephemeral=True, timeout=60, last_seen=NOW, online=True, now=NOW + 600)
     assert not enrolment.ephemeral_expired(ephemeral=False, timeout=60, last_seen=NOW, online=False, now=NOW + 600)
+
+
+def test_reprs_hide_secrets() -> None:
+    from wgpy.keys import PrivateKey
+    from wgpy.management.api import ServerKeys
+    from wgpy.management.server import RunningServer
+
+    keys = ServerKeys(crypto.Ed25519PrivateKey.generate(), PrivateKey.generate())
+    assert repr(keys) == "ServerKeys(<hidden>)"
+    running = RunningServer("http://x", "wgat_secret", keys, None, None, "", None)  # type: ignore[arg-type]
+    assert "wgat_secret" not in repr(running)

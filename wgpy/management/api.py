@@ -29,7 +29,7 @@ from typing import Final
 
 from aiohttp import WSMsgType, web
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import crypto
@@ -137,6 +137,10 @@ async def _errors(
             exc.status, exc.reason
         )
         return _error_response(exc.status, code, detail)
+    except OperationalError:
+        # SQLite's writer lock not granted within its timeout, PostgreSQL unreachable...: nothing was committed.
+        logger.warning("database unavailable in %s %s", request.method, request.path)
+        return _error_response(503, "unavailable", "the database is busy or unreachable; try again")
     except Exception:
         logger.exception("internal error in %s %s", request.method, request.path)
         return _error_response(500, "internal", "internal server error")

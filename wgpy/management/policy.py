@@ -42,6 +42,7 @@ __all__ = [
     "PolicyError",
     "PolicyRule",
     "canonical_body",
+    "compile_view",
     "compile_views",
     "groups_of",
     "map_body",
@@ -426,6 +427,31 @@ def compile_views(policy: Policy, peers: Sequence[PeerEntry]) -> dict[str, PeerV
                 listed = sorted(visible | {index})
                 views[peers[index].id] = PeerView(tuple(peers[i] for i in listed), rules_tuple)
     return views
+
+
+def compile_view(policy: Policy, peers: Sequence[PeerEntry], peer_id: str) -> PeerView | None:
+    """One peer's view, equal to ``compile_views(policy, peers)[peer_id]`` (``None`` if it is not in ``peers``)."""
+    target = next((index for index, peer in enumerate(peers) if peer.id == peer_id), None)
+    if target is None:
+        return None
+    groups = peers[target].groups
+    rules: list[PolicyRule] = []
+    wanted: set[str] = set()
+    anyone = False
+    for rule in policy.rules:
+        in_src = matches(rule.src, groups)
+        in_dst = matches(rule.dst, groups)
+        if not (in_src or in_dst):
+            continue
+        rules.append(rule)
+        if rule.action == "accept":
+            for side in ((rule.dst,) if in_src else ()) + ((rule.src,) if in_dst else ()):
+                anyone = anyone or WILDCARD_GROUP in side
+                wanted.update(side)
+    listed = [
+        peer for index, peer in enumerate(peers) if index == target or anyone or not peer.groups.isdisjoint(wanted)
+    ]
+    return PeerView(tuple(listed), tuple(rules))
 
 
 def rule_to_map(rule: PolicyRule) -> dict[str, object]:

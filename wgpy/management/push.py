@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import crypto
 from . import audit
-from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, canonical_body, compile_views, parse_policy
+from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, canonical_body, compile_view, compile_views, parse_policy
 from .store import PeerRow, PolicyRow
 
 __all__ = [
@@ -86,6 +86,7 @@ class IssuedMap:
 class Snapshot:
     policy: Policy
     views: dict[str, PeerView]
+    pending: frozenset[str] = frozenset()  # peers awaiting approval (neither revoked nor deleted)
 
 
 class MapService:
@@ -103,8 +104,8 @@ class MapService:
         self._policy_cache: tuple[int, Policy] | None = None
         self._entries: dict[tuple[object, ...], PeerEntry] = {}
 
-    async def snapshot(self) -> Snapshot:
-        """The current policy and every active peer's view (columns only, no ORM objects: this runs per change)."""
+    async def _load(self) -> tuple[Policy, list[PeerEntry]]:
+        """The current policy and active peers (columns only, no ORM objects: this runs per change)."""
         async with self.sessions() as session:
             policy_id = (await session.execute(select(func.max(PolicyRow.id)))).scalar()
             if policy_id is not None and (self._policy_cache is None or self._policy_cache[0] != policy_id):
@@ -147,7 +148,22 @@ class MapService:
             peers.append(entry)
         self._entries = entries
         policy = EMPTY_POLICY if policy_id is None or self._policy_cache is None else self._policy_cache[1]
-        return Snapshot(policy, compile_views(policy, peers))
+        return policy, peers
+
+    async def snapshot(self) -> Snapshot:
+        """The current policy and every active peer's view (compiled in a thread: the event loop keeps serving)."""
+        policy, peers = await self._load()
+        async with self.sessions() as session:
+            pending = frozenset(
+                (
+                    await session.execute(
+                        select(PeerRow.id).where(
+                            PeerRow.approved.is_(False), PeerRow.revoked.is_(False), PeerRow.deleted.is_(False)
+                        )
+                    )
+                ).scalars()
+            )
+        return Snapshot(policy, await asyncio.to_thread(compile_views, policy, peers), pending)
 
     async def issue(self, views: dict[str, PeerView]) -> dict[str, IssuedMap]:
         """Sign a map for each ``peer id -> view`` under one new serial; audited as ``map_push``.
@@ -190,12 +206,14 @@ class MapService:
         audit.emit_pending(session)
         issued: dict[str, IssuedMap] = {}
         signed: dict[int, IssuedMap] = {}  # id(view) -> its map (views are shared by peers of one group signature)
-        for peer_id in ids:
+        for count, peer_id in enumerate(ids):
             if peer_id not in taken:
                 continue
             view = views[peer_id]
             done = signed.get(id(view))
             if done is None:
+                if count % 64 == 63:
+                    await asyncio.sleep(0)  # thousands of distinct maps: let requests in between
                 body = canonical_body(view, serial=serial, issued_at=issued_at, expires_at=expires_at)
                 signature = base64.b64encode(crypto.ed25519_sign(self.signing_key, body)).decode("ascii")
                 # The envelope in canonical form too ("map" < "signature"); the agent re-canonicalises the body anyway.
@@ -206,8 +224,8 @@ class MapService:
 
     async def current(self, peer_id: str) -> IssuedMap | None:
         """A fresh map for one peer, or ``None`` if it is not active (pending approval, revoked, deleted)."""
-        snapshot = await self.snapshot()
-        view = snapshot.views.get(peer_id)
+        policy, peers = await self._load()
+        view = compile_view(policy, peers, peer_id)  # this peer's only: O(peers), not O(peers x views)
         if view is None:
             return None
         for _attempt in range(3):  # a concurrent issue may take the serial first; the next one is ours
@@ -389,7 +407,11 @@ class PushHub:
         for peer_id, stream in list(self.streams.items()):
             view = snapshot.views.get(peer_id)
             if view is None:
-                continue  # pending approval (revoked and deleted peers were closed by notify)
+                if peer_id not in snapshot.pending and self.streams.get(peer_id) is stream:
+                    # Revoked or deleted without a notification reaching us (another replica): close it now.
+                    del self.streams[peer_id]
+                    stream.revoke()
+                continue
             if peer_id in forced or stream.fingerprint != view.fingerprint() or stream.expires_at - now <= MAP_REISSUE:
                 due[peer_id] = view
         issued = await self.maps.issue(due)

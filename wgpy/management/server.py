@@ -124,7 +124,7 @@ class RunningServer:
     """A server started by ``running_server``: where it listens and how to reach it."""
 
     url: str
-    admin_token: str
+    admin_token: str = field(repr=False)
     keys: ServerKeys
     server: ManagementServer
     state_dir: pathlib.Path

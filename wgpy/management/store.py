@@ -194,11 +194,13 @@ def create_engine(url: str) -> AsyncEngine:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
-        engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
+        engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT}, hide_parameters=True)
         _sqlite_immediate(engine)
         return engine
     if backend == "postgresql":
-        return create_async_engine(parsed.set(drivername="postgresql+asyncpg"), pool_pre_ping=True)
+        return create_async_engine(
+            parsed.set(drivername="postgresql+asyncpg"), pool_pre_ping=True, hide_parameters=True
+        )
     raise ValueError("the database must be sqlite:///PATH or postgresql://...")
 
 
