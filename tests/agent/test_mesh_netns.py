@@ -257,6 +257,12 @@ def test_mesh_with_tun_devices_in_namespaces(lab: Lab) -> None:
             == 0
         )
 
+    # wg(8) sees the agent's interface (its UAPI socket): production is the laptop's one peer
+    if shutil.which("wg") is not None:
+        shown = lab.run("laptop", "wg", "show", interfaces["laptop"], "peers").stdout.split()
+        prod_key = lab.run("prod", "wg", "show", interfaces["prod"], "public-key").stdout.strip()
+        assert shown == [prod_key]
+
     # 1. the model's ACL, end to end through the kernel and the tunnels
     assert connect("laptop", 22), "laptop -> prod tcp/22 must connect"
     assert connect("laptop", 443), "laptop -> prod tcp/443 must connect"

@@ -4,7 +4,8 @@
   [--listen-port P] [--state-dir D] [--fail-closed] [--no-tun] [--endpoint-host HOST] [-f]`` enrols the device
   (first time) or reconnects with the saved state (no setup key needed), then runs the agent: in the background
   by default (the command returns once the agent is up, or prints why it could not start), in the foreground with
-  ``-f``. ``--no-tun`` runs the tunnel without a TUN device (tests, containers without /dev/net/tun).
+  ``-f``. ``--no-tun`` runs the tunnel without a TUN device (tests, containers without /dev/net/tun). With a TUN
+  device the interface also gets its UAPI socket, so ``wg show IF`` works.
 - ``wgpy status [--state-dir D] [--json]``: peer id, address, management URL, connected or not, map serial and
   expiry, peers, and where the private key is stored.
 - ``wgpy down [--state-dir D]``: stops the agent that ``wgpy up`` started (pid file, SIGTERM, waits).
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
     from ..agent.enrol import Enrolled
     from ..agent.keystore import KeyStore, StateDir
+    from ..agent.runner import AgentRunner
+    from ..drivers.uapi_server import UapiServer
 
 __all__ = ["main_down", "main_logout", "main_status", "main_up"]
 
@@ -347,6 +350,20 @@ def _configure_interface(name: str, prefix: str, mtu: int) -> None:
             raise _Failure(f"cannot configure {name}: {_one_line(done.stderr) or 'ip failed'}")
 
 
+async def _serve_uapi(runner: AgentRunner, ifname: str) -> UapiServer | None:
+    """The interface's UAPI socket, so that ``wg show IF`` works (``wg set`` too, but each map is authoritative)."""
+    from ..drivers.uapi_server import UapiServer, bind_uapi_socket
+
+    try:
+        sock = bind_uapi_socket(ifname)
+    except OSError as exc:
+        logger.warning("no UAPI socket for %s (%s): wg show will not see it", ifname, exc.strerror or exc)
+        return None
+    server = UapiServer(runner.tunnel, sock, mesh=runner.mesh)
+    await server.start()
+    return server
+
+
 async def _serve(args: argparse.Namespace, state: StateDir, ready: Callable[[str], None]) -> int:
     from ..agent.runner import AgentRunner, RunnerExit
     from ..device import DEFAULT_MTU
@@ -380,6 +397,7 @@ async def _serve(args: argparse.Namespace, state: StateDir, ready: Callable[[str
         if tun is not None:
             tun.close()
         raise _Failure(f"cannot start the tunnel: {getattr(exc, 'strerror', None) or exc}") from None
+    uapi = await _serve_uapi(runner, tun.name) if tun is not None else None
     state.write_pid()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -393,6 +411,8 @@ async def _serve(args: argparse.Namespace, state: StateDir, ready: Callable[[str
     try:
         reason = await runner.wait()
     finally:
+        if uapi is not None:
+            uapi.close()
         state.remove_pid()
     if reason is RunnerExit.REVOKED:
         print("wgpy up: this peer was revoked by the management server; traffic stopped", file=sys.stderr)
