@@ -146,16 +146,16 @@ def test_every_fast_check_passes_against_healthy_wgpy(
     status, lines = run_probe(probe_argv(endpoint, probe_key[1], "--skip-slow", "--json", str(report_path)))
     assert status == 0, "\n".join(lines)
     assert lines[0].startswith(f"wgpy probe: 127.0.0.1:{endpoint.port} (peer {endpoint.public_key.short()})")
-    assert lines[-1].startswith("10 passed, 0 failed, 2 skipped in ")
+    assert lines[-1].startswith("10 passed, 0 failed, 0 inconclusive, 2 skipped in ")
     body = lines[1:-1]
     assert [line.split()[1] for line in body] == list(conformance.CHECK_NAMES)
     for line, info in zip(body, conformance.CHECKS, strict=True):
         verdict = "SKIP" if info.slow else "PASS"
-        assert line.startswith(f"{verdict}  {info.name:<20}"), line
-        assert len(line) > 26 + 20, line  # the evidence follows
+        assert line.startswith(f"{verdict:<12}  {info.name:<20}"), line
+        assert len(line) > 34 + 20, line  # the evidence follows
     report = json.loads(report_path.read_text())
     assert report["ok"] is True
-    assert report["summary"] == {"pass": 10, "fail": 0, "skip": 2}
+    assert report["summary"] == {"pass": 10, "fail": 0, "skip": 2, "inconclusive": 0}
     assert report["peer_public_key"] == endpoint.public_key.to_base64()
     assert report["our_public_key"] == probe_key[0].public_key().to_base64()
     handshake = report["checks"][0]
@@ -193,11 +193,11 @@ def test_wrong_preshared_key_fails_the_handshake_and_skips_the_rest(
     argv = probe_argv(endpoint, probe_key[1], "--preshared-key-file", str(psk_file), "--only", "bit-flip,keepalive")
     status, lines = run_probe(argv)
     assert status == 1
-    assert lines[1].startswith("FAIL  handshake           a response came in "), lines[1]
+    assert lines[1].startswith("FAIL          handshake           a response came in "), lines[1]
     assert lines[1].endswith("does not authenticate (1 rejected as HANDSHAKE_FAILED): is the preshared key right?")
     assert lines[2:4] == [
-        "SKIP  bit-flip            no session with the endpoint",
-        "SKIP  keepalive           no session with the endpoint",
+        "SKIP          bit-flip            no session with the endpoint",
+        "SKIP          keepalive           no session with the endpoint",
     ]
 
 
@@ -263,7 +263,7 @@ def test_a_broken_endpoint_fails_the_matching_check(
     assert status == 1, "\n".join(lines)
     assert statuses(report_path) == {"handshake": "pass", check: "fail", "unknown-key": "pass", "bit-flip": "pass"}
     failed = next(line for line in lines if line.startswith("FAIL"))
-    assert failed.startswith(f"FAIL  {check:<20}") and len(failed) > 26 + 20, failed
+    assert failed.startswith(f"FAIL          {check:<20}") and len(failed) > 34 + 20, failed
 
 
 # -- arguments ---------------------------------------------------------------------------------------------------
@@ -385,5 +385,5 @@ def test_check_list_is_consistent() -> None:
     assert conformance.CHECK_NAMES[0] == "handshake"
     assert {c.name for c in conformance.CHECKS if c.slow} == {"passive-keepalive", "cookie-initiator"}
     result = conformance.CheckResult("bit-flip", conformance.Status.FAIL, "evidence here")
-    assert result.line() == "FAIL  bit-flip            evidence here"
+    assert result.line() == "FAIL          bit-flip            evidence here"
     assert result.to_json()["status"] == "fail"
