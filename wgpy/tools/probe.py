@@ -550,25 +550,25 @@ class Probe:
             raise CheckFailed("the session stopped working: no echo reply after the check's messages")
         return f"session still works ({_ms(rtt)} ping)"
 
-    def wait_session(self, mark: int, device: Device | None = None) -> Received | None:
+    def wait_session(self, device: Device | None = None) -> tuple[Received | None, int]:
         """Wait for the response to the engine's handshake the way a real peer does: ``--timeout``, and if a cookie
-        reply came instead (since ``mark``), the engine's retry carrying mac2 after REKEY_TIMEOUT (plus jitter) and
-        ``--timeout`` more. Returns the response, or ``None``."""
+        reply came instead, the engine's retry carrying mac2 after REKEY_TIMEOUT (plus jitter) and ``--timeout``
+        more. Returns the response (or ``None``) and how many cookie replies to the engine's initiations came."""
         engine = device or self.device
-
-        def mine(r: Received) -> bool:
-            index = r.reply_index
-            return index is not None and engine.index_table.lookup(index) is not None
+        cookies = 0
 
         def response(r: Received) -> bool:
-            return r.kind == _RESPONSE and mine(r)
+            nonlocal cookies
+            index = r.reply_index
+            if index is None or engine.index_table.lookup(index) is None:
+                return False  # not for this engine (looked up on arrival: a retry has an index of its own)
+            cookies += r.kind == _COOKIE_REPLY
+            return r.kind == _RESPONSE
 
         answer = self.wait(self.config.timeout, response)
-        if answer is not None:
-            return answer
-        if not any(mine(r) for r in self.since(mark, _COOKIE_REPLY)):
-            return None
-        return self.wait(ENGINE_RETRY + self.config.timeout, response)
+        if answer is None and cookies:
+            answer = self.wait(ENGINE_RETRY + self.config.timeout, response)
+        return answer, cookies
 
     # --- crafted handshakes -------------------------------------------------------------------------------------
 
@@ -961,14 +961,13 @@ class Probe:
         device, peer = self._new_device()
         self.siblings.append((device, peer))
         self.pace()
-        mark, sent_mark = len(self.received), len(self.outbox.sent)
+        sent_mark = len(self.outbox.sent)
         device.handle_timer(self.now(), wall_ns())  # nothing is due: it gives the engine the wall clock for TAI64N
         device.set_persistent_keepalive(peer, _SIBLING_KEEPALIVE_INTERVAL, self.now())
         self.transmit(device)
         self.stale = True  # from here the endpoint's current session may be one the main device does not know
-        response = self.wait_session(mark, device)
+        response, cookies = self.wait_session(device)
         new = peer.keypairs.current
-        cookies = sum(1 for r in self.since(mark, _COOKIE_REPLY) if device.index_table.lookup(r.reply_index or 0))
         if response is None or new is None:
             raise CheckInconclusive(
                 "our new handshake (for the new session) got no response"
@@ -1013,7 +1012,7 @@ class Probe:
             "sequence": [{"sent_on": sent, "answered_on": got} for sent, got in steps],
             "cookie_replies": cookies,
         }
-        how = f" (new handshake after {cookies} cookie reply; retried with mac2)" if cookies else ""
+        how = f" (after {cookies} cookie reply; the engine retried with mac2)" if cookies else ""
         if status is conformance.Status.PASS:
             return (
                 f"after a new handshake{how} our keepalive (32 bytes, counter 0, the only packet on the new session) "
@@ -1040,12 +1039,10 @@ class Probe:
             raise CheckFailed("internal: the probe's engine sent on a keypair older than REJECT_AFTER_TIME")
         if not any(conformance.message_type(d) == _INITIATION for d in out):
             raise CheckFailed("internal: the probe's engine did not initiate after REJECT_AFTER_TIME")
-        mark = len(self.received)
         start = self.real()
         for data in out:
             self.send_raw(data)
-        response = self.wait_session(mark)
-        cookies = sum(1 for r in self.since(mark, _COOKIE_REPLY) if self.device.index_table.lookup(r.reply_index or 0))
+        response, cookies = self.wait_session()
         if response is None:
             if cookies:
                 raise CheckInconclusive(
