@@ -89,6 +89,7 @@ _RESPONSE: Final = int(MessageType.RESPONSE)
 _COOKIE_REPLY: Final = int(MessageType.COOKIE_REPLY)
 _TRANSPORT: Final = int(MessageType.TRANSPORT)
 _KIND_NAMES: Final = {_INITIATION: "initiation", _RESPONSE: "response", _COOKIE_REPLY: "cookie reply"}
+_BURST_POLL: Final = 64  # junk initiations between looks for cookie replies during the burst
 _SIBLING_KEEPALIVE_INTERVAL: Final = 65535  # a persistent keepalive that never fires while the probe runs
 
 
@@ -469,6 +470,18 @@ class Probe:
                 self._feed(received)
             if until is not None and until(received):
                 return received
+
+    def receive_ready(self) -> None:
+        """Take in the datagrams already waiting on the socket, without waiting for more (and without timers)."""
+        self.sock.settimeout(0.0)
+        while True:
+            try:
+                data, source = self.sock.recvfrom(65535)
+            except OSError:  # BlockingIOError: nothing more is waiting
+                return
+            received = Received(data, source, self.real(), conformance.message_type(data))
+            self.received.append(received)
+            self._feed(received)
 
     def since(self, mark: int, kind: int | None = None) -> list[Received]:
         """The datagrams received since ``len(self.received)`` was ``mark`` (of one kind, if given)."""
@@ -1143,12 +1156,23 @@ class Probe:
             ours = generator.add_macs(initiation.body, self.now())
             mark = len(self.received)
             start = self.real()
-            for _, datagram in junk:
+            sent_at: list[float] = []
+            for i, (_, datagram) in enumerate(junk):
                 self.send_raw(datagram)
+                if not sent_at and i % _BURST_POLL == _BURST_POLL - 1:
+                    # Ours goes out as soon as a cookie reply to the burst shows the endpoint under load, and the
+                    # rest of the burst keeps it there while ours waits in its queue.
+                    self.receive_ready()
+                    if any(r.reply_index in junk_by_index for r in self.since(mark, _COOKIE_REPLY)):
+                        self.send_raw(ours)
+                        sent_at.append(self.last_initiation_at)
             burst_s = self.real() - start
-            # Ours right behind the burst: its wait measures how busy the burst made the endpoint.
-            self.send_raw(ours)
-            sent_at = [self.last_initiation_at]
+            sent_during = bool(sent_at)
+            if not sent_at:
+                # No sign of load during the burst: ours right behind it, where its wait measures how busy the
+                # burst made the endpoint.
+                self.send_raw(ours)
+                sent_at.append(self.last_initiation_at)
             self.answer_to(initiation.index, max(self.config.timeout, 2.0))
             # Let the burst drain (cookie replies stop coming).
             quiet_deadline = self.real() + max(self.config.timeout, 2.0)
@@ -1195,10 +1219,11 @@ class Probe:
                     "our retry carrying a valid mac2 got another cookie reply instead of a response",
                     cookie_replies=len(cookies),
                 )
+            where = "during the burst once cookie replies came" if sent_during else "right after the burst"
             survived = self.still_works()
             return (
                 f"before the burst an initiation without mac2 got a response ({_ms(baseline)}); {len(cookies)} "
-                f"cookie replies to the burst's {burst} initiations; ours right after it got a cookie reply that "
+                f"cookie replies to the burst's {burst} initiations; ours, sent {where}, got a cookie reply that "
                 f"decrypted for its mac1, and the same initiation with mac2 got a response in "
                 f"{_ms(retry.answer.at - retry.sent_at)}; {survived}",
                 {
@@ -1206,6 +1231,7 @@ class Probe:
                     "burst_send_ms": _rounded_ms(burst_s),
                     "cookie_replies": len(cookies),
                     "attempt": attempt,
+                    "ours_sent_during_burst": sent_during,
                     "baseline_response_ms": _rounded_ms(baseline),
                 },
             )
