@@ -78,6 +78,7 @@ UNDER_LOAD_TAIL: Final = 1.5  # wait between looks at the load state: past wireg
 LOAD_LOOKS: Final = 3  # initiations without mac2 before the burst that must all get cookie replies to say "already"
 LOADED_FACTOR: Final = 10.0  # an answer this many times slower than before the burst shows the burst loaded it ...
 LOADED_MIN_DELAY: Final = 0.02  # ... and at least this much slower (seconds), so jitter on a fast link does not
+MAC2_RETRIES: Final = 3  # initiations carrying mac2 after the cookie reply of cookie-under-load
 KEEPALIVE_COPIES: Final = 3  # our keepalive is sent this often (exact copies), so one lost datagram decides nothing
 SLACK: Final = 3.0  # seconds granted beyond a protocol timer before calling it missed
 ENGINE_RETRY: Final = REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX  # the engine's retry after a cookie reply
@@ -1147,7 +1148,7 @@ class Probe:
         baseline = self._load_before_burst()
         total_cookies = 0
         unloaded: list[float] = []  # how long ours took to be answered (with a response) after a burst
-        lost = 0
+        lost = responded = 0
         for attempt in (1, 2):
             junk = conformance.junk_initiations(self.config.peer_public_key, burst, self.rng)
             junk_by_index = dict(junk)
@@ -1193,6 +1194,7 @@ class Probe:
             answer = answers[0]
             answered_copy_at = max(t for t in sent_at if t <= answer.at)
             if answer.kind == _RESPONSE:
+                responded += 1
                 if not cookies:
                     unloaded.append(answer.at - answered_copy_at)
                 continue  # not under load (any more) when ours arrived: try once more
@@ -1201,23 +1203,31 @@ class Probe:
                 raise CheckFailed("the cookie reply to our initiation does not decrypt with the mac1 we sent")
             if self._junk_cookie_valid(cookies, junk_by_index) is False:
                 raise CheckFailed("a cookie reply to the burst does not decrypt with the mac1 of its initiation")
+            # The retry is a new initiation (the cookie binds our address, not a message), so that a late cookie
+            # reply to a copy of the first can never pass for the answer to it.
             retry = Exchange(None, self.real())
-            for _ in range(2):  # the same initiation, now with mac2; sent twice at most, in case one is lost
-                retry.message = generator.add_macs(initiation.body, self.now())
+            for _ in range(MAC2_RETRIES):  # more than one, in case the endpoint's queue is still full of the burst
+                again = self.craft()
+                retry.message = generator.add_macs(again.body, self.now())
+                retry.with_mac2 = generator.has_fresh_cookie(self.now())
                 self.send_raw(retry.message)
                 retry.sent_at = self.last_initiation_at
-                retry.answer = self.answer_to(initiation.index, self.config.timeout)
+                retry.answer = self.answer_to(again.index, self.config.timeout)
                 if retry.answer is not None:
                     break
             if retry.answer is None:
-                raise CheckFailed(
-                    f"no answer to our retry carrying mac2 (sent twice, {self.config.timeout} s each)",
+                raise CheckInconclusive(
+                    f"the cookie reply to ours decrypted for its mac1, but none of {MAC2_RETRIES} retries carrying "
+                    f"mac2 got an answer within {self.config.timeout} s each (its queue may still have been full, "
+                    "or it rate-limits our address)",
                     cookie_replies=len(cookies),
+                    retries=MAC2_RETRIES,
                 )
             if retry.answer.kind == _COOKIE_REPLY:
                 raise CheckFailed(
                     "our retry carrying a valid mac2 got another cookie reply instead of a response",
                     cookie_replies=len(cookies),
+                    retry_mac2=retry.message[-MAC_SIZE:].hex(),
                 )
             where = "during the burst once cookie replies came" if sent_during else "right after the burst"
             survived = self.still_works()
@@ -1242,12 +1252,16 @@ class Probe:
             "baseline_response_ms": _rounded_ms(baseline),
             "after_burst_response_ms": [_rounded_ms(d) for d in unloaded],
             "ours_lost": lost,
+            "ours_responded": responded,
         }
         if total_cookies:
+            fate = {
+                (0, 2): "got no answer either time (lost in a full queue? sent twice each time)",
+                (2, 0): "got a response, not a cookie reply, both times: its load state ended before ours arrived",
+            }.get((responded, lost), "got no answer once (sent twice) and a response, not a cookie reply, once")
             raise CheckInconclusive(
                 f"the burst drove it under load ({total_cookies} cookie replies to 2 × {burst} initiations), but "
-                "ours, right after each burst and again in the tail, got a response, not a cookie reply: its load "
-                "state ended before ours arrived, so its handling of mac2 was not seen",
+                f"ours {fate}, so its handling of mac2 was not seen",
                 **details,
             )
         if unloaded:
