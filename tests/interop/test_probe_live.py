@@ -162,6 +162,7 @@ def run_all(setups: dict[str, tuple[ProbeSetup, tuple[str, ...]]]) -> dict[str, 
                 process.kill()
                 stdout, stderr = process.communicate()
                 stderr += f"\n(killed after {RUN_LIMIT} s)"
+            (setup.lab.tmp / f"probe-{setup.name}-{run}.txt").write_text(stdout + stderr)  # for the docs, and a look
             try:
                 report = json.loads(setup.json_path(run).read_text())
             except (OSError, ValueError):

@@ -1270,8 +1270,8 @@ class Probe:
                 raise CheckFailed(
                     f"no cookie defence: the burst loaded the endpoint (our initiation right after it waited "
                     f"{_ms(slowest)} for its response, {_ms(baseline)} before the burst), yet none of the 2 × {burst} "
-                    "initiations with a valid mac1 got a cookie reply; it did the handshake work for every one, so a "
-                    "larger --burst would only load it more",
+                    "initiations with a valid mac1 got a cookie reply, and ours got a full response: the load was there "
+                    "and no cookie defence answered it, which a larger --burst cannot change",
                     **details,
                 )
             raise CheckInconclusive(
