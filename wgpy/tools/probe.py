@@ -690,7 +690,7 @@ class Probe:
         dropped.subtract(drops)
         traffic: dict[str, object] = {
             "received": dict(sorted(kinds.items())),
-            "echo_replies": sum(len(r.delivered) for r in self.received[mark:]),
+            "inner_packets": sum(len(r.delivered) for r in self.received[mark:]),
             "engine_drops": {reason.name: count for reason, count in sorted(dropped.items(), key=str) if count > 0},
         }
         if self.send_errors > errors:
