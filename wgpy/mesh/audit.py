@@ -35,7 +35,7 @@ import logging
 from collections.abc import Iterable
 from typing import Final
 
-from ..events import Event, HandshakeCompleted
+from ..events import Event, HandshakeCompleted, endpoint_is_ipv6
 from ..keys import PublicKey
 
 __all__ = ["AUDIT_BURST", "AUDIT_LOGGER_NAME", "AUDIT_RATE", "AuditLog", "protocol_name"]
@@ -221,4 +221,4 @@ def _endpoint(endpoint: tuple[str, int] | None) -> str | None:
     if endpoint is None:
         return None
     host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"[{host}]:{port}" if endpoint_is_ipv6(endpoint) else f"{host}:{port}"
