@@ -4,8 +4,9 @@ Theory of operation: the probe is the endpoint's legitimate peer. It runs a real
 endpoint's public key, optionally a preshared key, allowed IPs 0.0.0.0/0 and ::/0) on one UDP socket, with a clock
 of its own: ``now`` is the boot-time clock plus an offset the probe may jump (``reject-after-time`` jumps it past
 REJECT_AFTER_TIME). Everything is synchronous: ``Probe.wait`` receives datagrams with a socket timeout, hands each
-to the device it is for, drains that device into the socket and a packet sink, and runs the timers, until a
-condition holds or time runs out.
+to the device it is for, drains that device with ``wgpy.transmit.drain`` (the drivers' one drain contract) into a
+datagram sink (the socket) and a packet sink (the probe's record of what came out of the tunnel), and runs the
+timers, until a condition holds or time runs out.
 
 Transport receive is the engine's, never the probe's: every datagram goes to ``Device.receive_datagram`` and the
 decrypted packets come out of the device's TUN output. A check that needs a second session next to the main one
@@ -56,6 +57,7 @@ from ..keys import PresharedKey, PrivateKey, PublicKey
 from ..messages import MAC1_OFFSET_INITIATION, MAC_SIZE, CookieReply, Initiation, MessageType, unpack
 from ..noise import StaticIdentity
 from ..peer import Peer
+from ..transmit import drain
 from . import conformance
 
 __all__ = [
@@ -244,7 +246,7 @@ class Exchange:
 
 
 class _Outbox:
-    """The probe's ``DatagramSink``: everything the engines want sent goes out of the one socket."""
+    """The probe's ``transmit.DatagramSink``: everything the engines want sent goes out of the one socket."""
 
     def __init__(self, probe: Probe) -> None:
         self.probe = probe
@@ -257,7 +259,7 @@ class _Outbox:
 
 
 class _Holder:
-    """A ``DatagramSink`` that keeps the datagrams instead of sending them (the probe sends them, or a variant)."""
+    """A ``transmit.DatagramSink`` that keeps the datagrams instead of sending them (the probe sends them, or a variant)."""
 
     def __init__(self) -> None:
         self.held: list[bytes] = []
@@ -267,26 +269,16 @@ class _Holder:
 
 
 class _Inbox:
-    """The probe's ``PacketSink``: the decrypted packets of one received datagram, recorded against it."""
+    """The probe's ``transmit.PacketSink``: the decrypted packets of one received datagram, recorded against it."""
 
     def __init__(self, probe: Probe) -> None:
         self.probe = probe
-        self.received: Received | None = None
+        self.received: Received | None = None  # none when the packets were not decrypted from a datagram just now
         self.index = 0
 
     def write_packets(self, packets: Sequence[bytes]) -> None:
         for packet in packets:
             self.probe.deliver(self.received, packet, self.index)
-
-
-def _drain(device: Device, datagrams: _Outbox | _Holder, packets: _Inbox | None) -> None:
-    """Move what ``device`` produced to the sinks: the datagrams first, then the decrypted packets."""
-    out = device.datagrams_to_send()
-    if out:
-        datagrams.send_datagrams(out)
-    delivered = device.packets_to_tun()
-    if delivered and packets is not None:
-        packets.write_packets(delivered)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,7 +328,7 @@ class Probe:
         self.last_send_error = ""
 
     def _new_device(self) -> tuple[Device, Peer]:
-        device = Device(self.config.private_key, rng=self.rng, listen_port=self.listen_port)
+        device = Device(self.config.private_key, rng=self.rng)
         peer = device.add_peer(
             self.config.peer_public_key,
             preshared_key=self.config.preshared_key,
@@ -372,13 +364,13 @@ class Probe:
     def held(self, device: Device | None = None) -> list[bytes]:
         """What the device wants to send, taken without sending it."""
         holder = _Holder()
-        _drain(device or self.device, holder, None)
+        drain(device or self.device, holder, _Inbox(self))
         return holder.held
 
     def transmit(self, device: Device | None = None) -> list[bytes]:
         """Send what the device wants to send; returns it."""
         mark = len(self.outbox.sent)
-        _drain(device or self.device, self.outbox, None)
+        drain(device or self.device, self.outbox, _Inbox(self))
         return self.outbox.sent[mark:]
 
     def pace(self) -> None:
@@ -406,7 +398,7 @@ class Probe:
         device.receive_datagram(received.data, received.source, self.now(), wall_ns())
         received.authenticated = device.stats.packets_received > before
         self.inbox.received, self.inbox.index = received, header[0] if header is not None else 0
-        _drain(device, self.outbox, self.inbox)
+        drain(device, self.outbox, self.inbox)
 
     def deliver(self, received: Received | None, packet: bytes, index: int) -> None:
         """Record an inner packet the engine decrypted (and reset a half-open TCP connection it answers)."""
