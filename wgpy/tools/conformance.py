@@ -8,10 +8,15 @@ the pure half of that work:
 
 - ``CHECKS``: the battery, one ``CheckInfo`` per check with the rule it tests (whitepaper section) and whether it is
   slow (it waits out a protocol timer in real time);
-- ``CheckResult`` and ``report``: one line per check (``PASS  handshake  response in 2.1 ms ...``) and the JSON report;
-- crafting: ``icmp_echo`` / ``parse_icmp_echo`` (the inner packets, with real checksums, since the endpoint's own IP
-  stack answers them), ``craft_initiation`` (a real Noise initiation from any identity), ``add_macs``,
-  ``with_reserved``, ``flip_bit`` and ``junk_initiations`` (valid mac1, nothing else valid).
+- ``Status`` (PASS, FAIL, SKIP, and INCONCLUSIVE when the probe cannot decide: neither a pass nor a failure),
+  ``CheckResult`` and ``report``: one line per check (``PASS          handshake  response in 2.1 ms ...``) and the
+  JSON report;
+- ``keepalive_verdict``: the decision table of the ``keepalive`` check and its controls, apart from any I/O;
+- the inner packets, with real checksums, since the endpoint's own IP stack answers them: ``icmp_echo``,
+  ``udp_datagram``, ``tcp_segment``, ``parse_ip`` / ``parse_icmp_echo``, and ``EchoTarget``, which builds the probe's
+  requests to the target (ICMP echo, UDP echo, TCP SYN) and recognises the answers;
+- crafting: ``craft_initiation`` (a real Noise initiation from any identity), ``add_macs``, ``with_reserved``,
+  ``flip_bit`` and ``junk_initiations`` (valid mac1, nothing else valid).
 
 Everything is computed with the library's own ``noise``, ``cookie`` and ``messages`` code, so the probe holds the
 endpoint to exactly what wgpy itself sends and accepts. Like the rest of the core this module does no I/O, reads no
@@ -124,7 +129,7 @@ CHECKS: Final[tuple[CheckInfo, ...]] = (
     CheckInfo(
         "handshake",
         "a valid initiation gets a response (whitepaper §5.4.2-§5.4.3), the derived keys work in both directions "
-        "(§5.4.5-§5.4.6): an ICMP echo to the target comes back through the tunnel",
+        "(§5.4.5-§5.4.6): the target's answer (ICMP echo, or the --echo kind) comes back through the tunnel",
     ),
     CheckInfo(
         "bad-mac1",
@@ -148,7 +153,7 @@ CHECKS: Final[tuple[CheckInfo, ...]] = (
     ),
     CheckInfo(
         "replayed-transport",
-        "a transport message sent twice is delivered once (§5.4.6 replay window): one echo reply, not two",
+        "a transport message sent twice is delivered once (§5.4.6 replay window): one answer, not two",
     ),
     CheckInfo(
         "bit-flip",
@@ -290,7 +295,7 @@ def keepalive_verdict(steps: Sequence[tuple[str, str | None]]) -> tuple[Status, 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Inner packets: ICMP echo over IPv4 and IPv6, with real checksums (the endpoint's IP stack checks them)
+# Inner packets: ICMP echo, UDP and TCP over IPv4 and IPv6, with real checksums (the endpoint's IP stack checks them)
 # ----------------------------------------------------------------------------------------------------------------
 
 
