@@ -8,7 +8,11 @@ layer, so that a new module is checked by default and a new I/O module has to be
 * ``wgpy/tools/``: trace, conformance, probe and demo, built on the core (package data, sockets, clocks);
 * ``wgpy/mesh/agent.py``: the mesh daemon glue (state file, map file polling, audit log, the event loop).
 
-(``wgpy/management/proof.py`` is pure and stays core; the server, agent and NAT modules join the list as they land.)
+* the control plane's shells: ``wgpy/management/{api,audit,push,server,store}.py`` and ``migrations/`` (HTTP, WebSocket, database, key
+  files) and ``wgpy/agent/{client,enrol,keystore,runner}.py`` (HTTP client, keyring and state files, the event loop).
+
+The control plane's decisions stay core and are checked like the engine: ``management/{policy,tokens,enrolment,
+proof}.py`` and ``agent/rules.py``.
 
 Each core module is parsed with ``ast``, never imported, and must not:
 
@@ -51,8 +55,13 @@ FORBIDDEN = frozenset(
 FORBIDDEN_NAMES = frozenset({"print", "open", "input"})
 STANDARD_STREAMS = frozenset({"stdout", "stderr", "stdin", "__stdout__", "__stderr__", "__stdin__"})
 #: The I/O layer, as paths under ``wgpy/`` (a folder covers everything in it). Everything else is core.
-IO_LAYER_PATHS = ("drivers", "cli", "__main__.py", "tools", "mesh/agent.py")
-IO_LAYER = ("wgpy.drivers", "wgpy.cli", "wgpy.__main__", "wgpy.tools", "wgpy.mesh.agent")
+_CONTROL_PLANE_SHELLS = (
+    *(f"management/{name}.py" for name in ("api", "audit", "push", "server", "store")),
+    "management/migrations",
+    *(f"agent/{name}.py" for name in ("client", "enrol", "keystore", "runner")),
+)
+IO_LAYER_PATHS = ("drivers", "cli", "__main__.py", "tools", "mesh/agent.py", *_CONTROL_PLANE_SHELLS)
+IO_LAYER = tuple(f"wgpy.{entry.removesuffix('.py').replace('/', '.')}" for entry in IO_LAYER_PATHS)
 
 
 def is_io_layer(path: Path, package: Path | None = None) -> bool:
@@ -168,13 +177,14 @@ def test_the_walk_finds_the_core() -> None:
     core = {p.relative_to(ROOT / "wgpy").as_posix() for p in core_modules()}
     assert {"device.py", "noise.py", "timers.py", "cookie.py", "testing.py", "__init__.py"} <= core
     assert {"crypto/__init__.py", "mesh/__init__.py", "mesh/controller.py", "management/proof.py"} <= core
+    assert {"management/policy.py", "management/tokens.py", "management/enrolment.py", "agent/rules.py"} <= core
     assert not any(name.split("/")[0] in ("drivers", "cli", "tools") for name in core)
     assert "__main__.py" not in core and "mesh/agent.py" not in core
 
 
 def test_the_io_layer_list_is_short_and_current() -> None:
     """Every entry names something that exists (a stale entry would exempt whatever later takes its name)."""
-    assert len(IO_LAYER_PATHS) <= 8
+    assert len(IO_LAYER_PATHS) <= 16  # one line each: a growing list means the core is leaking I/O
     for entry in IO_LAYER_PATHS:
         assert (ROOT / "wgpy" / entry).exists(), entry
     assert {f"wgpy.{entry.removesuffix('.py').replace('/', '.')}" for entry in IO_LAYER_PATHS} == set(IO_LAYER)

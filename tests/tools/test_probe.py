@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -25,6 +26,8 @@ from wgpy.cli.probe import main
 from wgpy.cookie import CookieChecker
 from wgpy.device import Device
 from wgpy.drivers.asyncio_udp import Tunnel
+from wgpy.events import Endpoint as Address
+from wgpy.keypair import Keypair
 from wgpy.keys import PresharedKey, PrivateKey, PublicKey
 from wgpy.messages import Initiation, unpack
 from wgpy.noise import StaticIdentity
@@ -35,14 +38,25 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE_ADDRESS, TARGET = "10.200.0.1", "10.200.0.2"
 PROBE_ADDRESS6, TARGET6 = "fd00:200::1", "fd00:200::2"
 TIMEOUT = "0.3"  # loopback answers in well under a millisecond
+UDP = 17  # IANA protocol number
 
 
 class Endpoint:
     """A wgpy endpoint in a background thread that answers pings to its inner addresses."""
 
-    def __init__(self, probe_public_key: PublicKey, preshared_key: PresharedKey | None = None) -> None:
+    def __init__(
+        self,
+        probe_public_key: PublicKey,
+        preshared_key: PresharedKey | None = None,
+        *,
+        device_class: type[Device] = Device,
+        answer_icmp: bool = True,
+        udp_echo_port: int | None = None,
+    ) -> None:
         self.private_key = PrivateKey.generate()
-        self.device = Device(self.private_key)
+        self.device = device_class(self.private_key)
+        self.answer_icmp = answer_icmp
+        self.udp_echo_port = udp_echo_port
         self.device.add_peer(
             probe_public_key, preshared_key=preshared_key, allowed_ips=[f"{PROBE_ADDRESS}/32", f"{PROBE_ADDRESS6}/128"]
         )
@@ -64,6 +78,17 @@ class Endpoint:
         return self.tunnel.local_port
 
     def _on_packet(self, packet: bytes) -> None:
+        inner = conformance.parse_ip(packet)
+        if self.udp_echo_port is not None and inner is not None and inner.protocol == UDP and len(inner.body) > 8:
+            source_port, destination_port = struct.unpack_from("!HH", inner.body)
+            if destination_port == self.udp_echo_port and inner.destination in (TARGET, TARGET6):
+                reply = conformance.udp_datagram(
+                    inner.destination, inner.source, destination_port, source_port, inner.body[8:]
+                )
+                self.tunnel.send_packet(reply)
+            return
+        if not self.answer_icmp:
+            return
         echo = conformance.parse_icmp_echo(packet)
         if echo is None or echo.is_reply or echo.destination not in (TARGET, TARGET6):
             return
@@ -146,16 +171,16 @@ def test_every_fast_check_passes_against_healthy_wgpy(
     status, lines = run_probe(probe_argv(endpoint, probe_key[1], "--skip-slow", "--json", str(report_path)))
     assert status == 0, "\n".join(lines)
     assert lines[0].startswith(f"wgpy probe: 127.0.0.1:{endpoint.port} (peer {endpoint.public_key.short()})")
-    assert lines[-1].startswith("10 passed, 0 failed, 2 skipped in ")
+    assert lines[-1].startswith("10 passed, 0 failed, 0 inconclusive, 2 skipped in ")
     body = lines[1:-1]
     assert [line.split()[1] for line in body] == list(conformance.CHECK_NAMES)
     for line, info in zip(body, conformance.CHECKS, strict=True):
         verdict = "SKIP" if info.slow else "PASS"
-        assert line.startswith(f"{verdict}  {info.name:<20}"), line
-        assert len(line) > 26 + 20, line  # the evidence follows
+        assert line.startswith(f"{verdict:<12}  {info.name:<20}"), line
+        assert len(line) > 34 + 20, line  # the evidence follows
     report = json.loads(report_path.read_text())
     assert report["ok"] is True
-    assert report["summary"] == {"pass": 10, "fail": 0, "skip": 2}
+    assert report["summary"] == {"pass": 10, "fail": 0, "skip": 2, "inconclusive": 0}
     assert report["peer_public_key"] == endpoint.public_key.to_base64()
     assert report["our_public_key"] == probe_key[0].public_key().to_base64()
     handshake = report["checks"][0]
@@ -193,11 +218,11 @@ def test_wrong_preshared_key_fails_the_handshake_and_skips_the_rest(
     argv = probe_argv(endpoint, probe_key[1], "--preshared-key-file", str(psk_file), "--only", "bit-flip,keepalive")
     status, lines = run_probe(argv)
     assert status == 1
-    assert lines[1].startswith("FAIL  handshake           a response came in "), lines[1]
+    assert lines[1].startswith("FAIL          handshake           a response came in "), lines[1]
     assert lines[1].endswith("does not authenticate (1 rejected as HANDSHAKE_FAILED): is the preshared key right?")
     assert lines[2:4] == [
-        "SKIP  bit-flip            no session with the endpoint",
-        "SKIP  keepalive           no session with the endpoint",
+        "SKIP          bit-flip            no session with the endpoint",
+        "SKIP          keepalive           no session with the endpoint",
     ]
 
 
@@ -263,7 +288,7 @@ def test_a_broken_endpoint_fails_the_matching_check(
     assert status == 1, "\n".join(lines)
     assert statuses(report_path) == {"handshake": "pass", check: "fail", "unknown-key": "pass", "bit-flip": "pass"}
     failed = next(line for line in lines if line.startswith("FAIL"))
-    assert failed.startswith(f"FAIL  {check:<20}") and len(failed) > 26 + 20, failed
+    assert failed.startswith(f"FAIL          {check:<20}") and len(failed) > 34 + 20, failed
 
 
 # -- arguments ---------------------------------------------------------------------------------------------------
@@ -298,6 +323,8 @@ def valid_argv(tmp_path: Path) -> dict[str, str]:
         ({"--timeout": "soon"}, "argument --timeout: invalid float value"),
         ({"--json": "/nonexistent/dir/report.json"}, "--json: directory /nonexistent/dir does not exist"),
         ({"--burst": "0"}, "--burst must be between"),
+        ({"--echo": "udp"}, "--echo: expected icmp, udp:PORT or tcp:PORT"),
+        ({"--echo": "tcp:70000"}, "--echo: expected icmp, udp:PORT or tcp:PORT"),
     ],
 )
 def test_bad_arguments_give_one_line_and_status_2(
@@ -385,5 +412,163 @@ def test_check_list_is_consistent() -> None:
     assert conformance.CHECK_NAMES[0] == "handshake"
     assert {c.name for c in conformance.CHECKS if c.slow} == {"passive-keepalive", "cookie-initiator"}
     result = conformance.CheckResult("bit-flip", conformance.Status.FAIL, "evidence here")
-    assert result.line() == "FAIL  bit-flip            evidence here"
+    assert result.line() == "FAIL          bit-flip            evidence here"
     assert result.to_json()["status"] == "fail"
+
+
+# -- misbehaving endpoints of issue #17 (in-process; the live ones are in tests/interop/broken_peer.py) ------------
+
+
+class _ArrivingKeypairDevice(Device):
+    """Test-only: answers on the keypair the last authenticated packet arrived on (its sessions' times are equal)."""
+
+    def receive_datagram(self, data: bytes, endpoint: Address, now: float, wall_ns: int | None = None) -> None:
+        header = conformance.transport_header(bytes(data))
+        entry = self.index_table.lookup(header[0]) if header is not None else None
+        before = self.stats.packets_received
+        super().receive_datagram(data, endpoint, now, wall_ns)
+        if entry is None or self.stats.packets_received == before:
+            return
+        peer, keypair = entry
+        keypairs = peer.keypairs
+        if isinstance(keypair, Keypair) and keypair is keypairs.previous and keypairs.current is not None:
+            keypairs.current, keypairs.previous = keypair, keypairs.current
+
+
+class _IgnoreKeepaliveDevice(Device):
+    """Test-only: drops keepalives unread, so they confirm no session."""
+
+    def receive_datagram(self, data: bytes, endpoint: Address, now: float, wall_ns: int | None = None) -> None:
+        if len(data) == 32 and conformance.transport_header(bytes(data)) is not None:
+            return
+        super().receive_datagram(data, endpoint, now, wall_ns)
+
+
+@pytest.mark.parametrize(
+    ("device_class", "verdict", "exit_status", "says"),
+    [
+        (Device, "pass", 0, "the echo sent on the old keypair was answered on the new one"),
+        (_ArrivingKeypairDevice, "inconclusive", 0, "it answers on the keypair each request arrives on"),
+        (_IgnoreKeepaliveDevice, "fail", 1, "it did not take our keepalive as confirmation"),
+    ],
+    ids=["healthy", "arriving-keypair", "ignore-keepalive"],
+)
+def test_keepalive_tells_not_confirming_from_answering_on_the_arriving_keypair(
+    probe_key: tuple[PrivateKey, Path],
+    tmp_path: Path,
+    device_class: type[Device],
+    verdict: str,
+    exit_status: int,
+    says: str,
+) -> None:
+    the_endpoint = Endpoint(probe_key[0].public_key(), device_class=device_class)
+    report_path = tmp_path / "report.json"
+    try:
+        for _run in range(2):  # the second run must see what the first saw
+            status, lines = run_probe(
+                probe_argv(the_endpoint, probe_key[1], "--only", "keepalive", "--json", str(report_path))
+            )
+            assert status == exit_status, "\n".join(lines)
+            assert statuses(report_path) == {"handshake": "pass", "keepalive": verdict}, "\n".join(lines)
+            line = lines[2]
+            assert line.startswith(f"{verdict.upper():<12}  keepalive") and says in line, line
+            report = json.loads(report_path.read_text())
+            assert report["ok"] is (exit_status == 0)
+            keepalive = report["checks"][1]
+            assert keepalive["details"]["sequence"][0]["sent_on"] == "old"
+            assert lines[-1].startswith(
+                f"{1 + (verdict == 'pass')} passed, {exit_status} failed, {int(verdict == 'inconclusive')} inconclusive"
+            )
+    finally:
+        the_endpoint.close()
+
+
+def test_udp_echo_target_for_an_endpoint_that_ignores_ping(probe_key: tuple[PrivateKey, Path], tmp_path: Path) -> None:
+    the_endpoint = Endpoint(probe_key[0].public_key(), answer_icmp=False, udp_echo_port=7)
+    try:
+        status, lines = run_probe(probe_argv(the_endpoint, probe_key[1], "--only", "bit-flip"))
+        assert status == 1, "\n".join(lines)
+        assert lines[1].startswith("FAIL          handshake") and "no answer to our ICMP echo" in lines[1], lines[1]
+        status, lines = run_probe(probe_argv(the_endpoint, probe_key[1], "--only", "bit-flip", "--echo", "udp:7"))
+        assert status == 0, "\n".join(lines)
+        assert f"target UDP echo to {TARGET} port 7" in lines[0]
+        assert [line.split()[0] for line in lines[1:-1]] == ["PASS", "PASS"], "\n".join(lines)
+        assert "UDP echo from" in lines[1]
+    finally:
+        the_endpoint.close()
+
+
+@pytest.mark.parametrize(
+    ("steps", "status", "says"),
+    [
+        ([("old", "new")], conformance.Status.PASS, "answered on the new one"),
+        ([("old", None)], conformance.Status.INCONCLUSIVE, "got no answer"),
+        ([("old", "old"), ("new", "new"), ("old", "new"), ("new", "new")], conformance.Status.FAIL, "did not take"),
+        (
+            [("old", "old"), ("new", "new"), ("old", "old"), ("new", "new")],
+            conformance.Status.INCONCLUSIVE,
+            "arrives on",
+        ),
+        ([("old", "old"), ("new", None), ("old", "old"), ("new", None)], conformance.Status.INCONCLUSIVE, "control"),
+        (
+            [("old", "old"), ("new", "new"), ("old", None), ("new", "new")],
+            conformance.Status.INCONCLUSIVE,
+            "no consistent",
+        ),
+        ([("old", "old")], conformance.Status.INCONCLUSIVE, "unexpected"),
+    ],
+)
+def test_keepalive_verdict_table(steps: list[tuple[str, str | None]], status: conformance.Status, says: str) -> None:
+    verdict, evidence = conformance.keepalive_verdict(steps)
+    assert verdict is status and says in evidence, evidence
+
+
+def test_inconclusive_is_counted_apart_and_is_not_a_failure() -> None:
+    results = [
+        conformance.CheckResult("handshake", conformance.Status.PASS, "ok"),
+        conformance.CheckResult("keepalive", conformance.Status.INCONCLUSIVE, "cannot tell", details={"why": 1}),
+    ]
+    document = conformance.report(results, {}, 1.0)
+    assert document["summary"] == {"pass": 1, "fail": 0, "skip": 0, "inconclusive": 1}
+    assert document["ok"] is True
+    assert results[1].line() == "INCONCLUSIVE  keepalive           cannot tell"
+    assert results[1].to_json()["status"] == "inconclusive"
+    assert (
+        conformance.report([*results, conformance.CheckResult("bit-flip", conformance.Status.FAIL, "x")], {}, 1)["ok"]
+        is False
+    )
+
+
+def test_udp_and_tcp_echo_targets() -> None:
+    token = bytes(range(8))
+    udp = conformance.EchoTarget(conformance.EchoKind.UDP, PROBE_ADDRESS, TARGET, 0x1234, token, 7)
+    request = udp.request(42)
+    inner = conformance.parse_ip(request)
+    assert inner is not None and inner.protocol == UDP and inner.destination == TARGET
+    pseudo = bytes([10, 200, 0, 1, 10, 200, 0, 2, 0, UDP]) + len(inner.body).to_bytes(2, "big")
+    assert conformance.internet_checksum(pseudo + inner.body) == 0  # RFC 768 checksum over the pseudo-header
+    source_port = struct.unpack_from("!H", inner.body)[0]
+    echoed = conformance.udp_datagram(TARGET, PROBE_ADDRESS, 7, source_port, inner.body[8:])
+    assert udp.answer(echoed) == 42
+    assert udp.answer(conformance.udp_datagram(TARGET, PROBE_ADDRESS, 7, source_port, b"x" * 20)) is None
+    assert udp.answer(request) is None  # our own request is no answer
+
+    tcp = conformance.EchoTarget(conformance.EchoKind.TCP, PROBE_ADDRESS6, TARGET6, 0x1234, token, 22)
+    syn = conformance.parse_ip(tcp.request(7))
+    assert syn is not None and syn.protocol == 6
+    sport, dport, isn, _ack, offset, flags = struct.unpack_from("!HHIIBB", syn.body)
+    assert (dport, offset, flags) == (22, 5 << 4, conformance.TCP_SYN)
+    rst = conformance.tcp_segment(
+        TARGET6, PROBE_ADDRESS6, 22, sport, 0, isn + 1, conformance.TCP_RST | conformance.TCP_ACK
+    )
+    assert tcp.answer(rst) == 7 and tcp.abort(rst) is None  # a closed port: nothing to reset
+    synack = conformance.tcp_segment(
+        TARGET6, PROBE_ADDRESS6, 22, sport, 999, isn + 1, conformance.TCP_SYN | conformance.TCP_ACK
+    )
+    assert tcp.answer(synack) == 7
+    abort = conformance.parse_ip(tcp.abort(synack) or b"")
+    assert abort is not None
+    assert struct.unpack_from("!HHIIBB", abort.body)[2:] == (isn + 1, 0, 5 << 4, conformance.TCP_RST)
+    assert (
+        tcp.answer(conformance.tcp_segment(TARGET6, PROBE_ADDRESS6, 22, sport, 0, isn + 1, conformance.TCP_ACK)) is None
+    )
