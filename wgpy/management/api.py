@@ -294,6 +294,10 @@ class ManagementServer:
         r.add_put("/api/v1/policy", self.set_policy)
         r.add_get("/api/v1/policy", self.get_policy)
         r.add_get("/api/v1/audit", self.list_audit)
+        # The admin dashboard (issue #16) lives in its own package; it mounts its pages at / here.
+        from .dashboard.app import mount as mount_dashboard
+
+        mount_dashboard(app, self)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
