@@ -207,7 +207,8 @@ class Dashboard:
         if site is not None and site not in ("same-origin", "none"):
             raise _Refused(403, "Cross-site requests are refused.")
         origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
+        # The host only, not the scheme: behind a TLS-terminating proxy the server sees http for an https origin.
+        if origin is not None and (origin == "null" or urllib.parse.urlsplit(origin).netloc != request.host):
             raise _Refused(403, "Cross-site requests are refused.")
 
     def _page(self, handler: Callable[[web.Request, Session], Awaitable[web.StreamResponse]]) -> Handler:
