@@ -182,6 +182,7 @@ class Dashboard:
         r.add_get("/network", page(self.network_page))
         r.add_get("/events", page(self.events))
         r.add_get("/static/{name}", self.static)
+        r.add_get("/favicon.ico", self.favicon)
         app.on_shutdown.insert(0, self._on_shutdown)
 
     async def _on_shutdown(self, _app: web.Application) -> None:
@@ -676,6 +677,9 @@ class Dashboard:
         return response
 
     # --- static files --------------------------------------------------------------------------------------------
+
+    async def favicon(self, _request: web.Request) -> web.StreamResponse:
+        return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
 
     async def static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]

@@ -154,7 +154,7 @@ def network_graph(policy: Policy, peers: Sequence[PeerInfo], *, size: int = 480)
         for group in groups if isinstance(groups, list) else []:
             members.setdefault(str(group), []).append(str(peer.get("name", "")))
     names = sorted(members)
-    centre, radius = size / 2, size / 2 - 70
+    centre, radius = size / 2, size / 2 - 90
     positions: dict[str, tuple[float, float]] = {}
     for index, name in enumerate(names):
         angle = 2 * math.pi * index / max(len(names), 1) - math.pi / 2
@@ -174,7 +174,7 @@ def network_graph(policy: Policy, peers: Sequence[PeerInfo], *, size: int = 480)
         if length == 0:
             edges.append(Edge(src, dst, tuple(rules), x1, y1, x2, y2))
             continue
-        # Stop the arrow at the node's edge (radius 30) and offset it sideways so a->b and b->a do not overlap.
+        # Stop the arrow at the node's edge (radius 44) and offset it sideways so a->b and b->a do not overlap.
         ux, uy = (x2 - x1) / length, (y2 - y1) / length
         ox, oy = -uy * 6, ux * 6
         edges.append(
@@ -182,10 +182,10 @@ def network_graph(policy: Policy, peers: Sequence[PeerInfo], *, size: int = 480)
                 src,
                 dst,
                 tuple(rules),
-                round(x1 + ux * 32 + ox, 1),
-                round(y1 + uy * 32 + oy, 1),
-                round(x2 - ux * 36 + ox, 1),
-                round(y2 - uy * 36 + oy, 1),
+                round(x1 + ux * 46 + ox, 1),
+                round(y1 + uy * 46 + oy, 1),
+                round(x2 - ux * 50 + ox, 1),
+                round(y2 - uy * 50 + oy, 1),
             )
         )
     reach: dict[str, list[str]] = {name: [] for name in names}
