@@ -63,7 +63,12 @@ class Browser:
             return answer.status, await answer.text()
 
     async def post(
-        self, path: str, data: dict[str, str] | None = None, *, csrf: str | None = None, headers: dict[str, str] | None = None
+        self,
+        path: str,
+        data: dict[str, str] | None = None,
+        *,
+        csrf: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, str, dict[str, str]]:
         form = dict(data or {})
         token = self.csrf if csrf is None else csrf
@@ -77,9 +82,15 @@ class Browser:
         if "yaml" in kwargs:
             headers["Content-Type"] = "application/yaml"
             kwargs = {"data": str(kwargs.pop("yaml")).encode()}
-        async with aiohttp.ClientSession() as http, http.request(
-            method, self.url + path, headers=headers, **kwargs  # type: ignore[arg-type]
-        ) as answer:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                method,
+                self.url + path,
+                headers=headers,
+                **kwargs,  # type: ignore[arg-type]
+            ) as answer,
+        ):
             body = await answer.json(content_type=None) if answer.status != 204 else None
             return answer.status, body
 

@@ -87,9 +87,11 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 # Script errors and CSP violations (a refused login, say, logs its 401 too: those are expected).
                 page.on(
                     "console",
-                    lambda message: errors.append(message.text)
-                    if message.type == "error" and not message.text.startswith("Failed to load resource")
-                    else None,
+                    lambda message: (
+                        errors.append(message.text)
+                        if message.type == "error" and not message.text.startswith("Failed to load resource")
+                        else None
+                    ),
                 )
                 page.on("pageerror", lambda error: errors.append(str(error)))
 
@@ -105,7 +107,7 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 await expect(page).to_have_url(server.url + "/peers")
                 await expect(page.get_by_role("heading", name="Peers")).to_be_visible()
                 cookies = await context.cookies()
-                assert [c for c in cookies if c["name"] == "wgpy_session"][0]["httpOnly"]
+                assert next(c for c in cookies if c["name"] == "wgpy_session")["httpOnly"]
                 assert await page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
 
                 # -- create a setup key (keyboard only) -----------------------------------------------------------
@@ -146,7 +148,9 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 await page.keyboard.press("Enter")
                 await page.get_by_role("link", name="Name").click()
                 await expect(page.locator("th[aria-sort='descending']")).to_contain_text("Name")
-                names = await page.locator("#peers-table tbody tr").evaluate_all("rows => rows.map(r => r.dataset.name)")
+                names = await page.locator("#peers-table tbody tr").evaluate_all(
+                    "rows => rows.map(r => r.dataset.name)"
+                )
                 assert names == ["prod", "laptop"]
 
                 # -- approve ----------------------------------------------------------------------------------------
@@ -208,14 +212,23 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 await expect(page.get_by_role("alert")).to_contain_text("line 6")
                 await expect(page.locator(".listing li.bad")).to_contain_text("proto: sctp")
                 await page.screenshot(path=str(shots / "policy.png"), full_page=True)
-                await page.get_by_label("Policy (YAML)").fill(text.replace('["22", "443"]', '["22", "443", "8000-8100"]'))
+                await page.get_by_label("Policy (YAML)").fill(
+                    text.replace('["22", "443"]', '["22", "443", "8000-8100"]')
+                )
                 await page.get_by_role("button", name="Validate and save").click()
                 await expect(page.locator("table.rules")).to_contain_text("8000-8100")
 
                 # -- every action is in the audit log ---------------------------------------------------------------
                 await page.get_by_role("link", name="Audit log").click()
                 kinds = await page.locator("table.audit tbody tr").evaluate_all("rows => rows.map(r => r.dataset.kind)")
-                for kind in ("setup_key_created", "enrol", "peer_approved", "peer_updated", "peer_revoked", "policy_set"):
+                for kind in (
+                    "setup_key_created",
+                    "enrol",
+                    "peer_approved",
+                    "peer_updated",
+                    "peer_revoked",
+                    "policy_set",
+                ):
                     assert kind in kinds, kind
                 await page.screenshot(path=str(shots / "audit.png"), full_page=True)
                 await page.get_by_label("Kind").select_option("peer_updated")

@@ -25,7 +25,18 @@ from wgpy.management.dashboard.session import SESSION_LIFETIME
 from wgpy.management.server import RunningServer, free_port, init_state, running_server, serve
 from wgpy.management.store import AdminToken, AuditRow, PeerRow
 
-PAGES = ["/peers", "/peers/table", "/setup-keys", "/policy", "/audit", "/network", "/events", "/peers/{id}", "/peers/{id}/revoke", "/setup-keys/{key}/revoke"]
+PAGES = [
+    "/peers",
+    "/peers/table",
+    "/setup-keys",
+    "/policy",
+    "/audit",
+    "/network",
+    "/events",
+    "/peers/{id}",
+    "/peers/{id}/revoke",
+    "/setup-keys/{key}/revoke",
+]
 ACTIONS: list[tuple[str, dict[str, str]]] = [
     ("/peers/{id}/approve", {}),
     ("/peers/{id}/update", {"name": "renamed", "groups": "production"}),
@@ -93,16 +104,18 @@ def _fill(path: str, peer_id: str, key_id: str) -> str:
 
 def test_every_page_refuses_a_missing_or_bad_session(tmp_path: pathlib.Path) -> None:
     async def scenario() -> None:
-        async with _world(tmp_path) as (server, browser, peer_id, key_id):
+        async with _world(tmp_path) as (_server, browser, peer_id, key_id):
             await browser.login()
-            good = browser.http.cookie_jar.filter_cookies(yarl.URL(browser.url))["wgpy_session"].value  # type: ignore[arg-type]
+            good = browser.http.cookie_jar.filter_cookies(yarl.URL(browser.url))["wgpy_session"].value
             tampered = good[:-3] + ("A" if good[-3] != "A" else "B") + good[-2:]
             for cookie in (None, "", "garbage", tampered, "A" * 2000):
                 async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
                     if cookie is not None:
                         http.cookie_jar.update_cookies({"wgpy_session": cookie}, yarl.URL(browser.url))
                     for page in PAGES:
-                        async with http.get(browser.url + _fill(page, peer_id, key_id), allow_redirects=False) as answer:
+                        async with http.get(
+                            browser.url + _fill(page, peer_id, key_id), allow_redirects=False
+                        ) as answer:
                             text = await answer.text()
                             assert answer.status in (303, 401), (page, cookie, answer.status)
                             assert "victim" not in text and "kept" not in text
@@ -180,11 +193,13 @@ def test_login_logout_and_a_revoked_admin_token(tmp_path: pathlib.Path) -> None:
             assert server.admin_token not in cookie.value  # the token is sealed, not merely encoded
             # An open redirect through ?next= is refused.
             async with browser.http.post(
-                browser.url + "/login", data={"token": server.admin_token, "next": "//evil.example/x"}, allow_redirects=False
+                browser.url + "/login",
+                data={"token": server.admin_token, "next": "//evil.example/x"},
+                allow_redirects=False,
             ) as answer:
                 assert answer.headers["Location"] == "/peers"
             await browser.login()  # (that login replaced the session: take the new one's CSRF token)
-            stolen = browser.http.cookie_jar.filter_cookies(yarl.URL(browser.url))["wgpy_session"].value  # type: ignore[arg-type]
+            stolen = browser.http.cookie_jar.filter_cookies(yarl.URL(browser.url))["wgpy_session"].value
             status, _text, headers = await browser.post("/logout")
             assert status == 303 and headers["Location"] == "/login"
             status, _text = await browser.get("/peers")
@@ -232,7 +247,14 @@ def test_output_is_escaped_and_pages_carry_security_headers(tmp_path: pathlib.Pa
             status, _body = await browser.api("PUT", "/api/v1/policy", yaml=policy)
             assert status == 200
             await browser.login()
-            for page in ("/peers", "/peers/table", f"/peers/{evil_id}", f"/peers/{evil_id}/revoke", "/audit", "/policy"):
+            for page in (
+                "/peers",
+                "/peers/table",
+                f"/peers/{evil_id}",
+                f"/peers/{evil_id}/revoke",
+                "/audit",
+                "/policy",
+            ):
                 status, text = await browser.get(page)
                 assert status == 200, page
                 assert "<script>alert" not in text, page
@@ -243,7 +265,9 @@ def test_output_is_escaped_and_pages_carry_security_headers(tmp_path: pathlib.Pa
             # A search for it is echoed escaped too, and a policy error naming it as well.
             status, text = await browser.get("/peers?q=" + aiohttp.helpers.quote(evil, safe=""))  # type: ignore[attr-defined]
             assert status == 200 and "<script>alert" not in text
-            status, text, _headers = await browser.post("/policy", {"policy": f"acls:\n  - name: x\n    src: ['{evil}']\n"})
+            status, text, _headers = await browser.post(
+                "/policy", {"policy": f"acls:\n  - name: x\n    src: ['{evil}']\n"}
+            )
             assert status == 400 and "<script>alert" not in text
             async with browser.http.get(browser.url + "/peers") as answer:
                 csp = answer.headers["Content-Security-Policy"]
@@ -297,9 +321,10 @@ def test_the_cookie_is_secure_on_tls(tmp_path: pathlib.Path) -> None:
             url = await asyncio.wait_for(ready, 10)
             context = ssl.create_default_context(cafile=str(cert))
             context.check_hostname = False
-            async with aiohttp.ClientSession() as http, http.post(
-                url + "/login", data={"token": token}, ssl=context, allow_redirects=False
-            ) as answer:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(url + "/login", data={"token": token}, ssl=context, allow_redirects=False) as answer,
+            ):
                 assert answer.status == 303
                 cookie = answer.cookies["wgpy_session"]
                 assert cookie["secure"] and cookie["httponly"] and cookie["samesite"] == "Strict"

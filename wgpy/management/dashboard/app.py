@@ -120,7 +120,7 @@ class _Refused(Exception):
 
 def _json(response: web.StreamResponse) -> object:
     body = cast(web.Response, response).body
-    return json.loads(bytes(body)) if body else None  # type: ignore[arg-type]
+    return json.loads(body) if isinstance(body, bytes) and body else None
 
 
 def _split_groups(text: str) -> list[str]:
@@ -261,6 +261,11 @@ class Dashboard:
         return response
 
     def _render(self, template: str, session: Session | None, *, status: int = 200, **context: object) -> web.Response:
+        return self._render_context(template, session, context, status=status)
+
+    def _render_context(
+        self, template: str, session: Session | None, context: Mapping[str, object], *, status: int = 200
+    ) -> web.Response:
         text = self.templates.get_template(template).render(
             csrf=self.sessions.csrf(session) if session is not None else "",
             logged_in=session is not None,
@@ -355,13 +360,12 @@ class Dashboard:
 
     async def peers_page(self, request: web.Request, session: Session) -> web.StreamResponse:
         peers = await self._peers(session)
-        return self._render(
-            "peers.html", session, page="peers", done=request.query.get("done", ""), **self._peer_rows(request, peers)
-        )
+        context = {"page": "peers", "done": request.query.get("done", ""), **self._peer_rows(request, peers)}
+        return self._render_context("peers.html", session, context)
 
     async def peers_table(self, request: web.Request, session: Session) -> web.StreamResponse:
         peers = await self._peers(session)
-        return self._render("peers_table.html", session, **self._peer_rows(request, peers))
+        return self._render_context("peers_table.html", session, self._peer_rows(request, peers))
 
     async def _find_peer(self, session: Session, peer_id: str) -> dict[str, object] | None:
         for peer in await self._peers(session):
@@ -378,7 +382,11 @@ class Dashboard:
             return self._render("refused.html", session, status=404, message="No such peer.")
         snapshot = await self.server.maps.snapshot()
         view = snapshot.views.get(peer_id)
-        reach = [] if view is None else [by_id[entry.id] for entry in view.peers if entry.id in by_id and entry.id != peer_id]
+        reach = (
+            []
+            if view is None
+            else [by_id[entry.id] for entry in view.peers if entry.id in by_id and entry.id != peer_id]
+        )
         rules = [] if view is None else list(view.rules)
         return self._render(
             "peer.html",
@@ -409,7 +417,11 @@ class Dashboard:
             request,
             session,
             lambda: self._api(
-                session, self.server.approve_peer, "POST", f"/api/v1/peers/{peer_id}/approve", match_info={"id": peer_id}
+                session,
+                self.server.approve_peer,
+                "POST",
+                f"/api/v1/peers/{peer_id}/approve",
+                match_info={"id": peer_id},
             ),
             "approved",
         )
@@ -425,7 +437,12 @@ class Dashboard:
             request,
             session,
             lambda: self._api(
-                session, self.server.update_peer, "PATCH", f"/api/v1/peers/{peer_id}", body=body, match_info={"id": peer_id}
+                session,
+                self.server.update_peer,
+                "PATCH",
+                f"/api/v1/peers/{peer_id}",
+                body=body,
+                match_info={"id": peer_id},
             ),
             "saved",
         )
@@ -527,7 +544,7 @@ class Dashboard:
 
     async def _policy_text(self, session: Session) -> str:
         request = _InternalRequest("GET", "/api/v1/policy", session.token)
-        response = cast(web.Response, await self.server.get_policy(cast(web.Request, request)))
+        response = await self.server.get_policy(cast(web.Request, request))
         return response.text or ""
 
     async def policy_page(
@@ -644,9 +661,7 @@ class Dashboard:
 
     async def _fingerprint(self) -> tuple[object, ...]:
         async with self.server.sessions() as db:
-            newest = (
-                await db.execute(select(func.max(AuditRow.id)).where(AuditRow.kind != "map_push"))
-            ).scalar()
+            newest = (await db.execute(select(func.max(AuditRow.id)).where(AuditRow.kind != "map_push"))).scalar()
         return (newest, frozenset(self.server.hub.streams))
 
     async def events(self, request: web.Request, session: Session) -> web.StreamResponse:

@@ -72,7 +72,7 @@ def sort_peers(peers: Sequence[PeerInfo], key: str, descending: bool) -> list[Pe
     if key == "address":
         return sorted(by_name, key=lambda peer: _address_key(peer.get("address")), reverse=descending)
     if key == "groups":
-        return sorted(by_name, key=lambda peer: ",".join(map(str, peer.get("groups") or [])), reverse=descending)  # type: ignore[call-overload]
+        return sorted(by_name, key=_groups_key, reverse=descending)
     if key == "state":
         return sorted(by_name, key=peer_state, reverse=descending)
     if key == "online":
@@ -80,6 +80,11 @@ def sort_peers(peers: Sequence[PeerInfo], key: str, descending: bool) -> list[Pe
     if key in ("last_seen", "created_at"):
         return sorted(by_name, key=lambda peer: _number(peer.get(key)), reverse=descending)
     return list(reversed(by_name)) if descending else by_name
+
+
+def _groups_key(peer: PeerInfo) -> str:
+    groups = peer.get("groups")
+    return ",".join(str(group) for group in groups) if isinstance(groups, list) else ""
 
 
 def _number(value: object) -> float:
