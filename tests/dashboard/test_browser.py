@@ -125,8 +125,9 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 await expect(row).to_contain_text("one-off")
                 await expect(row).to_contain_text("required")
                 await page.screenshot(path=str(shots / "setup-keys.png"), full_page=True)
-                await page.reload()  # a reload shows the key no more
+                await page.reload()  # a reload shows the key no more, and creates no second one
                 assert key not in await page.content()
+                await expect(page.locator("table.keys tr", has_text="laptop-key")).to_have_count(1)
 
                 # -- enrol with wgpy up's code and watch the peer appear live --------------------------------------
                 await page.get_by_role("link", name="Peers").click()

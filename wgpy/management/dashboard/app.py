@@ -32,7 +32,7 @@ from ..api import ApiError
 from ..policy import PolicyError, parse_policy
 from ..store import AuditRow
 from . import views
-from .session import Session, SessionKeys
+from .session import REVEAL_LIFETIME, Session, SessionKeys
 
 if TYPE_CHECKING:
     from ..api import ManagementServer
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["COOKIE_NAME", "Dashboard", "mount"]
 
 COOKIE_NAME: Final = "wgpy_session"
+REVEAL_COOKIE: Final = "wgpy_reveal"  # a new setup key on its way to the page that shows it once
 CSRF_FIELD: Final = "csrf"
 CSRF_HEADER: Final = "X-CSRF-Token"
 EVENTS_POLL: Final = 0.5  # seconds between checks of the peers' state for the live page (ours)
@@ -482,7 +483,9 @@ class Dashboard:
         form: Mapping[str, str] | None = None,
         status: int = 200,
     ) -> web.Response:
-        return self._render(
+        if created is None and REVEAL_COOKIE in request.cookies:
+            created = self.sessions.open_reveal(session, request.cookies[REVEAL_COOKIE], self.server.clock())
+        response = self._render(
             "setup_keys.html",
             session,
             status=status,
@@ -495,6 +498,9 @@ class Dashboard:
             now=self.server.clock(),
             done=request.query.get("done", ""),
         )
+        if REVEAL_COOKIE in request.cookies:
+            response.del_cookie(REVEAL_COOKIE, path="/setup-keys")
+        return response
 
     async def create_setup_key(self, request: web.Request, session: Session, form: Mapping[str, str]) -> web.Response:
         try:
@@ -514,8 +520,21 @@ class Dashboard:
         except ApiError as exc:
             logger.info("refused %s %s: %d %s", request.method, request.path, exc.status, exc.code)
             return await self.setup_keys_page(request, session, error=exc.detail, form=form, status=exc.status)
-        # The key is in this answer only (no redirect, no cache): shown once.
-        return await self.setup_keys_page(request, session, created=cast(Mapping[str, object], created), status=201)
+        # Post/redirect/get, the new key crossing the redirect sealed in a cookie that the next page consumes: it is
+        # shown once, and a reload neither shows it again nor creates a second key.
+        response = self._back("/setup-keys")
+        shown = cast(dict[str, object], created)
+        reveal = self.sessions.seal_reveal(session, {"name": shown["name"], "key": shown["key"]}, self.server.clock())
+        response.set_cookie(
+            REVEAL_COOKIE,
+            reveal,
+            path="/setup-keys",
+            httponly=True,
+            secure=request.secure,
+            samesite="Strict",
+            max_age=REVEAL_LIFETIME,
+        )
+        return response
 
     async def revoke_key_page(self, request: web.Request, session: Session) -> web.StreamResponse:
         key_id = request.match_info["id"]
