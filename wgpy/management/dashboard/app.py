@@ -705,6 +705,10 @@ class Dashboard:
                     await response.write(b"event: peers\ndata: changed\n\n")
                 elif idle >= EVENTS_HEARTBEAT:
                     idle = 0.0
+                    try:  # a revoked admin token ends its open streams too, not only its next page
+                        await self.server._admin(cast(web.Request, _InternalRequest("GET", "/events", session.token)))
+                    except ApiError:
+                        break
                     await response.write(b": keep-alive\n\n")
         except (ConnectionError, RuntimeError):
             pass  # the browser went away
