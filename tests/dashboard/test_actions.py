@@ -145,7 +145,7 @@ def test_policy_errors_point_at_their_line(tmp_path: pathlib.Path) -> None:
                 browser.url + "/api/v1/policy", headers={"Authorization": f"Bearer {browser.server.admin_token}"}
             ) as answer:
                 assert await answer.text() == "acls: []\n"  # nothing changed
-            status, _text, headers = await browser.post("/policy", {"policy": POLICY})
+            status, _text, _headers = await browser.post("/policy", {"policy": POLICY})
             assert status == 303
             status, text = await browser.get("/policy")
             assert "dev-to-prod" in text and "22, 443" in text and "deny-rest" in text
