@@ -307,7 +307,7 @@ class ManagementServer:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One database transaction; its audit lines are written after the commit, dropped on a rollback."""
-        async with self.writers() as session:
+        async with store.write_slot(self.writers), self.writers() as session:
             try:
                 async with session.begin():
                     yield session
