@@ -3,6 +3,7 @@ refusal of the API shows on the page. The browser walk (``test_browser.py``) cov
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import pathlib
 import re
@@ -174,5 +175,37 @@ def test_the_audit_log_filters_and_pages(tmp_path: pathlib.Path) -> None:
             assert status == 400 and "not a date and time" in text
             status, text = await browser.get("/audit?kind=peer_revoked")
             assert "No events." in text
+
+    run(scenario)
+
+
+def test_the_event_stream_says_when_peers_change(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with _logged_in(tmp_path) as (server, browser):
+            async with browser.http.get(browser.url + "/events") as stream:
+                assert stream.status == 200 and stream.headers["Content-Type"] == "text/event-stream"
+                assert await stream.content.readline() == b"retry: 2000\n"
+
+                async def next_event() -> bytes:
+                    while True:
+                        line = await stream.content.readline()
+                        if line.startswith(b"event: "):
+                            return line
+
+                status, key = await browser.api("POST", "/api/v1/setup-keys", json={"name": "k"})
+                assert status == 201 and isinstance(key, dict)
+                assert await asyncio.wait_for(next_event(), 5) == b"event: peers\n"  # an audited change
+                agent = await enrol_agent(server, tmp_path, "laptop", str(key["key"]))
+                try:
+                    assert await asyncio.wait_for(next_event(), 5) == b"event: peers\n"  # enrolled, online
+                    status, _answer = await browser.api("POST", f"/api/v1/peers/{agent.peer_id}/revoke")
+                    assert status == 200
+                    assert await asyncio.wait_for(next_event(), 5) == b"event: peers\n"  # revoked, offline
+                finally:
+                    agent.runner.stop()
+                    await agent.runner.close()
+                # Logging out ends the stream.
+                assert (await browser.post("/logout"))[0] == 303
+                assert await asyncio.wait_for(stream.content.read(), 10) is not None
 
     run(scenario)

@@ -138,6 +138,74 @@ def _int_field(form: Mapping[str, str], name: str, default: int) -> int:
         raise ApiError(400, "invalid_value", f"{name} must be a whole number") from None
 
 
+class LiveFeed:
+    """One watcher for every open ``/events`` stream: it bumps ``version`` when the peers' table may have changed.
+
+    It watches the push hub's streams (a peer came online or went offline: in memory) and the audit log (every
+    enrolment, approval, change, revocation, logout or expiry writes a row, whichever replica made it: a read of
+    the newest id, then of the rows after it only when there are new ones). It runs only while a stream is open.
+    """
+
+    def __init__(self, server: ManagementServer, stopping: asyncio.Event) -> None:
+        self.server = server
+        self.stopping = stopping
+        self.version = 0
+        self.subscribers = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._streams: frozenset[str] = frozenset()
+        self._audit_id: int | None = None
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="dashboard-live-feed")
+
+    async def stop(self) -> None:
+        self._changed.set()  # wakes the streams' waits at once (the version is unchanged: they see the stop)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait(self, version: int, timeout: float) -> tuple[int, bool]:
+        """Wait up to ``timeout`` for a version after ``version``; the current version and whether it is newer."""
+        if self.version == version:
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout)
+        return self.version, self.version != version
+
+    async def _run(self) -> None:
+        await self._check()  # the state as the first stream found it
+        while self.subscribers > 0 and not self.stopping.is_set():
+            await asyncio.sleep(EVENTS_POLL)
+            try:
+                changed = await self._check()
+            except Exception:  # the database is busy or gone: try again on the next round
+                logger.debug("dashboard live feed: check failed", exc_info=True)
+                continue
+            if changed:
+                self.version += 1
+                self._changed.set()
+                self._changed = asyncio.Event()
+
+    async def _check(self) -> bool:
+        streams = frozenset(self.server.hub.streams)
+        changed = streams != self._streams
+        self._streams = streams
+        async with self.server.sessions() as db:
+            newest = (await db.execute(select(func.max(AuditRow.id)))).scalar() or 0
+            if self._audit_id is not None and newest > self._audit_id:
+                relevant = (
+                    await db.execute(
+                        select(AuditRow.id).where(AuditRow.id > self._audit_id, AuditRow.kind != "map_push").limit(1)
+                    )
+                ).scalar()
+                changed = changed or relevant is not None
+        self._audit_id = newest
+        return changed
+
+
 class Dashboard:
     """The dashboard of one ``ManagementServer``: its routes, templates and session keys."""
 
@@ -147,6 +215,7 @@ class Dashboard:
         self.sessions = SessionKeys(secret)
         self.logged_out: dict[str, float] = {}  # session id -> expiry: logged out here before it expired
         self.shutting_down = asyncio.Event()
+        self.feed = LiveFeed(server, self.shutting_down)
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("wgpy.management.dashboard", "templates"),
             autoescape=True,
@@ -188,6 +257,7 @@ class Dashboard:
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         self.shutting_down.set()  # ends the event streams, so the server does not wait for them
+        await self.feed.stop()
 
     # --- authentication ------------------------------------------------------------------------------------------
 
@@ -678,32 +748,27 @@ class Dashboard:
 
     # --- live updates --------------------------------------------------------------------------------------------
 
-    async def _fingerprint(self) -> tuple[object, ...]:
-        async with self.server.sessions() as db:
-            newest = (await db.execute(select(func.max(AuditRow.id)).where(AuditRow.kind != "map_push"))).scalar()
-        return (newest, frozenset(self.server.hub.streams))
-
     async def events(self, request: web.Request, session: Session) -> web.StreamResponse:
         """Server-sent events: ``peers`` whenever a peer connects, disconnects, enrols, changes or is revoked."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         self._secure(response)
         await response.prepare(request)
-        last = await self._fingerprint()
+        self.feed.subscribers += 1
+        self.feed.start()
+        version = self.feed.version
         idle = 0.0
         try:
             await response.write(b"retry: 2000\n\n")
             while not self.shutting_down.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.shutting_down.wait(), EVENTS_POLL)
+                version, changed = await self.feed.wait(version, EVENTS_POLL * 4)
                 if self.server.clock() >= session.expires_at or session.sid in self.logged_out:
                     break
-                current = await self._fingerprint()
-                idle += EVENTS_POLL
-                if current != last:
-                    last = current
+                if changed:
                     idle = 0.0
                     await response.write(b"event: peers\ndata: changed\n\n")
-                elif idle >= EVENTS_HEARTBEAT:
+                    continue
+                idle += EVENTS_POLL * 4
+                if idle >= EVENTS_HEARTBEAT:
                     idle = 0.0
                     try:  # a revoked admin token ends its open streams too, not only its next page
                         await self.server._admin(cast(web.Request, _InternalRequest("GET", "/events", session.token)))
@@ -712,6 +777,8 @@ class Dashboard:
                     await response.write(b": keep-alive\n\n")
         except (ConnectionError, RuntimeError):
             pass  # the browser went away
+        finally:
+            self.feed.subscribers -= 1
         return response
 
     # --- static files --------------------------------------------------------------------------------------------

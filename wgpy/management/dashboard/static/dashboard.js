@@ -34,7 +34,8 @@
     }
   }
   const events = new EventSource("/events");
-  events.addEventListener("open", function () { status.textContent = "Live updates: on."; });
+  // On (re)connecting, fetch once: a change between this page's rendering and the stream's start is not missed.
+  events.addEventListener("open", function () { status.textContent = "Live updates: on."; refresh(); });
   events.addEventListener("peers", refresh);
   events.addEventListener("error", function () { status.textContent = "Live updates: reconnecting…"; });
 })();
