@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's ``chromium``, driven by Playwright), against a real server.
 
-The walk of issue #16: log in, create a setup key, enrol a peer with ``wgpy up``'s own code (``enrol_device`` and
-``AgentRunner`` on 127.0.0.1, without a network namespace) and watch it appear on the peers page without a reload,
+The walk of issue #16: log in, create a setup key, enrol a peer with ``wgpy up -f --no-tun`` (the command itself,
+as a process on 127.0.0.1, without a network namespace) and watch it appear on the peers page without a reload,
 approve it, change its groups and see its map change, revoke it and see it go offline, and find each action on the
 audit page. Each page is screenshotted into ``$WGPY_SCREENSHOTS`` (``docs/screenshots`` refreshes the committed
 ones), or a temporary folder. Skipped, with the reason, when Chromium or Playwright is missing (CI installs them
@@ -16,7 +16,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 import pytest
-from dashboard_helpers import POLICY, Agent, Browser, enrol_agent, run, wait_for
+from dashboard_helpers import POLICY, Agent, Browser, agent_peers, enrol_agent, run, spawn_up, stop_process, wait_for
 
 from wgpy.management.server import running_server
 
@@ -64,6 +64,7 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
         async with running_server(tmp_path / "server") as server, async_playwright() as playwright:
             http = Browser(server)
             agents: list[Agent] = []
+            processes = []
             context = await playwright.chromium.launch_persistent_context(
                 str(tmp_path / "profile"),  # a fresh --user-data-dir
                 executable_path=CHROMIUM,
@@ -133,13 +134,18 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 await page.get_by_role("link", name="Peers").click()
                 await expect(page.locator("#live-status")).to_contain_text("on")
                 await page.evaluate("window.notReloaded = true")
-                laptop = await enrol_agent(server, tmp_path, "laptop", key)
-                agents.append(laptop)
+                laptop_state = tmp_path / "laptop"
+                laptop = await spawn_up(server, laptop_state, key, "laptop")
+                processes.append(laptop)
                 row = page.locator('#peers-table tr[data-name="laptop"]')
                 await expect(row).to_be_visible()
                 await expect(row.locator(".approval")).to_have_text("pending")
                 await expect(row.locator(".status")).to_have_text("online")  # a pending peer keeps its stream open
                 assert await page.evaluate("window.notReloaded === true")
+                laptop_id = str(await row.get_attribute("data-peer"))
+                prod_public = agents[0].runner.device.public_key
+                assert prod_public is not None
+                prod_key = prod_public.to_base64()
 
                 # Search and sort.
                 await page.get_by_label("Search peers").fill("prod")
@@ -158,7 +164,7 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 await page.get_by_role("button", name="Approve laptop").click()
                 await expect(page.locator("#peer-approval")).to_have_text("approved")
                 await expect(page.locator("#peer-map")).to_contain_text("prod")  # developers -> production
-                await wait_for(lambda: laptop.runner.mesh is not None and len(laptop.runner.device.peers) == 1)
+                await wait_for(lambda: agent_peers(laptop_state) == [prod_key])  # wgpy up got its first map
                 await page.goto(server.url + "/peers")
                 await expect(page.locator('#peers-table tr[data-name="laptop"] .approval')).to_have_text("approved")
                 await page.screenshot(path=str(shots / "peers.png"), full_page=True)
@@ -170,7 +176,7 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 await expect(page.locator("#peer-groups")).to_have_text("guests")
                 await expect(page.locator("#peer-map")).to_contain_text("none")
                 await expect(page.locator("#peer-map")).not_to_contain_text("prod")
-                await wait_for(lambda: len(laptop.runner.device.peers) == 0)  # and the agent got the new map
+                await wait_for(lambda: agent_peers(laptop_state) == [])  # and wgpy up got the new map
                 await page.screenshot(path=str(shots / "peer.png"), full_page=True)
                 await page.get_by_role("link", name="Network").click()
                 await expect(page.locator('table.groups tr[data-group="guests"] .members')).to_have_text("laptop")
@@ -183,13 +189,14 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 await page.get_by_role("button", name="Save").click()
                 await expect(page.locator("h1")).to_contain_text("laptop-2")
                 await expect(page.locator("#peer-map")).to_contain_text("prod")
+                await wait_for(lambda: agent_peers(laptop_state) == [prod_key])
 
                 # -- revoke with a confirmation and see it go offline live -----------------------------------------
                 await page.goto(server.url + "/peers")
                 await page.evaluate("window.notReloaded = true")
                 await expect(page.locator("#live-status")).to_contain_text("on")
                 other = await context.new_page()
-                await other.goto(server.url + "/peers/" + laptop.peer_id)
+                await other.goto(server.url + "/peers/" + laptop_id)
                 await other.get_by_role("link", name="Revoke this peer").click()
                 await expect(other.get_by_role("heading")).to_contain_text("Revoke peer laptop-2?")
                 await other.get_by_role("link", name="Cancel").click()
@@ -202,7 +209,7 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 await expect(row.locator(".approval")).to_have_text("revoked")  # on the first page, live
                 await expect(row.locator(".status")).to_have_text("offline")
                 assert await page.evaluate("window.notReloaded === true")
-                await wait_for(lambda: not laptop.runner.connected)
+                await wait_for(lambda: agent_peers(laptop_state) == [])  # wgpy up dropped every peer
 
                 # -- the policy page: an error at its line, then the rules in force --------------------------------
                 await page.get_by_role("link", name="Policy").click()
@@ -258,6 +265,9 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 for agent in agents:
                     agent.runner.stop()
                     await agent.runner.close()
+                for process in processes:
+                    errors_out = await stop_process(process)
+                    assert b"Traceback" not in errors_out, errors_out.decode(errors="replace")
                 await http.close()
 
     run(scenario, timeout=120)
