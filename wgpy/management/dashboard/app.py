@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
+import importlib.resources
 import json
 import logging
 import urllib.parse
@@ -63,7 +64,6 @@ AUDIT_KINDS: Final = (
     "map_push",
 )
 EXPIRY_CHOICES: Final = ((3600, "1 hour"), (86400, "1 day"), (7 * 86400, "7 days"), (30 * 86400, "30 days"))
-_SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 _CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -791,8 +791,6 @@ class Dashboard:
         types = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
         if name not in types:
             return web.Response(status=404, text="not found")
-        import importlib.resources
-
         data = importlib.resources.files("wgpy.management.dashboard").joinpath("static", name).read_bytes()
         response = web.Response(body=data, content_type=types[name], headers={"Cache-Control": "no-cache"})
         response.headers["X-Content-Type-Options"] = "nosniff"
