@@ -9,7 +9,8 @@ layer, so that a new module is checked by default and a new I/O module has to be
 * ``wgpy/mesh/agent.py``: the mesh daemon glue (state file, map file polling, audit log, the event loop).
 
 * the control plane's shells: ``wgpy/management/{api,audit,push,server,store}.py`` and ``migrations/`` (HTTP, WebSocket, database, key
-  files) and ``wgpy/agent/{client,enrol,keystore,runner}.py`` (HTTP client, keyring and state files, the event loop).
+  files), ``wgpy/management/dashboard/app.py`` (the dashboard's routes) and ``wgpy/agent/{client,enrol,keystore,runner}.py``
+  (HTTP client, keyring and state files, the event loop).
 
 The control plane's decisions stay core and are checked like the engine: ``management/{policy,tokens,enrolment,
 proof}.py`` and ``agent/rules.py``.
@@ -58,6 +59,7 @@ STANDARD_STREAMS = frozenset({"stdout", "stderr", "stdin", "__stdout__", "__stde
 _CONTROL_PLANE_SHELLS = (
     *(f"management/{name}.py" for name in ("api", "audit", "push", "server", "store")),
     "management/migrations",
+    "management/dashboard/app.py",
     *(f"agent/{name}.py" for name in ("client", "enrol", "keystore", "runner")),
 )
 IO_LAYER_PATHS = ("drivers", "cli", "__main__.py", "tools", "mesh/agent.py", *_CONTROL_PLANE_SHELLS)

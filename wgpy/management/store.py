@@ -17,8 +17,11 @@ The schema is created by the Alembic migrations shipped in ``wgpy/management/mig
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import pathlib
+import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -51,13 +54,16 @@ __all__ = [
     "SetupKeyRow",
     "create_engine",
     "default_url",
+    "readonly",
     "secret_hash",
     "sessionmaker",
     "upgrade",
+    "write_slot",
 ]
 
 SQLITE_BUSY_TIMEOUT: Final = 30.0  # seconds a SQLite transaction waits for the writer lock (ours)
 MIGRATIONS: Final = pathlib.Path(__file__).with_name("migrations")
+_READ_ONLY: Final = "wgpy_read_only"  # execution option of reader sessions
 
 _NAMING: Final = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -216,11 +222,47 @@ def _sqlite_immediate(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers (``readonly``) begin DEFERRED: in WAL mode they read a snapshot and never wait for the writer.
+        deferred = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for transactions that write (SQLite: ``BEGIN IMMEDIATE``)."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def write_slot(sessions: async_sessionmaker[AsyncSession]) -> contextlib.AbstractAsyncContextManager[object]:
+    """Admission to a write transaction on ``sessions``' database, for throughput only (never for correctness).
+
+    SQLite has one writer at a time. Without this, every request of this process would hold a connection waiting in
+    SQLite's busy handler, and while the event loop is busy the writer that holds the lock makes slow progress:
+    under load the queue outgrows ``SQLITE_BUSY_TIMEOUT`` and requests fail with "database is locked". So on SQLite
+    the process's writers queue here, in asyncio, one at a time; the database still decides every race (guarded
+    updates, unique indexes), and another process sharing the file is still arbitrated by SQLite. PostgreSQL needs
+    no queue: this is a no-op there.
+    """
+    bind = sessions.kw["bind"]
+    if bind.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    engine = bind.sync_engine
+    slot = _WRITE_SLOTS.get(engine)
+    if slot is None:
+        slot = _WRITE_SLOTS[engine] = asyncio.Semaphore(1)
+    return slot
+
+
+_WRITE_SLOTS: weakref.WeakKeyDictionary[object, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def readonly(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the same engine for reads only (SQLite: a deferred ``BEGIN``; no writer lock is taken).
+
+    A session from here must never write: a deferred SQLite transaction that starts writing can fail with
+    ``SQLITE_BUSY`` instead of waiting.
+    """
+    bind = sessions.kw["bind"]
+    return async_sessionmaker(bind.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
 
 
 def _alembic_config(connection: Connection) -> object:
