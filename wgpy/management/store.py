@@ -12,7 +12,7 @@ SQLite: each transaction starts with ``BEGIN IMMEDIATE`` (the writer lock up fro
 deadlock upgrading a read lock) and waits up to ``SQLITE_BUSY_TIMEOUT`` for it; the journal is WAL.
 
 The schema is created by the Alembic migrations shipped in ``wgpy/management/migrations`` (``upgrade``), never by
-``metadata.create_all``; ``tests/management/test_store.py`` checks that the migrations build exactly these models.
+``metadata.create_all``; ``tests/management/test_management_store.py`` checks that the migrations build exactly these models.
 """
 
 from __future__ import annotations
