@@ -7,7 +7,11 @@
 - ``wgpy mesh keygen | pubkey | sign | apply``: signed network maps for mesh mode (``mesh``);
 - ``wgpy trace``: a handshake replayed one Noise token at a time (``trace``, over ``wgpy.tools.trace``);
 - ``wgpy probe``: protocol checks against a live endpoint (``probe``, over ``wgpy.tools.probe``);
-- ``wgpy demo``: two wgpy peers in one process over UDP on 127.0.0.1 (``demo``, over ``wgpy.tools.demo``).
+- ``wgpy demo``: two wgpy peers in one process over UDP on 127.0.0.1 (``demo``, over ``wgpy.tools.demo``), and
+  ``wgpy demo --mesh``: the management server, policy and three enrolled peers (over ``wgpy.tools.mesh_demo``);
+- ``wgpy up | status | down | logout``: the mesh agent on a device (``up``, over ``wgpy.agent``);
+- ``wgpy management init | serve`` and ``wgpy admin ...``: the management server and its admin client
+  (``management``, ``admin``, over ``wgpy.management``).
 
 Bad input gives one line on stderr and a non-zero exit status, never a traceback.
 """
@@ -27,7 +31,11 @@ USAGE = (
     " [--audit-log FILE|-] INTERFACE\n"
     "       wgpy mesh keygen | pubkey | sign --key FILE MAP.json | apply INTERFACE FILE\n"
     "       wgpy genkey | pubkey | genpsk\n"
-    "       wgpy demo [--seconds N]\n"
+    "       wgpy demo [--mesh] [--seconds N]\n"
+    "       wgpy up --management URL --setup-key KEY --management-key B64 [--name NAME] ... (--help)\n"
+    "       wgpy status | down | logout\n"
+    "       wgpy management init | serve ... (--help)\n"
+    "       wgpy admin setup-key | peer | policy | audit ... (--help)\n"
     "       wgpy trace [--golden no_psk|psk | --random] [--json]\n"
     "       wgpy probe --endpoint HOST:PORT --peer-public-key B64 --private-key-file FILE ... (--help)\n"
     "       wgpy --version"
