@@ -52,6 +52,10 @@ def served(tmp_path: pathlib.Path) -> Iterator[tuple[str, str, pathlib.Path]]:
     assert init.returncode == 0, init.stderr
     token = init.stdout.strip()
     assert token.startswith("wgat_") and token not in init.stderr
+    # The management key that devices pin is printed, and it is the public half of the signing key on disk.
+    from wgpy.management.server import load_keys
+
+    assert f"--management-key): {load_keys(state).info()['signing_key']}" in init.stderr
     for name in ("signing.key", "proof.key"):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600
     again = _wgpy("management", "init", "--state-dir", str(state))

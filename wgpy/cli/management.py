@@ -93,8 +93,12 @@ def main(argv: Sequence[str]) -> int:
 
     try:
         if args.command == "init":
-            _keys, token = asyncio.run(init_state(args.state_dir, args.db))
+            keys, token = asyncio.run(init_state(args.state_dir, args.db))
             print(f"state directory: {args.state_dir}", file=sys.stderr)
+            # Public: devices pin it at enrolment (wgpy up --management-key), so a proxy cannot forge their maps.
+            print(
+                f"management key (give it to wgpy up --management-key): {keys.info()['signing_key']}", file=sys.stderr
+            )
             print("the first admin token (shown once; keep it in a 0600 file):", file=sys.stderr)
             print(token)
             return 0
