@@ -18,8 +18,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..drivers.clock import monotonic_now
+from ..drivers.clock import monotonic_now, wall_ns
 from ..events import Endpoint
+from ..keys import PublicKey
+from .candidates import Candidate, CandidateKind, admit, parse_candidates
+from .paths import PathState, PeerPaths
 from .stun import BINDING_REFRESH_TIME, BindingDiscovery, DatagramKind, classify
 
 if TYPE_CHECKING:
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["NatHandler"]
 
 logger = logging.getLogger("wgpy.nat")
+
+TICK_TIME = 0.25  # seconds between path-state checks (ours)
+_INITIATION_SIZE = 148  # whitepaper §5.4.2
 
 
 class NatHandler:
@@ -55,18 +61,28 @@ class NatHandler:
         self._refresh: asyncio.TimerHandle | None = None
         self._learnt = asyncio.Event()
         self.on_reflexive: Callable[[tuple[str, int], tuple[str, int]], None] | None = None
+        #: Per peer: its admitted candidates and the state of its path.
+        self.paths: dict[PublicKey, PeerPaths] = {}
+        #: Our own allocation, when one exists (``start_relay``).
+        self.relay: TurnRelay | None = None
+        self.host_candidates: list[tuple[str, int]] = []
+        self._tick: asyncio.TimerHandle | None = None
 
     def attach(self, tunnel: Tunnel) -> None:
         """Hook into ``tunnel`` (started or not) and start discovering."""
         self.tunnel = tunnel
         tunnel.nat = self
         self.refresh()
+        self._tick = asyncio.get_running_loop().call_later(TICK_TIME, self._on_tick)
 
     def detach(self) -> None:
-        for handle in (self._timer, self._refresh):
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
+        for handle in (self._timer, self._refresh, self._tick):
             if handle is not None:
                 handle.cancel()
-        self._timer = self._refresh = None
+        self._timer = self._refresh = self._tick = None
         if self.tunnel is not None and self.tunnel.nat is self:
             self.tunnel.nat = None
         self.tunnel = None
@@ -87,16 +103,113 @@ class NatHandler:
         return True
 
     def divert(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> Sequence[tuple[bytes, Endpoint]]:
-        if not self.relayed:
+        if not self.relayed and not self.paths:
             return datagrams
         direct: list[tuple[bytes, Endpoint]] = []
         for data, endpoint in datagrams:
-            relay = self.relayed.get((str(endpoint[0]), int(endpoint[1])))
-            if relay is None:
-                direct.append((data, endpoint))
-            else:
-                relay.send(data, (str(endpoint[0]), int(endpoint[1])))
+            target = (str(endpoint[0]), int(endpoint[1]))
+            if len(data) == _INITIATION_SIZE and data[0] == 1 and self.paths:
+                # An initiation is an authenticated probe: a copy goes to each candidate of the peer (hole punching).
+                paths = self._paths_for(target)
+                if paths is not None:
+                    for extra in paths.probe_targets():
+                        paths.note_probe(extra)
+                        if extra != target:
+                            self._send_one(data, extra, direct)
+            self._send_one(data, target, direct)
         return direct
+
+    def _send_one(self, data: bytes, target: tuple[str, int], direct: list[tuple[bytes, Endpoint]]) -> None:
+        relay = self.relayed.get(target)
+        if relay is None:
+            direct.append((data, target))
+        else:
+            relay.send(data, target)
+
+    def _paths_for(self, endpoint: tuple[str, int]) -> PeerPaths | None:
+        tunnel = self.tunnel
+        if tunnel is None:
+            return None
+        for key, paths in self.paths.items():
+            peer = tunnel.device.peer(key)
+            if peer is not None and peer.endpoint is not None and (str(peer.endpoint[0]), int(peer.endpoint[1])) == endpoint:
+                return paths
+            if endpoint in paths.direct or endpoint in paths.relayed:
+                return paths
+        return None
+
+    # --- candidates and paths ---------------------------------------------------------------------------------
+
+    def local_candidates(self) -> list[Candidate]:
+        """Ours, to report: host addresses, server-reflexive ones, the relayed one."""
+        out = [Candidate(CandidateKind.HOST, h, p) for h, p in self.host_candidates]
+        for address in dict.fromkeys(self.discovery.reflexive.values()):
+            out.append(Candidate(CandidateKind.SERVER_REFLEXIVE, *address))
+        if self.relay is not None and self.relay.relayed_address is not None:
+            out.append(Candidate(CandidateKind.RELAYED, *self.relay.relayed_address))
+        return out
+
+    def set_remote_candidates(self, peer_key: PublicKey, raw: object, announced: Sequence[str]) -> int:
+        """A peer's candidates (remote input, from the management stream) and the hosts the server announced for it.
+
+        Candidates outside ``announced`` are refused (counted in ``PeerPaths.refused``); returns how many were
+        admitted. Raises ``CandidateError`` for a malformed list (the caller drops the frame). Starts the checks.
+        """
+        candidates = parse_candidates(raw)
+        admitted = admit(candidates, announced)
+        tunnel = self.tunnel
+        now = self.clock()
+        paths = self.paths.setdefault(peer_key, PeerPaths())
+        paths.set_candidates(admitted, len(candidates) - len(admitted), now)
+        for candidate in admitted:
+            if candidate.kind is CandidateKind.RELAYED and self.relay is not None:
+                self.relayed[candidate.address] = self.relay
+        if tunnel is not None and paths.direct:
+            peer = tunnel.device.peer(peer_key)
+            if peer is not None:
+                if peer.endpoint is None or paths.state is PathState.CHECKING and peer.keypairs.current is None:
+                    peer.endpoint = paths.direct[0]
+                if peer.keypairs.current is None:
+                    tunnel.device.expired_new_handshake(peer, now)  # a fresh initiation, copied to each candidate
+                    tunnel.flush()
+        return len(admitted)
+
+    async def start_relay(self, relay: TurnRelay) -> tuple[str, int]:
+        """Allocate on the TURN server; datagrams peers send through it reach the device."""
+        relay.on_datagram = self._relayed_datagram
+        address = await relay.allocate()
+        self.relay = relay
+        for paths in self.paths.values():
+            for target in paths.relayed:
+                self.relayed[target] = relay
+        return address
+
+    def _relayed_datagram(self, data: bytes, source: tuple[str, int]) -> None:
+        tunnel = self.tunnel
+        if tunnel is None:
+            return
+        self.relayed.setdefault(source, self.relay) if self.relay is not None else None
+        tunnel.device.receive_datagram(data, source, self.clock(), wall_ns())
+        tunnel.flush()
+
+    def _on_tick(self) -> None:
+        tunnel = self.tunnel
+        if tunnel is None:
+            return
+        now = self.clock()
+        for key, paths in self.paths.items():
+            before = paths.state
+            paths.handle_timer(now)
+            peer = tunnel.device.peer(key)
+            if peer is None:
+                continue
+            paths.observe(peer.endpoint, peer.keypairs.current is not None)
+            if paths.state is not before:
+                logger.info("peer(%s): path %s -> %s %s", key.short(), before.value, paths.state.value, paths.reason)
+                if paths.state is PathState.RELAYED and peer.keypairs.current is None:
+                    tunnel.device.expired_new_handshake(peer, now)
+                    tunnel.flush()
+        self._tick = asyncio.get_running_loop().call_later(TICK_TIME, self._on_tick)
 
     # --- discovery --------------------------------------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""Path selection for one peer: direct candidates first, the relay after a few seconds, and why (pure, ``now``).
+
+Theory of operation: ``PeerPaths`` starts ``CHECKING`` when the peer's candidates arrive. While checking, every
+handshake initiation to the peer is also sent to every admitted *direct* candidate (an initiation is an
+authenticated probe); the first path on which a handshake completes is the device's endpoint (the device itself
+sets the endpoint to the source of the authenticated answer), which ``observe`` reports. If no direct path answered
+within ``RELAY_AFTER_TIME`` the state becomes ``RELAYED``: initiations then go to the relayed candidates too, and
+the reason names the direct checks that failed. A relayed peer keeps probing its direct candidates in the
+background; the moment the device's endpoint is a direct candidate again the state is ``DIRECT``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Final
+
+from .candidates import Candidate, CandidateKind
+
+__all__ = ["RELAY_AFTER_TIME", "PathState", "PeerPaths"]
+
+RELAY_AFTER_TIME: Final = 6.0  # seconds of failed direct checks before the relay (ours; issue #15 "a few seconds")
+
+
+class PathState(enum.Enum):
+    IDLE = "idle"  # no candidates yet
+    CHECKING = "checking"
+    DIRECT = "direct"
+    RELAYED = "relayed"
+
+
+@dataclass(slots=True)
+class PeerPaths:
+    """One peer's candidate pairs and the state of its path."""
+
+    remote: tuple[Candidate, ...] = ()
+    state: PathState = PathState.IDLE
+    checking_since: float | None = None
+    selected: tuple[str, int] | None = None
+    local: str = ""  # which local candidate the selected pair uses (for status)
+    reason: str = ""  # why relayed
+    refused: int = 0  # candidates refused by ``admit`` (not announced by the server)
+    probes_sent: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def set_candidates(self, remote: tuple[Candidate, ...], refused: int, now: float) -> None:
+        self.remote, self.refused = remote, refused
+        if self.state in (PathState.IDLE, PathState.CHECKING):
+            self.state = PathState.CHECKING
+            self.checking_since = now if self.checking_since is None else self.checking_since
+
+    @property
+    def direct(self) -> tuple[tuple[str, int], ...]:
+        return tuple(c.address for c in self.remote if c.kind is not CandidateKind.RELAYED)
+
+    @property
+    def relayed(self) -> tuple[tuple[str, int], ...]:
+        return tuple(c.address for c in self.remote if c.kind is CandidateKind.RELAYED)
+
+    def probe_targets(self) -> tuple[tuple[str, int], ...]:
+        """Where a copy of each initiation goes: the direct candidates, and once relayed the relayed ones too."""
+        if self.state is PathState.IDLE:
+            return ()
+        if self.state is PathState.RELAYED:
+            return self.direct + self.relayed
+        return self.direct
+
+    def note_probe(self, target: tuple[str, int]) -> None:
+        self.probes_sent[target] = self.probes_sent.get(target, 0) + 1
+
+    def handle_timer(self, now: float) -> None:
+        if (
+            self.state is PathState.CHECKING
+            and self.checking_since is not None
+            and now - self.checking_since >= RELAY_AFTER_TIME
+            and self.relayed
+        ):
+            self.state = PathState.RELAYED
+            failed = ", ".join(f"{h}:{p} ({self.probes_sent.get((h, p), 0)} probes)" for h, p in self.direct)
+            self.reason = (
+                f"no handshake on a direct path within {RELAY_AFTER_TIME:g} s: {failed or 'no direct candidate'}"
+            )
+
+    def get_timer(self) -> float | None:
+        if self.state is PathState.CHECKING and self.checking_since is not None:
+            return self.checking_since + RELAY_AFTER_TIME
+        return None
+
+    def observe(self, endpoint: tuple[str, int] | None, handshake_done: bool) -> None:
+        """The device's endpoint for the peer now, and whether a session exists."""
+        if endpoint is None or not handshake_done:
+            return
+        address = (str(endpoint[0]), int(endpoint[1]))
+        if address in self.direct:
+            self.state, self.selected, self.reason = PathState.DIRECT, address, ""
+        elif address in self.relayed:
+            self.state, self.selected = PathState.RELAYED, address
