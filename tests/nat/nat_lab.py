@@ -139,6 +139,11 @@ class Lab:
                 " }\n}\n"
                 # The router itself accepts nothing from outside that is not a reply (a NAT, not a forwarder).
                 "table ip filter {\n"
+                # Unsolicited inbound is dropped before conntrack confirms an entry for it: such an entry would
+                # take the tuple our own later outbound mapping needs, and masquerade would pick another port.
+                " chain prerouting { type filter hook prerouting priority -150; policy accept;\n"
+                f'  iifname "{ib}" ct state new drop\n'
+                " }\n"
                 " chain forward { type filter hook forward priority filter; policy drop;\n"
                 f'  iifname "{la}" accept\n'
                 "  ct state established,related accept\n"

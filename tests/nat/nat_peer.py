@@ -1,4 +1,4 @@
-"""One peer of the NAT lab, run inside its namespace: ``python nat_peer.py SEED ADDRESS STUN_HOST:PORT``.
+"""One peer of the NAT lab, run inside its namespace: ``python nat_peer.py SEED STUN_HOST:PORT``.
 
 A ``Tunnel`` on all addresses with a ``NatHandler``; JSON lines on stdout (events) and stdin (commands):
 
@@ -43,7 +43,7 @@ async def main(seed: int, stun: str) -> None:
     host, port = stun.rsplit(":", 1)
     server = (host, int(port))
     device = Device(private_key(seed))
-    tunnel = Tunnel(device, on_packet=lambda p: emit(event="packet", payload=p[28:].decode(errors="replace")))
+    tunnel = Tunnel(device, on_packet=lambda p: emit(event="packet", payload=p[20:].decode(errors="replace")))
     await tunnel.start()
     nat = NatHandler([server])
     nat.host_candidates = [(local_ip_towards(host), tunnel.local_port)]
@@ -84,12 +84,15 @@ async def main(seed: int, stun: str) -> None:
                         "reason": paths.reason,
                         "refused": paths.refused,
                         "handshakes": device.stats.handshakes_completed,
+                        "probes": {f"{h}:{p}": n for (h, p), n in paths.probes_sent.items()},
+                        "candidates": [str(c) for c in paths.remote],
                     }
                 emit(
                     event="status",
                     peers=peers,
                     stun_drops={k.name: v for k, v in nat.discovery.stats.drops.items()},
                     relay_sent=nat.relay.sent if nat.relay else 0,
+                    drops={k.name: v for k, v in device.stats.drops.items()},
                 )
             elif kind == "quit":
                 break
