@@ -118,3 +118,13 @@ def test_topology_2_symmetric_nats_relay_through_coturn_which_sees_no_plaintext(
     assert raw, "the capture is empty"
     assert secret_text.encode() not in raw, "the relay saw inner plaintext"
     assert b"hello" not in raw
+    # The leg between the two allocations' relayed ports carries the bare WireGuard datagrams: decode it as such.
+    fields = nat_lab.exec(
+        nat_lab.inet,
+        "tshark", "-r", str(capture), "-d", "udp.port==49152-49999,wg",
+        "-Y", "udp.srcport >= 49152 && udp.dstport >= 49152", "-T", "fields", "-e", "wg.type",
+    )  # fmt: skip
+    types = [line.strip() for line in fields.splitlines()]
+    assert types, "nothing crossed the relay"
+    assert set(types) <= {"1", "2", "3", "4"}, f"non-WireGuard datagrams on the relay: {sorted(set(types))}"
+    assert "4" in types, "no transport message went through the relay"
