@@ -39,6 +39,7 @@ from . import audit, enrolment, tokens
 from .enrolment import EnrolmentError
 from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid_name
 from .proof import HEADER_KEY, NonceCache, ProofError, verify_proof
+from ..nat.server import NAT_FRAMES, NatSignal
 from .push import Change, MapService, PushHub
 from .store import AdminToken, AuditRow, GroupRow, PeerRow, PolicyRow, RefreshTokenRow, SetupKeyRow, secret_hash
 
@@ -266,6 +267,8 @@ class ManagementServer:
         self.hub = PushHub(self.maps, max_streams=max_streams)
         self.hub.tick_hooks.append(self.sweep)
         self._verify_key = keys.signing.public_key()
+        #: NAT traversal's frames on the stream (``wgpy.nat.server``): candidate forwarding, TURN credentials.
+        self.nat = NatSignal(self.maps, self.hub, clock=clock)
 
     def __repr__(self) -> str:
         return f"ManagementServer(network={self.network})"
@@ -681,6 +684,9 @@ class ManagementServer:
                     serial = data.get("serial")
                     if isinstance(serial, int) and not isinstance(serial, bool) and serial <= stream.sent_serial:
                         stream.acked_serial = max(stream.acked_serial, serial)
+                elif kind in NAT_FRAMES:
+                    if not await self.nat.handle(auth.row.id, data, request.remote):
+                        break
                 else:
                     break  # unknown message: the agent is not speaking this protocol
         finally:
