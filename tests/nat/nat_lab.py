@@ -32,7 +32,6 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TESTS_DIR = Path(__file__).resolve().parents[1]
 TURN_PORT = 3478
-TURN_SECRET_ENV = "WGPY_TEST_TURN_SECRET"
 
 
 def in_ci() -> bool:
@@ -257,7 +256,8 @@ class PeerProcess:
 
         self.name = name
         self.process = lab.spawn(
-            lab.peers[name], [sys.executable, str(Path(__file__).with_name("nat_peer.py")), str(seed), f"{stun[0]}:{stun[1]}"]
+            lab.peers[name],
+            [sys.executable, str(Path(__file__).with_name("nat_peer.py")), str(seed), f"{stun[0]}:{stun[1]}"],
         )
         self.events: queue.Queue[dict[str, object]] = queue.Queue()
         self.seen: list[dict[str, object]] = []
@@ -296,7 +296,9 @@ class PeerProcess:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"{self.name}: no {event} {match or ''} within {timeout} s; stderr: {''.join(self.stderr)[-3000:]}")
+                raise AssertionError(
+                    f"{self.name}: no {event} {match or ''} within {timeout} s; stderr: {''.join(self.stderr)[-3000:]}"
+                )
             try:
                 got = self.events.get(timeout=left)
             except queue.Empty:

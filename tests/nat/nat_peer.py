@@ -21,8 +21,8 @@ from helpers import ipv4_packet, private_key
 from wgpy.device import Device
 from wgpy.drivers.asyncio_udp import Tunnel
 from wgpy.keys import PublicKey
-from wgpy.nat.handler import NatHandler
-from wgpy.nat.relay import TurnRelay
+from wgpy.nat.io.handler import NatHandler
+from wgpy.nat.io.relay import TurnRelay
 
 
 def emit(**fields: object) -> None:

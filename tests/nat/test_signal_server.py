@@ -10,9 +10,9 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "management"))
 
-from management_helpers import Harness, next_message, with_harness  # noqa: E402
+from management_helpers import Harness, next_message, with_harness
 
-from wgpy.nat.credentials import turn_credentials  # noqa: E402
+from wgpy.nat.credentials import turn_credentials
 
 ALL = b"acls:\n  - {name: all, src: ['*'], dst: ['*'], action: accept}\n"
 ONLY_DEV_PROD = b"acls:\n  - {name: dp, src: ['dev'], dst: ['prod'], action: accept}\n"

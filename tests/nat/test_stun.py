@@ -55,7 +55,7 @@ def test_wireguard_messages_are_never_stun_even_with_the_cookie_at_offset_4(kind
 
 
 def test_binding_messages_are_stun() -> None:
-    discovery, tid = started()
+    _discovery, tid = started()
     assert classify(response(tid)) is DatagramKind.STUN
     assert classify(b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + bytes(12)) is DatagramKind.STUN
     assert classify(b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x43" + bytes(12)) is DatagramKind.WIREGUARD
@@ -149,7 +149,7 @@ def test_retransmissions_double_and_stop() -> None:
 
 @given(st.binary(min_size=20, max_size=200))
 def test_random_stun_shaped_input_never_raises_nor_teaches(data: bytes) -> None:
-    discovery, tid = started()
+    discovery, _tid = started()
     forged = data[:4] + b"\x21\x12\xa4\x42" + data[8:]
     assert discovery.receive(forged, ("10.9.0.2", 1), 0.1) is None
     assert discovery.reflexive == {}

@@ -15,7 +15,7 @@ from helpers import det_rng, ipv4_packet, private_key
 
 from wgpy.device import Device
 from wgpy.drivers.asyncio_udp import Tunnel
-from wgpy.nat.handler import NatHandler
+from wgpy.nat.io.handler import NatHandler
 from wgpy.nat.stun import StunDrop
 
 

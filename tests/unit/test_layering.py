@@ -9,7 +9,9 @@ layer, so that a new module is checked by default and a new I/O module has to be
 * ``wgpy/mesh/agent.py``: the mesh daemon glue (state file, map file polling, audit log, the event loop).
 
 * the control plane's shells: ``wgpy/management/{api,audit,push,server,store}.py`` and ``migrations/`` (HTTP, WebSocket, database, key
-  files) and ``wgpy/agent/{client,enrol,keystore,runner}.py`` (HTTP client, keyring and state files, the event loop).
+  files) and ``wgpy/agent/{client,enrol,keystore,runner}.py`` (HTTP client, keyring and state files, the event loop);
+* NAT traversal's shells: ``wgpy/nat/io/`` (the tunnel's socket hook and timers, the TURN
+  allocation, the management stream's frames).
 
 The control plane's decisions stay core and are checked like the engine: ``management/{policy,tokens,enrolment,
 proof}.py`` and ``agent/rules.py``.
@@ -59,6 +61,7 @@ _CONTROL_PLANE_SHELLS = (
     *(f"management/{name}.py" for name in ("api", "audit", "push", "server", "store")),
     "management/migrations",
     *(f"agent/{name}.py" for name in ("client", "enrol", "keystore", "runner")),
+    "nat/io",
 )
 IO_LAYER_PATHS = ("drivers", "cli", "__main__.py", "tools", "mesh/agent.py", *_CONTROL_PLANE_SHELLS)
 IO_LAYER = tuple(f"wgpy.{entry.removesuffix('.py').replace('/', '.')}" for entry in IO_LAYER_PATHS)

@@ -124,7 +124,7 @@ class Tunnel:
         self._worker: DataPlaneWorker | None = None
         self._worker_sink = _WorkerSink(self)
         self.worker_failures = 0
-        #: NAT hook (``wgpy.nat.handler.NatHandler``): sees each received datagram first and claims the STUN/TURN
+        #: NAT hook (``wgpy.nat.io.handler.NatHandler``): sees each received datagram first and claims the STUN/TURN
         #: ones; may divert datagrams for relayed endpoints. ``None``: every datagram is the device's.
         self.nat: NatHook | None = None
 
@@ -409,7 +409,7 @@ class Tunnel:
 
 
 class NatHook(Protocol):
-    """What the tunnel asks of the NAT layer (``wgpy.nat.handler.NatHandler``); see ``Tunnel.nat``."""
+    """What the tunnel asks of the NAT layer (``wgpy.nat.io.handler.NatHandler``); see ``Tunnel.nat``."""
 
     def datagram_received(self, data: bytes, address: Endpoint) -> bool:
         """``True`` if the datagram is the NAT layer's (STUN), and the device must not see it."""

@@ -35,11 +35,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import crypto
 from ..errors import ConfigError
 from ..keys import PrivateKey, PublicKey
+from ..nat.io.server import NAT_FRAMES, NatSignal
 from . import audit, enrolment, tokens
 from .enrolment import EnrolmentError
 from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid_name
 from .proof import HEADER_KEY, NonceCache, ProofError, verify_proof
-from ..nat.server import NAT_FRAMES, NatSignal
 from .push import Change, MapService, PushHub
 from .store import AdminToken, AuditRow, GroupRow, PeerRow, PolicyRow, RefreshTokenRow, SetupKeyRow, secret_hash
 
@@ -267,7 +267,7 @@ class ManagementServer:
         self.hub = PushHub(self.maps, max_streams=max_streams)
         self.hub.tick_hooks.append(self.sweep)
         self._verify_key = keys.signing.public_key()
-        #: NAT traversal's frames on the stream (``wgpy.nat.server``): candidate forwarding, TURN credentials.
+        #: NAT traversal's frames on the stream (``wgpy.nat.io.server``): candidate forwarding, TURN credentials.
         self.nat = NatSignal(self.maps, self.hub, clock=clock)
 
     def __repr__(self) -> str:

@@ -29,7 +29,9 @@ class TurnCredentials:
         return f"TurnCredentials(username={self.username!r}, password=<hidden>, expires_at={self.expires_at})"
 
 
-def turn_credentials(secret: bytes, peer_id: str, now: float, lifetime: int = TURN_CREDENTIAL_LIFETIME) -> TurnCredentials:
+def turn_credentials(
+    secret: bytes, peer_id: str, now: float, lifetime: int = TURN_CREDENTIAL_LIFETIME
+) -> TurnCredentials:
     if not secret:
         raise ValueError("the TURN secret is empty")
     if ":" in peer_id:

@@ -85,11 +85,11 @@ class PeerPaths:
             return self.checking_since + RELAY_AFTER_TIME
         return None
 
-    def observe(self, endpoint: tuple[str, int] | None, handshake_done: bool) -> None:
+    def observe(self, endpoint: tuple[object, ...] | None, handshake_done: bool) -> None:
         """The device's endpoint for the peer now, and whether a session exists."""
         if endpoint is None or not handshake_done:
             return
-        address = (str(endpoint[0]), int(endpoint[1]))
+        address = (str(endpoint[0]), int(str(endpoint[1])))
         if address in self.direct:
             self.state, self.selected, self.reason = PathState.DIRECT, address, ""
         elif address in self.relayed:

@@ -155,26 +155,33 @@ class BindingDiscovery:
         """
         self._expire(now)
         if len(data) < STUN_HEADER_SIZE:
-            return self._drop(StunDrop.MALFORMED)
+            self._drop(StunDrop.MALFORMED)
+            return None
         type_, _length, _cookie, transaction_id = _HEADER.unpack_from(data)
         # Cheap checks first: class and method from the header, the transaction id, the source; only then parse.
         message_class = type_ & 0x0110
         if message_class not in (_stun.Class.RESPONSE, _stun.Class.ERROR):
-            return self._drop(StunDrop.NOT_A_RESPONSE)
+            self._drop(StunDrop.NOT_A_RESPONSE)
+            return None
         if type_ & 0x3EEF != _stun.Method.BINDING:
-            return self._drop(StunDrop.WRONG_METHOD)
+            self._drop(StunDrop.WRONG_METHOD)
+            return None
         transaction = self._transactions.get(transaction_id)
         if transaction is None:
-            return self._drop(StunDrop.UNKNOWN_TRANSACTION)
+            self._drop(StunDrop.UNKNOWN_TRANSACTION)
+            return None
         if not _same_address(transaction.server, source):
-            return self._drop(StunDrop.WRONG_SOURCE)
+            self._drop(StunDrop.WRONG_SOURCE)
+            return None
         try:
             message = _stun.parse_message(bytes(data))
         except Exception:  # aioice raises ValueError, but struct/ipaddress/unicode errors are possible too
-            return self._drop(StunDrop.MALFORMED)
+            self._drop(StunDrop.MALFORMED)
+            return None
         if message.message_class == _stun.Class.ERROR:
             del self._transactions[transaction_id]
-            return self._drop(StunDrop.ERROR_RESPONSE)
+            self._drop(StunDrop.ERROR_RESPONSE)
+            return None
         mapped = message.attributes.get("XOR-MAPPED-ADDRESS")
         if not (
             isinstance(mapped, tuple)
@@ -183,7 +190,8 @@ class BindingDiscovery:
             and isinstance(mapped[1], int)
             and 0 < mapped[1] < 65536
         ):
-            return self._drop(StunDrop.NO_MAPPED_ADDRESS)
+            self._drop(StunDrop.NO_MAPPED_ADDRESS)
+            return None
         # Authenticated as far as STUN Binding allows (the id is 96 random bits, the source is the server): commit.
         del self._transactions[transaction_id]
         address = (mapped[0], mapped[1])

@@ -12,13 +12,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..management.policy import compile_view
-from .candidates import CandidateError
-from .credentials import TURN_CREDENTIAL_LIFETIME, turn_credentials
-from .signal import forwarded_candidates, parse_candidates_frame, turn_frame
+from ...management.policy import compile_view
+from ..candidates import CandidateError
+from ..credentials import TURN_CREDENTIAL_LIFETIME, turn_credentials
+from ..signal import forwarded_candidates, parse_candidates_frame, turn_frame
 
 if TYPE_CHECKING:
-    from ..management.push import MapService, PushHub
+    from ...management.push import MapService, PushHub
 
 __all__ = ["NatSignal"]
 

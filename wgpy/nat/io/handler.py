@@ -18,15 +18,15 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..drivers.clock import monotonic_now, wall_ns
-from ..events import Endpoint
-from ..keys import PublicKey
-from .candidates import Candidate, CandidateKind, admit, parse_candidates
-from .paths import PathState, PeerPaths
-from .stun import BINDING_REFRESH_TIME, BindingDiscovery, DatagramKind, classify
+from ...drivers.clock import monotonic_now, wall_ns
+from ...events import Endpoint
+from ...keys import PublicKey
+from ..candidates import Candidate, CandidateKind, admit, parse_candidates
+from ..paths import PathState, PeerPaths
+from ..stun import BINDING_REFRESH_TIME, BindingDiscovery, DatagramKind, classify
 
 if TYPE_CHECKING:
-    from ..drivers.asyncio_udp import Tunnel
+    from ...drivers.asyncio_udp import Tunnel
     from .relay import TurnRelay
 
 __all__ = ["NatHandler"]
@@ -132,7 +132,11 @@ class NatHandler:
             return None
         for key, paths in self.paths.items():
             peer = tunnel.device.peer(key)
-            if peer is not None and peer.endpoint is not None and (str(peer.endpoint[0]), int(peer.endpoint[1])) == endpoint:
+            if (
+                peer is not None
+                and peer.endpoint is not None
+                and (str(peer.endpoint[0]), int(peer.endpoint[1])) == endpoint
+            ):
                 return paths
             if endpoint in paths.direct or endpoint in paths.relayed:
                 return paths
@@ -167,7 +171,7 @@ class NatHandler:
         if tunnel is not None and paths.direct:
             peer = tunnel.device.peer(peer_key)
             if peer is not None:
-                if peer.endpoint is None or paths.state is PathState.CHECKING and peer.keypairs.current is None:
+                if peer.endpoint is None or (paths.state is PathState.CHECKING and peer.keypairs.current is None):
                     peer.endpoint = paths.direct[0]
                 if peer.keypairs.current is None:
                     tunnel.device.expired_new_handshake(peer, now)  # a fresh initiation, copied to each candidate
@@ -188,7 +192,8 @@ class NatHandler:
         tunnel = self.tunnel
         if tunnel is None:
             return
-        self.relayed.setdefault(source, self.relay) if self.relay is not None else None
+        if self.relay is not None:
+            self.relayed.setdefault(source, self.relay)  # answers to a peer's relayed address go back the same way
         tunnel.device.receive_datagram(data, source, self.clock(), wall_ns())
         tunnel.flush()
 
