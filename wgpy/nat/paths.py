@@ -85,6 +85,20 @@ class PeerPaths:
             return self.checking_since + RELAY_AFTER_TIME
         return None
 
+    def describe(self) -> str:
+        """One ``wg show``-style line: direct or relayed, which candidate pair, and why it is relayed."""
+        if self.state is PathState.IDLE:
+            return "path: no candidates yet"
+        if self.selected is None:
+            return f"path: {self.state.value} ({len(self.direct)} direct, {len(self.relayed)} relayed candidates)"
+        kind = next((c.kind.value for c in self.remote if c.address == self.selected), "?")
+        line = f"path: {self.state.value} {self.local or 'local'} -> {kind} {self.selected[0]}:{self.selected[1]}"
+        if self.state is PathState.RELAYED and self.reason:
+            line += f" (relayed: {self.reason})"
+        if self.refused:
+            line += f"; {self.refused} candidates refused (not announced by the server)"
+        return line
+
     def observe(self, endpoint: tuple[object, ...] | None, handshake_done: bool) -> None:
         """The device's endpoint for the peer now, and whether a session exists."""
         if endpoint is None or not handshake_done:
