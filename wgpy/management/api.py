@@ -35,7 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import crypto
 from ..errors import ConfigError
 from ..keys import PrivateKey, PublicKey
-from ..nat.io.server import NAT_FRAMES, NatSignal
+from ..nat.io.server import NatSignal
+from ..nat.signal import NAT_FRAMES
 from . import audit, enrolment, tokens
 from .enrolment import EnrolmentError
 from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid_name

@@ -16,7 +16,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["MAX_CANDIDATES", "Candidate", "CandidateError", "CandidateKind", "admit", "parse_candidates"]
+__all__ = [
+    "MAX_CANDIDATES",
+    "Candidate",
+    "CandidateError",
+    "CandidateKind",
+    "admit",
+    "parse_candidates",
+    "usable_address",
+]
 
 MAX_CANDIDATES: Final = 8  # candidates per peer and message (ours: host + srflx per STUN server + relayed)
 
@@ -48,6 +56,15 @@ class Candidate:
         return f"{self.kind.value} {self.host}:{self.port}"
 
 
+def usable_address(host: str) -> bool:
+    """An IP address a peer can be reached at: not loopback, multicast or unspecified."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not (ip.is_multicast or ip.is_unspecified or ip.is_loopback)
+
+
 def parse_candidates(raw: object) -> tuple[Candidate, ...]:
     """Candidates from their JSON form. Raises ``CandidateError`` for anything malformed."""
     if not isinstance(raw, list) or len(raw) > MAX_CANDIDATES:
@@ -63,12 +80,9 @@ def parse_candidates(raw: object) -> tuple[Candidate, ...]:
             raise CandidateError(f"candidates[{index}].kind: not host, srflx or relay") from None
         if not isinstance(host, str) or len(host) > 45:
             raise CandidateError(f"candidates[{index}].host: not an IP address")
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            raise CandidateError(f"candidates[{index}].host: not an IP address") from None
-        if ip.is_multicast or ip.is_unspecified or ip.is_loopback:
-            raise CandidateError(f"candidates[{index}].host: {host} cannot be a peer's address")
+        if not usable_address(host):
+            raise CandidateError(f"candidates[{index}].host: {host!r} is no address a peer can have")
+        ip = ipaddress.ip_address(host)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise CandidateError(f"candidates[{index}].port: not a port")
         candidate = Candidate(parsed_kind, ip.compressed, port)

@@ -9,7 +9,7 @@ their maps, and learns no key material: candidates are transport addresses.
 
 agent -> server ``{"type": "turn"}``; server -> agent ``{"type": "turn", "servers": [{"host", "port"}],
 "username", "password", "expires_at"}``: fresh TURN credentials for this peer (``credentials.py``), asked again
-before ``expires_at``.
+before ``expires_at``; all three are null when the server has no TURN secret (the servers are then for STUN).
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ import base64
 import binascii
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from .candidates import Candidate, CandidateError, parse_candidates
 from .credentials import TurnCredentials
 
-__all__ = ["CandidatesFrame", "forwarded_candidates", "parse_candidates_frame", "turn_frame"]
+__all__ = ["NAT_FRAMES", "CandidatesFrame", "forwarded_candidates", "parse_candidates_frame", "turn_frame"]
+
+
+NAT_FRAMES: Final = frozenset({"candidates", "turn"})  # the stream frame types of this module
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +62,12 @@ def forwarded_candidates(sender: str, candidates: Sequence[Candidate], announced
     }
 
 
-def turn_frame(credentials: TurnCredentials, servers: Sequence[tuple[str, int]]) -> dict[str, object]:
+def turn_frame(credentials: TurnCredentials | None, servers: Sequence[tuple[str, int]]) -> dict[str, object]:
+    """The answer to ``{"type": "turn"}``; without credentials (no TURN secret configured) the servers are for STUN."""
     return {
         "type": "turn",
         "servers": [{"host": h, "port": p} for h, p in servers],
-        "username": credentials.username,
-        "password": credentials.password,
-        "expires_at": credentials.expires_at,
+        "username": credentials.username if credentials else None,
+        "password": credentials.password if credentials else None,
+        "expires_at": credentials.expires_at if credentials else None,
     }

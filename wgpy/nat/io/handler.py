@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ...drivers.clock import monotonic_now, wall_ns
 from ...events import Endpoint
 from ...keys import PublicKey
-from ..candidates import Candidate, CandidateKind, admit, parse_candidates
+from ..candidates import Candidate, CandidateKind, admit, parse_candidates, usable_address
 from ..paths import PathState, PeerPaths
 from ..stun import BINDING_REFRESH_TIME, BindingDiscovery, DatagramKind, classify
 
@@ -146,7 +146,7 @@ class NatHandler:
 
     def local_candidates(self) -> list[Candidate]:
         """Ours, to report: host addresses, server-reflexive ones, the relayed one."""
-        out = [Candidate(CandidateKind.HOST, h, p) for h, p in self.host_candidates]
+        out = [Candidate(CandidateKind.HOST, h, p) for h, p in self.host_candidates if usable_address(h)]
         for address in dict.fromkeys(self.discovery.reflexive.values()):
             out.append(Candidate(CandidateKind.SERVER_REFLEXIVE, *address))
         if self.relay is not None and self.relay.relayed_address is not None:
@@ -187,6 +187,17 @@ class NatHandler:
             for target in paths.relayed:
                 self.relayed[target] = relay
         return address
+
+    def retire_relay(self, old: TurnRelay) -> None:
+        """A newer allocation replaced ``old``: its peers' relayed addresses go through the new one, and it is
+        released (make before break)."""
+        for target, relay in list(self.relayed.items()):
+            if relay is old:
+                if self.relay is not None:
+                    self.relayed[target] = self.relay
+                else:
+                    del self.relayed[target]
+        old.close()
 
     def _relayed_datagram(self, data: bytes, source: tuple[str, int]) -> None:
         tunnel = self.tunnel

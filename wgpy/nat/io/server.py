@@ -24,8 +24,6 @@ __all__ = ["NatSignal"]
 
 logger = logging.getLogger("wgpy.management")
 
-NAT_FRAMES = frozenset({"candidates", "turn"})
-
 
 class NatSignal:
     """Candidate forwarding and TURN credentials.
@@ -47,6 +45,7 @@ class NatSignal:
         self.maps, self.hub = maps, hub
         self.turn_secret = turn_secret
         self.turn_servers = list(turn_servers)
+        self.turn_lifetime = TURN_CREDENTIAL_LIFETIME
         self.clock = clock
         self.forwarded = 0
         self.refused = 0
@@ -59,9 +58,11 @@ class NatSignal:
         if stream is None:
             return False
         if data.get("type") == "turn":
-            if not self.turn_secret or set(data) != {"type"}:
+            if set(data) != {"type"}:
                 return False
-            credentials = turn_credentials(self.turn_secret, peer_id, self.clock(), TURN_CREDENTIAL_LIFETIME)
+            if not self.turn_secret:  # STUN only: the servers, no credentials
+                return stream.send_now(turn_frame(None, self.turn_servers))
+            credentials = turn_credentials(self.turn_secret, peer_id, self.clock(), self.turn_lifetime)
             return stream.send_now(turn_frame(credentials, self.turn_servers))
         try:
             frame = parse_candidates_frame(data)
