@@ -247,18 +247,48 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         built.teardown()
 
 
-class PeerProcess:
-    """A ``nat_peer.py`` child: commands in, JSON events out (read by a thread into a queue; waits are bounded)."""
+MANAGEMENT_PORT = 8443
 
-    def __init__(self, lab: Lab, name: str, seed: int, stun: tuple[str, int]) -> None:
+
+def start_management(lab: Lab, secret: str) -> tuple[str, str, list[str], str]:
+    """``wgpy management serve`` in the "internet" namespace with coturn as its STUN/TURN server.
+
+    Returns the URL, the admin token, two setup keys and the management (signing) key."""
+    state = lab.workdir / f"{lab.tag}-mgmt"
+    token = lab.exec(lab.inet, sys.executable, "-m", "wgpy", "management", "init", "--state-dir", str(state)).strip()
+    secret_file = lab.workdir / f"{lab.tag}-turn-secret"
+    secret_file.write_text(secret)
+    url = f"http://{lab.server_ip}:{MANAGEMENT_PORT}"
+    process = lab.spawn(
+        lab.inet,
+        [
+            sys.executable, "-m", "wgpy", "management", "serve", "--state-dir", str(state),
+            "--listen", f"{lab.server_ip}:{MANAGEMENT_PORT}", "--turn", f"{lab.server_ip}:{TURN_PORT}",
+            "--turn-secret-file", str(secret_file),
+        ],
+    )  # fmt: skip
+    assert process.stdout is not None
+    line = process.stdout.readline()  # "listening on URL" (the server prints it once ready)
+    assert "listening on" in line, f"the management server did not start: {line!r}"
+    admin = lab.exec(lab.inet, sys.executable, str(Path(__file__).with_name("nat_admin.py")), url, token, "2")
+    answer = json.loads(admin)
+    return url, token, list(answer["keys"]), str(answer["signing_key"])
+
+
+class PeerProcess:
+    """A ``nat_peer.py`` (or ``nat_agent.py``) child: commands in, JSON events out (read by a thread into a queue;
+    waits are bounded)."""
+
+    def __init__(
+        self, lab: Lab, name: str, seed: int, stun: tuple[str, int], *, agent: Sequence[str] | None = None
+    ) -> None:
         import queue
         import threading
 
         self.name = name
-        self.process = lab.spawn(
-            lab.peers[name],
-            [sys.executable, str(Path(__file__).with_name("nat_peer.py")), str(seed), f"{stun[0]}:{stun[1]}"],
-        )
+        script = "nat_agent.py" if agent is not None else "nat_peer.py"
+        argv = list(agent) if agent is not None else [str(seed), f"{stun[0]}:{stun[1]}"]
+        self.process = lab.spawn(lab.peers[name], [sys.executable, str(Path(__file__).with_name(script)), *argv])
         self.events: queue.Queue[dict[str, object]] = queue.Queue()
         self.seen: list[dict[str, object]] = []
         self.stderr: list[str] = []
@@ -279,6 +309,7 @@ class PeerProcess:
         ready = self.wait("ready")
         self.port = int(str(ready["port"]))
         self.public_key = str(ready["public_key"])
+        self.address = str(ready.get("address", ""))
 
     def send(self, **command: object) -> None:
         assert self.process.stdin is not None

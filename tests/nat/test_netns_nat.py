@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nat_lab import TURN_PORT, Lab, PeerProcess, lab
+from nat_lab import TURN_PORT, Lab, PeerProcess, lab, start_management
 
 from wgpy.nat.credentials import turn_credentials
 
@@ -128,3 +128,47 @@ def test_topology_2_symmetric_nats_relay_through_coturn_which_sees_no_plaintext(
     assert types, "nothing crossed the relay"
     assert set(types) <= {"1", "2", "3", "4"}, f"non-WireGuard datagrams on the relay: {sorted(set(types))}"
     assert "4" in types, "no transport message went through the relay"
+
+
+def _agents(built: Lab, nat: str) -> tuple[PeerProcess, PeerProcess]:
+    built.add_peer("a", nat=nat)
+    built.add_peer("b", nat=nat)
+    built.start_coturn(SECRET.decode())
+    url, _token, keys, signing = start_management(built, SECRET.decode())
+    stun = (built.server_ip, TURN_PORT)
+    a = PeerProcess(built, "a", 0, stun, agent=[url, keys[0], signing, "a", str(built.workdir / "agent-a")])
+    b = PeerProcess(built, "b", 0, stun, agent=[url, keys[1], signing, "b", str(built.workdir / "agent-b")])
+    return a, b
+
+
+def _agent_ping(src: PeerProcess, dst: PeerProcess, payload: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # bounded
+        src.send(cmd="send", dst=dst.address, payload=payload)
+        try:
+            dst.wait("packet", timeout=1.0, payload=payload)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"{payload!r} never arrived; {src.status()} {dst.status()}")
+
+
+def _path(agent: PeerProcess) -> str:
+    peers = agent.status()["peers"]
+    assert isinstance(peers, list) and len(peers) == 1, peers
+    return str(peers[0]["path"])
+
+
+@pytest.mark.parametrize("nat", ["eim", "symmetric"])
+def test_wgpy_up_agents_exchange_candidates_through_the_management_server(nat_lab: Lab, nat: str) -> None:
+    """The whole chain: enrolment, the server's TURN credentials, STUN, candidates over the stream, the path."""
+    a, b = _agents(nat_lab, nat)
+    _agent_ping(a, b, f"through-{nat}")
+    _agent_ping(b, a, f"back-{nat}")
+    time.sleep(0.6)
+    expected = "path: direct" if nat == "eim" else "path: relayed"
+    for agent in (a, b):
+        line = _path(agent)
+        assert line.startswith(expected), line
+    if nat == "eim":
+        assert a.status()["relay_sent"] == 0 and b.status()["relay_sent"] == 0

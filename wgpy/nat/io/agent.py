@@ -29,7 +29,6 @@ __all__ = ["NatAgent"]
 logger = logging.getLogger("wgpy.nat")
 
 TURN_RENEW_BEFORE: Final = 300.0  # seconds before the credentials expire that new ones are asked for (ours)
-ANSWER_AFTER: Final = 2.0  # seconds: a peer's candidates are answered with ours unless we sent them this recently
 
 Send = Callable[[dict[str, object]], Awaitable[None]]
 
@@ -40,6 +39,7 @@ class NatAgent:
         self.wall_clock = wall_clock
         self._send: Send | None = None
         self._sent: dict[str, tuple[object, float]] = {}  # peer key -> (what we sent, when: monotonic)
+        self._received: dict[str, object] = {}  # peer key -> the candidates it sent last
         self._renew: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.credentials_expire_at: int | None = None
@@ -64,6 +64,7 @@ class NatAgent:
     async def stream_opened(self, send: Send) -> None:
         self._send = send
         self._sent.clear()
+        self._received.clear()
         await send({"type": "turn"})
 
     def stream_closed(self) -> None:
@@ -125,8 +126,10 @@ class NatAgent:
             self.frames_refused += 1
             logger.info("peer(%s): candidates refused: %s", peer[:8], exc)
             return
-        last = self._sent.get(peer)
-        if last is None or time.monotonic() - last[1] >= ANSWER_AFTER:
+        # New or changed candidates from this peer are answered with ours: it may have missed what we sent
+        # before its stream was open, and both sides must probe at once. The same ones again are not (no ping-pong).
+        if self._received.get(peer) != message.get("candidates"):
+            self._received[peer] = message.get("candidates")
             self._send_candidates(peer, force=True)
 
     # --- our candidates -------------------------------------------------------------------------------------------
