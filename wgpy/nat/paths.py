@@ -20,6 +20,9 @@ from .candidates import Candidate, CandidateKind
 __all__ = ["RELAY_AFTER_TIME", "PathState", "PeerPaths"]
 
 RELAY_AFTER_TIME: Final = 6.0  # seconds of failed direct checks before the relay (ours; issue #15 "a few seconds")
+PATH_SILENT_TIME: Final = 2.0  # seconds of sending with nothing received before the path is suspect (ours)
+DIRECT_PROBE_TIME: Final = 2.0  # seconds between background direct probes of a relayed peer (ours)
+NAT_KEEPALIVE_INTERVAL: Final = 25  # seconds, persistent keepalive holding the NAT binding (wg(8) suggests 25)
 
 
 class PathState(enum.Enum):
@@ -41,6 +44,12 @@ class PeerPaths:
     reason: str = ""  # why relayed
     refused: int = 0  # candidates refused by ``admit`` (not announced by the server)
     probes_sent: dict[tuple[str, int], int] = field(default_factory=dict)
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    sending_since: float = 0.0
+    tx_since_rx: bool = False
+    silent_reported: bool = False
+    direct_probe_at: float = 0.0
 
     def set_candidates(self, remote: tuple[Candidate, ...], refused: int, now: float) -> None:
         self.remote, self.refused = remote, refused
@@ -84,6 +93,29 @@ class PeerPaths:
         if self.state is PathState.CHECKING and self.checking_since is not None:
             return self.checking_since + RELAY_AFTER_TIME
         return None
+
+    def note_counters(self, rx_bytes: int, tx_bytes: int, now: float) -> bool:
+        """The peer's byte counters now; ``True`` once when we have been sending for ``PATH_SILENT_TIME`` and heard
+        nothing (a NAT rebinding, or a path gone): time to ask STUN again and tell the peer. A one-way flow looks
+        the same until the peer's passive keepalive (10 s): the cost of a false alarm is one STUN transaction."""
+        if rx_bytes != self.rx_bytes:
+            self.rx_bytes = rx_bytes
+            self.tx_since_rx = self.silent_reported = False
+        if tx_bytes != self.tx_bytes:
+            self.tx_bytes = tx_bytes
+            if not self.tx_since_rx:
+                self.tx_since_rx, self.sending_since = True, now
+        if self.tx_since_rx and not self.silent_reported and now - self.sending_since >= PATH_SILENT_TIME:
+            self.silent_reported = True
+            return True
+        return False
+
+    def direct_probe_due(self, now: float) -> bool:
+        """Whether a relayed peer's next transport datagram should also go to its direct candidates."""
+        if self.state is not PathState.RELAYED or not self.direct or now < self.direct_probe_at:
+            return False
+        self.direct_probe_at = now + DIRECT_PROBE_TIME
+        return True
 
     def describe(self) -> str:
         """One ``wg show``-style line: direct or relayed, which candidate pair, and why it is relayed."""

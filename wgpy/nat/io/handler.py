@@ -22,7 +22,7 @@ from ...drivers.clock import monotonic_now, wall_ns
 from ...events import Endpoint
 from ...keys import PublicKey
 from ..candidates import Candidate, CandidateKind, admit, parse_candidates, usable_address
-from ..paths import PathState, PeerPaths
+from ..paths import NAT_KEEPALIVE_INTERVAL, PathState, PeerPaths
 from ..stun import BINDING_REFRESH_TIME, BindingDiscovery, DatagramKind, classify
 
 if TYPE_CHECKING:
@@ -116,6 +116,15 @@ class NatHandler:
                         paths.note_probe(extra)
                         if extra != target:
                             self._send_one(data, extra, direct)
+            elif data[0] == 4 and target in self.relayed:
+                # A relayed peer: now and then one transport datagram also goes to its direct candidates, ahead
+                # of the relayed copy. If a direct path works, the peer's device roams to it (no new handshake);
+                # the later copy is a replay it drops. Nothing in flight is lost.
+                paths = self._paths_for(target)
+                if paths is not None and paths.direct_probe_due(self.clock()):
+                    for extra in paths.direct:
+                        paths.note_probe(extra)
+                        direct.append((data, extra))
             self._send_one(data, target, direct)
         return direct
 
@@ -168,8 +177,20 @@ class NatHandler:
         for candidate in admitted:
             if candidate.kind is CandidateKind.RELAYED and self.relay is not None:
                 self.relayed[candidate.address] = self.relay
+        peer = tunnel.device.peer(peer_key) if tunnel is not None else None
+        if tunnel is not None and peer is not None and peer.keypairs.current is not None and admitted:
+            addresses = [c.address for c in admitted]
+            current = (str(peer.endpoint[0]), int(peer.endpoint[1])) if peer.endpoint is not None else None
+            if current not in addresses:
+                # The peer moved (a NAT rebinding): send to where it says it is now, which also opens our NAT
+                # towards it; its next authenticated datagram sets the endpoint anyway.
+                srflx = [c.address for c in admitted if c.kind is CandidateKind.SERVER_REFLEXIVE]
+                peer.endpoint = (srflx or addresses)[0]
+                tunnel.device.expired_send_keepalive(peer, now)
+                tunnel.flush()
+        if tunnel is not None and peer is not None and not peer.timers.persistent_keepalive_interval:
+            tunnel.device.set_persistent_keepalive(peer, NAT_KEEPALIVE_INTERVAL, now)  # holds the NAT binding
         if tunnel is not None and paths.direct:
-            peer = tunnel.device.peer(peer_key)
             if peer is not None:
                 if peer.endpoint is None or (paths.state is PathState.CHECKING and peer.keypairs.current is None):
                     peer.endpoint = paths.direct[0]
@@ -220,6 +241,9 @@ class NatHandler:
             if peer is None:
                 continue
             paths.observe(peer.endpoint, peer.keypairs.current is not None)
+            if paths.note_counters(peer.rx_bytes, peer.tx_bytes, now) and self.stun_servers:
+                logger.info("peer(%s): nothing received for a while: asking STUN again", key.short())
+                self.refresh()
             if paths.state is not before:
                 logger.info("peer(%s): path %s -> %s %s", key.short(), before.value, paths.state.value, paths.reason)
                 if paths.state is PathState.RELAYED and peer.keypairs.current is None:
