@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import struct
 import sys
 
 from helpers import ipv4_packet
@@ -39,7 +40,7 @@ async def main(url: str, setup_key: str, management_key: str, name: str, state_d
         enrolled.private_key,
         enrolled.client,
         state=None,
-        on_packet=lambda p: emit(event="packet", payload=p[20:].decode(errors="replace")),
+        on_packet=lambda p: emit(event="packet", payload=p[28:].decode(errors="replace")),
         initial_map=enrolled.initial_map,
     )
     await runner.start()
@@ -57,7 +58,9 @@ async def main(url: str, setup_key: str, management_key: str, name: str, state_d
         while line := await reader.readline():
             command = json.loads(line)
             if command["cmd"] == "send":
-                runner.tunnel.send_packet(ipv4_packet(address, command["dst"], command["payload"].encode()))
+                data = command["payload"].encode()
+                udp = struct.pack("!HHHH", 40000, 40000, 8 + len(data), 0) + data  # a whole UDP header: the ACL reads ports
+                runner.tunnel.send_packet(ipv4_packet(address, command["dst"], udp))
             elif command["cmd"] == "status":
                 status = runner.status()
                 status["relay_sent"] = runner.nat.handler.relay.sent if runner.nat.handler.relay else 0

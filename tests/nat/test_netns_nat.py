@@ -153,10 +153,16 @@ def _agent_ping(src: PeerProcess, dst: PeerProcess, payload: str, timeout: float
     raise AssertionError(f"{payload!r} never arrived; {src.status()} {dst.status()}")
 
 
-def _path(agent: PeerProcess) -> str:
-    peers = agent.status()["peers"]
-    assert isinstance(peers, list) and len(peers) == 1, peers
-    return str(peers[0]["path"])
+def _path(agent: PeerProcess, expected: str = "", timeout: float = 3.0) -> str:
+    """The agent's path line for its one peer, once it starts with ``expected`` (or after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:  # bounded: the path state is checked on a 0.25 s tick
+        peers = agent.status()["peers"]
+        assert isinstance(peers, list) and len(peers) == 1, peers
+        line = str(peers[0]["path"])
+        if line.startswith(expected) or time.monotonic() > deadline:
+            return line
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("nat", ["eim", "symmetric"])
@@ -165,10 +171,106 @@ def test_wgpy_up_agents_exchange_candidates_through_the_management_server(nat_la
     a, b = _agents(nat_lab, nat)
     _agent_ping(a, b, f"through-{nat}")
     _agent_ping(b, a, f"back-{nat}")
-    time.sleep(0.6)
     expected = "path: direct" if nat == "eim" else "path: relayed"
     for agent in (a, b):
-        line = _path(agent)
+        line = _path(agent, expected)
         assert line.startswith(expected), line
     if nat == "eim":
         assert a.status()["relay_sent"] == 0 and b.status()["relay_sent"] == 0
+
+
+def _set_udp_timeouts(built: Lab, router: str, seconds: int, stream_seconds: int) -> None:
+    built.exec(
+        router,
+        "sysctl", "-qw",
+        f"net.netfilter.nf_conntrack_udp_timeout={seconds}",
+        f"net.netfilter.nf_conntrack_udp_timeout_stream={stream_seconds}",
+    )  # fmt: skip
+
+
+def test_topology_3_a_nat_rebinding_mid_session_recovers_within_10_s(nat_lab: Lab) -> None:
+    a, b = _agents(nat_lab, "eim")
+    _agent_ping(a, b, "before")
+    _agent_ping(b, a, "before-back")
+    assert _path(a, "path: direct").startswith("path: direct")
+    # Rebinding: A's router forgets its mappings (UDP entries time out in 1 s of silence) and maps to new ports.
+    router = nat_lab.routers["a"]
+    wan_if = nat_lab.exec(router, "ip", "-o", "route", "get", nat_lab.server_ip).split(" dev ")[1].split()[0]
+    _set_udp_timeouts(nat_lab, router, 1, 1)
+    nat_lab.exec(router, "nft", "flush", "chain", "ip", "nat", "postrouting")
+    nat_lab.exec(
+        router, "nft", "add", "rule", "ip", "nat", "postrouting",
+        "oifname", wan_if, "meta", "l4proto", "udp", "masquerade", "to", ":20000-29999",
+    )  # fmt: skip
+    nat_lab.exec(router, "nft", "add", "rule", "ip", "nat", "postrouting", "oifname", wan_if, "masquerade")
+    _agent_ping(a, b, "last-before")  # the entries take the 1 s timeout with their next datagram
+    time.sleep(3.0)
+    _set_udp_timeouts(nat_lab, router, 30, 120)
+    started = time.monotonic()
+    _agent_ping(a, b, "after-rebinding", timeout=10.0)
+    _agent_ping(b, a, "after-rebinding-back", timeout=10.0 - (time.monotonic() - started))
+    assert time.monotonic() - started < 10.0
+    peer = b.status()["peers"][0]  # type: ignore[index]
+    assert 20000 <= peer["endpoint"][1] < 30000, peer  # B follows A to its new mapping
+
+
+def test_topology_4a_relay_down_while_direct_works_breaks_nothing(nat_lab: Lab) -> None:
+    a, b = _pair(nat_lab, "eim")
+    a.wait("reflexive")
+    b.wait("reflexive")
+    for peer, seed in ((a, "a"), (b, "b")):
+        creds = turn_credentials(SECRET, f"peer-{seed}", time.time(), 600)
+        peer.send(cmd="relay", host=nat_lab.server_ip, port=TURN_PORT, username=creds.username, password=creds.password)
+        peer.wait("relayed")
+    _exchange(nat_lab, a, b)
+    _ping(a, b, ("a", "b"), "direct-first")
+    coturn = next(p for p in nat_lab.processes if "turnserver" in " ".join(map(str, p.args)))
+    nat_lab.stop(coturn)
+    for n in range(10):
+        _ping(a, b, ("a", "b"), f"relay-down-{n}", timeout=3.0)
+        _ping(b, a, ("b", "a"), f"relay-down-back-{n}", timeout=3.0)
+        time.sleep(0.2)
+    for me, other in ((a, b), (b, a)):
+        state = me.status()["peers"][other.public_key]  # type: ignore[index]
+        assert state["state"] == "direct", (state, me.stderr[-20:])
+        assert me.status()["relay_sent"] == 0
+
+
+def test_topology_4b_a_direct_path_appearing_while_relayed_takes_over_without_handshake_or_loss(
+    nat_lab: Lab,
+) -> None:
+    a, b = _pair(nat_lab, "eim")
+    block = nat_lab.workdir / "block.nft"
+    block.write_text(
+        "table inet block {\n chain forward { type filter hook forward priority filter; policy accept;\n"
+        f"  ip saddr {nat_lab.wan['a']} ip daddr {nat_lab.wan['b']} drop\n"
+        f"  ip saddr {nat_lab.wan['b']} ip daddr {nat_lab.wan['a']} drop\n }}\n}}\n"
+    )
+    nat_lab.exec(nat_lab.inet, "nft", "-f", str(block))  # the internet lets no direct datagram through
+    a.wait("reflexive")
+    b.wait("reflexive")
+    for peer, seed in ((a, "a"), (b, "b")):
+        creds = turn_credentials(SECRET, f"peer-{seed}", time.time(), 600)
+        peer.send(cmd="relay", host=nat_lab.server_ip, port=TURN_PORT, username=creds.username, password=creds.password)
+        peer.wait("relayed")
+    _exchange(nat_lab, a, b)
+    _ping(a, b, ("a", "b"), "relayed-first", timeout=30.0)
+    _ping(b, a, ("b", "a"), "relayed-back", timeout=10.0)
+    time.sleep(0.6)
+    assert a.status()["peers"][b.public_key]["state"] == "relayed"  # type: ignore[index]
+    handshakes = (a.status()["peers"][b.public_key]["handshakes"], b.status()["peers"][a.public_key]["handshakes"])  # type: ignore[index]
+    nat_lab.exec(nat_lab.inet, "nft", "delete", "table", "inet", "block")  # a direct path appears
+    sent = [f"move-{n}" for n in range(40)]
+    for payload in sent:  # 8 s of traffic both ways across the move
+        a.send(cmd="send", src=ADDR["a"], dst=ADDR["b"], payload=payload)
+        b.send(cmd="send", src=ADDR["b"], dst=ADDR["a"], payload=payload + "-back")
+        time.sleep(0.2)
+    for payload in sent:  # nothing in flight was lost
+        b.wait("packet", timeout=2.0, payload=payload)
+        a.wait("packet", timeout=2.0, payload=payload + "-back")
+    time.sleep(0.6)
+    for me, other in ((a, b), (b, a)):
+        state = me.status()["peers"][other.public_key]  # type: ignore[index]
+        assert state["state"] == "direct", state
+    after = (a.status()["peers"][b.public_key]["handshakes"], b.status()["peers"][a.public_key]["handshakes"])  # type: ignore[index]
+    assert after == handshakes, "moving back to direct took no new handshake"

@@ -21,6 +21,7 @@ __all__ = ["RELAY_AFTER_TIME", "PathState", "PeerPaths"]
 
 RELAY_AFTER_TIME: Final = 6.0  # seconds of failed direct checks before the relay (ours; issue #15 "a few seconds")
 PATH_SILENT_TIME: Final = 2.0  # seconds of sending with nothing received before the path is suspect (ours)
+PATH_SILENT_MAX_INTERVAL: Final = 30.0  # seconds between alarms of a lasting silence (ours)
 DIRECT_PROBE_TIME: Final = 2.0  # seconds between background direct probes of a relayed peer (ours)
 NAT_KEEPALIVE_INTERVAL: Final = 25  # seconds, persistent keepalive holding the NAT binding (wg(8) suggests 25)
 
@@ -46,9 +47,9 @@ class PeerPaths:
     probes_sent: dict[tuple[str, int], int] = field(default_factory=dict)
     rx_bytes: int = 0
     tx_bytes: int = 0
-    sending_since: float = 0.0
     tx_since_rx: bool = False
-    silent_reported: bool = False
+    silent_alarm_at: float = 0.0
+    silent_interval: float = 0.0
     direct_probe_at: float = 0.0
 
     def set_candidates(self, remote: tuple[Candidate, ...], refused: int, now: float) -> None:
@@ -95,18 +96,21 @@ class PeerPaths:
         return None
 
     def note_counters(self, rx_bytes: int, tx_bytes: int, now: float) -> bool:
-        """The peer's byte counters now; ``True`` once when we have been sending for ``PATH_SILENT_TIME`` and heard
-        nothing (a NAT rebinding, or a path gone): time to ask STUN again and tell the peer. A one-way flow looks
-        the same until the peer's passive keepalive (10 s): the cost of a false alarm is one STUN transaction."""
+        """The peer's byte counters now; ``True`` when we have been sending for ``PATH_SILENT_TIME`` and heard
+        nothing (a NAT rebinding, or a path gone): time to ask STUN again and tell the peer. While the silence
+        lasts it says so again after 2, 4, 8 ... up to ``PATH_SILENT_MAX_INTERVAL`` seconds. A one-way flow looks
+        the same until the peer's passive keepalive (10 s): a false alarm costs one STUN transaction."""
         if rx_bytes != self.rx_bytes:
             self.rx_bytes = rx_bytes
-            self.tx_since_rx = self.silent_reported = False
+            self.tx_since_rx = False
         if tx_bytes != self.tx_bytes:
             self.tx_bytes = tx_bytes
             if not self.tx_since_rx:
-                self.tx_since_rx, self.sending_since = True, now
-        if self.tx_since_rx and not self.silent_reported and now - self.sending_since >= PATH_SILENT_TIME:
-            self.silent_reported = True
+                self.tx_since_rx, self.silent_interval = True, PATH_SILENT_TIME
+                self.silent_alarm_at = now + PATH_SILENT_TIME
+        if self.tx_since_rx and now >= self.silent_alarm_at:
+            self.silent_interval = min(2 * self.silent_interval, PATH_SILENT_MAX_INTERVAL)
+            self.silent_alarm_at = now + self.silent_interval
             return True
         return False
 
