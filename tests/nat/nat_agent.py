@@ -59,7 +59,9 @@ async def main(url: str, setup_key: str, management_key: str, name: str, state_d
             command = json.loads(line)
             if command["cmd"] == "send":
                 data = command["payload"].encode()
-                udp = struct.pack("!HHHH", 40000, 40000, 8 + len(data), 0) + data  # a whole UDP header: the ACL reads ports
+                udp = (
+                    struct.pack("!HHHH", 40000, 40000, 8 + len(data), 0) + data
+                )  # a whole UDP header: the ACL reads ports
                 runner.tunnel.send_packet(ipv4_packet(address, command["dst"], udp))
             elif command["cmd"] == "status":
                 status = runner.status()

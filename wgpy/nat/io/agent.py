@@ -164,5 +164,6 @@ class NatAgent:
         task.add_done_callback(self._tasks.discard)
 
     def describe(self, key: PublicKey) -> str | None:
+        self.handler.observe_paths()
         paths = self.handler.paths.get(key)
         return paths.describe() if paths is not None else None

@@ -229,6 +229,16 @@ class NatHandler:
         tunnel.device.receive_datagram(data, source, self.clock(), wall_ns())
         tunnel.flush()
 
+    def observe_paths(self) -> None:
+        """Bring each peer's path state up to date with the device (the tick does it; status asks too)."""
+        tunnel = self.tunnel
+        if tunnel is None:
+            return
+        for key, paths in self.paths.items():
+            peer = tunnel.device.peer(key)
+            if peer is not None:
+                paths.observe(peer.endpoint, peer.keypairs.current is not None)
+
     def _on_tick(self) -> None:
         tunnel = self.tunnel
         if tunnel is None:
