@@ -65,7 +65,15 @@ async def main(url: str, setup_key: str, management_key: str, name: str, state_d
                 runner.tunnel.send_packet(ipv4_packet(address, command["dst"], udp))
             elif command["cmd"] == "status":
                 status = runner.status()
-                status["relay_sent"] = runner.nat.handler.relay.sent if runner.nat.handler.relay else 0
+                relay = runner.nat.handler.relay
+                status["relay_sent"] = relay.sent if relay else 0
+                status["relayed_address"] = list(relay.relayed_address) if relay and relay.relayed_address else None
+                status["credentials_expire_at"] = runner.nat.credentials_expire_at
+                status["relay_errors"] = relay.errors if relay else 0
+                status["relay_lost"] = relay.lost if relay else None
+                status["relayed_targets"] = [
+                    f"{h}:{p} {r.relayed_address}" for (h, p), r in runner.nat.handler.relayed.items()
+                ]
                 status["event"] = "status"
                 emit(**status)
             elif command["cmd"] == "quit":

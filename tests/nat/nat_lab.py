@@ -250,7 +250,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 MANAGEMENT_PORT = 8443
 
 
-def start_management(lab: Lab, secret: str) -> tuple[str, str, list[str], str]:
+def start_management(lab: Lab, secret: str, turn_lifetime: int = 3600) -> tuple[str, str, list[str], str]:
     """``wgpy management serve`` in the "internet" namespace with coturn as its STUN/TURN server.
 
     Returns the URL, the admin token, two setup keys and the management (signing) key."""
@@ -264,7 +264,7 @@ def start_management(lab: Lab, secret: str) -> tuple[str, str, list[str], str]:
         [
             sys.executable, "-m", "wgpy", "management", "serve", "--state-dir", str(state),
             "--listen", f"{lab.server_ip}:{MANAGEMENT_PORT}", "--turn", f"{lab.server_ip}:{TURN_PORT}",
-            "--turn-secret-file", str(secret_file),
+            "--turn-secret-file", str(secret_file), "--turn-credential-lifetime", str(turn_lifetime),
         ],
     )  # fmt: skip
     assert process.stdout is not None

@@ -130,11 +130,11 @@ def test_topology_2_symmetric_nats_relay_through_coturn_which_sees_no_plaintext(
     assert "4" in types, "no transport message went through the relay"
 
 
-def _agents(built: Lab, nat: str) -> tuple[PeerProcess, PeerProcess]:
+def _agents(built: Lab, nat: str, turn_lifetime: int = 3600) -> tuple[PeerProcess, PeerProcess]:
     built.add_peer("a", nat=nat)
     built.add_peer("b", nat=nat)
     built.start_coturn(SECRET.decode())
-    url, _token, keys, signing = start_management(built, SECRET.decode())
+    url, _token, keys, signing = start_management(built, SECRET.decode(), turn_lifetime)
     stun = (built.server_ip, TURN_PORT)
     a = PeerProcess(built, "a", 0, stun, agent=[url, keys[0], signing, "a", str(built.workdir / "agent-a")])
     b = PeerProcess(built, "b", 0, stun, agent=[url, keys[1], signing, "b", str(built.workdir / "agent-b")])
@@ -274,3 +274,25 @@ def test_topology_4b_a_direct_path_appearing_while_relayed_takes_over_without_ha
         assert state["state"] == "direct", state
     after = (a.status()["peers"][b.public_key]["handshakes"], b.status()["peers"][a.public_key]["handshakes"])  # type: ignore[index]
     assert after == handshakes, "moving back to direct took no new handshake"
+
+
+def test_expiring_turn_credentials_are_renewed_with_a_new_allocation_and_traffic_goes_on(nat_lab: Lab) -> None:
+    """Credentials live 12 s here: each agent asks again at half their life and moves to a new allocation (coturn
+    refuses to refresh an allocation whose username expired); the relayed session carries on across it."""
+    a, b = _agents(nat_lab, "symmetric", turn_lifetime=12)
+    _agent_ping(a, b, "relayed-1", timeout=30.0)
+    _agent_ping(b, a, "relayed-1-back")
+    first = a.status()
+    assert _path(a, "path: relayed").startswith("path: relayed")
+    deadline = time.monotonic() + 20.0  # past the first credentials' expiry (12 s) and one renewal more
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        _agent_ping(a, b, f"across-{n}", timeout=5.0)
+        _agent_ping(b, a, f"across-back-{n}", timeout=5.0)
+        time.sleep(0.5)
+    later = a.status()
+    assert later["credentials_expire_at"] > first["credentials_expire_at"], (first, later)  # type: ignore[operator]
+    assert later["relayed_address"] != first["relayed_address"], "a new allocation replaced the old one"
+    assert later["credentials_expire_at"] > time.time(), "the credentials in use have not expired"  # type: ignore[operator]
+    assert _path(a, "path: relayed").startswith("path: relayed")

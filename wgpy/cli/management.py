@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         "--turn", action="append", default=[], type=_listen, metavar="HOST:PORT", help="a STUN/TURN server for peers"
     )
     serve.add_argument("--turn-secret-file", type=pathlib.Path, help="coturn's static-auth-secret (use-auth-secret)")
+    serve.add_argument(
+        "--turn-credential-lifetime", type=int, default=3600, metavar="SECONDS", help="TURN credentials' lifetime"
+    )
     serve.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"])
     return parser
 
@@ -86,6 +89,7 @@ async def _serve(args: argparse.Namespace) -> None:
             ready=ready,
             turn_servers=args.turn,
             turn_secret=args.turn_secret_file.read_bytes().strip() if args.turn_secret_file else b"",
+            turn_lifetime=args.turn_credential_lifetime,
         )
 
 

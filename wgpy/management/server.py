@@ -201,12 +201,14 @@ async def serve(
     ready: Callable[[str], None] | None = None,
     turn_servers: Sequence[tuple[str, int]] = (),
     turn_secret: bytes = b"",
+    turn_lifetime: int = 3600,
 ) -> None:
     """Serve until cancelled. ``ready`` is called with the URL once listening. ``turn_servers`` and ``turn_secret``
     (coturn's ``static-auth-secret``) are what NAT traversal hands to peers (``wgpy.nat``)."""
     url = db_url or store.default_url(state_dir)
     server, app, _engine = await _build(state_dir, url, network, None)
     server.nat.turn_servers, server.nat.turn_secret = list(turn_servers), turn_secret
+    server.nat.turn_lifetime = turn_lifetime
     context = None
     if tls_cert is not None or tls_key is not None:
         if tls_cert is None or tls_key is None:

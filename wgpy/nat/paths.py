@@ -48,6 +48,7 @@ class PeerPaths:
     rx_bytes: int = 0
     tx_bytes: int = 0
     tx_since_rx: bool = False
+    observed_rx: int = -1
     silent_alarm_at: float = 0.0
     silent_interval: float = 0.0
     direct_probe_at: float = 0.0
@@ -135,8 +136,16 @@ class PeerPaths:
             line += f"; {self.refused} candidates refused (not announced by the server)"
         return line
 
-    def observe(self, endpoint: tuple[object, ...] | None, handshake_done: bool) -> None:
-        """The device's endpoint for the peer now, and whether a session exists."""
+    def observe(self, endpoint: tuple[object, ...] | None, handshake_done: bool, rx_bytes: int | None = None) -> None:
+        """The device's endpoint for the peer now, whether a session exists, and the peer's received-byte count.
+
+        Only an endpoint something authenticated came from since the last look counts (``rx_bytes`` grew): the
+        device sets it from authenticated datagrams, but we also move it by hand to probe (a rebinding), and a
+        path we only send on is no selected pair."""
+        if rx_bytes is not None:
+            if rx_bytes == self.observed_rx:
+                return
+            self.observed_rx = rx_bytes
         if endpoint is None or not handshake_done:
             return
         address = (str(endpoint[0]), int(str(endpoint[1])))

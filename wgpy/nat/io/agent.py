@@ -103,7 +103,8 @@ class NatAgent:
         loop = asyncio.get_running_loop()
         if self._renew is not None:
             self._renew.cancel()
-        delay = max(1.0, expires - self.wall_clock() - TURN_RENEW_BEFORE)
+        left = expires - self.wall_clock()
+        delay = max(1.0, left - min(TURN_RENEW_BEFORE, left / 2))  # short-lived credentials: at half their life
         self._renew = loop.call_later(delay, self._ask_turn)
 
     def _ask_turn(self) -> None:

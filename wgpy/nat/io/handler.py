@@ -184,8 +184,10 @@ class NatHandler:
             if current not in addresses:
                 # The peer moved (a NAT rebinding): send to where it says it is now, which also opens our NAT
                 # towards it; its next authenticated datagram sets the endpoint anyway.
-                srflx = [c.address for c in admitted if c.kind is CandidateKind.SERVER_REFLEXIVE]
-                peer.endpoint = (srflx or addresses)[0]
+                # A relayed peer stays relayed (its new relayed address); a direct one goes to its new mapping.
+                kind = CandidateKind.RELAYED if paths.state is PathState.RELAYED else CandidateKind.SERVER_REFLEXIVE
+                preferred = [c.address for c in admitted if c.kind is kind]
+                peer.endpoint = (preferred or addresses)[0]
                 tunnel.device.expired_send_keepalive(peer, now)
                 tunnel.flush()
         if tunnel is not None and peer is not None and not peer.timers.persistent_keepalive_interval:
@@ -237,7 +239,7 @@ class NatHandler:
         for key, paths in self.paths.items():
             peer = tunnel.device.peer(key)
             if peer is not None:
-                paths.observe(peer.endpoint, peer.keypairs.current is not None)
+                paths.observe(peer.endpoint, peer.keypairs.current is not None, peer.rx_bytes)
 
     def _on_tick(self) -> None:
         tunnel = self.tunnel
@@ -250,7 +252,7 @@ class NatHandler:
             peer = tunnel.device.peer(key)
             if peer is None:
                 continue
-            paths.observe(peer.endpoint, peer.keypairs.current is not None)
+            paths.observe(peer.endpoint, peer.keypairs.current is not None, peer.rx_bytes)
             if paths.note_counters(peer.rx_bytes, peer.tx_bytes, now) and self.stun_servers:
                 logger.info("peer(%s): nothing received for a while: asking STUN again", key.short())
                 self.refresh()
