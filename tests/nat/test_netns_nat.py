@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nat_lab import TURN_PORT, Lab, PeerProcess, lab, start_management
+from nat_lab import TURN_PORT, Lab, PeerProcess, lab, start_management, unavailable
 
 from wgpy.nat.credentials import turn_credentials
 
@@ -91,7 +91,7 @@ def test_topology_1_endpoint_independent_nats_punch_a_direct_path(nat_lab: Lab) 
 
 def test_topology_2_symmetric_nats_relay_through_coturn_which_sees_no_plaintext(nat_lab: Lab, tmp_path: Path) -> None:
     if shutil.which("tshark") is None:
-        pytest.skip("tshark is not installed")
+        unavailable("tshark is not installed (apt-get install tshark)")
     a, b = _pair(nat_lab, "symmetric")
     a.wait("reflexive")
     b.wait("reflexive")
