@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import pathlib
 import struct
 import sys
@@ -83,4 +84,6 @@ async def main(url: str, setup_key: str, management_key: str, name: str, state_d
 
 
 if __name__ == "__main__":
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("wgpy.nat").setLevel(logging.INFO)  # the path story, for a failing test's message
     asyncio.run(main(*sys.argv[1:6]))

@@ -150,7 +150,10 @@ def _agent_ping(src: PeerProcess, dst: PeerProcess, payload: str, timeout: float
             return
         except AssertionError:
             continue
-    raise AssertionError(f"{payload!r} never arrived; {src.status()} {dst.status()}")
+    raise AssertionError(
+        f"{payload!r} never arrived; {src.status()} {dst.status()}\n--- {src.name} ---\n{''.join(src.stderr[-40:])}"
+        f"\n--- {dst.name} ---\n{''.join(dst.stderr[-40:])}"
+    )
 
 
 def _path(agent: PeerProcess, expected: str = "", timeout: float = 3.0) -> str:
