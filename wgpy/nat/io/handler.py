@@ -221,6 +221,21 @@ class NatHandler:
                 else:
                     del self.relayed[target]
         old.close()
+        # A keepalive to each relayed peer through the new allocation: it creates the allocation's permission for
+        # the peer (without one the TURN server drops what the peer sends to it, RFC 8656 §9) and makes the peer's
+        # device roam to our new relayed address at once, rather than with our next data.
+        tunnel = self.tunnel
+        if tunnel is not None:
+            now = self.clock()
+            for peer in tunnel.device.peers.values():
+                endpoint = peer.endpoint
+                if (
+                    endpoint is not None
+                    and (str(endpoint[0]), int(endpoint[1])) in self.relayed
+                    and peer.keypairs.current
+                ):
+                    tunnel.device.expired_send_keepalive(peer, now)
+            tunnel.flush()
 
     def _relayed_datagram(self, data: bytes, source: tuple[str, int]) -> None:
         tunnel = self.tunnel
