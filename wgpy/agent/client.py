@@ -465,3 +465,7 @@ class MapStream:
 
     async def ping(self) -> None:
         await self._ws.send_str(json.dumps({"type": "ping"}))
+
+    async def send(self, message: dict[str, object]) -> None:
+        """Any other agent frame (the NAT traversal's ``candidates`` and ``turn``, ``wgpy.nat.signal``)."""
+        await self._ws.send_str(json.dumps(message))

@@ -42,6 +42,8 @@ from ..drivers.clock import monotonic_now
 from ..keys import PrivateKey
 from ..mesh import MapChanges, MapRejected, RejectReason
 from ..mesh.agent import MeshAgent
+from ..nat.io.agent import NatAgent
+from ..nat.signal import NAT_FRAMES
 from .client import Backoff, ManagementClient, ManagementError, MapStream
 from .keystore import MAP_FILE, REFRESH_FILE, Enrolment, StateDir
 
@@ -140,6 +142,7 @@ class AgentRunner:
         self.wall_clock = wall_clock
         self.device = Device(private_key, listen_port=enrolment.listen_port)
         self.tunnel = Tunnel(self.device, tun=tun, on_packet=on_packet, bind_address=bind_address)
+        self.nat = NatAgent(wall_clock=wall_clock)  # NAT traversal (issue #15): STUN, candidates, the relay
         self._bind_address = bind_address
         self._initial_map = initial_map
         self.mesh: ServerMeshAgent | None = None
@@ -164,6 +167,7 @@ class AgentRunner:
         """Start the tunnel, install the mesh filter (deny all until a map), apply what we have, start the loop."""
         map_path = self.state.file(MAP_FILE) if self.state is not None else None
         await self.tunnel.start()
+        self.nat.attach(self.tunnel)
         try:
             mesh = ServerMeshAgent.create(
                 self.tunnel, self.enrolment.management_key, fail_closed=self.fail_closed, state_path=map_path
@@ -217,6 +221,7 @@ class AgentRunner:
         self.connected = False
         if self.mesh is not None:
             self.mesh.close()
+        self.nat.close()
         self.tunnel.close()
         self._write_status()
         await self.client.close()
@@ -228,6 +233,7 @@ class AgentRunner:
             url = self.client.base_url
             host = local_address_towards(url.host or "", url.port or (443 if url.scheme == "https" else 80))
         endpoint = (host, self.tunnel.local_port) if host else None
+        self.nat.handler.host_candidates = [endpoint] if endpoint else []
         if endpoint != self.endpoint:
             self.endpoint = endpoint
             self.endpoint_reported = False
@@ -250,6 +256,7 @@ class AgentRunner:
                 return exc.serial  # the map in force already: acknowledge it again
             return None
         self.maps_applied += 1
+        self.nat.peers_changed()
         self.map_applied.set()
         self._write_status()
         return changes.serial
@@ -310,7 +317,9 @@ class AgentRunner:
                     self.last_error = None
                     logger.info("connected to the management server %s", client.base_url)
                     self._write_status()
+                    await self.nat.stream_opened(stream.send)
                     revoked = await self._consume(stream)
+                    self.nat.stream_closed()
                     code = stream.close_code
                 self.connected = False
                 if revoked or code == CLOSE_REVOKED:
@@ -359,6 +368,8 @@ class AgentRunner:
                 return True
             elif kind == "pong":
                 continue
+            elif kind in NAT_FRAMES:
+                await self.nat.on_frame(message)
             else:
                 logger.info("the management server sent a message of unknown type: ignored")
         return False
@@ -404,6 +415,7 @@ class AgentRunner:
                     ),
                     "rx_bytes": peer.rx_bytes,
                     "tx_bytes": peer.tx_bytes,
+                    "path": self.nat.describe(key),
                 }
             )
         return {

@@ -52,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=pathlib.Path)
     serve.add_argument("--tls-key", type=pathlib.Path)
     serve.add_argument("--network", default=None, help="address pool (default 100.64.0.0/16)")
+    serve.add_argument(
+        "--turn", action="append", default=[], type=_listen, metavar="HOST:PORT", help="a STUN/TURN server for peers"
+    )
+    serve.add_argument("--turn-secret-file", type=pathlib.Path, help="coturn's static-auth-secret (use-auth-secret)")
+    serve.add_argument(
+        "--turn-credential-lifetime", type=int, default=3600, metavar="SECONDS", help="TURN credentials' lifetime"
+    )
     serve.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"])
     return parser
 
@@ -80,6 +87,9 @@ async def _serve(args: argparse.Namespace) -> None:
             tls_key=args.tls_key,
             network=args.network or DEFAULT_NETWORK,
             ready=ready,
+            turn_servers=args.turn,
+            turn_secret=args.turn_secret_file.read_bytes().strip() if args.turn_secret_file else b"",
+            turn_lifetime=args.turn_credential_lifetime,
         )
 
 

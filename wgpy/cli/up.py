@@ -542,6 +542,8 @@ def _status(argv: Sequence[str]) -> int:
             f"  handshake {str(handshake) + ' s ago' if handshake is not None else 'never'}"
             f"  rx {peer.get('rx_bytes', 0)} B  tx {peer.get('tx_bytes', 0)} B"
         )
+        if isinstance(peer.get("path"), str):
+            lines.append(f"    {peer['path']}")  # NAT traversal: direct or relayed, the pair, why relayed
     print("\n".join(lines))
     return _EXIT_OK
 

@@ -29,7 +29,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 from tun import TunDevice
 
@@ -42,7 +42,7 @@ from .clock import monotonic_now, wall_ns
 from .udp import UdpSocket
 from .worker import DataPlaneWorker, WorkerError
 
-__all__ = ["Tunnel"]
+__all__ = ["NatHook", "Tunnel"]
 
 logger = logging.getLogger("wgpy")
 
@@ -124,6 +124,9 @@ class Tunnel:
         self._worker: DataPlaneWorker | None = None
         self._worker_sink = _WorkerSink(self)
         self.worker_failures = 0
+        #: NAT hook (``wgpy.nat.io.handler.NatHandler``): sees each received datagram first and claims the STUN/TURN
+        #: ones; may divert datagrams for relayed endpoints. ``None``: every datagram is the device's.
+        self.nat: NatHook | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -303,7 +306,10 @@ class Tunnel:
             return
         now, wall = monotonic_now(), wall_ns()
         receive = self.device.receive_datagram
+        nat = self.nat
         for data, address in batch:
+            if nat is not None and nat.datagram_received(data, address):
+                continue  # STUN on the WireGuard socket: the NAT layer's, never the device's
             receive(data, address, now, wall)
         self.flush()
 
@@ -359,6 +365,8 @@ class Tunnel:
     def send_datagrams(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> None:
         """Hand each datagram to the socket of its address family, keeping their order per socket (the tunnel
         is the ``transmit.DatagramSink`` of its device)."""
+        if self.nat is not None:
+            datagrams = self.nat.divert(datagrams)  # those to relayed endpoints go through the TURN allocation
         v4 = [d for d in datagrams if not endpoint_is_ipv6(d[1])]
         v6 = [d for d in datagrams if endpoint_is_ipv6(d[1])] if len(v4) != len(datagrams) else []
         for family, batch in ((socket.AF_INET, v4), (socket.AF_INET6, v6)):
@@ -398,6 +406,18 @@ class Tunnel:
                 logger.info("peer(%s): session keys erased", event.peer.short())
             if self.on_event is not None:
                 self.on_event(event)
+
+
+class NatHook(Protocol):
+    """What the tunnel asks of the NAT layer (``wgpy.nat.io.handler.NatHandler``); see ``Tunnel.nat``."""
+
+    def datagram_received(self, data: bytes, address: Endpoint) -> bool:
+        """``True`` if the datagram is the NAT layer's (STUN), and the device must not see it."""
+        ...
+
+    def divert(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> Sequence[tuple[bytes, Endpoint]]:
+        """Send what goes to relayed endpoints; return the rest, for the sockets."""
+        ...
 
 
 class _WorkerSink:

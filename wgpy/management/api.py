@@ -35,6 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import crypto
 from ..errors import ConfigError
 from ..keys import PrivateKey, PublicKey
+from ..nat.io.server import NatSignal
+from ..nat.signal import NAT_FRAMES
 from . import audit, enrolment, store, tokens
 from .enrolment import EnrolmentError
 from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid_name
@@ -268,6 +270,8 @@ class ManagementServer:
         self.hub = PushHub(self.maps, max_streams=max_streams)
         self.hub.tick_hooks.append(self.sweep)
         self._verify_key = keys.signing.public_key()
+        #: NAT traversal's frames on the stream (``wgpy.nat.io.server``): candidate forwarding, TURN credentials.
+        self.nat = NatSignal(self.maps, self.hub, clock=clock)
 
     def __repr__(self) -> str:
         return f"ManagementServer(network={self.network})"
@@ -687,6 +691,9 @@ class ManagementServer:
                     serial = data.get("serial")
                     if isinstance(serial, int) and not isinstance(serial, bool) and serial <= stream.sent_serial:
                         stream.acked_serial = max(stream.acked_serial, serial)
+                elif kind in NAT_FRAMES:
+                    if not await self.nat.handle(auth.row.id, data, request.remote):
+                        break
                 else:
                     break  # unknown message: the agent is not speaking this protocol
         finally:

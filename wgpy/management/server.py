@@ -19,7 +19,7 @@ import os
 import pathlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -199,10 +199,16 @@ async def serve(
     tls_key: pathlib.Path | None = None,
     network: str = DEFAULT_NETWORK,
     ready: Callable[[str], None] | None = None,
+    turn_servers: Sequence[tuple[str, int]] = (),
+    turn_secret: bytes = b"",
+    turn_lifetime: int = 3600,
 ) -> None:
-    """Serve until cancelled. ``ready`` is called with the URL once listening."""
+    """Serve until cancelled. ``ready`` is called with the URL once listening. ``turn_servers`` and ``turn_secret``
+    (coturn's ``static-auth-secret``) are what NAT traversal hands to peers (``wgpy.nat``)."""
     url = db_url or store.default_url(state_dir)
-    _server, app, _engine = await _build(state_dir, url, network, None)
+    server, app, _engine = await _build(state_dir, url, network, None)
+    server.nat.turn_servers, server.nat.turn_secret = list(turn_servers), turn_secret
+    server.nat.turn_lifetime = turn_lifetime
     context = None
     if tls_cert is not None or tls_key is not None:
         if tls_cert is None or tls_key is None:
