@@ -1,4 +1,4 @@
-"""The NAT tests: ``tests/`` and this folder on ``sys.path`` (for ``helpers`` and ``nat_lab``)."""
+"""The NAT tests: ``tests/`` and this folder on ``sys.path`` (for ``support.helpers`` and ``nat_lab``)."""
 
 from __future__ import annotations
 

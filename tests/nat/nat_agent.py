@@ -14,7 +14,7 @@ import pathlib
 import struct
 import sys
 
-from helpers import ipv4_packet
+from support.helpers import ipv4_packet
 
 from wgpy.agent.enrol import enrol_device
 from wgpy.agent.keystore import KeyStore, StateDir

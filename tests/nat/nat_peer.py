@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 
-from helpers import ipv4_packet, private_key
+from support.helpers import ipv4_packet, private_key
 
 from wgpy.device import Device
 from wgpy.drivers.asyncio_udp import Tunnel

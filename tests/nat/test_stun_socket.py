@@ -11,7 +11,7 @@ import asyncio
 import socket
 
 from aioice import stun as aio
-from helpers import det_rng, ipv4_packet, private_key
+from support.helpers import det_rng, ipv4_packet, private_key
 
 from wgpy.device import Device
 from wgpy.drivers.asyncio_udp import Tunnel
