@@ -344,4 +344,6 @@ class PeerProcess:
 
     def local(self) -> list[dict[str, object]]:
         self.send(cmd="local")
-        return list(self.wait("local")["candidates"])  # type: ignore[call-overload]
+        candidates = self.wait("local")["candidates"]
+        assert isinstance(candidates, list)
+        return candidates

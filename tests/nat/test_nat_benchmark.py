@@ -11,6 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nat_lab import TURN_PORT, PeerProcess, lab
@@ -30,7 +31,7 @@ def test_direct_versus_relayed_throughput_and_latency(tmp_path: Path) -> None:
         stun = (built.server_ip, TURN_PORT)
         peers = {name: PeerProcess(built, name, seed, stun) for seed, name in enumerate("abcd", start=1)}
         addresses = {name: f"10.77.0.{i}" for i, name in enumerate("abcd", start=1)}
-        results = {}
+        results: dict[str, dict[str, Any]] = {}
         for (x, y), label in ((("a", "b"), "direct"), (("c", "d"), "relayed")):
             px, py = peers[x], peers[y]
             px.send(cmd="peer", public_key=py.public_key, allowed_ip=f"{addresses[y]}/32")

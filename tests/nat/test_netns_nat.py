@@ -227,7 +227,7 @@ def test_topology_4a_relay_down_while_direct_works_breaks_nothing(nat_lab: Lab) 
         peer.wait("relayed")
     _exchange(nat_lab, a, b)
     _ping(a, b, ("a", "b"), "direct-first")
-    coturn = next(p for p in nat_lab.processes if "turnserver" in " ".join(map(str, p.args)))
+    coturn = next(p for p in nat_lab.processes if "turnserver" in str(p.args))
     nat_lab.stop(coturn)
     for n in range(10):
         _ping(a, b, ("a", "b"), f"relay-down-{n}", timeout=3.0)

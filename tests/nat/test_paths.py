@@ -35,6 +35,11 @@ def test_malformed_candidates_are_refused(raw: object) -> None:
         parse_candidates(raw)
 
 
+def state_of(paths: PeerPaths) -> PathState:
+    """The path state, read afresh (mypy would keep an ``is`` narrowing of ``paths.state`` across method calls)."""
+    return paths.state
+
+
 def test_only_candidates_on_announced_ips_are_admitted() -> None:
     parsed = parse_candidates([*RAW, {"kind": "srflx", "host": "203.0.113.66", "port": 53}])
     admitted = admit(parsed, ["198.51.100.7", "192.0.2.50", "192.168.1.2"])
@@ -46,14 +51,14 @@ def test_direct_first_then_the_relay_with_a_reason_then_back_to_direct() -> None
     paths = PeerPaths()
     candidates = parse_candidates(RAW)
     paths.set_candidates(candidates, refused=1, now=10.0)
-    assert paths.state is PathState.CHECKING
+    assert state_of(paths) is PathState.CHECKING
     assert paths.probe_targets() == (("192.168.1.2", 51820), ("198.51.100.7", 40000))  # no relay while checking
     paths.note_probe(("198.51.100.7", 40000))
     paths.handle_timer(10.0 + RELAY_AFTER_TIME - 0.01)
-    assert paths.state is PathState.CHECKING
+    assert state_of(paths) is PathState.CHECKING
     assert paths.get_timer() == 10.0 + RELAY_AFTER_TIME
     paths.handle_timer(10.0 + RELAY_AFTER_TIME)
-    assert paths.state is PathState.RELAYED
+    assert state_of(paths) is PathState.RELAYED
     assert ("192.0.2.50", 49160) in paths.probe_targets() and ("198.51.100.7", 40000) in paths.probe_targets()
     assert "198.51.100.7:40000 (1 probes)" in paths.reason
     paths.observe(("192.0.2.50", 49160), handshake_done=True)
@@ -61,7 +66,7 @@ def test_direct_first_then_the_relay_with_a_reason_then_back_to_direct() -> None
     assert line.startswith("path: relayed local -> relay 192.0.2.50:49160 (relayed: no handshake on a direct path")
     assert "1 candidates refused" in line
     paths.observe(("198.51.100.7", 40000), handshake_done=True)  # the device roamed to a direct candidate
-    assert paths.state is PathState.DIRECT and paths.reason == ""
+    assert state_of(paths) is PathState.DIRECT and paths.reason == ""
     assert paths.describe().startswith("path: direct local -> srflx 198.51.100.7:40000")
 
 
@@ -69,6 +74,6 @@ def test_no_relay_candidate_means_no_relay_state() -> None:
     paths = PeerPaths()
     paths.set_candidates((Candidate(CandidateKind.SERVER_REFLEXIVE, "198.51.100.7", 1),), 0, 0.0)
     paths.handle_timer(100.0)
-    assert paths.state is PathState.CHECKING
+    assert state_of(paths) is PathState.CHECKING
     paths.observe(None, handshake_done=False)
-    assert paths.state is PathState.CHECKING
+    assert state_of(paths) is PathState.CHECKING

@@ -8,6 +8,8 @@ import hmac
 import pathlib
 import sys
 
+import aiohttp
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "management"))
 
 from management_helpers import Harness, next_message, with_harness
@@ -22,8 +24,8 @@ CANDIDATES = [
 ]
 
 
-async def _streams_ready(ws: object) -> None:
-    first = await next_message(ws)  # type: ignore[arg-type]
+async def _streams_ready(ws: aiohttp.ClientWebSocketResponse) -> None:
+    first = await next_message(ws)
     assert first["type"] == "map"
 
 
