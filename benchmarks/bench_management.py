@@ -411,11 +411,12 @@ def main() -> None:
         default="all,grouped,all",
         help="initial policy, then the changes: all, grouped, teams, teams-b (all-to-all at 10,000: ~15 GB a change)",
     )
+    parser.add_argument("--teams", action="store_true", help="shorthand for --policies teams-b,teams,teams-b")
     parser.add_argument("--change-timeout", type=float, default=300.0, help="seconds one change (or connect) may take")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the whole run may take")
     parser.add_argument("--output", type=pathlib.Path, help="also write the summary JSON here")
     args = parser.parse_args()
-    policies = args.policies.split(",")
+    policies = ["teams-b", "teams", "teams-b"] if args.teams else args.policies.split(",")
     if len(policies) < 2 or any(name not in POLICIES for name in policies):
         parser.error(f"--policies: an initial policy and at least one change, of {', '.join(POLICIES)}")
     nofile = raise_nofile()
