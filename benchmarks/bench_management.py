@@ -1,15 +1,36 @@
 """Management server push benchmark (a script, not a timed test): N simulated peers on WebSocket streams, time from
 a policy change to every peer holding its new map, and the server's memory.
 
-    PYTHONPATH=. python benchmarks/bench_management.py --peers 1000 [--peers 10000] [--changes 3]
+    PYTHONPATH=. python benchmarks/bench_management.py --peers 1000 --policies all,grouped,all,teams,teams-b
+    PYTHONPATH=. python benchmarks/bench_management.py --peers 10000 --policies teams-b,teams,grouped,teams-b
 
-The server runs as a subprocess (``wgpy management serve``, SQLite in a temporary state directory); the peers are
-enrolled through the API with one reusable setup key and then connected from this process. A "change" alternates the
-policy between an all-to-all rule (every map lists every peer: the worst case, N maps of N peers) and a grouped one
-(20 groups, each reaching one "servers" group of N/10 peers). With ``--teams`` it alternates the ports of 100 teams
-that each reach only themselves (maps of N/100 peers). A peer "holds its new map" when a map frame with a serial above the
-one it held before the change has arrived (read from the frame's head, so the clients' own JSON parsing is not
-measured). Prints one JSON object per change and a summary with the machine (``nproc``, CPU model).
+What is seeded and what goes through the real server:
+
+* ``wgpy management init`` (the real command) creates the state directory: keys, migrated SQLite database, admin token.
+* Seeded, straight into that database before ``wgpy management serve`` starts (enrolling through the API reads every
+  peer per enrolment, ~250 peers a minute at 10,000): 100 setup keys (one per team; ``auto_groups`` = the peer's
+  "servers"/``g*`` group and its team ``t*``; fields as ``POST /api/v1/setup-keys`` writes them, ``used`` set to the
+  peers seeded with each) and, per peer, exactly the rows ``ManagementServer._enrol_once`` writes: a ``peers`` row
+  (address from ``enrolment.allocate_address`` over the default pool with the addresses taken so far, groups the
+  sorted ``auto_groups``, approved), a ``refresh_tokens`` row (token from ``tokens.issue_token``, stored as
+  ``store.secret_hash``) and an ``enrol`` audit row (``audit.record``), plus one ``setup_key_created`` audit row per
+  key. Each peer's access token is minted with ``tokens.issue_token`` and the signing key read from the state
+  directory (``server.load_keys``), as ``ManagementServer._token_pair`` does.
+* Real: the server subprocess (``wgpy management serve``, SQLite), the policy (``PUT /api/v1/policy`` with the
+  admin token), every WebSocket stream (``GET /api/v1/peer/stream`` with the access token and a proof of possession
+  per peer, ``proof.proof_headers``), the push worker's recompute/serial bump/audit/sign/send, and the frames on the
+  wire. The peers are simulated clients in this process; a peer "holds its new map" when a map frame with a serial
+  above the one it held before the change has arrived (read from the frame's head, so the clients' own JSON parsing
+  is not measured; client and server share the machine's cores).
+
+``--policies`` is the initial policy (set before the streams connect) followed by the changes. Policies: ``all``
+(all-to-all: every map lists every peer, N maps of N peers), ``grouped`` (20 groups each reaching a "servers" group
+of N/10 peers), ``teams`` / ``teams-b`` (100 teams of N/100 peers each reaching only itself; ``teams-b`` differs in a
+port, so a change between them gives every peer a new small map). Every peer is in one ``g*``/"servers" group and
+one team, so any sequence works on one population. Prints one JSON object per change and a summary with the machine.
+Bounded: each change waits at most ``--change-timeout`` seconds, the whole run ``--timeout``; the server subprocess
+is stopped by PID; everything listens on 127.0.0.1. ``RLIMIT_NOFILE`` is raised to its hard limit here before the
+server is started, so the server subprocess inherits it.
 """
 
 from __future__ import annotations
@@ -17,14 +38,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import pathlib
+import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from typing import Any
 
 import aiohttp
@@ -33,76 +58,212 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from wgpy.keys import PrivateKey, PublicKey  # noqa: E402
+from wgpy.management import audit, enrolment, store, tokens  # noqa: E402
+from wgpy.management.api import SETUP_KEY_PREFIX, new_secret  # noqa: E402
 from wgpy.management.proof import proof_headers  # noqa: E402
+from wgpy.management.server import free_port, load_keys  # noqa: E402
 
 _SERIAL = re.compile(r'^\{"type":"map","serial":(\d+)')
+TEAMS_COUNT = 100
 ALL = "acls:\n  - {name: all, src: ['*'], dst: ['*'], action: accept}\n"
 GROUPED = "acls:\n" + "".join(
     f"  - {{name: g{i}-to-servers, src: [g{i}], dst: [servers], proto: tcp, ports: ['22', '443'], action: accept}}\n"
     for i in range(20)
 )
-
-# --teams: 100 teams of N/100 peers, each team reaching only itself (small maps, shared by a team's peers).
+# 100 teams of N/100 peers, each team reaching only itself (small maps, shared by a team's peers).
 TEAMS = "acls:\n" + "".join(
     f"  - {{name: t{i}, src: [t{i}], dst: [t{i}], proto: tcp, ports: ['22', '443'], action: accept}}\n"
-    for i in range(100)
+    for i in range(TEAMS_COUNT)
 )
 TEAMS_B = TEAMS.replace("'443'", "'8443'")
+POLICIES = {"all": ALL, "grouped": GROUPED, "teams": TEAMS, "teams-b": TEAMS_B}
+
+
+def groups_of(index: int) -> list[str]:
+    """A peer's groups: every 10th peer is a server, the others in g0..g19; and team t0..t99 (by ``index % 100``)."""
+    main = "servers" if index % 10 == 0 else f"g{index % 20}"
+    return sorted([main, f"t{index % TEAMS_COUNT}"])
 
 
 class Peer:
     def __init__(self, index: int) -> None:
         self.index = index
         self.private = PrivateKey.generate()
+        self.public = self.private.public_key().to_base64()
         self.access: str = ""
-        self.peer_id: str = ""
+        self.peer_id: str = uuid.uuid4().hex
         self.serial = 0
         self.received_at = 0.0
         self.changed = asyncio.Event()
         self.target = 0
+        self.frames = 0
+        self.bytes = 0
+        self.largest = 0
+        self.lost = False
 
 
-def _rss_kib(pid: int) -> int:
+def _status_kib(pid: int, field: str) -> int:
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
 
-async def _enrol(http: aiohttp.ClientSession, url: str, proof_key: PublicKey, key: str, peer: Peer) -> None:
-    body = json.dumps({"setup_key": key, "public_key": peer.private.public_key().to_base64()}).encode()
-    headers = proof_headers(
-        peer.private, proof_key, "POST", "/api/v1/enrol", body, now=time.time(), nonce=os.urandom(16)
-    )
-    async with http.post(
-        url + "/api/v1/enrol", data=body, headers={**headers, "Content-Type": "application/json"}
-    ) as r:
-        answer = await r.json()
-        if r.status != 201:
-            raise RuntimeError(f"enrolment failed: {answer}")
-    peer.access = answer["access_token"]
-    peer.peer_id = answer["peer"]["id"]
+def raise_nofile() -> tuple[int, int]:
+    """Soft ``RLIMIT_NOFILE`` up to the hard limit (10,000 streams: 10,000 sockets on each side)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+async def seed(state: pathlib.Path, peers: list[Peer]) -> None:
+    """Write what enrolling ``peers`` through the API would have written (see the module docstring)."""
+    keys = load_keys(state)
+    network = enrolment.parse_network(enrolment.DEFAULT_NETWORK)
+    engine = store.create_engine(store.default_url(state))
+    sessions = store.sessionmaker(engine)
+    now = time.time()
+    try:
+        async with sessions() as session:
+            async with session.begin():
+                setup_keys: dict[int, store.SetupKeyRow] = {}
+                for slot in range(TEAMS_COUNT):
+                    key = store.SetupKeyRow(
+                        id=uuid.uuid4().hex,
+                        name=f"bench-{slot}",
+                        key_hash=store.secret_hash(new_secret(SETUP_KEY_PREFIX)),
+                        reusable=True,
+                        usage_limit=len(peers),
+                        used=sum(1 for peer in peers if peer.index % TEAMS_COUNT == slot),
+                        created_at=now,
+                        expires_at=now + enrolment.DEFAULT_SETUP_KEY_LIFETIME,
+                        revoked=False,
+                        auto_groups=groups_of(slot),
+                        approval_required=False,
+                        ephemeral=False,
+                        ephemeral_timeout=enrolment.DEFAULT_EPHEMERAL_TIMEOUT,
+                        last_used_at=now,
+                    )
+                    setup_keys[slot] = key
+                    session.add(key)
+                    audit.record(
+                        session,
+                        now=now,
+                        kind="setup_key_created",
+                        actor="admin:bench",
+                        detail={"id": key.id, "name": key.name, "reusable": True, "usage_limit": key.usage_limit},
+                    )
+                await session.flush()
+                taken: set[int] = set()
+                rows = []
+                for peer in peers:
+                    key_row = setup_keys[peer.index % TEAMS_COUNT]
+                    address = enrolment.allocate_address(network, taken)
+                    taken.add(int(ipaddress.IPv4Address(address)))
+                    enrolled_at = now - (len(peers) - peer.index) * 1e-3  # one after another, in index order
+                    row = store.PeerRow(
+                        id=peer.peer_id,
+                        name=f"peer-{peer.peer_id[:8]}",
+                        public_key=peer.public,
+                        address=address,
+                        groups=sorted(key_row.auto_groups),
+                        approved=not key_row.approval_required,
+                        revoked=False,
+                        deleted=False,
+                        released_at=None,
+                        ephemeral=False,
+                        ephemeral_timeout=0,
+                        setup_key_id=key_row.id,
+                        endpoint_host=None,
+                        endpoint_port=None,
+                        created_at=enrolled_at,
+                        last_seen=enrolled_at,
+                        map_serial=0,
+                        acked_serial=0,
+                    )
+                    rows.append(row)
+                    audit.record(
+                        session,
+                        now=enrolled_at,
+                        kind="enrol",
+                        actor=f"setup_key:{key_row.id[:8]}",
+                        peer=row.id,
+                        detail={
+                            "name": row.name,
+                            "public_key": row.public_key,
+                            "address": address,
+                            "groups": row.groups,
+                            "approved": row.approved,
+                            "setup_key": key_row.id,
+                        },
+                    )
+                session.add_all(rows)
+                await session.flush()
+                for peer in peers:
+                    refresh, claims = tokens.issue_token(
+                        keys.signing,
+                        peer_id=peer.peer_id,
+                        public_key=peer.public,
+                        typ="refresh",
+                        now=now,
+                        jti=uuid.uuid4().hex,
+                        family=uuid.uuid4().hex,
+                    )
+                    assert claims.fam is not None  # a refresh token has a family
+                    session.add(
+                        store.RefreshTokenRow(
+                            jti=claims.jti,
+                            token_hash=store.secret_hash(refresh),
+                            family=claims.fam,
+                            peer_id=peer.peer_id,
+                            issued_at=now,
+                            expires_at=float(claims.exp),
+                            used_at=None,
+                            revoked=False,
+                        )
+                    )
+            audit.emit_pending(session)
+    finally:
+        await engine.dispose()
+    for peer in peers:  # the access token the enrolment answer would have carried
+        peer.access, _ = tokens.issue_token(
+            keys.signing, peer_id=peer.peer_id, public_key=peer.public, typ="access", now=now, jti=uuid.uuid4().hex
+        )
 
 
 async def _stream(
-    http: aiohttp.ClientSession, url: str, proof_key: PublicKey, peer: Peer, ready: asyncio.Event
+    http: aiohttp.ClientSession,
+    url: str,
+    proof_key: PublicKey,
+    peer: Peer,
+    ready: asyncio.Event,
+    gate: asyncio.Semaphore,
 ) -> None:
-    headers = proof_headers(
-        peer.private, proof_key, "GET", "/api/v1/peer/stream", b"", now=time.time(), nonce=os.urandom(16)
-    )
-    headers["Authorization"] = f"Bearer {peer.access}"
-    async with http.ws_connect(url + "/api/v1/peer/stream", headers=headers, max_msg_size=64 * 1024 * 1024) as ws:
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                break
-            match = _SERIAL.match(message.data[:64])
-            if match is None:
-                continue
-            peer.serial = int(match.group(1))
-            peer.received_at = time.perf_counter()
-            ready.set()
-            if peer.serial >= peer.target:
-                peer.changed.set()
+    try:
+        async with gate:  # bounded connects: each proof is made just before its request (60 s window)
+            headers = proof_headers(
+                peer.private, proof_key, "GET", "/api/v1/peer/stream", b"", now=time.time(), nonce=os.urandom(16)
+            )
+            headers["Authorization"] = f"Bearer {peer.access}"
+            ws = await http.ws_connect(url + "/api/v1/peer/stream", headers=headers, max_msg_size=256 * 1024 * 1024)
+        async with ws:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                match = _SERIAL.match(message.data[:64])
+                if match is None:
+                    continue
+                peer.serial = int(match.group(1))
+                peer.received_at = time.perf_counter()
+                peer.frames += 1
+                peer.bytes += len(message.data)
+                peer.largest = max(peer.largest, len(message.data))
+                ready.set()
+                if peer.serial >= peer.target:
+                    peer.changed.set()
+    finally:
+        peer.lost = True
 
 
 async def _admin(
@@ -116,7 +277,7 @@ async def _admin(
         return json.loads(text) if text and text[0] in "{[" else text
 
 
-async def run(count: int, changes: int, state: pathlib.Path, teams: bool) -> dict[str, Any]:
+async def run(count: int, policies: list[str], state: pathlib.Path, change_timeout: float) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     init = subprocess.run(
         [sys.executable, "-m", "wgpy", "management", "init", "--state-dir", str(state)],
@@ -124,22 +285,18 @@ async def run(count: int, changes: int, state: pathlib.Path, teams: bool) -> dic
         text=True,
         env=env,
         check=True,
+        timeout=120,
     )
     token = init.stdout.strip()
-    port = 20000 + os.getpid() % 20000
-    server = subprocess.Popen(
+    started = time.perf_counter()
+    peers = [Peer(i) for i in range(count)]
+    await seed(state, peers)
+    seed_seconds = time.perf_counter() - started
+    port = free_port()
+    server = subprocess.Popen(  # inherits the raised RLIMIT_NOFILE
         [
-            sys.executable,
-            "-m",
-            "wgpy",
-            "management",
-            "serve",
-            "--state-dir",
-            str(state),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "error",
+            *(sys.executable, "-m", "wgpy", "management", "serve", "--state-dir", str(state)),
+            *("--listen", f"127.0.0.1:{port}", "--log-level", "error"),
         ],
         stdout=subprocess.PIPE,
         env=env,
@@ -147,110 +304,133 @@ async def run(count: int, changes: int, state: pathlib.Path, teams: bool) -> dic
     )
     url = f"http://127.0.0.1:{port}"
     results: list[dict[str, Any]] = []
+    tasks: list[asyncio.Task[None]] = []
     try:
-        assert server.stdout is not None
-        server.stdout.readline()
+        assert server.stdout is not None  # stdout=PIPE
+        await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 60)
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as http:
             info = await (await http.get(url + "/api/v1/info")).json()
             proof_key = PublicKey.from_base64(info["proof_key"])
-            await _admin(http, url, token, "PUT", "/api/v1/policy", (TEAMS_B if teams else ALL).encode())
-            setup_keys: dict[str, str] = {}
-            for group in [f"t{i}" for i in range(100)] if teams else ["servers"] + [f"g{i}" for i in range(20)]:
-                body = {"name": group, "reusable": True, "usage_limit": count, "auto_groups": [group]}
-                created = await _admin(http, url, token, "POST", "/api/v1/setup-keys", json.dumps(body).encode())
-                setup_keys[group] = created["key"]
-            peers = [Peer(i) for i in range(count)]
-            started = time.perf_counter()
-            semaphore = asyncio.Semaphore(16)
-
-            async def enrol(peer: Peer) -> None:
-                if teams:
-                    group = f"t{peer.index % 100}"
-                else:
-                    group = "servers" if peer.index % 10 == 0 else f"g{peer.index % 20}"  # every 10th peer is a server
-                async with semaphore:
-                    await _enrol(http, url, proof_key, setup_keys[group], peer)
-
-            await asyncio.gather(*(enrol(peer) for peer in peers))
-            enrol_seconds = time.perf_counter() - started
+            await _admin(http, url, token, "PUT", "/api/v1/policy", POLICIES[policies[0]].encode())
             readies = [asyncio.Event() for _ in peers]
+            gate = asyncio.Semaphore(200)
             started = time.perf_counter()
-            tasks = []
             for peer, ready in zip(peers, readies, strict=True):
-                tasks.append(asyncio.create_task(_stream(http, url, proof_key, peer, ready)))
-                if len(tasks) % 200 == 0:
-                    await asyncio.sleep(0.05)
-            await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in readies)), 600)
+                tasks.append(asyncio.create_task(_stream(http, url, proof_key, peer, ready, gate)))
+            await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in readies)), change_timeout)
             connect_seconds = time.perf_counter() - started
             await asyncio.sleep(2.0)  # let the connect bursts settle
-            rss_connected = _rss_kib(server.pid)
-            for change in range(changes):
-                if teams:
-                    text = TEAMS if change % 2 == 0 else TEAMS_B
-                else:
-                    text = GROUPED if change % 2 == 0 else ALL
+            rss_connected = _status_kib(server.pid, "VmRSS")
+            for change, name in enumerate(policies[1:]):
                 for peer in peers:
                     peer.target = peer.serial + 1
                     peer.changed.clear()
+                    peer.bytes = peer.frames = peer.largest = 0
+                load = os.getloadavg()
                 t0 = time.perf_counter()
-                await _admin(http, url, token, "PUT", "/api/v1/policy", text.encode())
-                await asyncio.wait_for(asyncio.gather(*(peer.changed.wait() for peer in peers)), 600)
-                last = max(peer.received_at for peer in peers) - t0
-                median = sorted(peer.received_at - t0 for peer in peers)[len(peers) // 2]
+                await _admin(http, url, token, "PUT", "/api/v1/policy", POLICIES[name].encode())
+                put_seconds = time.perf_counter() - t0
+                waiting = asyncio.gather(*(peer.changed.wait() for peer in peers))
+                timed_out = False
+                try:
+                    await asyncio.wait_for(waiting, change_timeout)
+                except TimeoutError:
+                    timed_out = True
+                done = sorted(peer.received_at - t0 for peer in peers if peer.changed.is_set())
                 results.append(
                     {
                         "change": change,
-                        "policy": {GROUPED: "grouped", ALL: "all-to-all", TEAMS: "teams", TEAMS_B: "teams-b"}[text],
-                        "all_peers_s": round(last, 3),
-                        "median_s": round(median, 3),
-                        "server_rss_mib": round(_rss_kib(server.pid) / 1024, 1),
+                        "policy": name,
+                        "updated": len(done),
+                        "timed_out": timed_out,
+                        "all_peers_s": round(done[-1], 3) if done and not timed_out else None,
+                        "median_s": round(done[len(done) // 2], 3) if len(done) > count // 2 else None,
+                        "put_policy_s": round(put_seconds, 3),
+                        "frame_bytes_max": max(peer.largest for peer in peers),
+                        "frame_bytes_total": sum(peer.bytes for peer in peers),
+                        "server_rss_mib": round(_status_kib(server.pid, "VmRSS") / 1024, 1),
+                        "server_peak_rss_mib": round(_status_kib(server.pid, "VmHWM") / 1024, 1),
+                        "streams_lost": sum(peer.lost for peer in peers),
+                        "loadavg_before": [round(value, 2) for value in load],
                     }
                 )
                 print(json.dumps({"peers": count, **results[-1]}), flush=True)
-                await asyncio.sleep(1.0)
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                if timed_out:
+                    break
+                await asyncio.sleep(2.0)
     finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
     return {
         "peers": count,
-        "enrol_s": round(enrol_seconds, 2),
+        "policies": policies,
+        "seed_s": round(seed_seconds, 2),
         "connect_s": round(connect_seconds, 2),
         "server_rss_connected_mib": round(rss_connected / 1024, 1),
         "changes": results,
     }
 
 
-def _machine() -> dict[str, str]:
+def _versions() -> dict[str, str]:
+    import sqlalchemy
+
+    return {"python": platform.python_version(), "aiohttp": aiohttp.__version__, "sqlalchemy": sqlalchemy.__version__}
+
+
+def _machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return {"nproc": str(os.cpu_count()), "cpu": model, "python": sys.version.split()[0]}
+    return {
+        "cpu": model,
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "loadavg": [round(value, 2) for value in os.getloadavg()],
+        **_versions(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--peers", type=int, action="append")
-    parser.add_argument("--changes", type=int, default=2)
     parser.add_argument(
-        "--teams",
-        action="store_true",
-        help="100 teams reaching only themselves (all-to-all at 10,000 peers: 13 GB a change)",
+        "--policies",
+        default="all,grouped,all",
+        help="initial policy, then the changes: all, grouped, teams, teams-b (all-to-all at 10,000: ~15 GB a change)",
     )
+    parser.add_argument("--teams", action="store_true", help="shorthand for --policies teams-b,teams,teams-b")
+    parser.add_argument("--change-timeout", type=float, default=300.0, help="seconds one change (or connect) may take")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the whole run may take")
+    parser.add_argument("--output", type=pathlib.Path, help="also write the summary JSON here")
     args = parser.parse_args()
+    policies = ["teams-b", "teams", "teams-b"] if args.teams else args.policies.split(",")
+    if len(policies) < 2 or any(name not in POLICIES for name in policies):
+        parser.error(f"--policies: an initial policy and at least one change, of {', '.join(POLICIES)}")
+    nofile = raise_nofile()
+    machine = _machine()
     summary = []
     for count in args.peers or [1000]:
         with tempfile.TemporaryDirectory() as directory:
-            summary.append(asyncio.run(run(count, args.changes, pathlib.Path(directory) / "state", args.teams)))
-    print(json.dumps({"machine": _machine(), "runs": summary}, indent=2))
+            coroutine = run(count, policies, pathlib.Path(directory) / "state", args.change_timeout)
+            summary.append(asyncio.run(asyncio.wait_for(coroutine, args.timeout)))
+    result = {"machine": {**machine, "rlimit_nofile": list(nofile)}, "runs": summary}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output is not None:
+        args.output.write_text(text + "\n")
 
 
 if __name__ == "__main__":
