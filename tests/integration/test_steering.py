@@ -31,7 +31,7 @@ def group() -> Iterator[list[socket.socket]]:
 
 
 def _read_all(sock: socket.socket) -> list[tuple[bytes, str]]:
-    got = []
+    got: list[tuple[bytes, str]] = []
     while True:
         try:
             data, address = sock.recvfrom(2048)
