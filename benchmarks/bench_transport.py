@@ -27,7 +27,8 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from wgpy import crypto
-from wgpy.device import Device, Endpoint
+from wgpy.device import Device
+from wgpy.events import Endpoint
 from wgpy.keypair import padded_length
 from wgpy.keys import PrivateKey
 from wgpy.testing import MemoryNetwork

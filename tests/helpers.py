@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from wgpy.device import Device
+from wgpy.events import Endpoint
 from wgpy.keypair import Keypair
 from wgpy.keys import PrivateKey, PublicKey
 from wgpy.messages import MessageType
-from wgpy.peer import Endpoint, Peer
+from wgpy.peer import Peer
 from wgpy.testing import MemoryNetwork, Node
 
 __all__ = [

@@ -6,10 +6,11 @@ errors and drop reasons. Everything that does I/O lives in ``wgpy.drivers`` and 
 
 from __future__ import annotations
 
-from .device import Device, DeviceStats, Endpoint, PacketFilter
+from .device import Device, DeviceStats
 from .errors import ConfigError, DropReason, MalformedMessage, UapiError, WgpyError
-from .events import EndpointChanged, Event, HandshakeCompleted, KeypairExpired, PeerRemoved
+from .events import Endpoint, EndpointChanged, Event, HandshakeCompleted, KeypairExpired, PeerRemoved
 from .keys import PresharedKey, PrivateKey, PublicKey
+from .send import PlaintextFilter
 
 __version__ = "0.1.0"
 
@@ -24,8 +25,8 @@ __all__ = [
     "HandshakeCompleted",
     "KeypairExpired",
     "MalformedMessage",
-    "PacketFilter",
     "PeerRemoved",
+    "PlaintextFilter",
     "PresharedKey",
     "PrivateKey",
     "PublicKey",

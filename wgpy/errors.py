@@ -56,5 +56,4 @@ class DropReason(enum.Enum):
     NO_ROUTE = enum.auto()
     NO_PRIVATE_KEY = enum.auto()
     QUEUE_FULL = enum.auto()
-    NO_ENDPOINT = enum.auto()
     FILTERED = enum.auto()  # refused by the device's packet filter (the mesh ACL)

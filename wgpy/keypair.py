@@ -24,13 +24,12 @@ from typing import Final
 
 from . import crypto
 from .constants import REJECT_AFTER_MESSAGES
-from .messages import MESSAGE_TRANSPORT_HEADER_SIZE, MessageType
+from .messages import MESSAGE_TRANSPORT_HEADER_SIZE, TRANSPORT_HEADER, MessageType
 from .replay import ReplayWindow
 
 __all__ = ["MESSAGE_PADDING_MULTIPLE", "Keypair", "Keypairs", "padded_length", "seal_run"]
 
 MESSAGE_PADDING_MULTIPLE: Final = 16  # whitepaper §5.4.6: plaintext padded to a multiple of 16 bytes
-_TRANSPORT_HEADER: Final = struct.Struct("<IIQ")
 _NONCE: Final = struct.Struct("<4xQ")
 _TRANSPORT_TYPE: Final = int(MessageType.TRANSPORT)
 
@@ -51,7 +50,7 @@ def seal_run(
     Pure: the caller owns the counters (``Keypair.reserve``) and must never pass the same one twice for a key.
     """
     encrypt = aead.encrypt
-    header = _TRANSPORT_HEADER.pack
+    header = TRANSPORT_HEADER.pack
     nonce = _NONCE.pack
     return [
         header(_TRANSPORT_TYPE, remote_index, n) + encrypt(nonce(n), plaintext, None)
@@ -100,16 +99,17 @@ class Keypair:
         role = "initiator" if self.is_initiator else "responder"
         return f"Keypair(local_index={self.local_index:#010x}, {role}, sent={self.send_counter})"
 
-    def seal(self, padded_plaintext: bytes) -> bytes | None:
-        """The transport message carrying ``padded_plaintext``, or ``None`` once the counter is exhausted.
+    def seal(self, padded_plaintext: bytes, limit: int = REJECT_AFTER_MESSAGES) -> bytes | None:
+        """The transport message carrying ``padded_plaintext``, or ``None`` once the counter reaches ``limit``
+        (REJECT_AFTER_MESSAGES; lower in tests) or the keypair is retired.
 
         Each call uses a new counter, so no (keypair, counter) pair is ever sent twice.
         """
         counter = self.send_counter
-        if not self.valid or counter >= REJECT_AFTER_MESSAGES:
+        if not self.valid or counter >= limit or counter >= REJECT_AFTER_MESSAGES:
             return None  # only the sending half is used up: received packets still decrypt
         self.send_counter = counter + 1
-        header = _TRANSPORT_HEADER.pack(_TRANSPORT_TYPE, self.remote_index, counter)
+        header = TRANSPORT_HEADER.pack(_TRANSPORT_TYPE, self.remote_index, counter)
         return header + self._send_aead.encrypt(_NONCE.pack(counter), padded_plaintext, None)
 
     def seal_many(self, padded_plaintexts: Sequence[bytes], limit: int = REJECT_AFTER_MESSAGES) -> list[bytes]:

@@ -31,6 +31,7 @@ __all__ = [
     "MESSAGE_RESPONSE_SIZE",
     "MESSAGE_TRANSPORT_HEADER_SIZE",
     "MESSAGE_TRANSPORT_MIN_SIZE",
+    "TRANSPORT_HEADER",
     "CookieReply",
     "Initiation",
     "Message",
@@ -71,7 +72,9 @@ _TYPE: Final = struct.Struct("<I")
 _INITIATION: Final = struct.Struct("<II32s48s28s16s16s")
 _RESPONSE: Final = struct.Struct("<III32s16s16s16s")
 _COOKIE_REPLY: Final = struct.Struct("<II24s32s")
-_TRANSPORT_HEADER: Final = struct.Struct("<IIQ")
+#: The transport header (type, receiver index, counter), the one definition every module packs and reads it with
+#: (the hot path uses it directly, without a ``Transport`` object per packet).
+TRANSPORT_HEADER: Final = struct.Struct("<IIQ")
 
 _EXPECTED_SIZE: Final = {
     MessageType.INITIATION: MESSAGE_INITIATION_SIZE,
@@ -185,7 +188,7 @@ class Transport:
             raise ValueError("encrypted_packet must hold at least the 16-byte tag")
 
     def pack(self) -> bytes:
-        return _TRANSPORT_HEADER.pack(MessageType.TRANSPORT, self.receiver_index, self.counter) + self.encrypted_packet
+        return TRANSPORT_HEADER.pack(MessageType.TRANSPORT, self.receiver_index, self.counter) + self.encrypted_packet
 
 
 Message = Initiation | Response | CookieReply | Transport
@@ -225,5 +228,5 @@ def unpack(data: bytes) -> Message:
     if mtype is MessageType.COOKIE_REPLY:
         _, receiver, nonce, cookie = _COOKIE_REPLY.unpack(data)
         return CookieReply(receiver, nonce, cookie)
-    _, receiver, counter = _TRANSPORT_HEADER.unpack_from(data)
+    _, receiver, counter = TRANSPORT_HEADER.unpack_from(data)
     return Transport(receiver, counter, data[MESSAGE_TRANSPORT_HEADER_SIZE:])

@@ -8,7 +8,6 @@ can move between peers atomically.
 from __future__ import annotations
 
 from collections import deque
-from typing import Final
 
 from .constants import MAX_STAGED_PACKETS
 from .cookie import CookieGenerator
@@ -18,9 +17,7 @@ from .keys import PresharedKey, PublicKey
 from .noise import Handshake, StaticIdentity
 from .timers import PeerTimers
 
-__all__ = ["Endpoint", "Peer"]
-
-_NO_HANDSHAKE: Final = None
+__all__ = ["Peer"]
 
 
 class Peer:

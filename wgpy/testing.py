@@ -5,17 +5,20 @@ of ``Device`` objects attached at endpoints. ``pump()`` moves every datagram the
 at its destination, applying loss, duplication and reordering drawn from a seeded ``random.Random``, until nothing
 is in flight. ``advance(seconds)`` moves the clock forward, calling each device's ``handle_timer`` at each of its
 deadlines on the way (or on a fixed tick, as boringtun's driver does), pumping after each. Decrypted packets are
-kept per device in ``delivered``. A device with ``seal_offload`` on has its ``SealJob``s run here, in order, as a
-driver's worker would. It performs no I/O and is used by the tests and benchmarks.
+kept per device in ``delivered``. Each node is drained with ``wgpy.transmit.drain``, the same loop the real drivers
+use, so a device with ``seal_offload`` on has its ``SealJob``s run here, in order, as a driver's would. It performs
+no I/O and is used by the tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .device import Device, Endpoint, SealJob
+from .device import Device
+from .events import Endpoint
+from .transmit import drain
 
 __all__ = ["MemoryNetwork", "Node"]
 
@@ -28,6 +31,24 @@ class Node:
     endpoint: Endpoint
     delivered: list[bytes] = field(default_factory=list)
     received_datagrams: int = 0
+
+    def write_packets(self, packets: Sequence[bytes]) -> None:
+        """The node's ``transmit.PacketSink``: decrypted packets are kept in ``delivered``."""
+        self.delivered.extend(packets)
+
+
+class _Outbox:
+    """A ``transmit.DatagramSink`` that puts one node's datagrams on the wire as (source, data, destination)."""
+
+    __slots__ = ("batch", "source")
+
+    def __init__(self) -> None:
+        self.batch: list[tuple[Endpoint, bytes, Endpoint]] = []
+        self.source: Endpoint = ("", 0)
+
+    def send_datagrams(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> None:
+        source = self.source
+        self.batch += [(source, data, destination) for data, destination in datagrams]
 
 
 class MemoryNetwork:
@@ -94,15 +115,13 @@ class MemoryNetwork:
 
     def pump(self, max_rounds: int = 1000) -> None:
         """Move datagrams between devices until none are in flight."""
+        outbox = _Outbox()
         for _ in range(max_rounds):
             batch: list[tuple[Endpoint, bytes, Endpoint]] = []
+            outbox.batch = batch
             for node in list(self.nodes.values()):
-                for data, destination in node.device.datagrams_to_send():
-                    batch.append((node.endpoint, data, destination))
-                for job in node.device.seal_jobs():
-                    if isinstance(job, SealJob):
-                        batch += [(node.endpoint, message, job.endpoint) for message in job.run()]
-                self._collect(node)
+                outbox.source = node.endpoint
+                drain(node.device, outbox, node)
             if not batch:
                 return
             if self.reorder and self.random.random() < self.reorder:

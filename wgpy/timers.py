@@ -7,6 +7,10 @@ deadlines exactly as the kernel's ``wg_timers_*`` functions do. ``next_deadline`
 ``due(now)`` lists the timers that have expired; the device runs the matching ``expired_*`` action, which needs the
 device (sending, zeroing keys) and so lives in ``device.py``.
 
+The timers mark themselves as changed: whatever arms, moves or disarms a deadline calls the ``watch`` callback
+(the device's deadline heap registers one per peer), so no caller has to remember to. Only a real change calls it,
+which keeps the data path (where the hooks mostly find their timer already in the state they want) free of it.
+
 The five timers and what arms them:
 
 - ``retransmit_handshake``: REKEY_TIMEOUT + jitter after an initiation is sent; resend, up to MAX_TIMER_HANDSHAKES.
@@ -22,6 +26,7 @@ coarse periodic tick gives the same protocol behaviour (only later by up to one 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from .constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT
 
@@ -38,10 +43,15 @@ class TimerName(enum.Enum):
     PERSISTENT_KEEPALIVE = enum.auto()
 
 
+def _unwatched() -> None:
+    return None
+
+
 class PeerTimers:
     """Deadlines and counters of one peer's timers."""
 
     __slots__ = (
+        "_changed",
         "handshake_attempts",
         "need_another_keepalive",
         "new_handshake_at",
@@ -63,6 +73,11 @@ class PeerTimers:
         self.handshake_attempts = 0
         self.need_another_keepalive = False
         self.sent_lastminute_handshake = False
+        self._changed: Callable[[], object] = _unwatched
+
+    def watch(self, changed: Callable[[], object]) -> None:
+        """Call ``changed()`` whenever a deadline is armed, moved or disarmed (the device's timer heap)."""
+        self._changed = changed
 
     def _deadlines(self) -> tuple[tuple[TimerName, float | None], ...]:
         return (
@@ -86,12 +101,29 @@ class PeerTimers:
         return fired
 
     def disarm(self, name: TimerName) -> None:
-        setattr(self, f"{name.name.lower()}_at", None)
+        attribute = f"{name.name.lower()}_at"
+        if getattr(self, attribute) is not None:
+            setattr(self, attribute, None)
+            self._changed()
 
     def stop(self) -> None:
         """Disarm everything (peer removed or device down; kernel ``wg_timers_stop``)."""
         for name in TimerName:
             self.disarm(name)
+
+    def set_persistent_keepalive_interval(self, interval: int) -> None:
+        """Change the persistent keepalive interval in seconds; 0 disarms its timer."""
+        self.persistent_keepalive_interval = interval
+        if not interval:
+            self.disarm(TimerName.PERSISTENT_KEEPALIVE)
+
+    def rearm_send_keepalive(self, now: float) -> None:
+        """Arm the passive keepalive again right after it fired, when more data arrived meanwhile (kernel
+        ``wg_expired_send_keepalive``: ``need_another_keepalive``)."""
+        if self.need_another_keepalive:
+            self.need_another_keepalive = False
+            self.send_keepalive_at = now + KEEPALIVE_TIMEOUT
+            self._changed()
 
     # --- hooks, named after the kernel's wg_timers_* ---------------------------------------------------------
 
@@ -99,43 +131,55 @@ class PeerTimers:
         """Should be called after an authenticated data packet is sent."""
         if self.new_handshake_at is None:
             self.new_handshake_at = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + jitter
+            self._changed()
 
     def on_data_received(self, now: float) -> None:
         """Should be called after an authenticated data packet is received."""
         if self.send_keepalive_at is None:
             self.send_keepalive_at = now + KEEPALIVE_TIMEOUT
+            self._changed()
         else:
             self.need_another_keepalive = True
 
     def on_any_authenticated_packet_sent(self) -> None:
         """Should be called after any type of authenticated packet is sent, whether keepalive, data, or handshake."""
-        self.send_keepalive_at = None
+        if self.send_keepalive_at is not None:
+            self.send_keepalive_at = None
+            self._changed()
 
     def on_any_authenticated_packet_received(self) -> None:
         """Should be called after any type of authenticated packet is received, whether keepalive, data, or handshake."""
-        self.new_handshake_at = None
+        if self.new_handshake_at is not None:
+            self.new_handshake_at = None
+            self._changed()
 
     def on_any_authenticated_packet_traversal(self, now: float) -> None:
         """Should be called after any type of authenticated packet is sent or received."""
         if self.persistent_keepalive_interval:
             self.persistent_keepalive_at = now + self.persistent_keepalive_interval
+            self._changed()
 
     def on_handshake_initiated(self, now: float, jitter: float) -> None:
         """Should be called after a handshake initiation message is sent."""
         self.retransmit_handshake_at = now + REKEY_TIMEOUT + jitter
+        self._changed()
 
     def on_handshake_complete(self) -> None:
         """Should be called after a handshake response message is received and processed or when getting key confirmation via the first data message."""
-        self.retransmit_handshake_at = None
+        if self.retransmit_handshake_at is not None:
+            self.retransmit_handshake_at = None
+            self._changed()
         self.handshake_attempts = 0
         self.sent_lastminute_handshake = False
 
     def on_session_derived(self, now: float) -> None:
         """Should be called after ephemeral keys are created with either handshake initiation or response message."""
         self.zero_key_material_at = now + REJECT_AFTER_TIME * 3
+        self._changed()
 
     def on_handshake_gave_up(self, now: float) -> None:
         """Should be called when retransmission stopped after MAX_TIMER_HANDSHAKES attempts."""
-        self.send_keepalive_at = None
+        self.disarm(TimerName.SEND_KEEPALIVE)
         if self.zero_key_material_at is None:
             self.zero_key_material_at = now + REJECT_AFTER_TIME * 3
+            self._changed()

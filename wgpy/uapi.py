@@ -11,6 +11,12 @@ lives in ``drivers/uapi_server.py``):
 - ``apply_set(device, request, now)`` applies a validated request. Unlike wireguard-go, which applies lines as it
   reads them and can leave half a change behind, a request that fails validation changes nothing.
 
+``listen_port`` and ``fwmark`` are socket state, which the device does not have: they belong to the driver, which
+exposes them through the small ``SocketSettings`` protocol (``Tunnel`` is one; ``SocketState`` is a plain holder
+for sans-I/O use). ``format_get`` reads them from there. A driver applies the socket half of a request itself,
+before ``apply_set`` (so that a port that cannot be bound changes nothing); ``apply_set`` only writes them when it
+is given a ``SocketSettings`` to write to.
+
 Errno values travel negated on the wire (``errno=-22``), as wireguard-go writes them; ``wg`` negates them back.
 """
 
@@ -20,15 +26,18 @@ import errno as _errno
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from .device import Device, Endpoint, IPNetwork
+from .device import Device, IPNetwork
 from .errors import ConfigError, UapiError
+from .events import Endpoint, endpoint_is_ipv6
 from .keys import PresharedKey, PrivateKey, PublicKey
 
 __all__ = [
     "PeerChange",
     "SetRequest",
+    "SocketSettings",
+    "SocketState",
     "apply_set",
     "format_endpoint",
     "format_errno",
@@ -48,7 +57,7 @@ def format_errno(errno: int) -> str:
 
 def format_endpoint(endpoint: Endpoint) -> str:
     host, port = endpoint[0], endpoint[1]
-    if ":" in host:
+    if endpoint_is_ipv6(endpoint):
         if len(endpoint) == 4 and endpoint[3] and "%" not in host:
             host = f"{host}%{endpoint[3]}"  # a link-local address means nothing without its interface
         return f"[{host}]:{port}"
@@ -95,6 +104,21 @@ def _is_decimal(text: str) -> bool:
     """ASCII digits only, and few enough for ``int()``: ``str.isdigit`` alone accepts "²" and "٣", which ``int``
     rejects or reads, and ``int`` refuses more than 4300 digits."""
     return 0 < len(text) <= 20 and text.isascii() and text.isdigit()
+
+
+class SocketSettings(Protocol):
+    """The driver's socket state that UAPI shows and sets: the UDP port and the fwmark (SO_MARK; 0 for none)."""
+
+    listen_port: int
+    fwmark: int
+
+
+@dataclass
+class SocketState:
+    """A plain ``SocketSettings`` (tests, in-memory setups): what a driver would bind."""
+
+    listen_port: int = 0
+    fwmark: int = 0
 
 
 @dataclass
@@ -217,16 +241,21 @@ def parse_set(lines: Iterable[str]) -> SetRequest:
     return request
 
 
-def apply_set(device: Device, request: SetRequest, now: float) -> None:
-    """Apply a validated request to ``device``. ``listen_port`` is the driver's job (it must rebind first)."""
+def apply_set(device: Device, request: SetRequest, now: float, sockets: SocketSettings | None = None) -> None:
+    """Apply a validated request to ``device``, and its ``listen_port`` and ``fwmark`` to ``sockets`` if given.
+
+    A driver with real sockets applies those two itself first (it must bind the new port before anything else
+    changes) and passes no ``sockets``.
+    """
+    if sockets is not None:
+        if request.listen_port is not None:
+            sockets.listen_port = request.listen_port
+        if request.fwmark is not None:
+            sockets.fwmark = request.fwmark
     if request.clear_private_key:
         device.set_private_key(None)
     elif request.private_key is not None:
         device.set_private_key(request.private_key)
-    if request.listen_port is not None:
-        device.listen_port = request.listen_port
-    if request.fwmark is not None:
-        device.fwmark = request.fwmark
     if request.replace_peers:
         device.clear_peers()
     own = device.public_key
@@ -252,15 +281,16 @@ def apply_set(device: Device, request: SetRequest, now: float) -> None:
             device.set_persistent_keepalive(peer, change.persistent_keepalive_interval, now)
 
 
-def format_get(device: Device) -> str:
-    """The ``get=1`` answer, without the closing ``errno=0`` line."""
+def format_get(device: Device, sockets: SocketSettings | None = None) -> str:
+    """The ``get=1`` answer, without the closing ``errno=0`` line; ``listen_port`` and ``fwmark`` come from the
+    driver's ``sockets`` (none for a device without sockets)."""
     out: list[str] = []
     if device.private_key is not None:
         out.append(f"private_key={device.private_key.to_hex()}")
-    if device.listen_port:
-        out.append(f"listen_port={device.listen_port}")
-    if device.fwmark:
-        out.append(f"fwmark={device.fwmark}")
+    if sockets is not None and sockets.listen_port:
+        out.append(f"listen_port={sockets.listen_port}")
+    if sockets is not None and sockets.fwmark:
+        out.append(f"fwmark={sockets.fwmark}")
     for peer in device.peers.values():
         out.append(f"public_key={peer.public_key.to_hex()}")
         out.append(f"preshared_key={peer.preshared_key.to_hex()}")

@@ -26,9 +26,9 @@ from wgpy.constants import REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
 from wgpy.cookie import CookieGenerator
 from wgpy.device import HANDSHAKE_LOAD_THRESHOLD, Device
 from wgpy.errors import DropReason
+from wgpy.events import Endpoint
 from wgpy.keys import PublicKey
 from wgpy.messages import MAC_SIZE, MESSAGE_COOKIE_REPLY_SIZE, CookieReply, MessageType, unpack
-from wgpy.peer import Endpoint
 from wgpy.ratelimiter import PACKETS_BURSTABLE, PACKETS_PER_SECOND
 
 COOKIE_REPLY = int(MessageType.COOKIE_REPLY)

@@ -31,10 +31,9 @@ from helpers import (
 from wgpy.constants import MAX_TIMER_HANDSHAKES, REJECT_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
 from wgpy.device import Device
 from wgpy.errors import ConfigError, DropReason
-from wgpy.events import Event, HandshakeCompleted, KeypairExpired, PeerRemoved
+from wgpy.events import Endpoint, Event, HandshakeCompleted, KeypairExpired, PeerRemoved
 from wgpy.keys import PresharedKey
 from wgpy.messages import MessageType
-from wgpy.peer import Endpoint
 from wgpy.testing import MemoryNetwork
 
 INITIATION = int(MessageType.INITIATION)

@@ -28,9 +28,9 @@ from wgpy import noise
 from wgpy.cookie import CookieGenerator
 from wgpy.device import Device
 from wgpy.errors import DropReason
+from wgpy.events import Endpoint
 from wgpy.messages import MAC_SIZE, MessageType, Response
 from wgpy.noise import Handshake, StaticIdentity
-from wgpy.peer import Endpoint
 
 SOURCES: list[Endpoint] = [ENDPOINT_A, ("203.0.113.9", 9), ("2001:db8::bad", 443, 0, 0)]
 _TRANSPORT = struct.Struct("<IIQ")

@@ -8,9 +8,8 @@ from helpers import ENDPOINT_A, ENDPOINT_B, Pair, datagrams_from, drops_total, m
 from wgpy.constants import REKEY_TIMEOUT
 from wgpy.cookie import CookieGenerator
 from wgpy.errors import DropReason
-from wgpy.events import EndpointChanged
+from wgpy.events import Endpoint, EndpointChanged
 from wgpy.messages import MessageType
-from wgpy.peer import Endpoint
 
 ROAMED: Endpoint = ("198.51.100.7", 40000)
 ROAMED6: Endpoint = ("2001:db8::7", 40001, 0, 0)

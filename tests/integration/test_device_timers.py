@@ -30,9 +30,8 @@ from wgpy.constants import (
     REKEY_TIMEOUT_JITTER_MAX,
 )
 from wgpy.errors import DropReason
-from wgpy.events import Event, KeypairExpired
+from wgpy.events import Endpoint, Event, KeypairExpired
 from wgpy.messages import MessageType
-from wgpy.peer import Endpoint
 from wgpy.testing import MemoryNetwork
 
 INITIATION = int(MessageType.INITIATION)

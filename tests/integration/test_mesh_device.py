@@ -23,12 +23,12 @@ from helpers import datagrams_from, ipv4_packet, make_device, pub
 
 from wgpy.device import Device
 from wgpy.errors import DropReason
+from wgpy.events import Endpoint
 from wgpy.keypair import Keypair
 from wgpy.keys import PublicKey
 from wgpy.mesh import MapChanges, MapRejected, MeshController, RejectReason, sign_network_map
 from wgpy.mesh.acl import DEFAULT_DENY, MAP_EXPIRED
 from wgpy.messages import MessageType
-from wgpy.peer import Endpoint
 from wgpy.testing import MemoryNetwork, Node
 
 MANAGEMENT = Ed25519PrivateKey.from_private_bytes(bytes(range(40, 72)))

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import shutil
 import socket
+import struct
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from wgpy.device import Device
+from wgpy.drivers import asyncio_udp
 from wgpy.drivers.asyncio_udp import Tunnel
 from wgpy.drivers.uapi_server import UapiServer, bind_uapi_socket, socket_path
 from wgpy.keys import PresharedKey, PrivateKey
@@ -46,8 +49,10 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serving(directory: Path, name: str = "wgu0") -> AsyncIterator[Served]:
-    served = Served(Tunnel(Device(), bind_address="127.0.0.1"), socket_path(name, directory))
+async def serving(
+    directory: Path, name: str = "wgu0", *, bind_address: str | None = "127.0.0.1"
+) -> AsyncIterator[Served]:
+    served = Served(Tunnel(Device(), bind_address=bind_address), socket_path(name, directory))
     served.tunnel.on_packet = served.received.append
     await served.tunnel.start()
     server = UapiServer(served.tunnel, bind_uapi_socket(name, directory))
@@ -254,11 +259,65 @@ def test_listen_port_in_use_is_eaddrinuse_and_changes_nothing(socket_dir: Path) 
                 assert await request(served.path, text) == errno_line(errno.EADDRINUSE)
             assert await get(served.path) == before
             assert served.tunnel.local_port == port_before
-            assert served.tunnel.device.fwmark == 0
+            assert served.tunnel.fwmark == 0
             # The old sockets still work: a new port can still be taken.
             new_port = free_udp_port()
             assert await request(served.path, f"set=1\nlisten_port={new_port}\n\n") == "errno=0\n\n"
             assert served.tunnel.local_port == new_port
+
+    asyncio.run(main())
+
+
+def _marks(tunnel: Tunnel) -> set[int]:
+    return {
+        struct.unpack("=I", udp.sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK, 4))[0]
+        for udp in tunnel._sockets.values()
+    }
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_MARK"), reason="SO_MARK is Linux only")
+def test_a_fwmark_from_2_to_the_31_with_a_new_port_is_applied_or_refused_whole(socket_dir: Path) -> None:
+    """Issue #11 item 1: ``wg set IF listen-port N fwmark 0x80000000`` left the tunnel with no sockets (the mark
+    does not fit a C int, and setsockopt raised TypeError in the middle of the rebind)."""
+
+    async def main() -> None:
+        async with serving(socket_dir, bind_address=None) as served:
+            tunnel = served.tunnel
+            port_before, families = tunnel.local_port, set(tunnel._sockets)
+            new_port = free_udp_port()
+            reply = await request(served.path, f"set=1\nlisten_port={new_port}\nfwmark={2**31}\n\n")
+            if os.geteuid() == 0:  # SO_MARK needs CAP_NET_ADMIN
+                assert reply == "errno=0\n\n"
+                assert (tunnel.local_port, tunnel.fwmark) == (new_port, 2**31)
+                assert _marks(tunnel) == {2**31}
+                device, _ = parse_get(await get(served.path))
+                assert device["fwmark"] == str(2**31) and device["listen_port"] == str(new_port)
+                assert await request(served.path, f"set=1\nfwmark={2**32 - 1}\n\n") == "errno=0\n\n"
+                assert _marks(tunnel) == {2**32 - 1}
+            else:
+                assert reply == errno_line(errno.EPERM)
+                assert (tunnel.local_port, tunnel.fwmark) == (port_before, 0)
+            assert set(tunnel._sockets) == families  # never left without sockets
+
+    asyncio.run(main())
+
+
+def test_a_rebind_that_fails_in_any_way_keeps_the_old_sockets(
+    socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        async with serving(socket_dir, bind_address=None) as served:
+            tunnel = served.tunnel
+            port_before, sockets_before = tunnel.local_port, dict(tunnel._sockets)
+
+            def broken_bind(family: socket.AddressFamily, port: int, fwmark: int = 0) -> socket.socket:
+                raise TypeError("not an OSError")
+
+            monkeypatch.setattr(asyncio_udp, "_bind", broken_bind)
+            reply = await request(served.path, f"set=1\nlisten_port={free_udp_port()}\nfwmark=3\n\n")
+            assert reply == errno_line(errno.EIO)
+            assert tunnel.local_port == port_before and tunnel.fwmark == 0
+            assert tunnel._sockets == sockets_before and all(u.fileno() >= 0 for u in tunnel._sockets.values())
 
     asyncio.run(main())
 

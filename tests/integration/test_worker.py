@@ -17,8 +17,8 @@ from helpers import ENDPOINT_B, det_rng, ipv4_packet, private_key
 from wgpy.device import Device, KeypairRetired, SealJob
 from wgpy.drivers.asyncio_udp import Tunnel
 from wgpy.drivers.worker import MESSAGE_LIMIT, _Worker, encode
+from wgpy.events import Endpoint
 from wgpy.keypair import Keypair
-from wgpy.peer import Endpoint
 
 # --- the channel format, in process ----------------------------------------------------------------------------
 

@@ -26,14 +26,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's wgpy, even without `pip install -e`
 
-import wgpy.device as device_module
 import wgpy.noise as noise_module
+import wgpy.receive as receive_module
 from wgpy.cookie import CookieChecker
 from wgpy.device import Device
 from wgpy.events import Endpoint
 from wgpy.keys import PublicKey
 from wgpy.messages import Initiation, Message
 from wgpy.noise import Handshake, StaticIdentity
+from wgpy.receive import Receiver
 from wgpy.replay import ReplayWindow
 from wgpy.tai64n import TAI64N_SIZE
 
@@ -83,7 +84,8 @@ def accept_bad_mac1() -> None:
 
 
 class _FirstByteType:
-    """Stands in for the device's ``struct.Struct("<I")`` type reader: reads the type byte, skips the reserved ones."""
+    """Stands in for the receive path's ``struct.Struct("<I")`` type reader: reads the type byte, skips the reserved
+    ones."""
 
     size = 4
 
@@ -92,13 +94,13 @@ class _FirstByteType:
 
 
 def accept_reserved() -> None:
-    unpack: Callable[[bytes], Message] = getattr(device_module, "unpack")  # noqa: B009 - not re-exported
+    unpack: Callable[[bytes], Message] = getattr(receive_module, "unpack")  # noqa: B009 - not re-exported
 
     def unpack_ignoring_reserved(data: bytes) -> Message:
         return unpack(bytes(data[:1]) + bytes(3) + bytes(data[4:]))
 
-    device_module._TYPE = _FirstByteType()  # type: ignore[misc, assignment]
-    setattr(device_module, "unpack", unpack_ignoring_reserved)  # noqa: B010 - not re-exported
+    receive_module._TYPE = _FirstByteType()  # type: ignore[misc, assignment]
+    setattr(receive_module, "unpack", unpack_ignoring_reserved)  # noqa: B010 - not re-exported
 
 
 def no_timestamp_check() -> None:
@@ -124,7 +126,9 @@ def no_timestamp_check() -> None:
 def ignore_keepalive() -> None:
     receive = Device.receive_datagram
 
-    def receive_datagram(self: Device, data: bytes, endpoint: Endpoint, now: float, wall_ns: int | None = None) -> None:
+    def receive_datagram(
+        self: Receiver, data: bytes, endpoint: Endpoint, now: float, wall_ns: int | None = None
+    ) -> None:
         if len(data) == _KEEPALIVE_SIZE and bytes(data[:4]) == _TRANSPORT_TYPE:
             return  # the fault: a keepalive is never authenticated, so it confirms no session
         receive(self, data, endpoint, now, wall_ns)

@@ -28,9 +28,9 @@ from wgpy.constants import REJECT_AFTER_TIME
 from wgpy.cookie import CookieGenerator
 from wgpy.device import Device
 from wgpy.errors import DropReason
+from wgpy.events import Endpoint
 from wgpy.messages import MAC_SIZE, MessageType
 from wgpy.noise import HandshakeState
-from wgpy.peer import Endpoint
 
 FUZZ = settings(
     max_examples=300,

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from wgpy.constants import REKEY_TIMEOUT
-from wgpy.peer import Endpoint
+from wgpy.events import Endpoint
 from wgpy.testing import MemoryNetwork
 
 HEAL_DEADLINE = 45.0  # simulated seconds for traffic to resume: rate limit + two "no answer" handshake timers

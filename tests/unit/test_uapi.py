@@ -23,8 +23,8 @@ def _pub(seed: int) -> PublicKey:
     return _key(seed).public_key()
 
 
-def _set(device: Device, text: str, now: float = NOW) -> None:
-    uapi.apply_set(device, uapi.parse_set(text.strip().splitlines()), now)
+def _set(device: Device, text: str, now: float = NOW, sockets: uapi.SocketState | None = None) -> None:
+    uapi.apply_set(device, uapi.parse_set(text.strip().splitlines()), now, sockets)
 
 
 def _error(lines: list[str]) -> UapiError:
@@ -230,6 +230,7 @@ def test_error_messages_never_contain_key_hex(line: str) -> None:
 
 def test_apply_sets_device_and_peers() -> None:
     device = Device()
+    sockets = uapi.SocketState()
     _set(
         device,
         f"""
@@ -245,9 +246,10 @@ def test_apply_sets_device_and_peers() -> None:
         endpoint=[fd00::3]:51820
         allowed_ip=10.0.0.3/32
         """.replace("        ", ""),
+        sockets=sockets,
     )
     assert device.private_key == _key(1)
-    assert (device.listen_port, device.fwmark) == (51820, 3)
+    assert (sockets.listen_port, sockets.fwmark) == (51820, 3)
     assert list(device.peers) == [_pub(2), _pub(3)]
     two = device.peer(_pub(2))
     assert two is not None
@@ -345,9 +347,17 @@ def test_persistent_keepalive_sends_at_once_when_it_can() -> None:
 
 
 def test_apply_set_leaves_listen_port_alone_when_not_given() -> None:
-    device = Device(_key(1), listen_port=4242)
-    _set(device, f"public_key={_pub(2).to_hex()}")
-    assert device.listen_port == 4242
+    device = Device(_key(1))
+    sockets = uapi.SocketState(listen_port=4242, fwmark=9)
+    _set(device, f"public_key={_pub(2).to_hex()}", sockets=sockets)
+    assert (sockets.listen_port, sockets.fwmark) == (4242, 9)
+
+
+def test_apply_set_without_sockets_applies_only_the_device_half() -> None:
+    device = Device()
+    _set(device, f"private_key={_key(1).to_hex()}\nlisten_port=51820\nfwmark=3")
+    assert device.private_key == _key(1)
+    assert not hasattr(device, "listen_port") and not hasattr(device, "fwmark")  # socket state is the driver's
 
 
 # -- format_get -----------------------------------------------------------------------------------------------------
@@ -355,12 +365,13 @@ def test_apply_set_leaves_listen_port_alone_when_not_given() -> None:
 
 def test_format_get_empty_device() -> None:
     assert uapi.format_get(Device()) == ""
-    assert uapi.format_get(Device(listen_port=51820)) == "listen_port=51820\n"
+    assert uapi.format_get(Device(), uapi.SocketState()) == ""
+    assert uapi.format_get(Device(), uapi.SocketState(listen_port=51820)) == "listen_port=51820\n"
 
 
 def test_format_get_lines_in_wireguard_go_order() -> None:
-    device = Device(_key(1), listen_port=51820)
-    device.fwmark = 7
+    device = Device(_key(1))
+    sockets = uapi.SocketState(listen_port=51820, fwmark=7)
     psk = PresharedKey(bytes([5]) * 32)
     device.add_peer(
         _pub(2),
@@ -370,7 +381,7 @@ def test_format_get_lines_in_wireguard_go_order() -> None:
         persistent_keepalive_interval=0,
     )
     device.add_peer(_pub(3))
-    assert uapi.format_get(device) == (
+    assert uapi.format_get(device, sockets) == (
         f"private_key={_key(1).to_hex()}\n"
         "listen_port=51820\n"
         "fwmark=7\n"
@@ -412,8 +423,8 @@ _READ_ONLY = ("last_handshake_time_sec", "last_handshake_time_nsec", "tx_bytes",
 
 def test_get_output_fed_to_set_reproduces_the_device() -> None:
     """As ``wg showconf | wg setconf`` does through the socket: get → set on a fresh device → the same get."""
-    device = Device(_key(1), listen_port=51820)
-    device.fwmark = 9
+    device = Device(_key(1))
+    sockets = uapi.SocketState(listen_port=51820, fwmark=9)
     device.add_peer(
         _pub(2),
         preshared_key=PresharedKey(bytes([5]) * 32),
@@ -421,11 +432,12 @@ def test_get_output_fed_to_set_reproduces_the_device() -> None:
         allowed_ips=["10.0.0.0/24", "fd00::/64"],
     )
     device.add_peer(_pub(3), endpoint=("fd00::3", 1, 0, 0), allowed_ips=["10.1.0.0/16"])
-    text = uapi.format_get(device)
+    text = uapi.format_get(device, sockets)
+    assert "listen_port=51820\nfwmark=9\n" in text
     lines = [line for line in text.splitlines() if not line.startswith(_READ_ONLY)]
-    copy = Device()
-    uapi.apply_set(copy, uapi.parse_set(lines), NOW)
-    assert uapi.format_get(copy) == text
+    copy, copy_sockets = Device(), uapi.SocketState()
+    uapi.apply_set(copy, uapi.parse_set(lines), NOW, copy_sockets)
+    assert uapi.format_get(copy, copy_sockets) == text
 
 
 def test_format_errno() -> None:

@@ -2,8 +2,13 @@
 
 Theory of operation: the driver follows aioquic's ``transmit()`` pattern. Every input (a datagram from a socket, a
 packet read from the TUN device, the timer firing, a UAPI ``set``) is handed to the device with the current time,
-then ``flush()`` sends the datagrams the device produced, writes its packets to the TUN device and re-arms the one
-timer at ``device.get_timer()``. Nothing else here knows the protocol.
+then ``flush()`` drains the device through ``wgpy.transmit.drain`` (the one drain loop every driver shares): the
+tunnel is the datagram sink (its sockets) and the packet sink (the TUN device, or ``on_packet``), and the worker,
+when there is one, is offered the seal jobs first. Then it re-arms the one timer at ``device.get_timer()``.
+Nothing else here knows the protocol.
+
+The sockets are the tunnel's state, not the device's: ``listen_port`` (the port actually bound) and ``fwmark``
+(SO_MARK on every socket) live here, and the UAPI server reads and changes them here (``uapi.SocketSettings``).
 
 Endpoints are the socket addresses as asyncio reports them: ``(host, port)`` from the IPv4 socket and
 ``(host, port, flowinfo, scope_id)`` from the IPv6 socket (which is ``IPV6_V6ONLY``, so the two never overlap, as in
@@ -22,14 +27,17 @@ import contextlib
 import errno
 import logging
 import socket
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from tun import TunDevice
 
-from ..device import Device, Endpoint, KeypairRetired, SealJob
+from ..device import Device
 from ..errors import UapiError
-from ..events import EndpointChanged, Event, HandshakeCompleted, KeypairExpired
+from ..events import Endpoint, EndpointChanged, Event, HandshakeCompleted, KeypairExpired, endpoint_is_ipv6
+from ..send import KeypairRetired, SealJob
+from ..transmit import drain
 from .clock import monotonic_now, wall_ns
 from .udp import UdpSocket
 from .worker import DataPlaneWorker, WorkerError
@@ -43,16 +51,27 @@ UDP_READ_BATCH: Final = 64  # datagrams read per readiness callback
 HOUSEKEEPING_INTERVAL: Final = 1.0  # seconds between MTU refreshes
 
 
+MAX_FWMARK: Final = 2**32 - 1  # SO_MARK is a u32 in the kernel
+
+
+def _set_mark(sock: socket.socket, fwmark: int) -> None:
+    """SO_MARK as the kernel reads it, a 32-bit value: passed as bytes, since ``setsockopt`` with a Python int
+    takes a C int and refuses marks from 2**31 up (``wg set IF fwmark 0x80000000`` is valid)."""
+    if not 0 <= fwmark <= MAX_FWMARK:
+        raise ValueError(f"fwmark {fwmark} is not a 32-bit value")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", fwmark))
+
+
 def _bind(family: socket.AddressFamily, port: int, fwmark: int = 0) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if fwmark and hasattr(socket, "SO_MARK"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+            _set_mark(sock, fwmark)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))  # noqa: S104 - a VPN listens everywhere
         sock.setblocking(False)
-    except OSError:
+    except BaseException:
         sock.close()
         raise
     return sock
@@ -70,6 +89,8 @@ class Tunnel:
         bind_address: str | None = None,
         on_event: Callable[[Event], None] | None = None,
         worker: bool = False,
+        listen_port: int = 0,
+        fwmark: int = 0,
     ) -> None:
         """
         Args:
@@ -80,12 +101,18 @@ class Tunnel:
             on_event: called with each event drained from the device, after it is logged (the mesh agent audits
                 handshakes with it). The device has one event queue, so this is the only place that drains it.
             worker: seal and write to the TUN device in a second process (a second core); see ``worker.py``.
+            listen_port: the UDP port to bind at ``start`` (0: any free port; ``listen_port`` then says which).
+            fwmark: the SO_MARK of the sockets (0: none).
         """
         self.device = device
         self.tun = tun
         self.on_packet = on_packet
         self.on_event = on_event
         self.bind_address = bind_address
+        #: The UDP port the sockets are bound to (after ``start``; the requested one before).
+        self.listen_port = listen_port
+        #: The SO_MARK of the sockets; 0 for none.
+        self.fwmark = fwmark
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sockets: dict[int, UdpSocket] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -95,13 +122,14 @@ class Tunnel:
         self.tun_errors = 0
         self.use_worker = worker
         self._worker: DataPlaneWorker | None = None
+        self._worker_sink = _WorkerSink(self)
         self.worker_failures = 0
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await self._open_sockets(self.device.listen_port)
+        await self._open_sockets(self.listen_port, self.fwmark)
         if self.tun is not None:
             import os
 
@@ -153,31 +181,37 @@ class Tunnel:
         """The worker process's PID while one runs."""
         return self._worker.process.pid if self._worker is not None else None
 
-    async def _open_sockets(self, port: int) -> None:
+    async def _open_sockets(self, port: int, fwmark: int) -> None:
         """Bind the IPv4 socket (and the IPv6 one on the same port) and register them with the loop."""
         loop = asyncio.get_running_loop()
-        fwmark = self.device.fwmark
         if self.bind_address is not None:
             sock4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock4.bind((self.bind_address, port))
-            sock4.setblocking(False)
+            try:
+                sock4.bind((self.bind_address, port))
+                sock4.setblocking(False)
+            except BaseException:
+                sock4.close()
+                raise
             socks = {socket.AF_INET: sock4}
         else:
             sock4 = _bind(socket.AF_INET, port, fwmark)
-            port = sock4.getsockname()[1]
             socks = {socket.AF_INET: sock4}
             try:
-                socks[socket.AF_INET6] = _bind(socket.AF_INET6, port, fwmark)
+                socks[socket.AF_INET6] = _bind(socket.AF_INET6, sock4.getsockname()[1], fwmark)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     sock4.close()
                     raise
                 logger.info("no IPv6 socket: %s", exc)
-        self.device.listen_port = socks[socket.AF_INET].getsockname()[1]
+            except BaseException:
+                sock4.close()
+                raise
+        bound = int(sock4.getsockname()[1])
         for family, sock in socks.items():
             udp = UdpSocket(sock)
             loop.add_reader(udp.fileno(), self._on_socket_readable, udp)
             self._sockets[family] = udp
+        self.listen_port = bound
 
     def _close_sockets(self, sockets: dict[int, UdpSocket] | None = None) -> None:
         closing = self._sockets if sockets is None else sockets
@@ -188,17 +222,28 @@ class Tunnel:
             udp.close()
         closing.clear()
 
-    async def rebind(self, port: int) -> None:
-        """Move to a new listen port (a UAPI ``listen_port``). Raises ``UapiError(EADDRINUSE)`` and keeps the old one."""
-        if port == self.device.listen_port and port != 0 and self._sockets:
+    async def rebind(self, port: int, fwmark: int | None = None) -> None:
+        """Move to a new listen port (a UAPI ``listen_port``). Raises ``UapiError(EADDRINUSE)`` and keeps the old one.
+
+        The new sockets get ``fwmark`` when given (a request that sets both), else the current one; ``fwmark``
+        itself changes only through ``set_fwmark``. Transactional: whatever fails, the old sockets stay open and
+        in use, and nothing of the tunnel changed.
+        """
+        mark = self.fwmark if fwmark is None else fwmark
+        if not 0 <= mark <= MAX_FWMARK:
+            raise UapiError(errno.EINVAL, f"fwmark {mark} is not a 32-bit value")
+        if port == self.listen_port and port != 0 and self._sockets:
             return
         old = dict(self._sockets)
         self._sockets.clear()
         try:
-            await self._open_sockets(port)
-        except OSError as exc:
+            await self._open_sockets(port, mark)
+        except Exception as exc:
+            self._close_sockets()  # whatever of the new ones was registered already
             self._sockets = old
-            raise UapiError(errno.EADDRINUSE if exc.errno == errno.EADDRINUSE else errno.EIO, str(exc)) from None
+            reported = exc.errno if isinstance(exc, OSError) else None
+            code = reported if reported in (errno.EADDRINUSE, errno.EPERM) else errno.EIO
+            raise UapiError(code, f"cannot bind port {port}: {exc}") from None
         if self._worker is not None:  # it holds the old sockets: a new one takes the new ones
             self.flush()
             self._stop_worker()
@@ -210,18 +255,20 @@ class Tunnel:
         ``BindSetMark`` does: wg-quick sets the mark after the port and relies on it to keep the tunnel's own
         datagrams out of a default route through the tunnel. Raises ``UapiError(EPERM/EIO)`` and keeps the old mark.
         """
-        if fwmark == self.device.fwmark:
+        if not 0 <= fwmark <= MAX_FWMARK:
+            raise UapiError(errno.EINVAL, f"fwmark {fwmark} is not a 32-bit value")
+        if fwmark == self.fwmark:
             return
         if self.bind_address is None and hasattr(socket, "SO_MARK"):
             try:
                 for udp in self._sockets.values():
-                    udp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+                    _set_mark(udp.sock, fwmark)
             except OSError as exc:
                 for udp in self._sockets.values():  # best effort: put the old mark back
                     with contextlib.suppress(OSError):
-                        udp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.device.fwmark)
+                        _set_mark(udp.sock, self.fwmark)
                 raise UapiError(exc.errno or errno.EIO, f"cannot set fwmark: {exc.strerror or exc}") from None
-        self.device.fwmark = fwmark
+        self.fwmark = fwmark
 
     def close(self) -> None:
         """Stop everything this tunnel started: timer, sockets, TUN reader and device (the interface goes away)."""
@@ -245,7 +292,8 @@ class Tunnel:
 
     @property
     def local_port(self) -> int:
-        return self.device.listen_port
+        """The UDP port the tunnel listens on (``listen_port``)."""
+        return self.listen_port
 
     # --- inputs -----------------------------------------------------------------------------------------------
 
@@ -304,53 +352,30 @@ class Tunnel:
 
     def flush(self) -> None:
         """Send what the device wants sent, deliver its packets, re-arm its timer and log its events."""
-        device = self.device
-        datagrams = device.datagrams_to_send()
-        if datagrams:
-            self._send(datagrams)
-        jobs = device.seal_jobs()
-        packets = device.packets_to_tun()
-        worker = self._worker
-        if worker is not None:
-            to_tun = packets if worker.has_tun and self.tun is not None else []
-            if jobs or to_tun:
-                try:
-                    worker.submit(jobs, to_tun)
-                    jobs = []
-                    if to_tun:
-                        packets = []
-                except WorkerError as exc:
-                    logger.error("%s: running in one process", exc)
-                    self.worker_failures += 1
-                    self._stop_worker()
-        if jobs:
-            self._run_jobs(jobs)
-        if packets:
-            if self.tun is not None:
-                try:
-                    self.tun.write_packets(packets)  # TCP segments of one flow may go as one offload write
-                except OSError:
-                    self.tun_errors += 1
-            elif self.on_packet is not None:
-                for packet in packets:
-                    self.on_packet(packet)
+        drain(self.device, self, self, self._worker_sink if self._worker is not None else None)
         self._drain_events()
         self._arm_timer()
 
-    def _run_jobs(self, jobs: list[SealJob | KeypairRetired]) -> None:
-        """Seal here what the device handed out for a worker (jobs left over when the worker went away)."""
-        for job in jobs:
-            if isinstance(job, SealJob):
-                self._send([(message, job.endpoint) for message in job.run()])
-
-    def _send(self, datagrams: list[tuple[bytes, Endpoint]]) -> None:
-        """Hand each datagram to the socket of its address family, keeping their order per socket."""
-        v4 = [d for d in datagrams if ":" not in d[1][0]]
-        v6 = [d for d in datagrams if ":" in d[1][0]] if len(v4) != len(datagrams) else []
+    def send_datagrams(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> None:
+        """Hand each datagram to the socket of its address family, keeping their order per socket (the tunnel
+        is the ``transmit.DatagramSink`` of its device)."""
+        v4 = [d for d in datagrams if not endpoint_is_ipv6(d[1])]
+        v6 = [d for d in datagrams if endpoint_is_ipv6(d[1])] if len(v4) != len(datagrams) else []
         for family, batch in ((socket.AF_INET, v4), (socket.AF_INET6, v6)):
             udp = self._sockets.get(family)
             if batch and udp is not None:
                 udp.send_batch(batch)
+
+    def write_packets(self, packets: Sequence[bytes]) -> None:
+        """Deliver decrypted packets to the TUN device, or to ``on_packet`` without one (``transmit.PacketSink``)."""
+        if self.tun is not None:
+            try:
+                self.tun.write_packets(packets)  # TCP segments of one flow may go as one offload write
+            except OSError:
+                self.tun_errors += 1
+        elif self.on_packet is not None:
+            for packet in packets:
+                self.on_packet(packet)
 
     def _arm_timer(self) -> None:
         deadline = self.device.get_timer()
@@ -373,3 +398,32 @@ class Tunnel:
                 logger.info("peer(%s): session keys erased", event.peer.short())
             if self.on_event is not None:
                 self.on_event(event)
+
+
+class _WorkerSink:
+    """The tunnel's worker as the ``transmit.SealJobSink``: it takes the jobs, and the packets when it writes to the
+    TUN device itself; if it fails, the tunnel goes on in one process and the drain does everything here."""
+
+    __slots__ = ("_tunnel",)
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self._tunnel = tunnel
+
+    def submit(
+        self, jobs: list[SealJob | KeypairRetired], packets: list[bytes]
+    ) -> tuple[list[SealJob | KeypairRetired], list[bytes]]:
+        tunnel = self._tunnel
+        worker = tunnel._worker
+        if worker is None:
+            return jobs, packets
+        to_tun = packets if worker.has_tun and tunnel.tun is not None else []
+        if not jobs and not to_tun:
+            return jobs, packets
+        try:
+            worker.submit(jobs, to_tun)
+        except WorkerError as exc:
+            logger.error("%s: running in one process", exc)
+            tunnel.worker_failures += 1
+            tunnel._stop_worker()
+            return jobs, packets
+        return [], [] if to_tun else packets

@@ -147,7 +147,7 @@ class UapiServer:
                         writer.write(uapi.format_errno(errno.EINVAL).encode())
                         await writer.drain()
                         return
-                    writer.write((uapi.format_get(self.tunnel.device) + uapi.format_errno(0)).encode())
+                    writer.write((uapi.format_get(self.tunnel.device, self.tunnel) + uapi.format_errno(0)).encode())
                 elif line == b"set=1\n":
                     body = await self._read_body(reader)
                     if body is None:
@@ -187,22 +187,18 @@ class UapiServer:
         return None
 
     async def _set(self, body: list[str]) -> int:
-        device = self.tunnel.device
+        """Validate the whole request, then apply the socket half on the tunnel first (a new port is bound, with
+        the new fwmark, before anything else changes), then the rest on the device."""
+        tunnel = self.tunnel
         try:
             request = uapi.parse_set(body)
             if request.listen_port is not None:
-                old_fwmark = device.fwmark
-                if request.fwmark is not None:
-                    device.fwmark = request.fwmark  # the new sockets are created with it
-                try:
-                    await self.tunnel.rebind(request.listen_port)
-                finally:
-                    device.fwmark = old_fwmark  # set_fwmark below applies it to whichever sockets are open
+                await tunnel.rebind(request.listen_port, fwmark=request.fwmark)
                 request.listen_port = None  # the tunnel set the port it actually bound
             if request.fwmark is not None:
-                self.tunnel.set_fwmark(request.fwmark)
+                tunnel.set_fwmark(request.fwmark)
                 request.fwmark = None
-            uapi.apply_set(device, request, monotonic_now())
+            uapi.apply_set(tunnel.device, request, monotonic_now())
         except UapiError as exc:
             logger.info("UAPI set refused: %s", exc)
             return exc.errno

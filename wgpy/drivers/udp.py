@@ -25,7 +25,7 @@ import struct
 from collections.abc import Sequence
 from typing import Final
 
-from ..device import Endpoint
+from ..events import Endpoint
 
 __all__ = ["UdpSocket"]
 

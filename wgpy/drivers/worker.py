@@ -49,8 +49,9 @@ from collections.abc import Sequence
 from typing import Final
 
 from .. import crypto
-from ..device import Endpoint, KeypairRetired, SealJob
+from ..events import Endpoint, endpoint_is_ipv6
 from ..keypair import seal_run
+from ..send import KeypairRetired, SealJob
 from .udp import UdpSocket
 
 __all__ = ["DataPlaneWorker", "WorkerError", "main"]
@@ -299,7 +300,7 @@ class _Worker:
                     self.bad_records += 1  # cannot happen with the main process's ordering: drop, as a lost packet
                     continue
                 endpoint = self._endpoint(raw_endpoint, host_length)
-                family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
+                family = socket.AF_INET6 if endpoint_is_ipv6(endpoint) else socket.AF_INET
                 datagrams.setdefault(family, []).extend(
                     (m, endpoint) for m in seal_run(aead, remote_index, first, plaintexts)
                 )
@@ -339,7 +340,9 @@ class _Worker:
         if endpoint is None:
             host = raw[:host_length].decode()
             port, flowinfo, scope_id = _ENDPOINT_TAIL.unpack_from(raw, host_length)
-            endpoint = (host, port, flowinfo, scope_id) if ":" in host else (host, port)
+            endpoint = (host, port)
+            if endpoint_is_ipv6(endpoint):
+                endpoint = (host, port, flowinfo, scope_id)
             if len(self.endpoints) > 4096:
                 self.endpoints.clear()
             self.endpoints[raw] = endpoint

@@ -1,0 +1,337 @@
+"""The receiving half of the engine: dispatch by type, consume each message, keep the key fresh (kernel receive.c;
+wireguard-go receive.go).
+
+Theory of operation: ``receive_datagram`` is the one boundary where remote input enters, and nothing raises out of
+it. It reads the first four bytes as one le32 (so the reserved bytes must be zero), checks the exact size of the
+type, and hands the datagram to the consumer of its type. Every check is ordered cheapest first (style rule 5):
+
+- handshake messages (``_receive_handshake``): mac1 (one BLAKE2s) before any X25519; when the device is under load,
+  mac2 or else one cookie reply, then the per-source rate limit; then ``noise.consume_initiation`` or
+  ``consume_response``, which commit nothing until the message authenticates. An initiation is answered with a
+  response; a response makes the new keypair current and flushes what waited for it.
+- cookie replies (``_receive_cookie_reply``): the index, then the XChaCha20-Poly1305 open.
+- transport (``_receive_transport``): the index, the keypair's age and limits, the replay pre-check, the AEAD, the
+  replay commit; only then the timers, key confirmation (a responder's ``next`` keypair becomes current on its
+  first authenticated packet), keep-key-fresh on receive and the endpoint update; last the inner IP header, the
+  cryptokey-routing source check and the plaintext filter.
+
+Whatever fails is counted in ``stats.drops`` under one ``DropReason``. "Under load" is decided from the rate of
+handshake messages seen (a sans-I/O core has no queue to measure, which is what the kernel and wireguard-go look
+at): above ``handshake_load_threshold`` per second the device demands mac2, and stays under load for one more
+second after the rate falls.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import TYPE_CHECKING, Final
+
+from . import crypto, ip, noise
+from .constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT, REPLAY_WINDOW_SIZE
+from .cookie import CookieChecker, MacState
+from .errors import DropReason
+from .events import Endpoint, EndpointChanged, HandshakeCompleted
+from .keypair import Keypair
+from .messages import (
+    MESSAGE_COOKIE_REPLY_SIZE,
+    MESSAGE_INITIATION_SIZE,
+    MESSAGE_RESPONSE_SIZE,
+    MESSAGE_TRANSPORT_MIN_SIZE,
+    TRANSPORT_HEADER,
+    CookieReply,
+    Initiation,
+    MessageType,
+    Response,
+    unpack,
+)
+from .noise import Handshake, HandshakeRejected, StaticIdentity
+from .send import Sender
+
+if TYPE_CHECKING:
+    from .keys import PublicKey
+    from .peer import Peer
+    from .ratelimiter import RateLimiter
+
+__all__ = ["HANDSHAKE_LOAD_THRESHOLD", "UNDER_LOAD_AFTER_TIME", "LoadMeter", "Receiver", "endpoint_bytes"]
+
+HANDSHAKE_LOAD_THRESHOLD: Final = 128.0  # handshake messages per second before mac2 is demanded (ours)
+UNDER_LOAD_AFTER_TIME: Final = 1.0  # kernel/wireguard-go: stay under load for 1 s after the pressure ends
+
+_TYPE: Final = struct.Struct("<I")
+_INITIATION: Final = int(MessageType.INITIATION)
+_RESPONSE: Final = int(MessageType.RESPONSE)
+_COOKIE_REPLY: Final = int(MessageType.COOKIE_REPLY)
+_TRANSPORT: Final = int(MessageType.TRANSPORT)
+
+
+class LoadMeter:
+    """Estimates the handshake message rate over a sliding second from ``now`` values."""
+
+    __slots__ = ("_bucket", "_count", "_previous", "_threshold", "_under_load_until")
+
+    def __init__(self, threshold: float) -> None:
+        self._threshold = threshold
+        self._bucket = 0
+        self._count = 0
+        self._previous = 0
+        self._under_load_until: float | None = None
+
+    def note(self, now: float) -> bool:
+        """Count one handshake message at ``now``; return whether the device is under load."""
+        bucket = int(now)
+        if bucket != self._bucket:
+            self._previous = self._count if bucket == self._bucket + 1 else 0
+            self._bucket, self._count = bucket, 0
+        self._count += 1
+        rate = self._count + self._previous * (1.0 - (now - bucket))
+        if rate > self._threshold:
+            self._under_load_until = now + UNDER_LOAD_AFTER_TIME
+        return self._under_load_until is not None and now < self._under_load_until
+
+
+def _packed_address(host: str) -> bytes:
+    """An endpoint's IP address as 4 or 16 bytes (a host that is no IP address, only seen in tests, hashes to 16)."""
+    try:
+        return ipaddress.ip_address(host).packed
+    except ValueError:
+        return crypto.hash(str(host).encode())[:16]
+
+
+def endpoint_bytes(endpoint: Endpoint) -> bytes:
+    """The endpoint's address packed as IP || big-endian port: what cookies bind to (wireguard-go ``DstToBytes``)."""
+    return _packed_address(endpoint[0]) + (endpoint[1] & 0xFFFF).to_bytes(2, "big")
+
+
+class Receiver(Sender):
+    """The receive path of ``Device`` (a mixin over the send path, which it answers through)."""
+
+    # The device state this half uses beyond the send path's (``Device.__init__`` sets it).
+    peers: dict[PublicKey, Peer]
+    cookie_checker: CookieChecker
+    ratelimiter: RateLimiter
+    _load: LoadMeter
+    _packets: list[bytes]
+
+    def receive_datagram(self, data: bytes, endpoint: Endpoint, now: float, wall_ns: int | None = None) -> None:
+        """Process one UDP datagram from ``endpoint``. Never raises for any ``data``; bad input is counted."""
+        if wall_ns is not None:
+            self._note_wall(now, wall_ns)
+        length = len(data)
+        if length < 4:
+            self.stats.drop(DropReason.BAD_LENGTH, now)
+            return
+        (message_type,) = _TYPE.unpack_from(data)
+        if message_type == _TRANSPORT:
+            if length < MESSAGE_TRANSPORT_MIN_SIZE:
+                self.stats.drop(DropReason.BAD_LENGTH, now)
+            else:
+                self._receive_transport(data, endpoint, now)
+        elif message_type == _INITIATION or message_type == _RESPONSE:
+            expected = MESSAGE_INITIATION_SIZE if message_type == _INITIATION else MESSAGE_RESPONSE_SIZE
+            if length != expected:
+                self.stats.drop(DropReason.BAD_LENGTH, now)
+            else:
+                self._receive_handshake(bytes(data), endpoint, now)
+        elif message_type == _COOKIE_REPLY:
+            if length != MESSAGE_COOKIE_REPLY_SIZE:
+                self.stats.drop(DropReason.BAD_LENGTH, now)
+            else:
+                self._receive_cookie_reply(bytes(data), now)
+        else:
+            self.stats.drop(DropReason.BAD_TYPE, now)
+
+    # --- handshake messages ------------------------------------------------------------------------------------
+
+    def _receive_handshake(self, data: bytes, endpoint: Endpoint, now: float) -> None:
+        under_load = self._load.note(now)
+        identity = self.identity
+        if identity is None:
+            self.stats.drop(DropReason.NO_PRIVATE_KEY, now)
+            return
+        source = endpoint_bytes(endpoint) if under_load else b""
+        mac_state = self.cookie_checker.check(data, source, under_load, now)
+        if mac_state is MacState.INVALID_MAC:
+            self.stats.drop(DropReason.INVALID_MAC, now)
+            return
+        message = unpack(data)  # cannot fail: size and type were checked
+        if not isinstance(message, Initiation | Response):
+            return  # unreachable: the caller only passes handshake messages
+        if under_load:
+            if mac_state is not MacState.VALID_MAC_WITH_COOKIE:
+                self._send_cookie_reply(data, message.sender_index, source, endpoint, now)
+                self.stats.drop(DropReason.COOKIE_SENT, now)
+                return
+            if not self.ratelimiter.allow(_packed_address(endpoint[0]), now):
+                self.stats.drop(DropReason.RATE_LIMITED, now)
+                return
+        try:
+            if isinstance(message, Initiation):
+                peer = self._consume_initiation(message, identity, endpoint, now)
+            else:
+                peer = self._consume_response(message, identity, endpoint, now)
+        except HandshakeRejected as rejected:
+            self.stats.drop(rejected.reason, now)
+            return
+        peer.rx_bytes += len(data)
+        peer.timers.on_any_authenticated_packet_received()
+        peer.timers.on_any_authenticated_packet_traversal(now)
+
+    def _send_cookie_reply(self, data: bytes, sender_index: int, source: bytes, endpoint: Endpoint, now: float) -> None:
+        """Answer a handshake message with a cookie instead of a handshake (kernel
+        ``wg_packet_send_handshake_cookie``): the one reply to an unauthenticated datagram."""
+        reply = self.cookie_checker.create_reply(data, sender_index, source, now)
+        self._datagrams.append((reply.pack(), endpoint))
+        self.stats.cookie_replies_sent += 1
+
+    def _lookup_peer_handshake(self, public_key: PublicKey) -> Handshake | None:
+        peer = self.peers.get(public_key)
+        return peer.handshake if peer is not None else None
+
+    def _consume_initiation(
+        self, message: Initiation, identity: StaticIdentity, endpoint: Endpoint, now: float
+    ) -> Peer:
+        handshake = noise.consume_initiation(message, identity, self._lookup_peer_handshake, now)
+        peer = self.peers[handshake.remote_static]
+        self._set_endpoint(peer, endpoint)
+        # Send the response (kernel wg_packet_send_handshake_response).
+        if handshake.local_index:
+            self.index_table.remove(handshake.local_index, handshake)
+        index = self.index_table.insert(peer, handshake)
+        response = noise.create_response(handshake, index, self._rng)
+        if self.keylog is not None:  # before begin_session zeroes the ephemeral key
+            self.keylog.on_ephemeral(
+                identity.private_key, handshake.remote_static, handshake.ephemeral_private, handshake.preshared_key
+            )
+        packet = peer.cookie.add_macs(response.pack(), now)
+        self._begin_session(peer, now)
+        peer.last_sent_handshake_at = now
+        self._send_handshake_message(peer, packet, endpoint, now)
+        return peer
+
+    def _consume_response(self, message: Response, identity: StaticIdentity, endpoint: Endpoint, now: float) -> Peer:
+        entry = self.index_table.lookup(message.receiver_index)
+        if entry is None:
+            raise HandshakeRejected(DropReason.UNKNOWN_INDEX)
+        peer, handshake = entry
+        if not isinstance(handshake, Handshake):
+            raise HandshakeRejected(DropReason.UNKNOWN_INDEX)
+        noise.consume_response(message, identity, lambda _index: handshake)
+        self._set_endpoint(peer, endpoint)
+        self._begin_session(peer, now)
+        peer.timers.on_handshake_complete()
+        peer.last_handshake_at = now
+        self._events.append(HandshakeCompleted(peer.public_key, is_initiator=True))
+        # Flush what waited for the session, or send a keepalive to confirm the session to the responder.
+        self._send_keepalive(peer, now)
+        return peer
+
+    def _begin_session(self, peer: Peer, now: float) -> None:
+        handshake = peer.handshake
+        keypair = noise.begin_session(handshake, now)
+        self.index_table.replace(keypair.local_index, peer, keypair)
+        for retired in peer.keypairs.add(keypair):
+            self._retire(retired)
+        self.stats.handshakes_completed += 1
+        peer.timers.on_session_derived(now)
+
+    def _receive_cookie_reply(self, data: bytes, now: float) -> None:
+        message = unpack(data)
+        if not isinstance(message, CookieReply):
+            return  # unreachable: the caller only passes cookie replies
+        entry = self.index_table.lookup(message.receiver_index)
+        if entry is None:
+            self.stats.drop(DropReason.UNKNOWN_INDEX, now)
+            return
+        peer = entry[0]
+        if not peer.cookie.consume_reply(message, now):
+            self.stats.drop(DropReason.INVALID_COOKIE_REPLY, now)
+
+    # --- transport ---------------------------------------------------------------------------------------------
+
+    def _receive_transport(self, data: bytes, endpoint: Endpoint, now: float) -> None:
+        _, receiver_index, counter = TRANSPORT_HEADER.unpack_from(data)
+        entry = self.index_table.lookup(receiver_index)
+        if entry is None:
+            self.stats.drop(DropReason.UNKNOWN_INDEX, now)
+            return
+        peer, keypair = entry
+        if not isinstance(keypair, Keypair):
+            self.stats.drop(DropReason.UNKNOWN_INDEX, now)
+            return
+        replay = keypair.replay
+        if not keypair.valid or now - keypair.created_at >= REJECT_AFTER_TIME or counter >= self.reject_after_messages:
+            self.stats.drop(DropReason.KEYPAIR_EXPIRED, now)
+            return
+        if not replay.would_accept(counter):
+            top = replay.greatest
+            too_old = top is not None and counter + REPLAY_WINDOW_SIZE < top
+            self.stats.drop(DropReason.COUNTER_OUT_OF_WINDOW if too_old else DropReason.REPLAYED_COUNTER, now)
+            return
+        try:
+            plaintext = keypair.open(counter, data)
+        except crypto.InvalidTag:
+            self.stats.drop(DropReason.INVALID_AEAD_TAG, now)
+            return
+        replay.commit(counter)
+        # Authenticated from here on.
+        peer.rx_bytes += len(data)
+        self.stats.packets_received += 1
+        timers = peer.timers
+        if keypair is peer.keypairs.next:
+            self._confirm_keypair(peer, keypair, now)
+        if keypair.is_initiator or peer.keypairs.current is not keypair:
+            self._keep_key_fresh_after_receive(peer, now)
+        timers.on_any_authenticated_packet_received()
+        if timers.persistent_keepalive_interval:
+            timers.on_any_authenticated_packet_traversal(now)
+        if peer.endpoint != endpoint:
+            self._set_endpoint(peer, endpoint)
+        if not plaintext:
+            return  # keepalive
+        timers.on_data_received(now)
+        inner = ip.source_and_length(plaintext)
+        if inner is None:
+            self.stats.drop(DropReason.INVALID_IP_PACKET, now)
+            return
+        source, total_length = inner
+        if self.allowed_ips.lookup(source) is not peer:
+            self.stats.drop(DropReason.DISALLOWED_SOURCE_IP, now)
+            return
+        packet = plaintext if total_length == len(plaintext) else plaintext[:total_length]
+        if self.packet_filter is not None and not self.packet_filter.check_inbound(packet, peer.public_key, now):
+            self.stats.drop(DropReason.FILTERED, now)
+            return
+        self._packets.append(packet)
+
+    def _confirm_keypair(self, peer: Peer, keypair: Keypair, now: float) -> None:
+        """First data on a responder's ``next`` keypair: the initiator has the keys, so it becomes current."""
+        confirmed, retired = peer.keypairs.received_with(keypair)
+        if not confirmed:
+            return
+        for old in retired:
+            self._retire(old)
+        peer.timers.on_handshake_complete()
+        # Like the kernel's wg_timers_handshake_complete: a responder's handshake counts once it is confirmed.
+        peer.last_handshake_at = now
+        self._events.append(HandshakeCompleted(peer.public_key, is_initiator=False))
+        if peer.staged:
+            self._send_staged(peer, now)
+
+    def _keep_key_fresh_after_receive(self, peer: Peer, now: float) -> None:
+        """Start a handshake when the initiator's session nears REJECT_AFTER_TIME and nothing else will (kernel
+        ``keep_key_fresh`` in receive.c), once per session."""
+        keypair = peer.keypairs.current
+        if (
+            keypair is not None
+            and keypair.is_initiator
+            and not peer.timers.sent_lastminute_handshake
+            and now - keypair.created_at >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+        ):
+            peer.timers.sent_lastminute_handshake = True
+            self._send_initiation(peer, now, is_retry=False)
+
+    def _set_endpoint(self, peer: Peer, endpoint: Endpoint) -> None:
+        if peer.endpoint != endpoint:
+            peer.endpoint = endpoint
+            self._events.append(EndpointChanged(peer.public_key, endpoint))
