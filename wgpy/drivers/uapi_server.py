@@ -178,8 +178,12 @@ class UapiServer:
                         logger.info("UAPI set refused: %s", parsed)
                         code = parsed.errno
                     else:
+                        large = len(parsed.peers) >= LARGE_REQUEST_PEERS or parsed.replace_peers
                         async with self._lock:
                             code = await self._set(parsed)
+                        parsed = None  # the request's objects go before the trim
+                        if large:
+                            release_free_memory()
                     writer.write(uapi.format_errno(code).encode())
                 elif line == b"mesh_apply=1\n" and self.mesh is not None:
                     document = await _read_long_line(reader, MAX_MESH_DOCUMENT)
@@ -264,8 +268,6 @@ class UapiServer:
         if self.mesh is not None:
             self.mesh.configuration_changed()
         self.tunnel.flush()
-        if len(request.peers) >= LARGE_REQUEST_PEERS or request.replace_peers:
-            release_free_memory()
         return 0
 
 
