@@ -315,11 +315,18 @@ def test_a_rebind_that_fails_in_any_way_keeps_the_old_sockets(
             def broken_bind(family: socket.AddressFamily, port: int, fwmark: int = 0) -> socket.socket:
                 raise TypeError("not an OSError")
 
+            def broken_group(*args: object) -> list[socket.socket]:
+                raise TypeError("not an OSError")
+
+            handshake_before = {family: list(group) for family, group in tunnel._handshake_sockets.items()}
             monkeypatch.setattr(asyncio_udp, "_bind", broken_bind)
+            monkeypatch.setattr(asyncio_udp, "bind_steered", broken_group)  # the steered group fails the same way
             reply = await request(served.path, f"set=1\nlisten_port={free_udp_port()}\nfwmark=3\n\n")
             assert reply == errno_line(errno.EIO)
             assert tunnel.local_port == port_before and tunnel.fwmark == 0
             assert tunnel._sockets == sockets_before and all(u.fileno() >= 0 for u in tunnel._sockets.values())
+            assert tunnel._handshake_sockets == handshake_before
+            assert all(u.fileno() >= 0 for group in handshake_before.values() for u in group)
 
     asyncio.run(main())
 

@@ -92,7 +92,7 @@ def _wait_udp(lab: Lab, netns: str, port: int) -> None:
 
 # -- item 2: a handshake flood from a third namespace ----------------------------------------------------------------
 
-FLOOD_SECONDS = 24.0  # the whole measurement runs inside the flood
+FLOOD_SECONDS = 30.0  # the whole measurement runs inside the flood
 PING_COUNT, PING_INTERVAL = 80, 0.05
 REHANDSHAKE_BOUND = 12.0  # s: the first retry goes out REKEY_TIMEOUT (5 s) after the first initiation, the second
 # after 10 s (plus wireguard-go's jitter of up to 1/3 s); completing at the first or second retry fits this bound.
@@ -170,8 +170,8 @@ def test_a_handshake_flood_from_one_host_denies_no_service(lab: Lab, measure: Ca
         f"avg {average:.2f} ms max {maximum:.2f} ms; re-handshake completed after "
         f"{'never' if completed is None else f'{completed:.2f} s'}"
     )
-    assert flood_running, "the flood ended before the measurement did"
     assert completed is not None and completed <= REHANDSHAKE_BOUND, completed
+    assert flood_running, "the flood ended before the measurement did"
     assert replies >= 0.95 * PING_COUNT, replies
     assert average < 50.0, average  # ms; quiet it is well under 1 ms, and the issue saw 0.9 s of queueing
 
