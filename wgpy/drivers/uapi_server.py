@@ -15,6 +15,14 @@ is written, so forwarding goes on. One ``set`` or ``get`` runs at a time (a lock
 ``set``; the data plane does see a large ``set`` take effect step by step. After a request that touched at least
 ``LARGE_REQUEST_PEERS`` peers, free pages go back to the kernel (``memory.release_free_memory``).
 
+A large configuration is a million new objects, and CPython's cyclic collector scans every object it tracks each
+time the old generation grew by a quarter: with 100,000 peers those full collections held the loop for up to
+0.8 s at a time, in the middle of a step. While a large request is read and applied, the server therefore calls
+``gc.freeze()`` at every step, which moves everything allocated so far out of the collector's generations (and
+leaves it there): a step then costs tens of milliseconds. Frozen objects are still freed by reference counting
+(a removed peer holds no reference cycle, see ``Device.remove_peer``); what the collector no longer finds is a
+reference cycle among objects that existed at a freeze.
+
 A wgpy extension, served only when the daemon runs in mesh mode (a ``MeshExtension`` is given; ``wg`` never sends
 it, and without the extension it is an unknown operation that closes the connection as before)::
 
@@ -35,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import socket
@@ -67,6 +76,7 @@ MAX_SET_REQUEST: Final = 64 * 1024 * 1024  # bytes of one set=1 body: about 200,
 DISCARD_LIMIT: Final = 1024 * 1024 * 1024  # bytes of an oversized body read (and dropped) before the connection closes
 LINES_PER_YIELD: Final = 1000  # set=1 lines parsed between two turns of the event loop (about 10 ms)
 LARGE_REQUEST_PEERS: Final = 1000  # after a set or get of this many peers, free pages go back to the kernel
+FREEZE_AFTER_LINES: Final = 20_000  # set=1 lines after which what was allocated is moved out of the collector's way
 MAX_MESH_DOCUMENT: Final = 16 * 1024 * 1024  # bytes of the mesh_apply document line (= wgpy.mesh MAX_DOCUMENT_SIZE)
 
 
@@ -226,6 +236,8 @@ class UapiServer:
                 return _Oversized()
             lines += 1
             if lines % LINES_PER_YIELD == 0:
+                if lines >= FREEZE_AFTER_LINES:
+                    gc.freeze()
                 await asyncio.sleep(0)  # the data plane runs between slices of a large request
             if parser is None:
                 continue
@@ -262,8 +274,11 @@ class UapiServer:
         except UapiError as exc:
             logger.info("UAPI set refused: %s", exc)
             return exc.errno
+        large = len(request.peers) >= LARGE_REQUEST_PEERS
         for _ in uapi.apply_set_steps(tunnel.device, request, monotonic_now()):
             tunnel.flush()
+            if large:
+                gc.freeze()
             await asyncio.sleep(0)
         if self.mesh is not None:
             self.mesh.configuration_changed()
