@@ -14,6 +14,14 @@ Endpoints are the socket addresses as asyncio reports them: ``(host, port)`` fro
 ``(host, port, flowinfo, scope_id)`` from the IPv6 socket (which is ``IPV6_V6ONLY``, so the two never overlap, as in
 wireguard-go). A datagram to an endpoint goes out of the socket of its family.
 
+Handshake messages never wait behind a flood of them in the transport queue (issue #11 item 2): each family's port
+is a steered ``SO_REUSEPORT`` group (``steering.py``) where the kernel puts transport messages on the transport
+socket and handshake messages on one of ``steering.HANDSHAKE_SOCKETS`` small sockets by source address. The
+transport socket is read in full batches; a handshake socket ``HANDSHAKE_READ_BUDGET`` messages at a time, then
+left alone for ``HANDSHAKE_PAUSE`` if it had more; and every handshake message is charged to its source address
+(``HANDSHAKE_SOURCE_RATE``) before the device computes a MAC, on an unsteered socket too. Sends all go out of the
+transport socket.
+
 With ``worker=True`` the tunnel starts a data-plane worker process (``worker.py``) and turns on the device's
 ``seal_offload``: flushing then hands the sealing jobs and the decrypted packets to the worker, which encrypts, sends
 and writes to the TUN device on the second core. If the worker dies or stalls, the tunnel says so in the log and
