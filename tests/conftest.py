@@ -1,7 +1,8 @@
-"""Shared fixtures of the device tests; the helpers themselves live in ``tests/helpers.py``.
+"""Shared fixtures of the device tests; the helpers themselves live in ``tests/support/helpers.py``.
 
 ``tests/`` is not a package: this directory is put on ``sys.path`` (pytest's default import mode does so too, this
-makes it hold under ``--import-mode=importlib`` as well) so that test modules can ``import helpers``.
+makes it hold under ``--import-mode=importlib`` as well) so that test modules in every folder can
+``import support.helpers``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from helpers import Pair, make_pair  # noqa: E402
+from support.helpers import Pair, make_pair  # noqa: E402
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ kernel's TCP stack behind the TUN device handles one large packet instead of 45 
   IPv4 identification is not required to count up: the super-packet keeps the first one's (as wireguard-go).
 
 How the checksum of a glued packet is made (``handle_gro``): two ways, both accepted by the kernel (Linux 6.x,
-verified in a network namespace by ``tests/integration/test_tun_offload_linux.py``):
+verified in a network namespace by ``tests/tun/test_tun_offload_linux.py``):
 
 - ``needs_csum=False`` (default): ``flags = 0`` and a *complete* TCP checksum over the whole super-packet, which the
   receiving kernel verifies like any other (``CHECKSUM_NONE``). It costs no pass over the payload here: each segment's

@@ -15,11 +15,27 @@ The probe check that each fault must make fail is in ``FAULTS``:
 - ``accept-reserved``: the message type is read from the first byte only, so non-zero reserved bytes pass.
 - ``no-timestamp-check``: ``consume_initiation`` forgets the last TAI64N timestamp, so a replayed initiation passes.
 - ``ignore-keepalive``: empty transport messages (keepalives) are dropped unread, so they confirm nothing.
+
+Four more reproduce what a boringtun-based endpoint whose embedding never runs boringtun's timers did to the probe
+(issue #17). Each makes a check FAIL where the behaviour is a defect and INCONCLUSIVE where the probe cannot decide
+(``EXPECTED`` holds the verdicts that are not PASS):
+
+- ``arriving-keypair``: answers on whichever keypair the last authenticated packet arrived on (its sessions'
+  timestamps are all equal), so an echo on the old keypair switches it back to the old session.
+- ``limiter-never-resets``: after ``STORM_AFTER`` completed handshakes, every initiation without a valid mac2 gets
+  a cookie reply (a per-peer handshake limiter that never resets); with mac2 it is processed as usual.
+- ``no-timers``: the engine's timers never run (no keepalive, no retransmission, no rekey, no initiation of its own).
+- ``no-cookie-defence``: never under load: every initiation is decrypted, whatever the rate, and no cookie reply is
+  ever sent.
+
+Several faults can be combined (``--fault a --fault b``). Every patch takes the class to patch, ``Device`` itself in
+the daemon; a test may pass a subclass so that only its endpoint misbehaves.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's
 
 import wgpy.noise as noise_module
 import wgpy.receive as receive_module
-from wgpy.cookie import CookieChecker
-from wgpy.device import Device
+from wgpy.cookie import CookieChecker, MacState
+from wgpy.device import Device, endpoint_bytes
 from wgpy.events import Endpoint
 from wgpy.keys import PublicKey
 from wgpy.messages import Initiation, Message
@@ -40,6 +56,10 @@ from wgpy.tai64n import TAI64N_SIZE
 
 _KEEPALIVE_SIZE = 32
 _TRANSPORT_TYPE = b"\x04\x00\x00\x00"
+_INITIATION_TYPE = b"\x01\x00\x00\x00"
+_INITIATION_SIZE = 148
+_TRANSPORT_MIN_SIZE = 32
+STORM_AFTER = 3  # completed handshakes before limiter-never-resets answers every initiation with a cookie reply
 
 
 def no_replay_check() -> None:
@@ -136,6 +156,76 @@ def ignore_keepalive() -> None:
     Device.receive_datagram = receive_datagram  # type: ignore[method-assign]
 
 
+def arriving_keypair(cls: type[Device] = Device) -> None:
+    receive = cls.receive_datagram
+
+    def receive_datagram(self: Device, data: bytes, endpoint: Endpoint, now: float, wall_ns: int | None = None) -> None:
+        entry = None
+        if len(data) >= _TRANSPORT_MIN_SIZE and bytes(data[:4]) == _TRANSPORT_TYPE:
+            entry = self.index_table.lookup(int.from_bytes(data[4:8], "little"))
+        before = self.stats.packets_received
+        receive(self, data, endpoint, now, wall_ns)
+        if entry is None or self.stats.packets_received == before:
+            return
+        peer, keypair = entry
+        keypairs = peer.keypairs
+        if keypair is keypairs.previous and keypairs.current is not None:
+            # The fault: the session a packet arrived on becomes the one we send on (equal timestamps, no timers).
+            keypairs.current, keypairs.previous = keypairs.previous, keypairs.current
+
+    cls.receive_datagram = receive_datagram  # type: ignore[method-assign, assignment]
+
+
+_PENDING: dict[int, list[tuple[bytes, Endpoint]]] = {}  # cookie replies of limiter-never-resets, by id(device)
+
+
+def limiter_never_resets(cls: type[Device] = Device) -> None:
+    receive, outputs = cls.receive_datagram, cls.datagrams_to_send
+
+    def receive_datagram(self: Device, data: bytes, endpoint: Endpoint, now: float, wall_ns: int | None = None) -> None:
+        if (
+            len(data) == _INITIATION_SIZE
+            and bytes(data[:4]) == _INITIATION_TYPE
+            and self.stats.handshakes_completed >= STORM_AFTER
+        ):
+            source = endpoint_bytes(endpoint)
+            message = bytes(data)
+            if self.cookie_checker.check(message, source, True, now) is MacState.VALID_MAC_BUT_NO_COOKIE:
+                # The fault: the limiter says "over the limit" for ever, so it demands a cookie every time.
+                sender_index = int.from_bytes(message[4:8], "little")
+                reply = self.cookie_checker.create_reply(message, sender_index, source, now)
+                _PENDING.setdefault(id(self), []).append((reply.pack(), endpoint))
+                return
+        receive(self, data, endpoint, now, wall_ns)
+
+    def datagrams_to_send(self: Device) -> list[tuple[bytes, Endpoint]]:
+        return _PENDING.pop(id(self), []) + outputs(self)
+
+    cls.receive_datagram = receive_datagram  # type: ignore[method-assign, assignment]
+    cls.datagrams_to_send = datagrams_to_send  # type: ignore[method-assign]
+
+
+def no_timers(cls: type[Device] = Device) -> None:
+    def get_timer(self: Device) -> float | None:
+        return None  # the fault: no deadline is ever armed
+
+    def handle_timer(self: Device, now: float, wall_ns: int | None = None) -> None:
+        return None
+
+    cls.get_timer = get_timer  # type: ignore[method-assign]
+    cls.handle_timer = handle_timer  # type: ignore[method-assign]
+
+
+def no_cookie_defence(cls: type[Device] = Device) -> None:
+    init = cls.__init__
+
+    def __init__(self: Device, *args: object, **kwargs: object) -> None:
+        kwargs["handshake_load_threshold"] = math.inf  # the fault: never under load, so every initiation is decrypted
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+
+
 #: fault name -> (monkeypatch, the probe check it must make fail)
 FAULTS: dict[str, tuple[Callable[[], None], str]] = {
     "no-replay-check": (no_replay_check, "replayed-transport"),
@@ -146,15 +236,29 @@ FAULTS: dict[str, tuple[Callable[[], None], str]] = {
     "ignore-keepalive": (ignore_keepalive, "keepalive"),
 }
 
+#: fault name -> (monkeypatch, the verdicts other than PASS it must bring, whether the probe must run slow checks)
+BEHAVIOURS: dict[str, tuple[Callable[[], None], dict[str, str], bool]] = {
+    "arriving-keypair": (arriving_keypair, {"keepalive": "inconclusive"}, False),
+    "limiter-never-resets": (limiter_never_resets, {"cookie-under-load": "inconclusive"}, False),
+    "no-timers": (no_timers, {"passive-keepalive": "fail", "cookie-initiator": "skip"}, True),
+    "no-cookie-defence": (no_cookie_defence, {"cookie-under-load": "fail"}, False),
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="wgpy with one protocol fault injected (for testing wgpy probe)")
-    parser.add_argument("--fault", required=True, choices=sorted(FAULTS))
+    parser = argparse.ArgumentParser(description="wgpy with protocol faults injected (for testing wgpy probe)")
+    parser.add_argument("--fault", required=True, action="append", choices=sorted([*FAULTS, *BEHAVIOURS]))
     parser.add_argument("interface")
     args = parser.parse_args(argv)
-    patch, check = FAULTS[args.fault]
-    patch()
-    print(f"broken_peer: fault {args.fault} injected (the probe's {check} check should fail)", file=sys.stderr)
+    for fault in args.fault:
+        if fault in FAULTS:
+            patch, check = FAULTS[fault]
+            expected = f"the probe's {check} check should fail"
+        else:
+            patch, verdicts, _ = BEHAVIOURS[fault]
+            expected = "expected verdicts: " + ", ".join(f"{name} {status}" for name, status in verdicts.items())
+        patch()
+        print(f"broken_peer: fault {fault} injected ({expected})", file=sys.stderr)
     from wgpy.cli import main as wgpy_main
 
     return wgpy_main(["-f", args.interface])

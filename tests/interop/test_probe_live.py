@@ -6,9 +6,17 @@ address ``10.99.n.1``), the endpoint serves in the second (``10.98.n.2``, ``10.9
 it learns the probe's address from the first handshake). The probe's target is the endpoint's own tunnel address.
 
 The probes run at the same time (each pair of namespaces is a world of its own, so the same addresses serve every
-pair): wireguard-go with every check including the slow ones (about 35 s), the wgpy daemons with ``--skip-slow``.
-Against wireguard-go and the healthy wgpy every check must pass; against each broken peer
-(``broken_peer.py``) exactly the check its fault breaks must fail and every other must pass.
+pair): wireguard-go with every check including the slow ones (about 35 s), the wgpy daemons with ``--skip-slow``
+(except ``no-timers``, whose defect only the slow checks see). Each endpoint is probed twice in a row, and the second
+run must give the verdicts of the first: what a probe run leaves behind in the endpoint (sessions, a handshake
+limiter's state, the under-load tail of a burst) must not change them.
+
+Against wireguard-go and the healthy wgpy every check must pass; against each broken peer (``broken_peer.py``
+``FAULTS``) exactly the check its fault breaks must fail and every other must pass; against each misbehaving peer of
+issue #17 (``BEHAVIOURS``) the verdicts other than PASS are exactly those listed, and every INCONCLUSIVE one gives
+its reason. Two more wgpy endpoints ignore ICMP echo (``net.ipv4.icmp_echo_ignore_all=1`` in their namespace): the
+probe reaches one through a UDP echo service (``--echo udp:7``) and the other with TCP SYNs to a closed port
+(``--echo tcp:9``, answered by RST), and every fast check passes.
 """
 
 from __future__ import annotations
@@ -22,13 +30,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from broken_peer import FAULTS
+from broken_peer import BEHAVIOURS, FAULTS
 from interop_lab import REPO_ROOT, Daemon, Kind, Lab, in_ci, missing_prerequisites, wg_pubkey
 
 pytestmark = pytest.mark.interop
 
 PROBE_TIMEOUT = 1.0  # the probe's --timeout: silence that counts as "ignored" (answers come in < 10 ms here)
-RUN_LIMIT = 150.0  # seconds for one probe run, slow checks included
+RUN_LIMIT = 240.0  # seconds for the two probe runs of one endpoint, slow checks included
+RUNS = 2  # each endpoint is probed this often in a row; every run must give the verdicts of the first
+UDP_ECHO_PORT = 7  # RFC 862
+CLOSED_TCP_PORT = 9  # discard: nothing listens in the endpoint's namespace, so a SYN gets a RST
+# wgpy goes under load above 128 handshake messages per second: a smaller burst than the default does, and keeps the
+# concurrent probes from starving each other's endpoints of CPU (wireguard-go gets the default burst).
+WGPY_BURST = ("--burst", "1000")
+FAST = {"passive-keepalive": "skip", "cookie-initiator": "skip"}  # what --skip-slow gives the slow checks
+# A UDP echo service (RFC 862) on every address of the endpoint's namespace, for --echo udp:7.
+UDP_ECHO_SERVER = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    f"s.bind(('0.0.0.0', {UDP_ECHO_PORT}))\n"
+    "while True:\n"
+    "    data, source = s.recvfrom(65535)\n"
+    "    s.sendto(data, source)\n"
+)
 
 
 @dataclass
@@ -52,14 +76,13 @@ class ProbeSetup:
         argv += ["--tunnel-address", self.tunnel_address, "--target", self.endpoint.inner]
         return [*argv, "--timeout", str(PROBE_TIMEOUT), *extra]
 
-    @property
-    def json_path(self) -> Path:
-        return self.lab.tmp / f"probe-{self.name}.json"
+    def json_path(self, run: int) -> Path:
+        return self.lab.tmp / f"probe-{self.name}-{run}.json"
 
-    def start(self, *extra: str) -> subprocess.Popen[str]:
+    def start(self, run: int, *extra: str) -> subprocess.Popen[str]:
         """Start the probe inside the probe namespace (``ip netns exec`` execs it: the PID is the probe's)."""
         return subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, *self.argv("--json", str(self.json_path), *extra)],
+            ["ip", "netns", "exec", self.netns, *self.argv("--json", str(self.json_path(run)), *extra)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -69,11 +92,21 @@ class ProbeSetup:
 
 
 def probe_setup(
-    lab: Lab, name: str, kind: Kind, *, argv: list[str] | None = None, preshared_key: bool = False
+    lab: Lab,
+    name: str,
+    kind: Kind,
+    *,
+    argv: list[str] | None = None,
+    preshared_key: bool = False,
+    icmp_ignored: bool = False,
 ) -> ProbeSetup:
-    """Two new namespaces joined by a veth; the endpoint (``kind``, or ``argv`` + IFNAME) serves in the second."""
+    """Two new namespaces joined by a veth; the endpoint (``kind``, or ``argv`` + IFNAME) serves in the second.
+    With ``icmp_ignored`` its namespace answers no ping and runs a UDP echo service instead."""
     probe_ns, endpoint_ns = lab.add_namespace(f"p{name}"), lab.add_namespace(f"e{name}")
     lab.link(probe_ns, endpoint_ns)
+    if icmp_ignored:
+        lab.run(endpoint_ns, "sysctl", "-q", "-w", "net.ipv4.icmp_echo_ignore_all=1")
+        lab.spawn(endpoint_ns, sys.executable, "-c", UDP_ECHO_SERVER, log=lab.tmp / f"udp-echo-{name}.log")
     endpoint = lab.start(kind, endpoint_ns, 2) if argv is None else lab.start_command(kind, endpoint_ns, 2, argv)
     private_key = lab.run(None, "wg", "genkey").stdout.strip()
     key_file = lab.key_file(f"probe-{name}", private_key)
@@ -100,10 +133,13 @@ class ProbeRun:
     stderr: str
     report: dict[str, object]
 
-    def statuses(self) -> dict[str, str]:
+    def checks(self) -> list[dict[str, object]]:
         checks = self.report.get("checks", [])
         assert isinstance(checks, list)
-        return {str(c["name"]): str(c["status"]) for c in checks}
+        return checks
+
+    def statuses(self) -> dict[str, str]:
+        return {str(c["name"]): str(c["status"]) for c in self.checks()}
 
     def explain(self) -> str:
         return (
@@ -112,23 +148,26 @@ class ProbeRun:
         )
 
 
-def run_all(setups: dict[str, tuple[ProbeSetup, tuple[str, ...]]]) -> dict[str, ProbeRun]:
-    """Run the probes concurrently; each is stopped by its PID if it outlives ``RUN_LIMIT``."""
-    processes = {name: (setup, setup.start(*extra)) for name, (setup, extra) in setups.items()}
-    runs: dict[str, ProbeRun] = {}
+def run_all(setups: dict[str, tuple[ProbeSetup, tuple[str, ...]]]) -> dict[str, list[ProbeRun]]:
+    """Probe every endpoint ``RUNS`` times in a row, the endpoints concurrently; a probe that outlives the
+    ``RUN_LIMIT`` of its endpoint is stopped by its PID."""
+    runs: dict[str, list[ProbeRun]] = {name: [] for name in setups}
     deadline = time.monotonic() + RUN_LIMIT
-    for name, (setup, process) in processes.items():
-        try:
-            stdout, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 1.0))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-            stderr += f"\n(killed after {RUN_LIMIT} s)"
-        try:
-            report = json.loads(setup.json_path.read_text())
-        except (OSError, ValueError):
-            report = {}
-        runs[name] = ProbeRun(setup, process.returncode, stdout, stderr, report)
+    for run in range(1, RUNS + 1):
+        processes = {name: (setup, setup.start(run, *extra)) for name, (setup, extra) in setups.items()}
+        for name, (setup, process) in processes.items():
+            try:
+                stdout, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 1.0))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                stdout, stderr = process.communicate()
+                stderr += f"\n(killed after {RUN_LIMIT} s)"
+            (setup.lab.tmp / f"probe-{setup.name}-{run}.txt").write_text(stdout + stderr)  # for the docs, and a look
+            try:
+                report = json.loads(setup.json_path(run).read_text())
+            except (OSError, ValueError):
+                report = {}
+            runs[name].append(ProbeRun(setup, process.returncode, stdout, stderr, report))
     return runs
 
 
@@ -136,7 +175,7 @@ def run_all(setups: dict[str, tuple[ProbeSetup, tuple[str, ...]]]) -> dict[str, 
 
 
 @pytest.fixture(scope="module")
-def probe_runs(tmp_path_factory: pytest.TempPathFactory) -> Generator[dict[str, ProbeRun], None, None]:
+def probe_runs(tmp_path_factory: pytest.TempPathFactory) -> Generator[dict[str, list[ProbeRun]], None, None]:
     """Every probe run of this module, done once and concurrently (module-scoped, so it checks the prerequisites
     itself: the conftest's autouse check runs per test, after module fixtures are built)."""
     missing = missing_prerequisites()
@@ -150,45 +189,72 @@ def probe_runs(tmp_path_factory: pytest.TempPathFactory) -> Generator[dict[str, 
         broken = [sys.executable, str(Path(__file__).with_name("broken_peer.py"))]
         setups: dict[str, tuple[ProbeSetup, tuple[str, ...]]] = {
             "wireguard-go": (probe_setup(lab, "go", "wireguard-go", preshared_key=True), ()),
-            "wgpy": (probe_setup(lab, "wgpy", "wgpy"), ("--skip-slow",)),
+            "wgpy": (probe_setup(lab, "wgpy", "wgpy"), ("--skip-slow", *WGPY_BURST)),
         }
         for i, fault in enumerate(FAULTS):
             setup = probe_setup(lab, f"b{i}", "wgpy", argv=[*broken, "--fault", fault])
-            setups[fault] = (setup, ("--skip-slow",))
+            setups[fault] = (setup, ("--skip-slow", *WGPY_BURST))
+        for i, (behaviour, (_, _, slow)) in enumerate(BEHAVIOURS.items()):
+            setup = probe_setup(lab, f"m{i}", "wgpy", argv=[*broken, "--fault", behaviour])
+            # no-cookie-defence gets the default burst: the load it causes is the evidence, so more of it is clearer.
+            burst = () if behaviour == "no-cookie-defence" else WGPY_BURST
+            setups[behaviour] = (setup, (*burst,) if slow else ("--skip-slow", *burst))
+        setups["udp-echo"] = (
+            probe_setup(lab, "udp", "wgpy", icmp_ignored=True),
+            ("--skip-slow", *WGPY_BURST, "--echo", f"udp:{UDP_ECHO_PORT}"),
+        )
+        setups["tcp-echo"] = (
+            probe_setup(lab, "tcp", "wgpy", icmp_ignored=True),
+            ("--skip-slow", *WGPY_BURST, "--echo", f"tcp:{CLOSED_TCP_PORT}"),
+        )
         yield run_all(setups)
     finally:
         lab.close()
 
 
-def test_wireguard_go_passes_every_check(probe_runs: dict[str, ProbeRun]) -> None:
+def assert_verdicts(runs: list[ProbeRun], expected: dict[str, str]) -> None:
+    """Every run gives ``expected`` for the checks it names and PASS for every other; the exit status follows (1
+    only with a FAIL); every verdict that is not PASS carries its evidence and details; the runs agree."""
+    assert len(runs) == RUNS
+    for run in runs:
+        statuses = run.statuses()
+        assert statuses, run.explain()
+        assert {name: status for name, status in statuses.items() if status != "pass"} == expected, run.explain()
+        assert run.returncode == (1 if "fail" in expected.values() else 0), run.explain()
+        assert len(run.stdout.splitlines()) == len(statuses) + 2, run.explain()  # header, one line per check, total
+        for check in run.checks():
+            if check["status"] != "pass":
+                assert check["details"], (check, run.explain())
+            line = next(line for line in run.stdout.splitlines() if line.split()[1:2] == [check["name"]])
+            assert line.split()[0] == str(check["status"]).upper(), line
+            assert len(line.split(maxsplit=2)) == 3, line  # the verdict, the check, the evidence
+    first = runs[0].statuses()
+    for run in runs[1:]:
+        assert run.statuses() == first, run.explain()
+
+
+def test_wireguard_go_passes_every_check(probe_runs: dict[str, list[ProbeRun]]) -> None:
     """All checks apply to wireguard-go (it can be driven under load, it initiates after 15 s of silence)."""
-    run = probe_runs["wireguard-go"]
-    statuses = run.statuses()
-    assert statuses, run.explain()
-    assert set(statuses.values()) == {"pass"}, run.explain()
-    assert run.returncode == 0, run.explain()
-    assert len(run.stdout.splitlines()) == len(statuses) + 2, run.explain()  # header, one line per check, total
+    assert_verdicts(probe_runs["wireguard-go"], {})
 
 
-def test_healthy_wgpy_passes_every_check(probe_runs: dict[str, ProbeRun]) -> None:
-    run = probe_runs["wgpy"]
-    statuses = run.statuses()
-    slow = {"passive-keepalive", "cookie-initiator"}
-    assert {name for name, status in statuses.items() if status != "pass"} == slow, run.explain()
-    assert all(statuses[name] == "skip" for name in slow), run.explain()
-    assert run.returncode == 0, run.explain()
+def test_healthy_wgpy_passes_every_check(probe_runs: dict[str, list[ProbeRun]]) -> None:
+    assert_verdicts(probe_runs["wgpy"], FAST)
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
-def test_broken_peer_fails_exactly_its_check(probe_runs: dict[str, ProbeRun], fault: str) -> None:
-    run = probe_runs[fault]
-    expected = FAULTS[fault][1]
-    statuses = run.statuses()
-    failed = sorted(name for name, status in statuses.items() if status == "fail")
-    assert failed == [expected], run.explain()
-    others = {name: status for name, status in statuses.items() if name != expected}
-    assert set(others.values()) <= {"pass", "skip"}, run.explain()
-    assert {name for name, status in others.items() if status == "skip"} == {"passive-keepalive", "cookie-initiator"}
-    assert run.returncode == 1, run.explain()
-    line = next(line for line in run.stdout.splitlines() if line.split()[:2] == ["FAIL", expected])
-    assert len(line.split(maxsplit=2)) == 3, line  # FAIL, the check, the evidence
+def test_broken_peer_fails_exactly_its_check(probe_runs: dict[str, list[ProbeRun]], fault: str) -> None:
+    assert_verdicts(probe_runs[fault], {**FAST, FAULTS[fault][1]: "fail"})
+
+
+@pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))
+def test_misbehaving_peer_gets_its_verdicts(probe_runs: dict[str, list[ProbeRun]], behaviour: str) -> None:
+    _, expected, slow = BEHAVIOURS[behaviour]
+    assert_verdicts(probe_runs[behaviour], {**({} if slow else FAST), **expected})
+
+
+@pytest.mark.parametrize("echo", ["udp-echo", "tcp-echo"])
+def test_an_endpoint_that_ignores_ping_is_reached_another_way(probe_runs: dict[str, list[ProbeRun]], echo: str) -> None:
+    runs = probe_runs[echo]
+    assert_verdicts(runs, FAST)
+    assert ("UDP echo" if echo == "udp-echo" else "TCP answer") in runs[0].stdout.splitlines()[1]

@@ -85,6 +85,20 @@ def _dispatch(args: list[str]) -> int:
         from .mesh import main as mesh_main
 
         return mesh_main(rest)
+    if command == "management":
+        from .management import main as management_main
+
+        return management_main(rest)
+    if command == "admin":
+        from .admin import main as admin_main
+
+        return admin_main(rest)
+    if command in ("up", "status", "down", "logout"):  # the agent (wgpy/cli/up.py)
+        from . import up
+
+        return {"up": up.main_up, "status": up.main_status, "down": up.main_down, "logout": up.main_logout}[command](
+            rest
+        )
     from .daemon import main as daemon_main
 
     return daemon_main(args)

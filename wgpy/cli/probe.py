@@ -3,7 +3,7 @@
 Parses and checks the arguments into a ``wgpy.tools.probe.ProbeConfig``, runs the ``Probe`` and prints one line per
 check as it ends, then a summary; ``--json FILE`` also writes the report (``wgpy.tools.conformance.report``).
 
-Exit status: 0 when no check failed, 1 when one did, 2 for bad arguments, keys or a socket that cannot be bound
+Exit status: 0 when no check failed (an inconclusive check is not a failure), 1 when one did, 2 for bad arguments, keys or a socket that cannot be bound
 (one line on stderr, never a traceback), 130 when interrupted.
 """
 
@@ -54,7 +54,14 @@ def _build_parser() -> _Parser:
     parser.add_argument(
         "--tunnel-address", required=True, metavar="ADDR", help="our inner address (in our allowed IPs there)"
     )
-    parser.add_argument("--target", required=True, metavar="ADDR", help="an inner address that answers ICMP echo")
+    parser.add_argument("--target", required=True, metavar="ADDR", help="an inner address that answers (see --echo)")
+    parser.add_argument(
+        "--echo",
+        default="icmp",
+        metavar="icmp|udp:PORT|tcp:PORT",
+        help="how the target is asked to answer: ICMP echo (default), a UDP echo service on PORT (RFC 862: port 7), "
+        "or a TCP SYN to PORT (any SYN-ACK or RST is an answer)",
+    )
     parser.add_argument("--listen-port", type=int, default=0, metavar="N", help="our UDP port (default: any)")
     parser.add_argument(
         "--timeout",
@@ -109,6 +116,15 @@ def _address(option: str, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Ad
         raise ProbeUsageError(f"{option}: not an IP address: {text!r}") from None
 
 
+def _echo(text: str) -> tuple[conformance.EchoKind, int]:
+    kind, _, port_text = text.strip().lower().partition(":")
+    if kind == "icmp" and not port_text:
+        return conformance.EchoKind.ICMP, 0
+    if kind in ("udp", "tcp") and port_text.isdigit() and 0 < int(port_text) < 65536:
+        return conformance.EchoKind(kind), int(port_text)
+    raise ProbeUsageError(f"--echo: expected icmp, udp:PORT or tcp:PORT, got {text!r}")
+
+
 def parse_args(argv: Sequence[str]) -> ProbeConfig:
     """Parse and check the command line. Raises ``ProbeUsageError`` with a one-line message."""
     args = _build_parser().parse_args(list(argv))
@@ -146,6 +162,7 @@ def parse_args(argv: Sequence[str]) -> ProbeConfig:
         raise ProbeUsageError("--timeout must be between 0.05 and 60 seconds")
     if not 1 <= args.burst <= 100_000:
         raise ProbeUsageError("--burst must be between 1 and 100000")
+    echo, echo_port = _echo(args.echo)
     json_path = Path(args.json) if args.json else None
     if json_path is not None and not json_path.parent.is_dir():
         raise ProbeUsageError(f"--json: directory {json_path.parent} does not exist")
@@ -174,6 +191,8 @@ def parse_args(argv: Sequence[str]) -> ProbeConfig:
         skip_slow=args.skip_slow,
         burst=args.burst,
         json_path=json_path,
+        echo=echo,
+        echo_port=echo_port,
     )
 
 
@@ -187,6 +206,7 @@ def _settings(config: ProbeConfig, probe: Probe, started: datetime) -> dict[str,
         "preshared_key": config.preshared_key is not None,
         "tunnel_address": config.tunnel_address,
         "target": config.target,
+        "echo": probe.echo.describe(),
         "listen_port": probe.listen_port,
         "timeout_s": config.timeout,
         "skip_slow": config.skip_slow,
@@ -197,7 +217,8 @@ def _settings(config: ProbeConfig, probe: Probe, started: datetime) -> dict[str,
 def main(
     argv: Sequence[str] | None = None, *, out: TextIO | None = None, rng: Callable[[int], bytes] = os.urandom
 ) -> int:
-    """``wgpy probe ...``: returns 0 when no check failed, 1 when one did, 2 for bad arguments."""
+    """``wgpy probe ...``: returns 0 when no check failed (inconclusive is not failed), 1 when one did, 2 for bad
+    arguments."""
     stream = out if out is not None else sys.stdout
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
@@ -215,7 +236,7 @@ def main(
         print(
             f"wgpy probe: {config.endpoint_text} (peer {config.peer_public_key.short()}) as "
             f"{probe.identity.public_key.short()} from {config.tunnel_address} (UDP port {probe.listen_port}), "
-            f"target {config.target}",
+            f"target {probe.echo.describe()}",
             file=stream,
             flush=True,
         )
@@ -228,7 +249,8 @@ def main(
     duration = time.monotonic() - start
     counts = conformance.summary(results)
     print(
-        f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped in {duration:.1f} s",
+        f"{counts['pass']} passed, {counts['fail']} failed, {counts['inconclusive']} inconclusive, "
+        f"{counts['skip']} skipped in {duration:.1f} s",
         file=stream,
         flush=True,
     )

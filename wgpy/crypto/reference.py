@@ -10,7 +10,7 @@ the fast backend in ``wgpy.crypto._backend``.
 What it must never do: sit on the hot path. It is slow on purpose (a few hundred KB/s for ChaCha20 and
 about a millisecond per X25519) because every step is spelled out rather than vectorised, and Python
 integers give no constant-time guarantee, so it leaks timing. ``wgpy.crypto`` never imports it; the tests
-in ``tests/vectors`` compare it with the backend on the published vectors and on random inputs.
+in ``tests/core/vectors`` compare it with the backend on the published vectors and on random inputs.
 
 Which specification each part follows:
 

@@ -1,7 +1,7 @@
 """Giving freed memory back to the system after a large configuration change (issue #11 item 4).
 
 Theory of operation: once the objects of 100,000 removed peers are freed (``Device.remove_peer`` breaks the one
-reference cycle a peer had, so they go at once, see ``tests/unit/test_device.py``), the C allocator still keeps the
+reference cycle a peer had, so they go at once, see ``tests/core/test_device.py``), the C allocator still keeps the
 pages: in one process, 100,000 peers set, listed and removed left 102 MB of RSS against 29 MB before, with no Python
 object left over, and 41 MB after a trim. glibc's ``malloc_trim(0)`` hands the
 free pages at the top of the heap and inside it back to the kernel (``madvise(MADV_DONTNEED)``); the UAPI server

@@ -120,7 +120,7 @@ class MeshApplyReply:
 
 
 class MeshExtension(Protocol):
-    """What the server needs from the mesh daemon (``wgpy.drivers.mesh_daemon.MeshAgent`` implements it)."""
+    """What the server needs from the mesh daemon (``wgpy.mesh.agent.MeshAgent`` implements it)."""
 
     def apply_document(self, document: bytes) -> MeshApplyReply:
         """Verify and apply a signed network map document; never raises for bad input."""

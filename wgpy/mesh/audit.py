@@ -17,7 +17,7 @@ Events and their fields (every record also has ``"event"`` and ``"time"``, Unix 
 * ``map_rejected``: ``reason``, ``detail``, ``serial`` (``null`` unless the signature verified).
 
 Peers appear as their base64 *public* keys, which are not secret. No method takes a private or preshared key, so
-none can reach a line; ``tests/unit/test_mesh_audit.py`` checks the log of a whole scenario for them.
+none can reach a line; ``tests/mesh/test_mesh_audit.py`` checks the log of a whole scenario for them.
 
 Lines that remote input can cause at will (denied or stateless packets, rejected maps) pass through a token bucket
 (``rate`` per second, ``burst`` deep, driven by ``now``) so that a flood cannot flood the log; the next line that is
@@ -35,7 +35,7 @@ import logging
 from collections.abc import Iterable
 from typing import Final
 
-from ..events import Event, HandshakeCompleted
+from ..events import Event, HandshakeCompleted, endpoint_is_ipv6
 from ..keys import PublicKey
 
 __all__ = ["AUDIT_BURST", "AUDIT_LOGGER_NAME", "AUDIT_RATE", "AuditLog", "protocol_name"]
@@ -221,4 +221,4 @@ def _endpoint(endpoint: tuple[str, int] | None) -> str | None:
     if endpoint is None:
         return None
     host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"[{host}]:{port}" if endpoint_is_ipv6(endpoint) else f"{host}:{port}"

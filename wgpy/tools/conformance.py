@@ -8,10 +8,15 @@ the pure half of that work:
 
 - ``CHECKS``: the battery, one ``CheckInfo`` per check with the rule it tests (whitepaper section) and whether it is
   slow (it waits out a protocol timer in real time);
-- ``CheckResult`` and ``report``: one line per check (``PASS  handshake  response in 2.1 ms ...``) and the JSON report;
-- crafting: ``icmp_echo`` / ``parse_icmp_echo`` (the inner packets, with real checksums, since the endpoint's own IP
-  stack answers them), ``craft_initiation`` (a real Noise initiation from any identity), ``add_macs``,
-  ``with_reserved``, ``flip_bit`` and ``junk_initiations`` (valid mac1, nothing else valid).
+- ``Status`` (PASS, FAIL, SKIP, and INCONCLUSIVE when the probe cannot decide: neither a pass nor a failure),
+  ``CheckResult`` and ``report``: one line per check (``PASS          handshake  response in 2.1 ms ...``) and the
+  JSON report;
+- ``keepalive_verdict``: the decision table of the ``keepalive`` check and its controls, apart from any I/O;
+- the inner packets, with real checksums, since the endpoint's own IP stack answers them: ``icmp_echo``,
+  ``udp_datagram``, ``tcp_segment``, ``parse_ip`` / ``parse_icmp_echo``, and ``EchoTarget``, which builds the probe's
+  requests to the target (ICMP echo, UDP echo, TCP SYN) and recognises the answers;
+- crafting: ``craft_initiation`` (a real Noise initiation from any identity), ``add_macs``, ``with_reserved``,
+  ``flip_bit`` and ``junk_initiations`` (valid mac1, nothing else valid).
 
 Everything is computed with the library's own ``noise``, ``cookie`` and ``messages`` code, so the probe holds the
 endpoint to exactly what wgpy itself sends and accepts. Like the rest of the core this module does no I/O, reads no
@@ -35,9 +40,16 @@ from ..noise import Handshake, StaticIdentity, create_initiation
 __all__ = [
     "CHECKS",
     "CHECK_NAMES",
+    "STATUS_WIDTH",
+    "TCP_ACK",
+    "TCP_RST",
+    "TCP_SYN",
     "CheckInfo",
     "CheckResult",
     "Echo",
+    "EchoKind",
+    "EchoTarget",
+    "Inner",
     "Status",
     "add_macs",
     "check_info",
@@ -46,11 +58,15 @@ __all__ = [
     "icmp_echo",
     "internet_checksum",
     "junk_initiations",
+    "keepalive_verdict",
     "message_type",
     "parse_icmp_echo",
+    "parse_ip",
     "report",
     "summary",
+    "tcp_segment",
     "transport_header",
+    "udp_datagram",
     "with_reserved",
 ]
 
@@ -60,10 +76,20 @@ _INITIATION_HEADER: Final = struct.Struct("<II")  # type, sender index
 _IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
 _IPV6: Final = struct.Struct("!IHBB16s16s")
 _ICMP_ECHO: Final = struct.Struct("!BBHHH")
+_UDP: Final = struct.Struct("!HHHH")  # RFC 768
+_TCP: Final = struct.Struct("!HHIIBBHHH")  # RFC 9293 §3.1, no options
+TCP_SYN: Final = 0x02  # RFC 9293 §3.1 control bits
+TCP_RST: Final = 0x04
+TCP_ACK: Final = 0x10
+_TCP_WINDOW: Final = 64240
+_EPHEMERAL_PORT_BASE: Final = 49152  # RFC 6335 §6: the dynamic ports, 49152-65535
+_EPHEMERAL_PORT_COUNT: Final = 16384
 _IPV4_HEADER_SIZE: Final = 20  # RFC 791 §3.1
 _IPV6_HEADER_SIZE: Final = 40  # RFC 8200 §3
 _PROTO_ICMP: Final = 1  # IANA protocol numbers
 _PROTO_ICMPV6: Final = 58
+_PROTO_TCP: Final = 6
+_PROTO_UDP: Final = 17
 _ICMP_ECHO_REQUEST: Final = 8  # RFC 792
 _ICMP_ECHO_REPLY: Final = 0
 _ICMPV6_ECHO_REQUEST: Final = 128  # RFC 4443 §4
@@ -82,6 +108,12 @@ class Status(enum.Enum):
     PASS = "pass"  # noqa: S105 - a verdict, not a password
     FAIL = "fail"
     SKIP = "skip"
+    #: The probe could not decide: a control failed, or the endpoint's behaviour does not tell the two answers apart.
+    #: Neither PASS nor FAIL; it does not make the exit status a failure.
+    INCONCLUSIVE = "inconclusive"
+
+
+STATUS_WIDTH: Final = max(len(status.name) for status in Status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +129,7 @@ CHECKS: Final[tuple[CheckInfo, ...]] = (
     CheckInfo(
         "handshake",
         "a valid initiation gets a response (whitepaper §5.4.2-§5.4.3), the derived keys work in both directions "
-        "(§5.4.5-§5.4.6): an ICMP echo to the target comes back through the tunnel",
+        "(§5.4.5-§5.4.6): the target's answer (ICMP echo, or the --echo kind) comes back through the tunnel",
     ),
     CheckInfo(
         "bad-mac1",
@@ -121,7 +153,7 @@ CHECKS: Final[tuple[CheckInfo, ...]] = (
     ),
     CheckInfo(
         "replayed-transport",
-        "a transport message sent twice is delivered once (§5.4.6 replay window): one echo reply, not two",
+        "a transport message sent twice is delivered once (§5.4.6 replay window): one answer, not two",
     ),
     CheckInfo(
         "bit-flip",
@@ -131,7 +163,9 @@ CHECKS: Final[tuple[CheckInfo, ...]] = (
     CheckInfo(
         "keepalive",
         "a keepalive (empty transport message) is authenticated and processed: after a new handshake, our keepalive "
-        "alone confirms the new session to the endpoint (§5.4.5, §6.5), which then answers on the new keypair",
+        "alone confirms the new session to the endpoint (§5.4.5, §6.5), which then answers an echo sent on the old "
+        "keypair on the new one; controls (echo on new, old, new) tell 'did not confirm' (FAIL) from 'answers on the "
+        "arriving keypair' (inconclusive)",
     ),
     CheckInfo(
         "reject-after-time",
@@ -140,8 +174,10 @@ CHECKS: Final[tuple[CheckInfo, ...]] = (
     ),
     CheckInfo(
         "cookie-under-load",
-        "under a burst of initiations the endpoint sends cookie replies (§5.4.7) that decrypt for the mac1 we sent, "
-        "and accepts our retry carrying mac2; skipped if the burst cannot drive it under load",
+        "not under load before the burst (an initiation without mac2 gets a response), under a burst of initiations "
+        "the endpoint sends cookie replies (§5.4.7) that decrypt for the mac1 we sent, and accepts our retry "
+        "carrying mac2; FAIL 'no cookie defence' if the burst visibly loaded it and no cookie reply came; "
+        "inconclusive if it was under load already or the burst did not load it",
     ),
     CheckInfo(
         "passive-keepalive",
@@ -175,8 +211,8 @@ class CheckResult:
     details: dict[str, object] = field(default_factory=dict)
 
     def line(self, name_width: int = 20) -> str:
-        """``PASS  handshake           response in 2.1 ms, keypair derived``."""
-        return f"{self.status.name:<4}  {self.name:<{name_width}}{self.evidence}"
+        """``PASS          handshake           response in 2.1 ms, keypair derived``."""
+        return f"{self.status.name:<{STATUS_WIDTH}}  {self.name:<{name_width}}{self.evidence}"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -190,7 +226,7 @@ class CheckResult:
 
 
 def summary(results: Iterable[CheckResult]) -> dict[str, int]:
-    """How many checks passed, failed and were skipped."""
+    """How many checks passed, failed, were skipped and were inconclusive."""
     counts = {status.value: 0 for status in Status}
     for result in results:
         counts[result.status.value] += 1
@@ -198,7 +234,8 @@ def summary(results: Iterable[CheckResult]) -> dict[str, int]:
 
 
 def report(results: Sequence[CheckResult], settings: Mapping[str, object], duration: float) -> dict[str, object]:
-    """The JSON report: the settings of the run, one object per check, the counts, and ``ok`` (no check failed)."""
+    """The JSON report: the settings of the run, one object per check, the counts, and ``ok`` (no check failed;
+    an inconclusive check is not a failure)."""
     counts = summary(results)
     return {
         **settings,
@@ -209,8 +246,56 @@ def report(results: Sequence[CheckResult], settings: Mapping[str, object], durat
     }
 
 
+def keepalive_verdict(steps: Sequence[tuple[str, str | None]]) -> tuple[Status, str]:
+    """The verdict of the ``keepalive`` check from the keypairs its echoes were sent and answered on.
+
+    After a new handshake whose only packet is our keepalive, the probe sends an echo on the *old* keypair. An
+    endpoint that took the keepalive as confirmation answers on the *new* one (PASS). An answer on the old one has
+    two readings: it did not confirm, or it answers on whichever keypair a request arrives on. The controls tell
+    them apart: an echo on the new keypair (data, which confirms for certain), on the old one again, on the new one
+    again. If after the data the old-keypair echo is answered on the new keypair, the endpoint answers on its
+    current session, so the first answer on the old one means the keepalive confirmed nothing (FAIL). If it is
+    answered on the old one again, the endpoint follows the arriving keypair and the check cannot decide.
+
+    Args:
+        steps: ``(sent_on, answered_on)`` for each echo in order, each ``"old"`` or ``"new"``; ``answered_on`` is
+            ``None`` without an answer (or another index, as text). The first is the echo on the old keypair
+            after the keepalive, then the controls (new, old, new) when the first was answered on the old one.
+    """
+    trail = "; ".join(f"{sent} -> {got or 'no answer'}" for sent, got in steps)
+    if not steps:
+        return Status.INCONCLUSIVE, "no echo was sent"
+    first = steps[0][1]
+    if first == "new":
+        return Status.PASS, "the echo sent on the old keypair was answered on the new one"
+    if first is None:
+        return Status.INCONCLUSIVE, (
+            "the echo sent on the old keypair after our keepalive got no answer, so it shows nothing about the new "
+            f"session (sent on -> answered on: {trail})"
+        )
+    if first != "old" or len(steps) < 4:
+        return Status.INCONCLUSIVE, f"answers came on unexpected keypairs (sent on -> answered on: {trail})"
+    after_data, old_again, new_again = (got for _, got in steps[1:4])
+    if after_data != "new":
+        return Status.INCONCLUSIVE, (
+            f"the control echo on the new keypair was not answered on it (sent on -> answered on: {trail})"
+        )
+    if old_again == "new":
+        return Status.FAIL, (
+            "it did not take our keepalive as confirmation of the new session: the echo on the old keypair after "
+            "the keepalive was answered on the old one, and once data had come on the new keypair the same echo "
+            f"was answered on the new one, so it answers on its current session (sent on -> answered on: {trail})"
+        )
+    if old_again == "old" and new_again == "new":
+        return Status.INCONCLUSIVE, (
+            "it answers on the keypair each request arrives on, so an echo on the old keypair cannot show whether "
+            f"our keepalive confirmed the new session (sent on -> answered on: {trail})"
+        )
+    return Status.INCONCLUSIVE, f"the controls gave no consistent picture (sent on -> answered on: {trail})"
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Inner packets: ICMP echo over IPv4 and IPv6, with real checksums (the endpoint's IP stack checks them)
+# Inner packets: ICMP echo, UDP and TCP over IPv4 and IPv6, with real checksums (the endpoint's IP stack checks them)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -226,6 +311,37 @@ def internet_checksum(data: bytes) -> int:
 
 def _packed(address: str | bytes) -> bytes:
     return address if isinstance(address, bytes) else ipaddress.ip_address(address).packed
+
+
+def _ip(source: bytes, destination: bytes, protocol: int, body: bytes, checksum_offset: int | None) -> bytes:
+    """An IPv4 or IPv6 packet carrying ``body``, with the body's checksum (at ``checksum_offset``) filled in.
+
+    The checksum covers the RFC 768 / RFC 793 / RFC 8200 §8.1 pseudo-header, except for ICMPv4 (RFC 792), which
+    sums only its own bytes.
+    """
+    if checksum_offset is not None:
+        if len(source) == 4 and protocol == _PROTO_ICMP:
+            pseudo = b""
+        elif len(source) == 4:
+            pseudo = source + destination + struct.pack("!xBH", protocol, len(body))
+        else:
+            pseudo = source + destination + struct.pack("!I3xB", len(body), protocol)
+        checksum = internet_checksum(pseudo + body)
+        if protocol == _PROTO_UDP and checksum == 0:
+            checksum = 0xFFFF  # RFC 768: a computed zero is sent as all ones (zero means "no checksum")
+        body = body[:checksum_offset] + checksum.to_bytes(2, "big") + body[checksum_offset + 2 :]
+    if len(source) == 4:
+        header = _IPV4.pack(0x45, 0, _IPV4_HEADER_SIZE + len(body), 0, 0x4000, _TTL, protocol, 0, source, destination)
+        header = header[:10] + internet_checksum(header).to_bytes(2, "big") + header[12:]
+        return header + body
+    return _IPV6.pack(6 << 28, len(body), protocol, _TTL, source, destination) + body
+
+
+def _addresses(source: str | bytes, destination: str | bytes) -> tuple[bytes, bytes]:
+    src, dst = _packed(source), _packed(destination)
+    if len(src) != len(dst):
+        raise ValueError("source and destination must be of the same IP version")
+    return src, dst
 
 
 def icmp_echo(
@@ -250,23 +366,91 @@ def icmp_echo(
     Raises:
         ValueError: the addresses are of different families, or a field does not fit.
     """
-    src, dst = _packed(source), _packed(destination)
-    if len(src) != len(dst):
-        raise ValueError("source and destination must be of the same IP version")
+    src, dst = _addresses(source, destination)
     if not (0 <= identifier <= 0xFFFF and 0 <= sequence <= 0xFFFF):
         raise ValueError("echo identifier and sequence are 16-bit")
     if len(src) == 4:
-        kind = _ICMP_ECHO_REPLY if reply else _ICMP_ECHO_REQUEST
-        body = _ICMP_ECHO.pack(kind, 0, 0, identifier, sequence) + payload
-        body = body[:2] + internet_checksum(body).to_bytes(2, "big") + body[4:]
-        header = _IPV4.pack(0x45, 0, _IPV4_HEADER_SIZE + len(body), 0, 0x4000, _TTL, _PROTO_ICMP, 0, src, dst)
-        header = header[:10] + internet_checksum(header).to_bytes(2, "big") + header[12:]
-        return header + body
-    kind = _ICMPV6_ECHO_REPLY if reply else _ICMPV6_ECHO_REQUEST
-    body = _ICMP_ECHO.pack(kind, 0, 0, identifier, sequence) + payload
-    pseudo = src + dst + struct.pack("!I3xB", len(body), _PROTO_ICMPV6)  # RFC 8200 §8.1 pseudo-header
-    body = body[:2] + internet_checksum(pseudo + body).to_bytes(2, "big") + body[4:]
-    return _IPV6.pack(6 << 28, len(body), _PROTO_ICMPV6, _TTL, src, dst) + body
+        kind, protocol = (_ICMP_ECHO_REPLY if reply else _ICMP_ECHO_REQUEST), _PROTO_ICMP
+    else:
+        kind, protocol = (_ICMPV6_ECHO_REPLY if reply else _ICMPV6_ECHO_REQUEST), _PROTO_ICMPV6
+    return _ip(src, dst, protocol, _ICMP_ECHO.pack(kind, 0, 0, identifier, sequence) + payload, 2)
+
+
+def udp_datagram(
+    source: str | bytes, destination: str | bytes, source_port: int, destination_port: int, payload: bytes
+) -> bytes:
+    """An IPv4 or IPv6 packet carrying one UDP datagram (RFC 768) with a valid checksum."""
+    src, dst = _addresses(source, destination)
+    if not (0 < source_port <= 0xFFFF and 0 < destination_port <= 0xFFFF):
+        raise ValueError("UDP ports are 1-65535")
+    body = _UDP.pack(source_port, destination_port, _UDP.size + len(payload), 0) + payload
+    return _ip(src, dst, _PROTO_UDP, body, 6)
+
+
+def tcp_segment(
+    source: str | bytes,
+    destination: str | bytes,
+    source_port: int,
+    destination_port: int,
+    sequence: int,
+    acknowledgement: int,
+    flags: int,
+) -> bytes:
+    """An IPv4 or IPv6 packet carrying one TCP segment (RFC 9293) without options or data, checksum valid."""
+    src, dst = _addresses(source, destination)
+    if not (0 < source_port <= 0xFFFF and 0 < destination_port <= 0xFFFF):
+        raise ValueError("TCP ports are 1-65535")
+    body = _TCP.pack(
+        source_port,
+        destination_port,
+        sequence & 0xFFFFFFFF,
+        acknowledgement & 0xFFFFFFFF,
+        5 << 4,
+        flags,
+        _TCP_WINDOW,
+        0,
+        0,
+    )
+    return _ip(src, dst, _PROTO_TCP, body, 16)
+
+
+@dataclass(frozen=True, slots=True)
+class Inner:
+    """The addresses, protocol and transport bytes of an inner IPv4/IPv6 packet."""
+
+    source: str
+    destination: str
+    protocol: int
+    body: bytes
+
+
+def parse_ip(packet: bytes) -> Inner | None:
+    """The inner packet's addresses, protocol and transport bytes, or ``None`` if it is not IP. Never raises."""
+    if len(packet) < _IPV4_HEADER_SIZE:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        header_length = (packet[0] & 0x0F) * 4
+        total = int.from_bytes(packet[2:4], "big")
+        if header_length < _IPV4_HEADER_SIZE or total > len(packet) or total < header_length:
+            return None
+        return Inner(
+            str(ipaddress.ip_address(packet[12:16])),
+            str(ipaddress.ip_address(packet[16:20])),
+            packet[9],
+            bytes(packet[header_length:total]),
+        )
+    if version == 6 and len(packet) >= _IPV6_HEADER_SIZE:
+        payload_length = int.from_bytes(packet[4:6], "big")
+        if _IPV6_HEADER_SIZE + payload_length > len(packet):
+            return None
+        return Inner(
+            str(ipaddress.ip_address(packet[8:24])),
+            str(ipaddress.ip_address(packet[24:40])),
+            packet[6],
+            bytes(packet[_IPV6_HEADER_SIZE : _IPV6_HEADER_SIZE + payload_length]),
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,37 +467,121 @@ class Echo:
 
 def parse_icmp_echo(packet: bytes) -> Echo | None:
     """The echo request or reply carried by an IPv4/IPv6 packet, or ``None`` for anything else. Never raises."""
-    if len(packet) < _IPV4_HEADER_SIZE:
+    inner = parse_ip(packet)
+    if inner is None:
         return None
-    version = packet[0] >> 4
-    if version == 4:
-        header_length = (packet[0] & 0x0F) * 4
-        total = int.from_bytes(packet[2:4], "big")
-        if packet[9] != _PROTO_ICMP or header_length < _IPV4_HEADER_SIZE or total > len(packet):
-            return None
-        body = packet[header_length:total]
-        src, dst = packet[12:16], packet[16:20]
+    if inner.protocol == _PROTO_ICMP and ":" not in inner.source:
         kinds = {_ICMP_ECHO_REQUEST: False, _ICMP_ECHO_REPLY: True}
-    elif version == 6 and len(packet) >= _IPV6_HEADER_SIZE:
-        payload_length = int.from_bytes(packet[4:6], "big")
-        if packet[6] != _PROTO_ICMPV6 or _IPV6_HEADER_SIZE + payload_length > len(packet):
-            return None
-        body = packet[_IPV6_HEADER_SIZE : _IPV6_HEADER_SIZE + payload_length]
-        src, dst = packet[8:24], packet[24:40]
+    elif inner.protocol == _PROTO_ICMPV6 and ":" in inner.source:
         kinds = {_ICMPV6_ECHO_REQUEST: False, _ICMPV6_ECHO_REPLY: True}
     else:
         return None
+    body = inner.body
     if len(body) < _ICMP_ECHO.size or body[0] not in kinds or body[1] != 0:
         return None
     kind, _code, _checksum, identifier, sequence = _ICMP_ECHO.unpack_from(body)
-    return Echo(
-        str(ipaddress.ip_address(src)),
-        str(ipaddress.ip_address(dst)),
-        kinds[kind],
-        identifier,
-        sequence,
-        bytes(body[_ICMP_ECHO.size :]),
-    )
+    return Echo(inner.source, inner.destination, kinds[kind], identifier, sequence, body[_ICMP_ECHO.size :])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The echo target: what the probe sends through the tunnel to see that a session works, and how it knows the answer
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class EchoKind(enum.Enum):
+    """How the target is asked for an answer."""
+
+    ICMP = "icmp"  # ICMP / ICMPv6 echo request; the answer is the echo reply
+    UDP = "udp"  # a UDP datagram to an echo service (RFC 862, port 7, or any that returns the payload)
+    TCP = "tcp"  # a TCP SYN to a port; the answer is SYN-ACK (open) or RST (closed), which we then reset
+
+
+@dataclass(frozen=True, slots=True)
+class EchoTarget:
+    """Where the probe's inner requests go (``--target`` and ``--echo``) and how an answer is recognised.
+
+    Each request carries a sequence number (16 bits), and ``answer`` returns the sequence a packet answers: the
+    echo sequence (ICMP), a sequence after our random token in the returned payload (UDP), or the acknowledgement
+    number of the SYN-ACK or RST minus our initial sequence number (TCP, whose ISN is token-derived).
+    """
+
+    kind: EchoKind
+    source: str  # our tunnel address
+    address: str  # the target
+    identifier: int  # ICMP echo identifier; picks our UDP/TCP source port
+    token: bytes  # 8 random bytes: the UDP payload prefix and the TCP ISN base
+    port: int = 0  # UDP/TCP destination port
+
+    def describe(self) -> str:
+        if self.kind is EchoKind.ICMP:
+            return f"ICMP echo to {self.address}"
+        if self.kind is EchoKind.UDP:
+            return f"UDP echo to {self.address} port {self.port}"
+        return f"TCP SYN to {self.address} port {self.port}"
+
+    @property
+    def source_port(self) -> int:
+        return _EPHEMERAL_PORT_BASE + self.identifier % _EPHEMERAL_PORT_COUNT
+
+    def _isn(self, sequence: int) -> int:
+        return (int.from_bytes(self.token[:4], "big") + sequence) & 0xFFFFFFFF
+
+    def request(self, sequence: int) -> bytes:
+        """The inner packet that asks the target for answer number ``sequence``."""
+        if self.kind is EchoKind.ICMP:
+            payload = self.token + sequence.to_bytes(2, "big") + b"wgpy-probe"
+            return icmp_echo(self.source, self.address, self.identifier, sequence, payload)
+        if self.kind is EchoKind.UDP:
+            payload = self.token + sequence.to_bytes(2, "big") + b"wgpy-probe"
+            return udp_datagram(self.source, self.address, self.source_port, self.port, payload)
+        return tcp_segment(self.source, self.address, self.source_port, self.port, self._isn(sequence), 0, TCP_SYN)
+
+    def answer(self, packet: bytes) -> int | None:
+        """The sequence number ``packet`` answers, or ``None`` if it is not an answer to one of our requests."""
+        if self.kind is EchoKind.ICMP:
+            echo = parse_icmp_echo(packet)
+            if (
+                echo is None
+                or not echo.is_reply
+                or echo.identifier != self.identifier
+                or echo.source != self.address
+                or echo.destination != self.source
+            ):
+                return None
+            return echo.sequence
+        inner = parse_ip(packet)
+        if inner is None or inner.source != self.address or inner.destination != self.source:
+            return None
+        if self.kind is EchoKind.UDP:
+            if inner.protocol != _PROTO_UDP or len(inner.body) < _UDP.size + len(self.token) + 2:
+                return None
+            source_port, destination_port, _length, _checksum = _UDP.unpack_from(inner.body)
+            payload = inner.body[_UDP.size :]
+            if (source_port, destination_port) != (self.port, self.source_port) or not payload.startswith(self.token):
+                return None
+            return int.from_bytes(payload[len(self.token) : len(self.token) + 2], "big")
+        if inner.protocol != _PROTO_TCP or len(inner.body) < _TCP.size:
+            return None
+        source_port, destination_port, _seq, ack, _offset, flags, *_ = _TCP.unpack_from(inner.body)
+        if (source_port, destination_port) != (self.port, self.source_port) or not flags & TCP_ACK:
+            return None
+        if not flags & (TCP_RST | TCP_SYN):
+            return None
+        sequence = (ack - 1 - self._isn(0)) & 0xFFFFFFFF
+        return sequence if sequence <= 0xFFFF else None
+
+    def abort(self, packet: bytes) -> bytes | None:
+        """For a SYN-ACK to one of our SYNs: the RST that closes the half-open connection (RFC 9293 §3.10.7.3),
+        so that the target does not retransmit its SYN-ACK (data through the tunnel the probe did not ask for)."""
+        if self.kind is not EchoKind.TCP or self.answer(packet) is None:
+            return None
+        inner = parse_ip(packet)
+        if inner is None:  # pragma: no cover - answer() parsed it
+            return None
+        _sport, _dport, _seq, ack, _offset, flags, *_ = _TCP.unpack_from(inner.body)
+        if not flags & TCP_SYN:
+            return None
+        return tcp_segment(self.source, self.address, self.source_port, self.port, ack, 0, TCP_RST)
 
 
 # ----------------------------------------------------------------------------------------------------------------

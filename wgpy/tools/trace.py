@@ -48,6 +48,7 @@ from ..messages import (
     MESSAGE_INITIATION_SIZE,
     MESSAGE_RESPONSE_SIZE,
     MESSAGE_TRANSPORT_HEADER_SIZE,
+    TRANSPORT_HEADER,
     Initiation,
     MessageType,
     Response,
@@ -88,7 +89,6 @@ DEFAULT_GOLDEN: Traversable = files(__package__ or "wgpy.tools") / "data" / GOLD
 _NOW: Final = 0.0  # the monotonic clock the protocol functions are given: no timer matters in a single handshake
 _HEADER_INITIATION: Final = struct.Struct("<II")
 _HEADER_RESPONSE: Final = struct.Struct("<III")
-_HEADER_TRANSPORT: Final = struct.Struct("<IIQ")
 _RANDOM_EPOCH_NS: Final = 1_577_836_800 * 10**9  # 2020-01-01: --random stamps a time in the 20 years after it
 _RANDOM_SPAN_NS: Final = 20 * 365 * 86_400 * 10**9
 
@@ -541,7 +541,7 @@ def _check_keypair(what: str, keypair: Keypair, send_key: bytes, recv_key: bytes
         counter = keypair.send_counter - 1
         if crypto.aead_open(send_key, counter, sealed[MESSAGE_TRANSPORT_HEADER_SIZE:], b"") != plaintext:
             raise crypto.InvalidTag
-        header = _HEADER_TRANSPORT.pack(MessageType.TRANSPORT, keypair.local_index, 0)
+        header = TRANSPORT_HEADER.pack(MessageType.TRANSPORT, keypair.local_index, 0)
         if keypair.open(0, header + crypto.aead_seal(recv_key, 0, plaintext, b"")) != plaintext:
             raise crypto.InvalidTag
     except crypto.InvalidTag:

@@ -1,0 +1,221 @@
+"""Embedded agents against the real management server (``wgpy.management``, SQLite in a temporary folder).
+
+What the fake server cannot show: the server's own maps (a peer sees only the peers a rule lets it reach or be
+reached by), a restart of the server process that loses nothing (same addresses, tokens still valid, serials
+still increasing so the agents accept the new maps), and logout removing a peer from the others' maps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from agent_helpers import SYN, Agent, echo_reply, tcp_packet, tcp_ports, wait_for
+
+from wgpy.agent.client import Backoff
+from wgpy.agent.enrol import enrol_device, resume_device
+from wgpy.agent.keystore import KeyStore, StateDir
+from wgpy.agent.runner import AgentRunner
+from wgpy.management.server import free_port, init_state, serve
+from wgpy.tools.mesh_demo import POLICY
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), timeout=60))
+
+
+@dataclass
+class Server:
+    state_dir: pathlib.Path
+    port: int
+    admin_token: str
+    signing_key: str
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        ready = asyncio.Event()
+        self.task = asyncio.create_task(
+            serve(self.state_dir, None, "127.0.0.1", self.port, ready=lambda _u: ready.set())
+        )
+        await asyncio.wait_for(ready.wait(), 10)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    async def admin(self, method: str, path: str, **kwargs: object) -> tuple[int, object]:
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        if "yaml" in kwargs:
+            headers["Content-Type"] = "application/yaml"
+            kwargs = {"data": str(kwargs.pop("yaml")).encode()}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                method,
+                self.url + path,
+                headers=headers,
+                **kwargs,  # type: ignore[arg-type]
+            ) as answer,
+        ):
+            body = await answer.json(content_type=None) if answer.status != 204 else None
+            return answer.status, body
+
+
+@contextlib.asynccontextmanager
+async def management(tmp: pathlib.Path) -> AsyncIterator[Server]:
+    keys, token = await init_state(tmp / "server")
+    server = Server(tmp / "server", free_port(), token, keys.info()["signing_key"])
+    await server.start()
+    try:
+        status, _ = await server.admin("PUT", "/api/v1/policy", yaml=POLICY)
+        assert status == 200
+        yield server
+    finally:
+        await server.stop()
+
+
+async def enrol(server: Server, tmp: pathlib.Path, name: str, group: str, **runner_options: object) -> Agent:
+    status, body = await server.admin("POST", "/api/v1/setup-keys", json={"name": name, "auto_groups": [group]})
+    assert status == 201 and isinstance(body, dict)
+    state = StateDir(tmp / name)
+    enrolled = await enrol_device(
+        state,
+        KeyStore(state, keyring_backend=False),
+        url=server.url,
+        setup_key=str(body["key"]),
+        management_key=server.signing_key,
+        name=name,
+    )
+    return await _start(enrolled.enrolment.peer_id, state, enrolled, name, **runner_options)
+
+
+async def _start(peer_id: str, state: StateDir, enrolled: object, name: str, **options: object) -> Agent:
+    holder: list[Agent] = []
+    on_packet = options.pop("on_packet", None)
+
+    def deliver(packet: bytes) -> None:
+        holder[0].received.append(packet)
+        if on_packet is not None:
+            on_packet(holder[0], packet)  # type: ignore[operator]
+
+    runner = AgentRunner(
+        enrolled.enrolment,  # type: ignore[attr-defined]
+        enrolled.private_key,  # type: ignore[attr-defined]
+        enrolled.client,  # type: ignore[attr-defined]
+        state=state,
+        on_packet=deliver,
+        bind_address="127.0.0.1",
+        initial_map=enrolled.initial_map,  # type: ignore[attr-defined]
+        backoff=Backoff(base=0.05, cap=0.3),
+    )
+    agent = Agent(name, runner, state)
+    holder.append(agent)
+    await runner.start()
+    return agent
+
+
+def syns_at(agent: Agent, port: int) -> int:
+    return sum(1 for p in agent.received if tcp_ports(p)[3] == port and tcp_ports(p)[4] == SYN)
+
+
+def test_restart_loses_nothing_and_logout_removes_the_peer(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with management(tmp_path) as server:
+            laptop = await enrol(server, tmp_path, "laptop", "developers")
+            prod = await enrol(server, tmp_path, "prod", "production", on_packet=echo_reply)
+            agents = [laptop, prod]
+            try:
+                prod_key = prod.runner.device.public_key
+                await wait_for(lambda: laptop.runner.device.peer(prod_key) is not None)  # type: ignore[arg-type]
+                await wait_for(lambda: all(p.endpoint for p in laptop.runner.device.peers.values()))
+                laptop.send(tcp_packet(laptop.address, prod.address, 45022, 22))
+                await wait_for(lambda: syns_at(prod, 22) == 1)
+                addresses = (laptop.address, prod.address)
+                assert laptop.runner.mesh is not None
+                serial = laptop.runner.mesh.controller.serial
+                assert serial is not None
+
+                await server.stop()
+                await wait_for(lambda: not laptop.runner.connected and not prod.runner.connected)
+                laptop.send(tcp_packet(laptop.address, prod.address, 45023, 22))
+                await wait_for(lambda: syns_at(prod, 22) == 2)  # the mesh works on its last maps
+
+                await server.start()  # the same SQLite database and keys
+                await wait_for(lambda: laptop.runner.connected and prod.runner.connected, timeout=5)
+                status, peers = await server.admin("GET", "/api/v1/peers")
+                assert status == 200 and isinstance(peers, list)
+                assert sorted(str(p["address"]).split("/")[0] for p in peers) == sorted(addresses)
+                # maps issued after the restart are accepted (serials did not start again from 1): a new
+                # developer enrolled now appears in production's map
+                newcomer = await enrol(server, tmp_path, "laptop2", "developers")
+                agents.append(newcomer)
+                await wait_for(lambda: newcomer.runner.device.public_key in prod.runner.device.peers, timeout=3)
+                assert prod.runner.mesh is not None and prod.runner.mesh.controller.serial is not None
+                now_serial = laptop.runner.mesh.controller.serial
+                assert now_serial is not None and now_serial >= serial
+
+                # a second `wgpy up`: resume from the state directory with the refresh token, no setup key
+                await laptop.runner.close()
+                agents.remove(laptop)
+                resumed = resume_device(laptop.state, KeyStore(laptop.state, keyring_backend=False))
+                laptop = await _start(resumed.enrolment.peer_id, laptop.state, resumed, "laptop")
+                agents.append(laptop)
+                await wait_for(lambda: laptop.runner.connected, timeout=5)
+                assert laptop.address == addresses[0]
+
+                laptop_key = laptop.runner.device.public_key
+                await laptop.runner.client.logout()
+                await wait_for(lambda: laptop_key not in prod.runner.device.peers, timeout=2)
+                status, peers = await server.admin("GET", "/api/v1/peers")
+                assert isinstance(peers, list) and sorted(p["name"] for p in peers) == ["laptop2", "prod"]
+            finally:
+                for agent in agents:
+                    await agent.runner.close()
+
+    run(scenario)
+
+
+def test_a_peer_awaiting_approval_gets_its_map_once_approved(tmp_path: pathlib.Path) -> None:
+    async def scenario() -> None:
+        async with management(tmp_path) as server:
+            prod = await enrol(server, tmp_path, "prod", "production")
+            status, body = await server.admin(
+                "POST",
+                "/api/v1/setup-keys",
+                json={"name": "laptop", "auto_groups": ["developers"], "approval_required": True},
+            )
+            assert status == 201 and isinstance(body, dict)
+            state = StateDir(tmp_path / "laptop")
+            enrolled = await enrol_device(
+                state,
+                KeyStore(state, keyring_backend=False),
+                url=server.url,
+                setup_key=str(body["key"]),
+                management_key=server.signing_key,
+                name="laptop",
+            )
+            assert enrolled.initial_map is None  # pending approval
+            laptop = await _start(enrolled.enrolment.peer_id, state, enrolled, "laptop")
+            try:
+                await asyncio.sleep(0.5)
+                assert laptop.runner.mesh is not None and laptop.runner.mesh.controller.network_map is None
+                assert laptop.runner.device.peers == {}
+                status, _ = await server.admin("POST", f"/api/v1/peers/{enrolled.enrolment.peer_id}/approve")
+                assert status == 200
+                await wait_for(lambda: prod.runner.device.public_key in laptop.runner.device.peers, timeout=5)
+            finally:
+                await laptop.runner.close()
+                await prod.runner.close()
+
+    run(scenario)

@@ -1,0 +1,10 @@
+"""The dashboard tests: ``tests/dashboard`` (and ``tests/``) on the import path for ``dashboard_helpers``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)

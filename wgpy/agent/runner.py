@@ -1,0 +1,436 @@
+"""The agent process: a mesh-mode tunnel and the management client in one asyncio loop.
+
+Theory of operation: ``AgentRunner`` owns a ``Device`` with the stored private key, a ``Tunnel`` (with a TUN
+device, or without one: ``tun=None`` and an ``on_packet`` callback, as the demo and the tests run it) and the mesh
+glue (``MeshAgent``, whose ``MeshController`` verifies every map against the pinned management key, applies it,
+and keeps the ACL filter in the device). Beside them runs the control loop:
+
+1. make sure an access token is in memory (refresh with the stored refresh token; the new refresh token is saved
+   before the access token is used);
+2. report the tunnel's endpoint (``POST /api/v1/peer/endpoint``): once, and again after a reconnect if the local
+   address facing the server changed;
+3. subscribe to the map stream; each ``map`` message's document goes to ``MeshAgent`` (and so to
+   ``MeshController.apply_network_map``) and is acknowledged by serial once applied or already in force; a refused
+   map is logged and not acknowledged;
+4. when the connection ends or fails, wait ``Backoff.next_delay()`` (exponential, with jitter, capped) and go
+   back to 1. While the server is away the last valid map stays in force and peers go on talking; with
+   ``fail_closed`` the filter denies everything from the map's expiry on (``MeshAgent`` watches the clocks).
+
+A refresher task keeps the access token fresh while a WebSocket stays open for hours. ``{"type": "revoked"}`` (or
+close code 4001, or the server refusing our credentials) drops every peer, denies all traffic, forgets the saved
+map and the refresh token, says so in one line and stops the runner with ``RunnerExit.REVOKED`` (or
+``CREDENTIALS_REFUSED``). ``status()`` is what ``wgpy status`` shows; with a state directory it is also written to
+``status.json`` every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from ..device import Device
+from ..drivers.asyncio_udp import Tunnel
+from ..drivers.clock import monotonic_now
+from ..keys import PrivateKey
+from ..mesh import MapChanges, MapRejected, RejectReason
+from ..mesh.agent import MeshAgent
+from .client import Backoff, ManagementClient, ManagementError, MapStream
+from .keystore import MAP_FILE, REFRESH_FILE, Enrolment, StateDir
+
+if TYPE_CHECKING:
+    from tun import TunDevice
+
+__all__ = ["AgentRunner", "RunnerExit", "ServerMeshAgent", "local_address_towards"]
+
+logger = logging.getLogger("wgpy.agent")
+
+CLOSE_REVOKED: Final = 4001  # the stream's close code for a revoked peer (docs/management-api.md)
+CLOSE_REPLACED: Final = 4000  # the same peer opened a newer stream (another agent with this key?)
+_CLOSE_WORDS: Final = {
+    CLOSE_REPLACED: "another stream of this peer replaced ours (is a second agent running with this key?)",
+    1013: "the management server holds its maximum of streams",
+    1001: "the management server is shutting down",
+}
+STATUS_INTERVAL: Final = 1.0  # seconds between status.json writes (ours)
+
+
+class RunnerExit(enum.Enum):
+    STOPPED = "stopped"  # asked to stop (SIGTERM, wgpy down, the caller)
+    REVOKED = "revoked"  # the server said the peer is revoked
+    CREDENTIALS_REFUSED = "credentials_refused"  # the refresh token or the peer is no longer accepted
+    TUNNEL_CLOSED = "tunnel_closed"  # the TUN device failed
+
+
+class ServerMeshAgent(MeshAgent):
+    """``MeshAgent`` with maps from the management stream: the same controller path, logged as from the server."""
+
+    def apply_from_server(self, document: bytes) -> MapChanges:
+        """Verify and apply a map from the server (``MeshController.apply_network_map``); saves the state.
+
+        Raises:
+            MapRejected: The map was refused (logged here); nothing changed.
+        """
+        try:
+            return self._apply(document, "the management server")
+        except MapRejected as exc:
+            self._log_rejected("the management server", exc)
+            raise
+
+
+def local_address_towards(url_host: str, port: int) -> str | None:
+    """The local address the kernel would use to reach the management server (a UDP connect sends nothing)."""
+    try:
+        infos = socket.getaddrinfo(url_host, port, type=socket.SOCK_DGRAM)
+    except OSError:
+        return None
+    for family, kind, proto, _name, address in infos:
+        with contextlib.suppress(OSError), socket.socket(family, kind, proto) as sock:
+            sock.connect(address)
+            host = sock.getsockname()[0]
+            if isinstance(host, str) and host not in ("0.0.0.0", "::"):  # noqa: S104 - compared, not bound
+                return host
+    return None
+
+
+class AgentRunner:
+    """One enrolled device: its tunnel in mesh mode, and the control loop that keeps its map current."""
+
+    def __init__(
+        self,
+        enrolment: Enrolment,
+        private_key: PrivateKey,
+        client: ManagementClient,
+        *,
+        state: StateDir | None = None,
+        tun: TunDevice | None = None,
+        on_packet: Callable[[bytes], None] | None = None,
+        bind_address: str | None = None,
+        advertise_host: str | None = None,
+        fail_closed: bool = False,
+        initial_map: bytes | None = None,
+        backoff: Backoff | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """
+        Args:
+            enrolment: Who we are (``state.json``).
+            private_key: The device's key (from the ``KeyStore``).
+            client: The management client (its refresh token loaded, ``on_refresh_token`` persisting new ones).
+            state: The state directory for ``map.json`` and ``status.json``; ``None`` keeps nothing on disk.
+            tun: The TUN device, or ``None`` for an embedded tunnel whose packets go to ``on_packet``.
+            bind_address: Bind the UDP socket to this address only (``127.0.0.1`` in the demo).
+            advertise_host: The endpoint host to report; by default the address facing the management server.
+            fail_closed: Deny all traffic once the map in force expires.
+            initial_map: A signed document to apply at start (the map the enrolment answer carried).
+        """
+        self.enrolment = enrolment
+        self.client = client
+        self.state = state
+        self.fail_closed = fail_closed
+        self.advertise_host = advertise_host
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.wall_clock = wall_clock
+        self.device = Device(private_key, listen_port=enrolment.listen_port)
+        self.tunnel = Tunnel(self.device, tun=tun, on_packet=on_packet, bind_address=bind_address)
+        self._bind_address = bind_address
+        self._initial_map = initial_map
+        self.mesh: ServerMeshAgent | None = None
+        self.connected = False
+        self.endpoint: tuple[str, int] | None = None
+        self.endpoint_reported = False
+        self.last_error: str | None = None
+        self.maps_applied = 0
+        self.exit_reason: RunnerExit | None = None
+        self.map_applied = asyncio.Event()  # set after each applied map (tests and the demo wait on it)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._status_timer: asyncio.TimerHandle | None = None
+        self._logged_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AgentRunner(peer={self.enrolment.peer_id!r}, address={self.enrolment.address!r})"
+
+    # --- lifecycle ------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the tunnel, install the mesh filter (deny all until a map), apply what we have, start the loop."""
+        map_path = self.state.file(MAP_FILE) if self.state is not None else None
+        await self.tunnel.start()
+        try:
+            mesh = ServerMeshAgent.create(
+                self.tunnel, self.enrolment.management_key, fail_closed=self.fail_closed, state_path=map_path
+            )
+        except Exception:
+            self.tunnel.close()
+            raise
+        if not isinstance(mesh, ServerMeshAgent):  # create() is typed as returning the base class
+            raise TypeError("ServerMeshAgent.create returned another class")
+        self.mesh = mesh
+        mesh.start()  # the filter is in place before any peer exists; resumes the saved map if still valid
+        self._refresh_endpoint()
+        if self._initial_map is not None:
+            self.apply_map(self._initial_map)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._control_loop()), loop.create_task(self._refresher())]
+        self._write_status()
+
+    def stop(self, reason: RunnerExit = RunnerExit.STOPPED) -> None:
+        """Ask the runner to stop (idempotent; the first reason wins)."""
+        if self.exit_reason is None:
+            self.exit_reason = reason
+        self._stop.set()
+
+    async def wait(self) -> RunnerExit:
+        """Run until stopped (or the tunnel closes), then tear everything down; returns why it ended."""
+        closed = asyncio.ensure_future(self.tunnel.wait_closed())
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            stopping.cancel()
+        if self.exit_reason is None:
+            self.exit_reason = RunnerExit.TUNNEL_CLOSED
+        await self.close()
+        return self.exit_reason
+
+    async def close(self) -> None:
+        """Stop the loop, the tunnel and the client."""
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
+        self.connected = False
+        if self.mesh is not None:
+            self.mesh.close()
+        self.tunnel.close()
+        self._write_status()
+        await self.client.close()
+
+    def _refresh_endpoint(self) -> None:
+        """Work out the endpoint to report; report it again if it changed (the device moved to another network)."""
+        host = self.advertise_host or self._bind_address
+        if host is None:
+            url = self.client.base_url
+            host = local_address_towards(url.host or "", url.port or (443 if url.scheme == "https" else 80))
+        endpoint = (host, self.tunnel.local_port) if host else None
+        if endpoint != self.endpoint:
+            self.endpoint = endpoint
+            self.endpoint_reported = False
+
+    # --- maps -----------------------------------------------------------------------------------------------------
+
+    def apply_map(self, document: bytes) -> int | None:
+        """Apply a signed document through the controller; the serial now in force for it, or ``None`` if refused."""
+        mesh = self.mesh
+        if mesh is None:
+            return None
+        try:
+            changes = mesh.apply_from_server(document)
+        except MapRejected as exc:
+            if (
+                exc.reason is RejectReason.STALE_SERIAL
+                and exc.serial is not None
+                and exc.serial == mesh.controller.serial
+            ):
+                return exc.serial  # the map in force already: acknowledge it again
+            return None
+        self.maps_applied += 1
+        self.map_applied.set()
+        self._write_status()
+        return changes.serial
+
+    def revoke(self) -> None:
+        """The peer was revoked: drop every peer, deny everything, forget the map and tokens, stop."""
+        device = self.device
+        for key in list(device.peers):
+            device.remove_peer(key)
+        if self.mesh is not None:
+            self.mesh.controller.filter.load(None)
+            self.mesh.controller.network_map = None
+        self.tunnel.flush()
+        if self.state is not None:
+            for name in (MAP_FILE, REFRESH_FILE):
+                with contextlib.suppress(OSError):
+                    self.state.file(name).unlink()
+        logger.error(
+            "peer %s was revoked by the management server: all peers dropped, traffic stopped",
+            self.enrolment.peer_id,
+        )
+        self.last_error = "revoked by the management server"
+        self.stop(RunnerExit.REVOKED)
+
+    # --- the control loop -----------------------------------------------------------------------------------------
+
+    def _note_error(self, exc: ManagementError) -> None:
+        message = str(exc)
+        self.last_error = message
+        if message != self._logged_error:  # one line per distinct problem, not one per retry
+            self._logged_error = message
+            logger.warning("%s (retrying with backoff; the last map stays in force)", message)
+
+    def _credentials_refused(self, exc: ManagementError) -> None:
+        if exc.status == 403:  # the peer itself is revoked (a 401 "revoked" is a refresh-token family)
+            self.revoke()
+            return
+        self.last_error = str(exc)
+        logger.error("%s: the server no longer accepts this peer's credentials; enrol again with a setup key", exc)
+        self.stop(RunnerExit.CREDENTIALS_REFUSED)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+    async def _control_loop(self) -> None:
+        client = self.client
+        while not self._stop.is_set():
+            try:
+                await client.ensure_access()
+                self._refresh_endpoint()
+                if not self.endpoint_reported and self.endpoint is not None:
+                    await client.report_endpoint(*self.endpoint)
+                    self.endpoint_reported = True
+                async with client.stream() as stream:
+                    self.connected = True
+                    self._logged_error = None
+                    self.last_error = None
+                    logger.info("connected to the management server %s", client.base_url)
+                    self._write_status()
+                    revoked = await self._consume(stream)
+                    code = stream.close_code
+                self.connected = False
+                if revoked or code == CLOSE_REVOKED:
+                    self.revoke()
+                    return
+                if not self._stop.is_set():
+                    words = _CLOSE_WORDS.get(code or 0, f"the management server closed the map stream (code {code})")
+                    self._note_error(ManagementError(words, retryable=True))
+            except ManagementError as exc:
+                self.connected = False
+                if exc.fatal and not exc.retryable:
+                    self._credentials_refused(exc)
+                    return
+                if exc.status == 401:
+                    client.forget_access_token()
+                self._note_error(exc)
+            except (OSError, ValueError) as exc:  # a broken frame or socket below aiohttp's own errors
+                self.connected = False
+                self._note_error(ManagementError(f"the map stream failed ({type(exc).__name__})", retryable=True))
+            self._write_status()
+            if self._stop.is_set():
+                return
+            await self._sleep(self.backoff.next_delay())
+
+    async def _consume(self, stream: MapStream) -> bool:
+        """Read server messages until the stream ends; ``True`` if the peer was revoked."""
+        first = True
+        while not self._stop.is_set():
+            message = await stream.receive()
+            if message is None:
+                return False
+            kind = message.get("type")
+            if kind == "map":
+                document = message.get("document")
+                if not isinstance(document, dict):
+                    logger.warning("the management server sent a map message without a document: ignored")
+                    continue
+                data = json.dumps(document, separators=(",", ":")).encode("ascii")
+                serial = self.apply_map(data)
+                if serial is not None:
+                    await stream.ack(serial)
+                    if first:
+                        self.backoff.reset()  # a working connection: the next failure starts from the base delay
+                        first = False
+            elif kind == "revoked":
+                return True
+            elif kind == "pong":
+                continue
+            else:
+                logger.info("the management server sent a message of unknown type: ignored")
+        return False
+
+    async def _refresher(self) -> None:
+        """Refresh the access token before it expires, also while one WebSocket stays open for hours."""
+        client = self.client
+        backoff = Backoff(base=1.0, cap=60.0)
+        while not self._stop.is_set():
+            due = client.access_refresh_at
+            if due == 0.0:
+                await self._sleep(1.0)
+                continue
+            wait = due - self.wall_clock()
+            if wait > 0:
+                await self._sleep(min(wait, 30.0))
+                continue
+            try:
+                await client.refresh()
+                backoff.reset()
+            except ManagementError as exc:
+                if exc.fatal and not exc.retryable:
+                    self._credentials_refused(exc)
+                    return
+                self._note_error(exc)
+                await self._sleep(backoff.next_delay())
+
+    # --- status ---------------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        """What ``wgpy status`` shows about the running agent (no secret in it)."""
+        netmap = self.mesh.controller.network_map if self.mesh is not None else None
+        now = monotonic_now()
+        peers = []
+        for key, peer in self.device.peers.items():
+            peers.append(
+                {
+                    "public_key": key.to_base64(),
+                    "allowed_ips": [str(n) for n in self.device.allowed_ips.entries_for_peer(peer)],
+                    "endpoint": list(peer.endpoint[:2]) if peer.endpoint is not None else None,
+                    "latest_handshake_ago": (
+                        round(now - peer.last_handshake_at, 1) if peer.last_handshake_at is not None else None
+                    ),
+                    "rx_bytes": peer.rx_bytes,
+                    "tx_bytes": peer.tx_bytes,
+                }
+            )
+        return {
+            "pid": os.getpid(),
+            "connected": self.connected,
+            "peer_id": self.enrolment.peer_id,
+            "address": self.enrolment.address,
+            "management_url": self.enrolment.management_url,
+            "endpoint": list(self.endpoint) if self.endpoint is not None else None,
+            "listen_port": self.tunnel.local_port,
+            "map_serial": netmap.serial if netmap is not None else None,
+            "map_expires_at": netmap.expires_at if netmap is not None else None,
+            "fail_closed": self.fail_closed,
+            "traffic_allowed": self.mesh.controller.traffic_allowed(self.wall_clock()) if self.mesh else False,
+            "peers": peers,
+            "last_error": self.last_error,
+            "exit": self.exit_reason.value if self.exit_reason is not None else None,
+            "updated_at": int(self.wall_clock()),
+        }
+
+    def _write_status(self) -> None:
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
+        if self.state is None:
+            return
+        self.state.write_status(self.status())
+        if not self._stop.is_set():
+            with contextlib.suppress(RuntimeError):
+                self._status_timer = asyncio.get_running_loop().call_later(STATUS_INTERVAL, self._write_status)

@@ -1,0 +1,117 @@
+"""``wgpy management init | serve``: the management server's command line.
+
+- ``wgpy management init [--state-dir D] [--db URL]`` creates the signing key, the proof key (0600 files) and the
+  database, and prints the first admin token once. It refuses to overwrite existing keys.
+- ``wgpy management serve [--db URL] --listen HOST:PORT [--state-dir D] [--tls-cert F --tls-key F]`` migrates the
+  database and serves the API until SIGINT/SIGTERM. It prints ``listening on URL`` once ready.
+
+Bad input gives one line on stderr and exit status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import pathlib
+import signal
+import sys
+from collections.abc import Sequence
+
+__all__ = ["DEFAULT_STATE_DIR", "main"]
+
+DEFAULT_STATE_DIR = "/var/lib/wgpy/management"
+STATE_DIR_ENV = "WGPY_MANAGEMENT_STATE"
+
+
+def _fail(message: str) -> int:
+    print(f"wgpy management: {message}", file=sys.stderr)
+    return 1
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError("expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 (an empty host means every address, as stated)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wgpy management", description="the wgpy mesh management server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    state_default = os.environ.get(STATE_DIR_ENV, DEFAULT_STATE_DIR)
+    init = commands.add_parser("init", help="create the keys, the database and the first admin token")
+    init.add_argument("--state-dir", default=state_default, type=pathlib.Path)
+    init.add_argument("--db", help="database URL (default: SQLite in the state directory)")
+    serve = commands.add_parser("serve", help="serve the API")
+    serve.add_argument("--state-dir", default=state_default, type=pathlib.Path)
+    serve.add_argument("--db", help="database URL (default: SQLite in the state directory)")
+    serve.add_argument("--listen", required=True, type=_listen, metavar="HOST:PORT")
+    serve.add_argument("--tls-cert", type=pathlib.Path)
+    serve.add_argument("--tls-key", type=pathlib.Path)
+    serve.add_argument("--network", default=None, help="address pool (default 100.64.0.0/16)")
+    serve.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"])
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from ..management.enrolment import DEFAULT_NETWORK
+    from ..management.server import serve
+
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, task.cancel if task is not None else (lambda: None))
+
+    def ready(url: str) -> None:
+        print(f"listening on {url}", flush=True)
+
+    host, port = args.listen
+    with contextlib.suppress(asyncio.CancelledError):
+        await serve(
+            args.state_dir,
+            args.db,
+            host,
+            port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            network=args.network or DEFAULT_NETWORK,
+            ready=ready,
+        )
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``wgpy management ...``; returns the exit status."""
+    args = _parser().parse_args(list(argv))
+    os.umask(0o077)  # the database and anything else the server creates are the operator's alone
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..management.server import StateError, init_state
+
+    try:
+        if args.command == "init":
+            _keys, token = asyncio.run(init_state(args.state_dir, args.db))
+            print(f"state directory: {args.state_dir}", file=sys.stderr)
+            print("the first admin token (shown once; keep it in a 0600 file):", file=sys.stderr)
+            print(token)
+            return 0
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        root = logging.getLogger("wgpy")
+        root.addHandler(handler)
+        root.setLevel(args.log_level.upper())
+        asyncio.run(_serve(args))
+        return 0
+    except StateError as exc:
+        return _fail(str(exc))
+    except ValueError as exc:
+        return _fail(str(exc).splitlines()[0] if str(exc) else "invalid value")
+    except SQLAlchemyError as exc:
+        return _fail(f"database error: {type(exc).__name__}")
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}")
+    except KeyboardInterrupt:
+        return 130

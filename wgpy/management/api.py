@@ -1,0 +1,977 @@
+"""The management HTTP API (aiohttp): the routes of ``docs/management-api.md`` as a thin shell over pure rules.
+
+Theory of operation: each handler reads a bounded body, validates it (unknown fields refused), authenticates the
+caller (admin: ``Authorization: Bearer`` admin token, compared by hash; peer: access token + proof of possession,
+``proof.py``, nonce remembered in a ``NonceCache``), then makes its change in **one** database transaction whose
+races are settled by the schema (unique indexes, guarded updates), audits it in the same transaction, and only
+after the commit notifies the ``PushHub``. A refused request raises ``ApiError`` before or inside the transaction,
+so it changes nothing; the middleware turns it, any aiohttp HTTP error and any unexpected exception into one JSON
+``{"error", "detail"}`` answer with the right status, never a traceback, never a secret.
+
+The clock is ``ManagementServer.clock`` (wall seconds; tests step it), read once per request and passed to the
+pure rules as ``now``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import WSMsgType, web
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .. import crypto
+from ..errors import ConfigError
+from ..keys import PrivateKey, PublicKey
+from . import audit, enrolment, store, tokens
+from .enrolment import EnrolmentError
+from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid_name
+from .proof import HEADER_KEY, NonceCache, ProofError, verify_proof
+from .push import Change, MapService, PushHub
+from .store import AdminToken, AuditRow, GroupRow, PeerRow, PolicyRow, RefreshTokenRow, SetupKeyRow, secret_hash
+
+__all__ = [
+    "MAX_BODY",
+    "ApiError",
+    "ManagementServer",
+    "ServerKeys",
+    "new_secret",
+]
+
+MAX_BODY: Final = 64 * 1024  # bytes of a request body (contract)
+MAX_WS_MESSAGE: Final = 4096  # bytes of one agent -> server WebSocket frame (ours: acks and pings are tiny)
+WS_HEARTBEAT: Final = 30.0  # seconds between WebSocket pings (ours)
+MAX_AUDIT_PAGE: Final = 1000  # events in one audit answer (ours)
+MAX_LIST: Final = 100_000  # setup keys or peers in one list answer (ours)
+ENROL_RETRIES: Final = 5  # attempts when two enrolments race for one address (ours)
+SETUP_KEY_PREFIX: Final = "wgsk_"  # (ours) lets secret scanners and operators recognise a setup key
+ADMIN_TOKEN_PREFIX: Final = "wgat_"  # noqa: S105 (ours: a prefix, not a secret)
+_PEER_ENROL_FIELDS: Final = frozenset({"setup_key", "public_key", "name", "endpoint"})
+
+logger = logging.getLogger("wgpy.management")
+
+
+class ApiError(Exception):
+    """A refused request: ``status``, ``code`` (the ``error`` field) and a one-line ``detail``."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def new_secret(prefix: str) -> str:
+    """A fresh secret: ``prefix`` + 32 random bytes in unpadded base64url."""
+    return prefix + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii").rstrip("=")
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class ServerKeys:
+    """The signing key (Ed25519: maps and tokens) and the proof key (X25519), loaded from their 0600 files."""
+
+    signing: crypto.Ed25519PrivateKey
+    proof: PrivateKey
+
+    def __repr__(self) -> str:
+        return "ServerKeys(<hidden>)"
+
+    def info(self) -> dict[str, str]:
+        signing_public = self.signing.public_key().public_bytes_raw()
+        proof_public = self.proof.public_key().raw
+        return {
+            "signing_key": base64.b64encode(signing_public).decode("ascii"),
+            "proof_key": base64.b64encode(proof_public).decode("ascii"),
+            "proof_key_signature": base64.b64encode(crypto.ed25519_sign(self.signing, proof_public)).decode("ascii"),
+        }
+
+
+def _error_response(status: int, code: str, detail: str) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status)
+
+
+_HTTP_CODES: Final = {
+    400: "malformed",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        # Method, path, status and code only: bodies and headers may hold secrets.
+        logger.info("refused %s %s: %d %s", request.method, request.path, exc.status, exc.code)
+        return _error_response(exc.status, exc.code, exc.detail)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "error")
+        detail = {404: "no such route", 405: "method not allowed on this route", 413: "the body is too large"}.get(
+            exc.status, exc.reason
+        )
+        return _error_response(exc.status, code, detail)
+    except OperationalError:
+        # SQLite's writer lock not granted within its timeout, PostgreSQL unreachable...: nothing was committed.
+        logger.warning("database unavailable in %s %s", request.method, request.path)
+        return _error_response(503, "unavailable", "the database is busy or unreachable; try again")
+    except Exception:
+        logger.exception("internal error in %s %s", request.method, request.path)
+        return _error_response(500, "internal", "internal server error")
+
+
+def _json_object(raw: bytes) -> dict[str, object]:
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        result: dict[str, object] = {}
+        for key, value in items:
+            if key in result:
+                raise ApiError(400, "malformed", "a JSON object repeats a key")
+            result[key] = value
+        return result
+
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs)
+    except ApiError:
+        raise
+    except (ValueError, RecursionError):
+        raise ApiError(400, "malformed", "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "malformed", "the body must be a JSON object")
+    return value
+
+
+def _fields(body: Mapping[str, object], allowed: frozenset[str]) -> None:
+    unknown = sorted(str(key) for key in body if key not in allowed)
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown field {unknown[0][:40]!r}")
+
+
+def _endpoint(value: object) -> tuple[str, int]:
+    if not isinstance(value, dict) or set(value) != {"host", "port"}:
+        raise ApiError(400, "invalid_value", 'the endpoint is {"host": address, "port": 1-65535}')
+    host, port = value["host"], value["port"]
+    if not isinstance(host, str) or len(host) > 45:
+        raise ApiError(400, "invalid_value", "endpoint.host must be an IPv4 or IPv6 address")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ApiError(400, "invalid_value", "endpoint.host must be an IPv4 or IPv6 address") from None
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ApiError(400, "invalid_value", "endpoint.port must be 1-65535")
+    return str(address), port
+
+
+def _public_key(value: object) -> PublicKey:
+    if not isinstance(value, str) or len(value) != 44:
+        raise ApiError(400, "invalid_value", "public_key must be a WireGuard public key (44 characters of base64)")
+    try:
+        return PublicKey.from_base64(value)
+    except ConfigError:
+        raise ApiError(400, "invalid_value", "public_key must be a WireGuard public key (32 bytes in base64)") from None
+
+
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise ApiError(401, "missing_token", "an Authorization: Bearer token is required")
+    return value.strip()
+
+
+def peer_info(row: PeerRow, online: bool) -> dict[str, object]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "public_key": row.public_key,
+        "address": row.address,
+        "groups": list(row.groups),
+        "approved": row.approved,
+        "revoked": row.revoked,
+        "online": online,
+        "last_seen": row.last_seen,
+        "created_at": row.created_at,
+        "ephemeral": row.ephemeral,
+        "endpoint": None if row.endpoint_host is None else {"host": row.endpoint_host, "port": row.endpoint_port},
+    }
+
+
+def setup_key_info(row: SetupKeyRow) -> dict[str, object]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "reusable": row.reusable,
+        "usage_limit": row.usage_limit,
+        "used": row.used,
+        "created_at": row.created_at,
+        "expires_at": row.expires_at,
+        "revoked": row.revoked,
+        "auto_groups": list(row.auto_groups),
+        "approval_required": row.approval_required,
+        "ephemeral": row.ephemeral,
+        "ephemeral_timeout": row.ephemeral_timeout if row.ephemeral else None,
+        "last_used_at": row.last_used_at,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuth:
+    row: PeerRow
+    claims: tokens.TokenClaims
+
+
+class ManagementServer:
+    """The API's state: database sessions, keys, the nonce cache and the push hub. ``app()`` builds the routes."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        keys: ServerKeys,
+        *,
+        network: str = enrolment.DEFAULT_NETWORK,
+        clock: Callable[[], float] = time.time,
+        max_streams: int = 20000,
+    ) -> None:
+        self.sessions = sessions
+        self.writers = sessions
+        self.readers = store.readonly(sessions)
+        self.keys = keys
+        self.network = enrolment.parse_network(network)
+        self.clock = clock
+        self.nonces = NonceCache()
+        self.maps = MapService(sessions, keys.signing, clock)
+        self.hub = PushHub(self.maps, max_streams=max_streams)
+        self.hub.tick_hooks.append(self.sweep)
+        self._verify_key = keys.signing.public_key()
+
+    def __repr__(self) -> str:
+        return f"ManagementServer(network={self.network})"
+
+    # --- application -------------------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors], client_max_size=MAX_POLICY_SIZE + 1)
+        r = app.router
+        r.add_get("/api/v1/info", self.info)
+        r.add_post("/api/v1/enrol", self.enrol)
+        r.add_post("/api/v1/token/refresh", self.refresh)
+        r.add_get("/api/v1/peer/map", self.peer_map)
+        r.add_post("/api/v1/peer/endpoint", self.peer_endpoint)
+        r.add_post("/api/v1/peer/logout", self.peer_logout)
+        r.add_get("/api/v1/peer/stream", self.peer_stream)
+        r.add_post("/api/v1/setup-keys", self.create_setup_key)
+        r.add_get("/api/v1/setup-keys", self.list_setup_keys)
+        r.add_delete("/api/v1/setup-keys/{id}", self.revoke_setup_key)
+        r.add_get("/api/v1/peers", self.list_peers)
+        r.add_patch("/api/v1/peers/{id}", self.update_peer)
+        r.add_post("/api/v1/peers/{id}/approve", self.approve_peer)
+        r.add_post("/api/v1/peers/{id}/revoke", self.revoke_peer)
+        r.add_put("/api/v1/policy", self.set_policy)
+        r.add_get("/api/v1/policy", self.get_policy)
+        r.add_get("/api/v1/audit", self.list_audit)
+        # The admin dashboard (issue #16) lives in its own package; it mounts its pages at / here.
+        from .dashboard.app import mount as mount_dashboard
+
+        mount_dashboard(app, self)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self.hub.start()
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        await self.hub.stop()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One database transaction; its audit lines are written after the commit, dropped on a rollback."""
+        async with store.write_slot(self.writers), self.writers() as session:
+            try:
+                async with session.begin():
+                    yield session
+            except BaseException:
+                audit.drop_pending(session)
+                raise
+            audit.emit_pending(session)
+
+    # --- input ---------------------------------------------------------------------------------------------------
+
+    async def _body(self, request: web.Request, limit: int = MAX_BODY) -> bytes:
+        length = request.content_length
+        if length is not None and length > limit:
+            raise ApiError(413, "too_large", f"the body is larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.read(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too_large", f"the body is larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _proof(self, request: web.Request, body: bytes, now: float, expected: PublicKey | None) -> PublicKey:
+        try:
+            proof = verify_proof(
+                request.headers, self.keys.proof, request.method, request.raw_path, body, now=now, expected_key=expected
+            )
+            self.nonces.remember(proof, now)
+        except ProofError as exc:
+            raise ApiError(429 if exc.code == "busy" else 401, exc.code, exc.detail) from None
+        return proof.public_key
+
+    async def _admin(self, request: web.Request) -> str:
+        token = _bearer(request)
+        if len(token) > 200:
+            raise ApiError(401, "invalid_token", "not an admin token")
+        async with self.readers() as session:
+            row = (
+                await session.execute(select(AdminToken).where(AdminToken.token_hash == secret_hash(token)))
+            ).scalar()
+        if row is None or row.revoked:
+            raise ApiError(401, "invalid_token", "not a valid admin token")
+        return f"admin:{row.id[:8]}"
+
+    async def _peer(self, request: web.Request, body: bytes, now: float) -> PeerAuth:
+        token = _bearer(request)
+        header_key = request.headers.get(HEADER_KEY)
+        if header_key is None:
+            raise ApiError(401, "missing_proof", f"the {HEADER_KEY} header is missing")
+        try:
+            claims = tokens.verify_token(
+                token, self._verify_key, expected_type="access", now=now, expected_key=header_key.strip()
+            )
+        except tokens.TokenError as exc:
+            raise ApiError(401, exc.code, exc.detail) from None
+        self._proof(request, body, now, PublicKey.from_base64(claims.wg))
+        async with self.readers() as session:
+            row = await session.get(PeerRow, claims.sub)
+        if row is None or row.deleted or row.public_key != claims.wg:
+            raise ApiError(401, "unknown_peer", "the token's peer no longer exists")
+        if row.revoked:
+            raise ApiError(403, "revoked", "the peer was revoked")
+        return PeerAuth(row, claims)
+
+    # --- tokens --------------------------------------------------------------------------------------------------
+
+    def _token_pair(self, session: AsyncSession, peer: PeerRow, family: str, now: float) -> dict[str, str]:
+        access, _ = tokens.issue_token(
+            self.keys.signing, peer_id=peer.id, public_key=peer.public_key, typ="access", now=now, jti=_new_id()
+        )
+        refresh, claims = tokens.issue_token(
+            self.keys.signing,
+            peer_id=peer.id,
+            public_key=peer.public_key,
+            typ="refresh",
+            now=now,
+            jti=_new_id(),
+            family=family,
+        )
+        session.add(
+            RefreshTokenRow(
+                jti=claims.jti,
+                token_hash=secret_hash(refresh),
+                family=family,
+                peer_id=peer.id,
+                issued_at=now,
+                expires_at=float(claims.exp),
+                used_at=None,
+                revoked=False,
+            )
+        )
+        return {"access_token": access, "refresh_token": refresh}
+
+    # --- peer routes ---------------------------------------------------------------------------------------------
+
+    async def info(self, _request: web.Request) -> web.Response:
+        return web.json_response({**self.keys.info(), "network": str(self.network)})
+
+    async def enrol(self, request: web.Request) -> web.Response:
+        now = self.clock()
+        raw = await self._body(request)
+        body = _json_object(raw)
+        _fields(body, _PEER_ENROL_FIELDS)
+        setup_key = body.get("setup_key")
+        if not isinstance(setup_key, str) or not setup_key or len(setup_key) > 200:
+            raise ApiError(400, "invalid_value", "setup_key must be a string")
+        public_key = _public_key(body.get("public_key"))
+        name = body.get("name")
+        if name is not None and not valid_name(name):
+            raise ApiError(400, "invalid_value", "name must be 1-64 characters of [A-Za-z0-9_.:@-]")
+        endpoint = _endpoint(body["endpoint"]) if body.get("endpoint") is not None else None
+        proven = self._proof(request, raw, now, None)
+        if proven != public_key:
+            raise ApiError(401, "bad_proof", "the proof is made with another key than public_key")
+        for attempt in range(ENROL_RETRIES):
+            try:
+                peer, pair = await self._enrol_once(setup_key, public_key, name, endpoint, now)
+                break
+            except IntegrityError:
+                if attempt == ENROL_RETRIES - 1:
+                    raise ApiError(409, "conflict", "the enrolment raced with another; try again") from None
+        self.hub.notify(Change("peer_joined", peer.id))
+        signed = "null"
+        if peer.approved:
+            issued = await self.maps.current(peer.id)
+            signed = issued.document if issued is not None else "null"
+        head = json.dumps({"peer": peer_info(peer, False), **pair})
+        return web.Response(text=f'{head[:-1]}, "map": {signed}}}', status=201, content_type="application/json")
+
+    async def _enrol_once(
+        self, setup_key: str, public_key: PublicKey, name: object, endpoint: tuple[str, int] | None, now: float
+    ) -> tuple[PeerRow, dict[str, str]]:
+        key_text = public_key.to_base64()
+        async with self.transaction() as session:
+            key_row = (
+                await session.execute(select(SetupKeyRow).where(SetupKeyRow.key_hash == secret_hash(setup_key)))
+            ).scalar()
+            try:
+                enrolment.check_setup_key(_setup_key_rule(key_row), now)
+            except EnrolmentError as exc:
+                raise ApiError(exc.status, exc.code, exc.detail) from None
+            assert key_row is not None  # noqa: S101 (check_setup_key refuses None)
+            spent = await session.execute(
+                update(SetupKeyRow)
+                .where(
+                    SetupKeyRow.id == key_row.id,
+                    SetupKeyRow.used < SetupKeyRow.usage_limit,
+                    SetupKeyRow.revoked.is_(False),
+                    SetupKeyRow.expires_at > now,
+                )
+                .values(used=SetupKeyRow.used + 1, last_used_at=now)
+            )
+            if spent.rowcount != 1:  # type: ignore[attr-defined]
+                raise ApiError(403, "used_setup_key", "the setup key has been used up")
+            existing = (await session.execute(select(PeerRow).where(PeerRow.public_key == key_text))).scalar()
+            if existing is not None:
+                if existing.revoked:
+                    raise ApiError(403, "revoked", "this WireGuard key was revoked; generate a new one")
+                if not existing.deleted:
+                    raise ApiError(409, "already_enrolled", "this WireGuard key is enrolled already")
+                existing.public_key = f"deleted:{existing.id}"  # frees the unique key for the new peer
+                await session.flush()
+            taken: set[int] = set()
+            stale: list[str] = []
+            for held, released_at in (
+                await session.execute(select(PeerRow.address, PeerRow.released_at).where(PeerRow.address.is_not(None)))
+            ).all():
+                if held is None:
+                    continue
+                value = int(ipaddress.IPv4Address(held))
+                if released_at is None or enrolment.quarantined(released_at, now):
+                    taken.add(value)
+                else:
+                    stale.append(held)
+            try:
+                address = enrolment.allocate_address(self.network, taken)
+            except EnrolmentError as exc:
+                raise ApiError(exc.status, exc.code, exc.detail) from None
+            if address in stale:
+                await session.execute(update(PeerRow).where(PeerRow.address == address).values(address=None))
+            peer_id = _new_id()
+            peer = PeerRow(
+                id=peer_id,
+                name=str(name) if name is not None else f"peer-{peer_id[:8]}",
+                public_key=key_text,
+                address=address,
+                groups=sorted(key_row.auto_groups),
+                approved=not key_row.approval_required,
+                revoked=False,
+                deleted=False,
+                released_at=None,
+                ephemeral=key_row.ephemeral,
+                ephemeral_timeout=key_row.ephemeral_timeout if key_row.ephemeral else 0,
+                setup_key_id=key_row.id,
+                endpoint_host=endpoint[0] if endpoint else None,
+                endpoint_port=endpoint[1] if endpoint else None,
+                created_at=now,
+                last_seen=now,
+                map_serial=0,
+                acked_serial=0,
+            )
+            session.add(peer)
+            await session.flush()
+            pair = self._token_pair(session, peer, _new_id(), now)
+            audit.record(
+                session,
+                now=now,
+                kind="enrol",
+                actor=f"setup_key:{key_row.id[:8]}",
+                peer=peer_id,
+                detail={
+                    "name": peer.name,
+                    "public_key": key_text,
+                    "address": address,
+                    "groups": peer.groups,
+                    "approved": peer.approved,
+                    "setup_key": key_row.id,
+                },
+            )
+        return peer, pair
+
+    async def refresh(self, request: web.Request) -> web.Response:
+        now = self.clock()
+        raw = await self._body(request)
+        body = _json_object(raw)
+        _fields(body, frozenset({"refresh_token"}))
+        token = body.get("refresh_token")
+        if not isinstance(token, str):
+            raise ApiError(400, "invalid_value", "refresh_token must be a string")
+        header_key = request.headers.get(HEADER_KEY)
+        if header_key is None:
+            raise ApiError(401, "missing_proof", f"the {HEADER_KEY} header is missing")
+        try:
+            claims = tokens.verify_token(
+                token, self._verify_key, expected_type="refresh", now=now, expected_key=header_key.strip()
+            )
+        except tokens.TokenError as exc:
+            raise ApiError(401, exc.code, exc.detail) from None
+        self._proof(request, raw, now, PublicKey.from_base64(claims.wg))
+        reused = False
+        async with self.transaction() as session:
+            row = (
+                await session.execute(select(RefreshTokenRow).where(RefreshTokenRow.token_hash == secret_hash(token)))
+            ).scalar()
+            rule_row = (
+                None
+                if row is None
+                else tokens.RefreshRow(row.jti, row.family, row.peer_id, row.expires_at, row.used_at, row.revoked)
+            )
+            decision = tokens.decide_refresh(rule_row, claims, now)
+            peer = await session.get(PeerRow, claims.sub)
+            if peer is None or peer.deleted:
+                raise ApiError(401, "unknown_peer", "the token's peer no longer exists")
+            if peer.revoked:
+                raise ApiError(403, "revoked", "the peer was revoked")
+            if decision is tokens.RefreshDecision.OK:
+                marked = await session.execute(
+                    update(RefreshTokenRow)
+                    .where(
+                        RefreshTokenRow.jti == claims.jti,
+                        RefreshTokenRow.used_at.is_(None),
+                        RefreshTokenRow.revoked.is_(False),
+                    )
+                    .values(used_at=now)
+                )
+                if marked.rowcount != 1:  # type: ignore[attr-defined]
+                    decision = tokens.RefreshDecision.REUSED  # another request used it a moment ago
+            if decision is tokens.RefreshDecision.REUSED:
+                await session.execute(
+                    update(RefreshTokenRow).where(RefreshTokenRow.family == claims.fam).values(revoked=True)
+                )
+                audit.record(
+                    session,
+                    now=now,
+                    kind="token_reuse",
+                    actor=f"peer:{peer.id[:8]}",
+                    peer=peer.id,
+                    detail={"family": claims.fam, "action": "family revoked"},
+                )
+                reused = True
+            elif decision is not tokens.RefreshDecision.OK:
+                raise ApiError(401, decision.value, "the refresh token is not valid")
+            else:
+                assert claims.fam is not None  # noqa: S101 (verify_token requires it of refresh tokens)
+                pair = self._token_pair(session, peer, claims.fam, now)
+                audit.record(session, now=now, kind="refresh", actor=f"peer:{peer.id[:8]}", peer=peer.id, detail={})
+        if reused:
+            raise ApiError(401, "token_reuse", "the refresh token was used before; its family is revoked")
+        return web.json_response(pair)
+
+    async def peer_map(self, request: web.Request) -> web.Response:
+        now = self.clock()
+        auth = await self._peer(request, await self._body(request), now)
+        if not auth.row.approved:
+            raise ApiError(409, "pending_approval", "the peer awaits approval")
+        issued = await self.maps.current(auth.row.id)
+        if issued is None:
+            raise ApiError(409, "pending_approval", "the peer has no map")
+        return web.Response(text=issued.document, content_type="application/json")
+
+    async def peer_endpoint(self, request: web.Request) -> web.Response:
+        now = self.clock()
+        raw = await self._body(request)
+        auth = await self._peer(request, raw, now)
+        body = _json_object(raw)
+        _fields(body, frozenset({"host", "port"}))
+        host, port = _endpoint(body)
+        async with self.transaction() as session:
+            await session.execute(
+                update(PeerRow)
+                .where(PeerRow.id == auth.row.id)
+                .values(endpoint_host=host, endpoint_port=port, last_seen=now)
+            )
+            audit.record(
+                session,
+                now=now,
+                kind="peer_endpoint",
+                actor=f"peer:{auth.row.id[:8]}",
+                peer=auth.row.id,
+                detail={"host": host, "port": port},
+            )
+        self.hub.notify(Change("peer_endpoint", auth.row.id))
+        return web.Response(status=204)
+
+    async def peer_logout(self, request: web.Request) -> web.Response:
+        now = self.clock()
+        auth = await self._peer(request, await self._body(request), now)
+        async with self.transaction() as session:
+            await self._release(session, auth.row.id, now, deleted=True)
+            audit.record(
+                session, now=now, kind="peer_logout", actor=f"peer:{auth.row.id[:8]}", peer=auth.row.id, detail={}
+            )
+        self.hub.notify(Change("peer_left", auth.row.id))
+        return web.Response(status=204)
+
+    async def _release(self, session: AsyncSession, peer_id: str, now: float, *, deleted: bool) -> None:
+        """Revoke or delete a peer: its tokens die, its address enters quarantine."""
+        values: dict[str, object] = {"released_at": now}
+        values["deleted" if deleted else "revoked"] = True
+        await session.execute(update(PeerRow).where(PeerRow.id == peer_id).values(**values))
+        await session.execute(update(RefreshTokenRow).where(RefreshTokenRow.peer_id == peer_id).values(revoked=True))
+
+    async def peer_stream(self, request: web.Request) -> web.StreamResponse:
+        now = self.clock()
+        auth = await self._peer(request, b"", now)
+        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=WS_HEARTBEAT)
+        if not ws.can_prepare(request).ok:
+            raise ApiError(400, "not_websocket", "this route needs a WebSocket upgrade")
+        await ws.prepare(request)
+        stream = self.hub.attach(auth.row.id, ws)
+        if stream is None:
+            await ws.close(code=1013, message=b"too many connections")
+            return ws
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    break
+                try:
+                    data = json.loads(message.data)
+                except ValueError:
+                    break
+                if not isinstance(data, dict):
+                    break
+                kind = data.get("type")
+                if kind == "ping":
+                    if not stream.send_now({"type": "pong"}):
+                        break
+                elif kind == "ack":
+                    serial = data.get("serial")
+                    if isinstance(serial, int) and not isinstance(serial, bool) and serial <= stream.sent_serial:
+                        stream.acked_serial = max(stream.acked_serial, serial)
+                else:
+                    break  # unknown message: the agent is not speaking this protocol
+        finally:
+            self.hub.detach(stream)
+            await stream.stop()
+            if not ws.closed:
+                await ws.close(code=1008, message=b"protocol error")
+            with contextlib.suppress(Exception):  # best effort: the peer is gone either way
+                async with self.transaction() as session:
+                    await session.execute(
+                        update(PeerRow).where(PeerRow.id == auth.row.id).values(last_seen=self.clock())
+                    )
+                    await session.execute(
+                        update(PeerRow)
+                        .where(PeerRow.id == auth.row.id, PeerRow.acked_serial < stream.acked_serial)
+                        .values(acked_serial=stream.acked_serial)
+                    )
+        return ws
+
+    # --- admin routes --------------------------------------------------------------------------------------------
+
+    async def create_setup_key(self, request: web.Request) -> web.Response:
+        now = self.clock()
+        actor = await self._admin(request)
+        body = _json_object(await self._body(request))
+        try:
+            spec = enrolment.parse_setup_key_request(body)
+        except EnrolmentError as exc:
+            raise ApiError(exc.status, exc.code, exc.detail) from None
+        key = new_secret(SETUP_KEY_PREFIX)
+        row = SetupKeyRow(
+            id=_new_id(),
+            name=spec.name,
+            key_hash=secret_hash(key),
+            reusable=spec.reusable,
+            usage_limit=spec.usage_limit,
+            used=0,
+            created_at=now,
+            expires_at=now + spec.expires_in,
+            revoked=False,
+            auto_groups=list(spec.auto_groups),
+            approval_required=spec.approval_required,
+            ephemeral=spec.ephemeral,
+            ephemeral_timeout=spec.ephemeral_timeout,
+            last_used_at=None,
+        )
+        async with self.transaction() as session:
+            session.add(row)
+            audit.record(
+                session,
+                now=now,
+                kind="setup_key_created",
+                actor=actor,
+                detail={"id": row.id, "name": row.name, "reusable": row.reusable, "usage_limit": row.usage_limit},
+            )
+        return web.json_response({**setup_key_info(row), "key": key}, status=201)
+
+    async def list_setup_keys(self, request: web.Request) -> web.Response:
+        await self._admin(request)
+        async with self.readers() as session:
+            rows = (
+                await session.execute(select(SetupKeyRow).order_by(SetupKeyRow.created_at).limit(MAX_LIST))
+            ).scalars()
+            return web.json_response([setup_key_info(row) for row in rows])
+
+    async def revoke_setup_key(self, request: web.Request) -> web.Response:
+        now = self.clock()
+        actor = await self._admin(request)
+        key_id = request.match_info["id"]
+        async with self.transaction() as session:
+            result = await session.execute(update(SetupKeyRow).where(SetupKeyRow.id == key_id).values(revoked=True))
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise ApiError(404, "not_found", "no such setup key")
+            audit.record(session, now=now, kind="setup_key_revoked", actor=actor, detail={"id": key_id})
+        return web.Response(status=204)
+
+    async def list_peers(self, request: web.Request) -> web.Response:
+        await self._admin(request)
+        async with self.readers() as session:
+            rows = (
+                await session.execute(
+                    select(PeerRow).where(PeerRow.deleted.is_(False)).order_by(PeerRow.created_at).limit(MAX_LIST)
+                )
+            ).scalars()
+            return web.json_response([peer_info(row, self.hub.online(row.id)) for row in rows])
+
+    async def _peer_change(
+        self,
+        request: web.Request,
+        kind: str,
+        change: Callable[[AsyncSession, PeerRow, float], Awaitable[dict[str, object]]],
+        push: str,
+    ) -> web.Response:
+        now = self.clock()
+        actor = await self._admin(request)
+        peer_id = request.match_info["id"]
+        async with self.transaction() as session:
+            row = await session.get(PeerRow, peer_id)
+            if row is None or row.deleted:
+                raise ApiError(404, "not_found", "no such peer")
+            detail = await change(session, row, now)
+            audit.record(session, now=now, kind=kind, actor=actor, peer=peer_id, detail=detail)
+        async with self.readers() as session:
+            fresh = await session.get(PeerRow, peer_id)
+        assert fresh is not None  # noqa: S101 (peers are never removed from the table)
+        self.hub.notify(Change(push, peer_id))
+        return web.json_response(peer_info(fresh, self.hub.online(peer_id)))
+
+    async def update_peer(self, request: web.Request) -> web.Response:
+        body = _json_object(await self._body(request))
+        _fields(body, frozenset({"name", "groups"}))
+        values: dict[str, object] = {}
+        if "name" in body:
+            if not valid_name(body["name"]):
+                raise ApiError(400, "invalid_value", "name must be 1-64 characters of [A-Za-z0-9_.:@-]")
+            values["name"] = body["name"]
+        if "groups" in body:
+            groups = body["groups"]
+            if (
+                not isinstance(groups, list)
+                or len(groups) > 1024
+                or not all(valid_name(group) for group in groups)
+                or len(set(groups)) != len(groups)
+            ):
+                raise ApiError(400, "invalid_value", "groups must be a list of distinct group names")
+            values["groups"] = sorted(str(group) for group in groups)
+        if not values:
+            raise ApiError(400, "invalid_value", "nothing to change (name, groups)")
+
+        async def change(session: AsyncSession, row: PeerRow, _now: float) -> dict[str, object]:
+            if row.revoked:
+                raise ApiError(409, "revoked", "a revoked peer cannot be changed")
+            await session.execute(update(PeerRow).where(PeerRow.id == row.id).values(**values))
+            return dict(values)
+
+        return await self._peer_change(request, "peer_updated", change, "peer_updated")
+
+    async def approve_peer(self, request: web.Request) -> web.Response:
+        async def change(session: AsyncSession, row: PeerRow, _now: float) -> dict[str, object]:
+            if row.revoked:
+                raise ApiError(409, "revoked", "a revoked peer cannot be approved")
+            await session.execute(update(PeerRow).where(PeerRow.id == row.id).values(approved=True))
+            return {"was_approved": row.approved}
+
+        return await self._peer_change(request, "peer_approved", change, "peer_approved")
+
+    async def revoke_peer(self, request: web.Request) -> web.Response:
+        async def change(session: AsyncSession, row: PeerRow, now: float) -> dict[str, object]:
+            if not row.revoked:
+                await self._release(session, row.id, now, deleted=False)
+            return {"public_key": row.public_key, "address": row.address}
+
+        return await self._peer_change(request, "peer_revoked", change, "peer_revoked")
+
+    async def set_policy(self, request: web.Request) -> web.Response:
+        now = self.clock()
+        actor = await self._admin(request)
+        raw = await self._body(request, MAX_POLICY_SIZE)
+        try:
+            text = raw.decode("utf-8")
+            policy = await asyncio.to_thread(parse_policy, text)  # up to 1 MiB of YAML: off the event loop
+        except UnicodeDecodeError:
+            raise ApiError(400, "invalid_policy", "the policy is not UTF-8 text") from None
+        except PolicyError as exc:
+            raise ApiError(400, "invalid_policy", exc.detail) from None
+        async with self.transaction() as session:
+            session.add(PolicyRow(text=text, rules=len(policy.rules), created_at=now, actor=actor))
+            existing = set((await session.execute(select(GroupRow.name))).scalars())
+            for name in groups_of(policy, ()):
+                if name not in existing:
+                    session.add(GroupRow(name=name, created_at=now))
+            audit.record(
+                session,
+                now=now,
+                kind="policy_set",
+                actor=actor,
+                detail={"rules": len(policy.rules), "groups": len(policy.groups)},
+            )
+        self.hub.notify(Change("policy"))
+        return web.json_response({"rules": len(policy.rules)})
+
+    async def get_policy(self, request: web.Request) -> web.Response:
+        await self._admin(request)
+        async with self.readers() as session:
+            row = (await session.execute(select(PolicyRow).order_by(PolicyRow.id.desc()).limit(1))).scalar()
+        text = row.text if row is not None else "acls: []\n"
+        return web.Response(text=text, content_type="application/yaml")
+
+    async def list_audit(self, request: web.Request) -> web.Response:
+        await self._admin(request)
+        query = request.query
+        _fields(query, frozenset({"kind", "peer", "since", "before_id", "after_id", "limit"}))
+        statement = select(AuditRow)
+        try:
+            if "kind" in query:
+                statement = statement.where(AuditRow.kind == query["kind"])
+            if "peer" in query:
+                statement = statement.where(AuditRow.peer == query["peer"])
+            if "since" in query:
+                statement = statement.where(AuditRow.ts >= float(query["since"]))
+            if "before_id" in query:
+                statement = statement.where(AuditRow.id < int(query["before_id"]))
+            if "after_id" in query:
+                statement = statement.where(AuditRow.id > int(query["after_id"]))
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            raise ApiError(
+                400, "invalid_value", "since is Unix seconds; before_id, after_id and limit are integers"
+            ) from None
+        if not 1 <= limit <= MAX_AUDIT_PAGE:
+            raise ApiError(400, "invalid_value", f"limit must be 1-{MAX_AUDIT_PAGE}")
+        async with self.readers() as session:
+            rows = (await session.execute(statement.order_by(AuditRow.id.desc()).limit(limit))).scalars()
+            return web.json_response(
+                [
+                    {
+                        "id": row.id,
+                        "ts": row.ts,
+                        "kind": row.kind,
+                        "actor": row.actor,
+                        "peer": row.peer,
+                        "detail": row.detail,
+                    }
+                    for row in rows
+                ]
+            )
+
+    # --- periodic ------------------------------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Note connected peers as seen and delete ephemeral peers offline past their timeout."""
+        now = self.clock()
+        online = list(self.hub.streams)
+        expired: list[str] = []
+        async with self.transaction() as session:
+            for start in range(0, len(online), 500):
+                await session.execute(
+                    update(PeerRow).where(PeerRow.id.in_(online[start : start + 500])).values(last_seen=now)
+                )
+            rows = (
+                await session.execute(select(PeerRow).where(PeerRow.ephemeral.is_(True), PeerRow.deleted.is_(False)))
+            ).scalars()
+            for row in rows:
+                if enrolment.ephemeral_expired(
+                    ephemeral=row.ephemeral,
+                    timeout=row.ephemeral_timeout,
+                    last_seen=row.last_seen,
+                    online=row.id in self.hub.streams,
+                    now=now,
+                ):
+                    await self._release(session, row.id, now, deleted=True)
+                    audit.record(session, now=now, kind="peer_expired", actor="server", peer=row.id, detail={})
+                    expired.append(row.id)
+        for peer_id in expired:
+            self.hub.notify(Change("peer_left", peer_id))
+
+    # --- first admin token -----------------------------------------------------------------------------------------
+
+    async def create_admin_token(self, name: str = "initial") -> str:
+        """Create an admin token; the caller shows it once."""
+        now = self.clock()
+        token = new_secret(ADMIN_TOKEN_PREFIX)
+        token_id = _new_id()
+        async with self.transaction() as session:
+            session.add(
+                AdminToken(id=token_id, name=name, token_hash=secret_hash(token), created_at=now, revoked=False)
+            )
+            audit.record(
+                session, now=now, kind="admin_token_created", actor="cli", detail={"id": token_id, "name": name}
+            )
+        return token
+
+
+def _setup_key_rule(row: SetupKeyRow | None) -> enrolment.SetupKeyRow | None:
+    if row is None:
+        return None
+    return enrolment.SetupKeyRow(
+        id=row.id,
+        reusable=row.reusable,
+        usage_limit=row.usage_limit,
+        used=row.used,
+        expires_at=row.expires_at,
+        revoked=row.revoked,
+        auto_groups=tuple(row.auto_groups),
+        approval_required=row.approval_required,
+        ephemeral=row.ephemeral,
+        ephemeral_timeout=row.ephemeral_timeout,
+    )

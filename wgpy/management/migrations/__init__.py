@@ -1,0 +1,1 @@
+"""Alembic migrations of the management database (run by ``wgpy management init`` and at ``serve`` start)."""
