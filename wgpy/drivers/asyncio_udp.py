@@ -62,11 +62,12 @@ HOUSEKEEPING_INTERVAL: Final = 1.0  # seconds between MTU refreshes
 HANDSHAKE_READ_BUDGET: Final = 16  # datagrams read from one handshake socket per wake-up
 HANDSHAKE_PAUSE: Final = 0.002  # s a handshake socket is not read after a wake-up that used the whole budget
 HANDSHAKE_SOCKET_BUFFER: Final = 64 * 1024  # SO_RCVBUF of a handshake socket: a few dozen messages, not seconds
-# Handshake messages per second one address may have processed (ours), and at once. Above the device's
-# handshake_load_threshold (128/s) on purpose: one address can still put the device under load (mac2 demanded,
-# cookie replies, the protocol's own defence, which `wgpy probe` checks from one address); it cannot cost more.
+# Handshake messages per second one address may have processed (ours), and at once after it was quiet. Above the
+# device's handshake_load_threshold (128/s) on purpose: one address can still put the device under load (mac2
+# demanded, cookie replies: the protocol's own defence, which `wgpy probe` checks with a burst of up to 4000
+# initiations from one address, its own among them); it cannot cost more than a burst and then 256/s.
 HANDSHAKE_SOURCE_RATE: Final = 256
-HANDSHAKE_SOURCE_BURST: Final = 256
+HANDSHAKE_SOURCE_BURST: Final = 4096
 
 
 MAX_FWMARK: Final = 2**32 - 1  # SO_MARK is a u32 in the kernel
