@@ -61,7 +61,7 @@ HOUSEKEEPING_INTERVAL: Final = 1.0  # seconds between MTU refreshes
 # Handshake messages (issue #11 item 2): the kernel queues them apart from transport (``steering.py``).
 HANDSHAKE_READ_BUDGET: Final = 16  # datagrams read from one handshake socket per wake-up
 HANDSHAKE_PAUSE: Final = 0.002  # s a handshake socket is not read after a wake-up that used the whole budget
-HANDSHAKE_SOCKET_BUFFER: Final = 64 * 1024  # SO_RCVBUF of a handshake socket: a few dozen messages, not seconds
+HANDSHAKE_SOCKET_BUFFER: Final = 512 * 1024  # SO_RCVBUF of a handshake socket: about 1000 messages, ~0.1 s of reads
 # Handshake messages per second one address may have processed (ours), and at once after it was quiet. Above the
 # device's handshake_load_threshold (128/s) on purpose: one address can still put the device under load (mac2
 # demanded, cookie replies: the protocol's own defence, which `wgpy probe` checks with a burst of up to 4000
