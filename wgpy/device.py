@@ -70,6 +70,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_MTU: Final = 1420  # wg-quick's default for a 1500-byte link
 MAX_EVENTS: Final = 1024  # events kept if the driver never drains them (ours)
 _DROP_LOG_INTERVAL: Final = 1.0  # at most one debug line per reason and second
+_HEAP_SLACK: Final = 64  # stale timer-heap entries tolerated beyond twice the live ones before a rebuild (ours)
 
 
 @dataclass(slots=True)
@@ -251,6 +252,7 @@ class Device(Receiver):
             return False
         self._clear_sessions(peer)
         peer.timers.stop()  # its heap entry becomes stale
+        peer.timers.unwatch()  # no reference cycle: the peer is freed as soon as the last reference goes
         peer.staged.clear()
         self.allowed_ips.remove_by_peer(peer)
         self._events.append(PeerRemoved(public_key))
@@ -325,6 +327,11 @@ class Device(Receiver):
                 self._deadline_of[peer] = deadline
                 heapq.heappush(self._deadlines, (deadline, id(peer), peer))
         self._touched.clear()
+        if len(self._deadlines) > 2 * len(self._deadline_of) + _HEAP_SLACK:
+            # Mostly stale entries (peers removed, deadlines moved): each holds its peer until it reaches the top,
+            # which for a zeroing deadline is minutes away. Rebuild from the live deadlines instead.
+            self._deadlines = [(deadline, id(peer), peer) for peer, deadline in self._deadline_of.items()]
+            heapq.heapify(self._deadlines)
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None

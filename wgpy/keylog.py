@@ -5,7 +5,8 @@ of a handshake, Wireshark (or tshark) can redo that side's Diffie-Hellman comput
 decrypt every transport message of the session, just as wgpy does. The device calls ``KeyLogWriter.on_ephemeral``
 right after it created an initiation or a response, while the ephemeral private key still exists; the writer hands
 the lines to a ``sink``. Nothing is written unless the user asked for a key log (``--keylog FILE``, which the daemon
-opens with mode 0600 and appends to). The key log is never used by logging, and no log record, exception or
+opens with mode 0600 and appends to; it refuses a symbolic link, a hard link, anything that is not a regular file
+and a file owned by another user, see ``wgpy.cli.daemon._open_keylog``). The key log is never used by logging, and no log record, exception or
 ``repr`` ever carries these keys.
 
 The format is the one read by ``wg_keylog_read`` / ``wg_keylog_process_lines`` in Wireshark's

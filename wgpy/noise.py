@@ -103,10 +103,16 @@ class Handshake:
 
     ``precomputed_static_static`` is DH(Spriv_local, Spub_remote): it depends only on the two static keys, so the
     kernel computes it once per peer, saving one X25519 per handshake. It is ``None`` when that DH is invalid
-    (the remote key is a low-order point), in which case no handshake with the peer can succeed.
+    (the remote key is a low-order point), in which case no handshake with the peer can succeed. Unlike the kernel,
+    wgpy computes it at the first handshake that needs it, not when the peer is added or the private key changes:
+    one X25519 costs about 80 µs in Python, so doing it eagerly made a 100,000-peer ``set`` (or a new private key
+    with 100,000 peers) hold the event loop for 8 s (issue #11 item 3). The cost per peer is paid once either way.
     """
 
     __slots__ = (
+        "_local",
+        "_static_static",
+        "_static_static_known",
         "chaining_key",
         "ephemeral_key",
         "ephemeral_private",
@@ -114,7 +120,6 @@ class Handshake:
         "last_initiation_consumption",
         "latest_timestamp",
         "local_index",
-        "precomputed_static_static",
         "preshared_key",
         "remote_ephemeral",
         "remote_index",
@@ -127,7 +132,6 @@ class Handshake:
     ) -> None:
         self.remote_static = remote_static
         self.preshared_key = preshared_key if preshared_key is not None else PresharedKey.zero()
-        self.precomputed_static_static: bytes | None = None
         self.latest_timestamp = bytes(TAI64N_SIZE)
         self.last_initiation_consumption: float | None = None
         self.set_identity(local)
@@ -152,13 +156,25 @@ class Handshake:
         self._zero()
 
     def set_identity(self, local: StaticIdentity | None) -> None:
-        """Recompute the static-static DH after the local private key changed (kernel ``wg_noise_precompute_static_static``)."""
-        self.precomputed_static_static = None
-        if local is not None:
-            try:
-                self.precomputed_static_static = crypto.dh(local.dh_key, self.remote_static.raw)
-            except crypto.InvalidTag:
-                self.precomputed_static_static = None
+        """Forget the static-static DH after the local private key changed (kernel
+        ``wg_noise_precompute_static_static``); it is computed again when a handshake first needs it."""
+        self._local = local
+        self._static_static: bytes | None = None
+        self._static_static_known = local is None
+
+    @property
+    def precomputed_static_static(self) -> bytes | None:
+        """DH(Spriv_local, Spub_remote), computed on first use; ``None`` without a local key or for a low-order
+        remote key."""
+        if not self._static_static_known:
+            local = self._local
+            if local is not None:
+                try:
+                    self._static_static = crypto.dh(local.dh_key, self.remote_static.raw)
+                except crypto.InvalidTag:
+                    self._static_static = None
+            self._static_static_known = True
+        return self._static_static
 
 
 def _mix_hash(h: bytes, data: bytes) -> bytes:

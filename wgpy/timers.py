@@ -79,6 +79,11 @@ class PeerTimers:
         """Call ``changed()`` whenever a deadline is armed, moved or disarmed (the device's timer heap)."""
         self._changed = changed
 
+    def unwatch(self) -> None:
+        """Stop calling the watcher. The device's watcher refers to the peer, which refers to these timers: a
+        removed peer that kept it would be freed only by the cyclic garbage collector, long after its removal."""
+        self._changed = _unwatched
+
     def _deadlines(self) -> tuple[tuple[TimerName, float | None], ...]:
         return (
             (TimerName.RETRANSMIT_HANDSHAKE, self.retransmit_handshake_at),

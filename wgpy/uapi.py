@@ -11,6 +11,12 @@ lives in ``drivers/uapi_server.py``):
 - ``apply_set(device, request, now)`` applies a validated request. Unlike wireguard-go, which applies lines as it
   reads them and can leave half a change behind, a request that fails validation changes nothing.
 
+A server serves large configurations (100,000 peers) without stopping its data plane for seconds: ``SetParser``
+validates a body line by line as it arrives, ``apply_set_steps`` applies a validated request ``PEERS_PER_STEP``
+peers at a time and ``format_get_chunks`` writes the answer ``PEERS_PER_STEP`` peers at a time, each a generator the
+driver resumes between turns of its event loop. ``parse_set``, ``apply_set`` and ``format_get`` are the same
+operations in one go.
+
 ``listen_port`` and ``fwmark`` are socket state, which the device does not have: they belong to the driver, which
 exposes them through the small ``SocketSettings`` protocol (``Tunnel`` is one; ``SocketState`` is a plain holder
 for sans-I/O use). ``format_get`` reads them from there. A driver applies the socket half of a request itself,
@@ -24,29 +30,37 @@ from __future__ import annotations
 
 import errno as _errno
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from .device import Device, IPNetwork
 from .errors import ConfigError, UapiError
 from .events import Endpoint, endpoint_is_ipv6
 from .keys import PresharedKey, PrivateKey, PublicKey
 
+if TYPE_CHECKING:
+    from .peer import Peer
+
 __all__ = [
+    "PEERS_PER_STEP",
     "PeerChange",
+    "SetParser",
     "SetRequest",
     "SocketSettings",
     "SocketState",
     "apply_set",
+    "apply_set_steps",
     "format_endpoint",
     "format_errno",
     "format_get",
+    "format_get_chunks",
     "parse_endpoint",
     "parse_set",
 ]
 
 PROTOCOL_VERSION = 1
+PEERS_PER_STEP: Final = 500  # peers applied or formatted per step: about 10 ms of work (ours)
 K = TypeVar("K", PrivateKey, PublicKey, PresharedKey)
 
 
@@ -121,9 +135,15 @@ class SocketState:
     fwmark: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class PeerChange:
-    """What a ``set=1`` request says about one peer."""
+    """What a ``set=1`` request says about one peer.
+
+    The allowed IPs are kept packed (``packed_allowed_ips``: version, prefix length and network address, 6 or 18
+    bytes each) until the change is applied: an ``ipaddress`` network object costs about 500 bytes, so a request of
+    64 MiB of ``allowed_ip`` lines would otherwise have taken 1.5 GB to hold while it was validated. ``allowed_ips``
+    gives them back as networks.
+    """
 
     public_key: PublicKey
     remove: bool = False
@@ -132,10 +152,31 @@ class PeerChange:
     endpoint: Endpoint | None = None
     persistent_keepalive_interval: int | None = None
     replace_allowed_ips: bool = False
-    allowed_ips: list[IPNetwork] = field(default_factory=list)
+    packed_allowed_ips: bytearray = field(default_factory=bytearray)
+
+    def add_allowed_ip(self, network: IPNetwork) -> None:
+        self.packed_allowed_ips += bytes((network.version, network.prefixlen)) + network.network_address.packed
+
+    @property
+    def allowed_ips(self) -> list[IPNetwork]:
+        """The allowed IPs, in request order."""
+        networks: list[IPNetwork] = []
+        packed, offset = self.packed_allowed_ips, 0
+        while offset < len(packed):
+            version, prefixlen = packed[offset], packed[offset + 1]
+            size = 4 if version == 4 else 16
+            address = int.from_bytes(packed[offset + 2 : offset + 2 + size], "big")
+            network: IPNetwork
+            if version == 4:
+                network = ipaddress.IPv4Network((address, prefixlen))
+            else:
+                network = ipaddress.IPv6Network((address, prefixlen))
+            networks.append(network)
+            offset += 2 + size
+        return networks
 
 
-@dataclass
+@dataclass(slots=True)
 class SetRequest:
     """A validated ``set=1`` request."""
 
@@ -178,16 +219,28 @@ def _parse_key(kind: type[K], key: str, value: str) -> K:
         raise _invalid(f"{key} must be 64 hex digits") from None
 
 
-def parse_set(lines: Iterable[str]) -> SetRequest:
-    """Validate the body of a ``set=1`` request (the lines after ``set=1``, up to the blank line).
+class SetParser:
+    """Validates a ``set=1`` body one line at a time, so that a server can parse while it reads (and never holds
+    the lines of a large request): ``feed`` each line, then ``finish``. ``parse_set`` is the same over a list.
 
-    Raises:
-        UapiError: EPROTO for a line that is not ``key=value``; EINVAL for an unknown key or a bad value.
-            Error messages never include key material.
+    Raises (from ``feed``):
+        UapiError: EPROTO for a line that is not ``key=value``; EINVAL for an unknown key or a bad value. Error
+            messages never include key material. After an error the parser must not be fed again.
     """
-    request = SetRequest()
-    peer: PeerChange | None = None
-    for line in lines:
+
+    __slots__ = ("_peer", "request")
+
+    def __init__(self) -> None:
+        self.request = SetRequest()
+        self._peer: PeerChange | None = None
+
+    def finish(self) -> SetRequest:
+        """The validated request (after the last line)."""
+        return self.request
+
+    def feed(self, line: str) -> None:
+        """Validate one line of the body (without its newline)."""
+        request, peer = self.request, self._peer
         key, sep, value = line.partition("=")
         if not sep:
             raise UapiError(_errno.EPROTO, "a line is not key=value")
@@ -200,20 +253,20 @@ def parse_set(lines: Iterable[str]) -> SetRequest:
                     request.private_key, request.clear_private_key = None, True
                 else:
                     request.private_key, request.clear_private_key = private, False
-                continue
+                return
             if key == "listen_port":
                 request.listen_port = _parse_int(key, value, 65535)
-                continue
+                return
             if key == "fwmark":
                 request.fwmark = _parse_int(key, value, 2**32 - 1)
-                continue
+                return
             if key == "replace_peers":
                 request.replace_peers = _parse_bool(key, value)
-                continue
+                return
         if key == "public_key":
-            peer = PeerChange(_parse_key(PublicKey, key, value))
-            request.peers.append(peer)
-            continue
+            self._peer = PeerChange(_parse_key(PublicKey, key, value))
+            request.peers.append(self._peer)
+            return
         if peer is None:
             raise _invalid(f"unknown device key {_shown(key)}")
         if key == "remove":
@@ -230,7 +283,7 @@ def parse_set(lines: Iterable[str]) -> SetRequest:
             peer.replace_allowed_ips = _parse_bool(key, value)
         elif key == "allowed_ip":
             try:
-                peer.allowed_ips.append(ipaddress.ip_network(value, strict=False))
+                peer.add_allowed_ip(ipaddress.ip_network(value, strict=False))
             except ValueError:
                 raise _invalid("allowed_ip must be an IP prefix") from None
         elif key == "protocol_version":
@@ -238,7 +291,19 @@ def parse_set(lines: Iterable[str]) -> SetRequest:
                 raise _invalid("only protocol_version=1 is supported")
         else:
             raise _invalid(f"unknown peer key {_shown(key)}")
-    return request
+
+
+def parse_set(lines: Iterable[str]) -> SetRequest:
+    """Validate the body of a ``set=1`` request (the lines after ``set=1``, up to the blank line).
+
+    Raises:
+        UapiError: EPROTO for a line that is not ``key=value``; EINVAL for an unknown key or a bad value.
+            Error messages never include key material.
+    """
+    parser = SetParser()
+    for line in lines:
+        parser.feed(line)
+    return parser.finish()
 
 
 def apply_set(device: Device, request: SetRequest, now: float, sockets: SocketSettings | None = None) -> None:
@@ -246,6 +311,22 @@ def apply_set(device: Device, request: SetRequest, now: float, sockets: SocketSe
 
     A driver with real sockets applies those two itself first (it must bind the new port before anything else
     changes) and passes no ``sockets``.
+    """
+    for _ in apply_set_steps(device, request, now, sockets):
+        pass
+
+
+def apply_set_steps(
+    device: Device,
+    request: SetRequest,
+    now: float,
+    sockets: SocketSettings | None = None,
+    peers_per_step: int = PEERS_PER_STEP,
+) -> Iterator[int]:
+    """``apply_set`` in steps: a generator that applies ``peers_per_step`` peer changes at a time and yields the
+    number applied so far, so that a driver can let its data plane run between steps (a 100,000-peer request
+    takes seconds). The request was validated whole before the first step; a driver must not start another
+    request on the device before the generator is exhausted. ``now`` is the time of the request.
     """
     if sockets is not None:
         if request.listen_port is not None:
@@ -259,52 +340,83 @@ def apply_set(device: Device, request: SetRequest, now: float, sockets: SocketSe
     if request.replace_peers:
         device.clear_peers()
     own = device.public_key
-    for change in request.peers:
-        if change.remove:
-            device.remove_peer(change.public_key)
-            continue
-        peer = device.peer(change.public_key)
-        if peer is None:
-            if change.update_only or (own is not None and change.public_key == own):
-                continue  # wireguard-go ignores a peer with our own key
-            peer = device.add_peer(change.public_key, now=now)
-        if change.preshared_key is not None:
-            device.set_preshared_key(peer, change.preshared_key)
-        if change.endpoint is not None:
-            peer.endpoint = change.endpoint
-        if change.replace_allowed_ips:
-            device.set_allowed_ips(peer, change.allowed_ips)
-        else:
-            for network in change.allowed_ips:
-                device.allowed_ips.insert(network, peer)
-        if change.persistent_keepalive_interval is not None:
-            device.set_persistent_keepalive(peer, change.persistent_keepalive_interval, now)
+    for done, change in enumerate(request.peers, start=1):
+        _apply_peer(device, change, own, now)
+        if done % peers_per_step == 0:
+            yield done
+    yield len(request.peers)
+
+
+def _apply_peer(device: Device, change: PeerChange, own: PublicKey | None, now: float) -> None:
+    if change.remove:
+        device.remove_peer(change.public_key)
+        return
+    peer = device.peer(change.public_key)
+    if peer is None:
+        if change.update_only or (own is not None and change.public_key == own):
+            return  # wireguard-go ignores a peer with our own key
+        peer = device.add_peer(change.public_key, now=now)
+    if change.preshared_key is not None:
+        device.set_preshared_key(peer, change.preshared_key)
+    if change.endpoint is not None:
+        peer.endpoint = change.endpoint
+    networks = change.allowed_ips
+    if change.replace_allowed_ips:
+        device.set_allowed_ips(peer, networks)
+    else:
+        for network in networks:
+            device.allowed_ips.insert(network, peer)
+    if change.persistent_keepalive_interval is not None:
+        device.set_persistent_keepalive(peer, change.persistent_keepalive_interval, now)
 
 
 def format_get(device: Device, sockets: SocketSettings | None = None) -> str:
     """The ``get=1`` answer, without the closing ``errno=0`` line; ``listen_port`` and ``fwmark`` come from the
     driver's ``sockets`` (none for a device without sockets)."""
+    return "".join(format_get_chunks(device, sockets))
+
+
+def format_get_chunks(
+    device: Device, sockets: SocketSettings | None = None, peers_per_chunk: int = PEERS_PER_STEP
+) -> Iterator[str]:
+    """``format_get`` in pieces of ``peers_per_chunk`` peers, so that a driver can write a large answer while its
+    data plane runs. The peers are those of the device when the generator starts; a driver must not change the
+    configuration before it is exhausted (counters and handshake times read later are as fresh as the chunk)."""
     out: list[str] = []
     if device.private_key is not None:
-        out.append(f"private_key={device.private_key.to_hex()}")
+        out.append(f"private_key={device.private_key.to_hex()}\n")
     if sockets is not None and sockets.listen_port:
-        out.append(f"listen_port={sockets.listen_port}")
+        out.append(f"listen_port={sockets.listen_port}\n")
     if sockets is not None and sockets.fwmark:
-        out.append(f"fwmark={sockets.fwmark}")
-    for peer in device.peers.values():
-        out.append(f"public_key={peer.public_key.to_hex()}")
-        out.append(f"preshared_key={peer.preshared_key.to_hex()}")
-        out.append(f"protocol_version={PROTOCOL_VERSION}")
-        if peer.endpoint is not None:
-            out.append(f"endpoint={format_endpoint(peer.endpoint)}")
-        if peer.last_handshake_at is None:
-            seconds = nanos = 0
-        else:
-            seconds, nanos = divmod(device.wall_ns_at(peer.last_handshake_at), 1_000_000_000)
-        out.append(f"last_handshake_time_sec={seconds}")
-        out.append(f"last_handshake_time_nsec={nanos}")
-        out.append(f"tx_bytes={peer.tx_bytes}")
-        out.append(f"rx_bytes={peer.rx_bytes}")
-        out.append(f"persistent_keepalive_interval={peer.persistent_keepalive_interval}")
-        out.extend(f"allowed_ip={network}" for network in device.allowed_ips.entries_for_peer(peer))
-    return "".join(line + "\n" for line in out)
+        out.append(f"fwmark={sockets.fwmark}\n")
+    peers = list(device.peers.values())
+    for start in range(0, len(peers), peers_per_chunk):
+        for peer in peers[start : start + peers_per_chunk]:
+            out.append(_format_peer(device, peer))
+        yield "".join(out)
+        out = []
+    if out or not peers:
+        yield "".join(out)
+
+
+def _format_peer(device: Device, peer: Peer) -> str:
+    if peer.last_handshake_at is None:
+        seconds = nanos = 0
+    else:
+        seconds, nanos = divmod(device.wall_ns_at(peer.last_handshake_at), 1_000_000_000)
+    lines = [
+        f"public_key={peer.public_key.to_hex()}",
+        f"preshared_key={peer.preshared_key.to_hex()}",
+        f"protocol_version={PROTOCOL_VERSION}",
+    ]
+    if peer.endpoint is not None:
+        lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
+    lines += [
+        f"last_handshake_time_sec={seconds}",
+        f"last_handshake_time_nsec={nanos}",
+        f"tx_bytes={peer.tx_bytes}",
+        f"rx_bytes={peer.rx_bytes}",
+        f"persistent_keepalive_interval={peer.persistent_keepalive_interval}",
+    ]
+    lines.extend(f"allowed_ip={network}" for network in device.allowed_ips.entries_for_peer(peer))
+    return "".join(line + "\n" for line in lines)

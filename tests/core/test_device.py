@@ -3,7 +3,9 @@ IPs, keepalive, the sealer switch and the timer heap. The send and receive paths
 
 from __future__ import annotations
 
+import gc
 import ipaddress
+import os
 
 import pytest
 from support.helpers import ENDPOINT_A, ENDPOINT_B, det_rng, make_device, make_pair, message_type, private_key
@@ -11,8 +13,9 @@ from support.helpers import ENDPOINT_A, ENDPOINT_B, det_rng, make_device, make_p
 from wgpy.device import DEFAULT_MTU, Device
 from wgpy.errors import ConfigError
 from wgpy.events import PeerRemoved
-from wgpy.keys import PresharedKey
+from wgpy.keys import PresharedKey, PublicKey
 from wgpy.messages import MessageType
+from wgpy.peer import Peer
 from wgpy.send import InlineSealer, OffloadSealer
 
 
@@ -177,3 +180,25 @@ def test_wall_ns_at_follows_the_latest_wall_clock_given() -> None:
     assert device.wall_ns_at(12.5) == 1_000_000_000_000 + 2_500_000_000
     device.send_packets([], 20.0, wall_ns=5_000_000_000_000)
     assert device.wall_ns_at(20.0) == 5_000_000_000_000
+
+
+def test_removed_peers_are_freed_at_once() -> None:
+    """Issue #11 item 4: removed peers must not stay in memory. The timers' watcher (a partial over the peer) made
+    every peer a reference cycle that only the cyclic collector frees, and stale timer-heap entries held removed
+    peers until their deadline (minutes for the zeroing timer). With the collector off, none may remain."""
+    device = make_device(1)
+    keys = [PublicKey(os.urandom(32)) for _ in range(500)]
+    for key in keys:
+        device.add_peer(key, endpoint=ENDPOINT_B, persistent_keepalive_interval=25, now=1.0)
+    assert device.get_timer() is not None
+    gc.collect()
+    gc.disable()
+    try:
+        for key in keys:
+            device.remove_peer(key)
+        assert device.get_timer() is None
+        while device.next_event() is not None:
+            pass
+        assert [o for o in gc.get_objects() if type(o) is Peer] == []
+    finally:
+        gc.enable()

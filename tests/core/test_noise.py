@@ -120,8 +120,11 @@ def _sides(psk_a: PresharedKey | None = None, psk_b: PresharedKey | None = None)
 
 
 def _snapshot(handshake: Handshake) -> dict[str, object]:
-    """Every slot of the handshake, to prove that a rejection changed nothing."""
-    return {name: getattr(handshake, name) for name in Handshake.__slots__}
+    """Every slot of the handshake, to prove that a rejection changed nothing. The static-static DH is compared by
+    value: computing it on first use (a cache) is no change of state."""
+    state = {name: getattr(handshake, name) for name in Handshake.__slots__ if not name.startswith("_static_static")}
+    state["precomputed_static_static"] = handshake.precomputed_static_static
+    return state
 
 
 def _expect_rejected(reason: DropReason, call: Callable[[], object]) -> None:
@@ -534,3 +537,27 @@ def test_sender_index_is_covered_by_mac1_not_by_noise(bit: int) -> None:
     assert _mac1(a.local.public_key, _flip(VALID_RESPONSE, bit), MAC1_OFFSET_RESPONSE) != _mac1(
         a.local.public_key, VALID_RESPONSE, MAC1_OFFSET_RESPONSE
     )
+
+
+def test_the_static_static_dh_is_computed_at_first_use_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #11 item 3: a peer added (or a private key set) costs no X25519; the first handshake pays it once."""
+    calls: list[bytes] = []
+    real_dh = crypto.dh
+
+    def counting_dh(private: crypto.DhPrivateKey, public: bytes) -> bytes:
+        calls.append(public)
+        return real_dh(private, public)
+
+    monkeypatch.setattr(crypto, "dh", counting_dh)
+    local = StaticIdentity(KEY_B)
+    remote = StaticIdentity(KEY_A).public_key
+    handshakes = [Handshake(local, remote) for _ in range(100)]
+    for handshake in handshakes:
+        handshake.set_identity(StaticIdentity(KEY_B))
+    assert calls == []
+    expected = real_dh(local.dh_key, remote.raw)
+    assert handshakes[0].precomputed_static_static == expected
+    assert handshakes[0].precomputed_static_static == expected
+    assert len(calls) == 1
+    handshakes[0].set_identity(None)
+    assert handshakes[0].precomputed_static_static is None and len(calls) == 1

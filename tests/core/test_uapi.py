@@ -444,3 +444,42 @@ def test_format_errno() -> None:
     assert uapi.format_errno(0) == "errno=0\n\n"
     assert uapi.format_errno(errno.EINVAL) == "errno=-22\n\n"
     assert uapi.format_errno(errno.EPROTO) == "errno=-71\n\n"
+
+
+# -- in steps (issue #11 item 3) ------------------------------------------------------------------------------------
+
+
+def _many_peers(count: int) -> list[str]:
+    lines = []
+    for i in range(count):
+        lines += [f"public_key={PrivateKey.generate().public_key().to_hex()}", f"allowed_ip=10.{i >> 8}.{i & 255}.0/24"]
+    return lines
+
+
+def test_apply_set_steps_yields_between_slices_and_ends_where_apply_set_does() -> None:
+    lines = _many_peers(1200)
+    request = uapi.parse_set(lines)
+    stepped, whole = Device(), Device()
+    progress = list(uapi.apply_set_steps(stepped, request, NOW, peers_per_step=500))
+    assert progress == [500, 1000, 1200]
+    uapi.apply_set(whole, uapi.parse_set(lines), NOW)
+    assert uapi.format_get(stepped) == uapi.format_get(whole)
+    assert len(stepped.peers) == 1200
+
+
+def test_format_get_chunks_join_to_format_get() -> None:
+    device = Device()
+    uapi.apply_set(device, uapi.parse_set(["private_key=" + PrivateKey.generate().to_hex(), *_many_peers(1100)]), NOW)
+    chunks = list(uapi.format_get_chunks(device, peers_per_chunk=500))
+    assert len(chunks) == 3
+    assert "".join(chunks) == uapi.format_get(device)
+    assert chunks[0].startswith("private_key=")
+    assert list(uapi.format_get_chunks(Device())) == [""]
+
+
+def test_set_parser_fed_line_by_line_equals_parse_set() -> None:
+    lines = ["private_key=" + PrivateKey.generate().to_hex(), "listen_port=51820", *_many_peers(3)]
+    parser = uapi.SetParser()
+    for line in lines:
+        parser.feed(line)
+    assert parser.finish() == uapi.parse_set(lines)

@@ -39,6 +39,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's wgpy, even without `pip install -e`
 
@@ -224,6 +225,21 @@ def no_cookie_defence(cls: type[Device] = Device) -> None:
         init(self, *args, **kwargs)  # type: ignore[arg-type]
 
     cls.__init__ = __init__  # type: ignore[method-assign]
+    if cls is Device:
+        # The daemon's driver has flood defences of its own in front of the device (steered handshake queues and a
+        # per-address allowance, issue #11): an endpoint without a cookie defence has none of those either, so the
+        # burst loads it as the probe expects to see.
+        from wgpy.drivers import asyncio_udp
+
+        for name in ("HANDSHAKE_SOURCE_RATE", "HANDSHAKE_SOURCE_BURST"):
+            setattr(asyncio_udp, name, 10**9)  # read when a Tunnel is made
+        tunnel_init = asyncio_udp.Tunnel.__init__
+
+        def unsteered(self: asyncio_udp.Tunnel, *args: Any, **kwargs: Any) -> None:
+            kwargs["steer_handshakes"] = False
+            tunnel_init(self, *args, **kwargs)
+
+        asyncio_udp.Tunnel.__init__ = unsteered  # type: ignore[method-assign]
 
 
 #: fault name -> (monkeypatch, the probe check it must make fail)

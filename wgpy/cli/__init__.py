@@ -13,7 +13,9 @@
 - ``wgpy management init | serve`` and ``wgpy admin ...``: the management server and its admin client
   (``management``, ``admin``, over ``wgpy.management``).
 
-Bad input gives one line on stderr and a non-zero exit status, never a traceback.
+Bad input gives one line on stderr and a non-zero exit status, never a traceback. That includes the standard streams:
+a closed stdin, a closed or full stdout (``wgpy genkey > /dev/full``) is reported by ``main`` in one line (see
+``_streams``), and the output is flushed before the status is returned, so that the failure cannot surface at exit.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ._streams import StreamError, discard_stdout, write_stdout
 
 __all__ = ["main"]
 
@@ -45,12 +48,30 @@ USAGE = (
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``wgpy`` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = _dispatch(args)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a buffered stdout that cannot be written fails here, not in the exit handler
+    except StreamError as exc:
+        discard_stdout()
+        print(f"wgpy: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # A command that prints directly (probe, demo) and hit a closed pipe or a full disk: still one line.
+        discard_stdout()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"wgpy: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return status
+
+
+def _dispatch(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        write_stdout(USAGE + "\n")
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command in ("--version", "-v", "version"):
-        print(f"wgpy {__version__}")
+        write_stdout(f"wgpy {__version__}\n")
         return 0
     if command in ("genkey", "genpsk", "pubkey"):
         from . import keys

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -154,61 +155,156 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
 
+    try:
+        # Everything the environment and the options name is checked before the interface exists: a bad value
+        # must not leave a TUN device or a UAPI socket behind.
+        tun_fd = _env_fd("WG_TUN_FD")
+        uapi_fd = _env_fd("WG_UAPI_FD")
+    except ConfigError as exc:
+        return _fail(str(exc))
+    keylog: _KeyLog | None = None
+    if args.keylog:
+        try:
+            keylog = _open_keylog(args.keylog)
+        except OSError as exc:
+            return _fail(f"cannot open key log {args.keylog}: {exc.strerror or exc}")
+    started = False
+    try:
+        started = _start(args, tun_fd, uapi_fd, keylog, mesh, foreground)
+    finally:
+        if keylog is not None:
+            keylog.close(remove=not started)
+    return 0 if started else 1
+
+
+def _start(
+    args: argparse.Namespace,
+    tun_fd: int | None,
+    uapi_fd: int | None,
+    keylog: _KeyLog | None,
+    mesh: MeshDaemonConfig | None,
+    foreground: bool,
+) -> bool:
+    """Create (or adopt) the TUN device and the UAPI socket and serve; ``False`` after a one-line error."""
     from tun import TunError
 
     from ..drivers.uapi_server import bind_uapi_socket
 
     tun: TunDevice
     try:
-        tun_fd = os.environ.get("WG_TUN_FD")
         if tun_fd is not None:
             from tun.linux import LinuxTun
 
-            tun = LinuxTun.from_fd(int(tun_fd), tso=False)
+            tun = LinuxTun.from_fd(tun_fd, tso=False)
         else:
             tun = _open_tun(args.interface)
     except ValueError as exc:
-        return _fail(f"invalid interface name {args.interface!r}: {exc}")
+        _fail(f"invalid interface name {args.interface!r}: {exc}")
+        return False
     except TunError as exc:
-        return _fail(str(exc))
+        _fail(str(exc))
+        return False
     try:
-        uapi_fd = os.environ.get("WG_UAPI_FD")
         if uapi_fd is not None:
-            uapi_sock = socket.socket(fileno=int(uapi_fd))
+            uapi_sock = socket.socket(fileno=uapi_fd)
         else:
             uapi_sock = bind_uapi_socket(tun.name)
     except OSError as exc:
         tun.close()
-        return _fail(f"UAPI socket for {tun.name}: {exc.strerror or exc}")
+        _fail(f"UAPI socket for {tun.name}: {exc.strerror or exc}")
+        return False
 
-    keylog_fd: int | None = None
-    if args.keylog:
-        try:
-            keylog_fd = _open_keylog(args.keylog)
-        except OSError as exc:
-            tun.close()
-            uapi_sock.close()
-            return _fail(f"cannot open key log {args.keylog}: {exc.strerror or exc}")
     keep_output = bool(os.environ.get("LOG_LEVEL")) or args.audit_log == "-"  # `--audit-log -` writes to stdout
     if not foreground and not _daemonize(keep_output=keep_output):
-        return 0  # the parent: the child keeps the interface and the socket
+        return True  # the parent: the child keeps the interface, the socket and the key log
     logger.info("wgpy %s serving interface %s", __version__, tun.name)
     try:
         worker = args.worker or _truthy(os.environ.get("WGPY_WORKER"))
-        asyncio.run(_serve(tun, uapi_sock, keylog_fd, mesh, worker=worker))
+        asyncio.run(_serve(tun, uapi_sock, keylog.fd if keylog is not None else None, mesh, worker=worker))
     finally:
         with contextlib.suppress(OSError):
             path = uapi_sock.getsockname()
             if isinstance(path, str) and path:
                 os.unlink(path)
-    return 0
+    return True
 
 
-def _open_keylog(path: str) -> int:
-    """Open the key log for appending, readable by its owner only (it holds session secrets)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
-    return fd
+def _env_fd(name: str) -> int | None:
+    """The descriptor number in the environment variable ``name`` (``WG_TUN_FD``, ``WG_UAPI_FD``), if it is set.
+
+    Raises:
+        ConfigError: the value is not a decimal descriptor number.
+    """
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise ConfigError(f"{name}={value[:20]!r} is not a file descriptor number")
+    return int(text)
+
+
+class _KeyLog:
+    """The ``--keylog`` file, opened by ``_open_keylog``; remembers whether this run created it."""
+
+    __slots__ = ("created", "fd", "path")
+
+    def __init__(self, fd: int, path: str, created: bool) -> None:
+        self.fd = fd
+        self.path = path
+        self.created = created
+
+    def close(self, *, remove: bool) -> None:
+        """Close the descriptor; with ``remove``, delete the file again if this run created it and left it empty."""
+        try:
+            if remove and self.created:
+                with contextlib.suppress(OSError):
+                    ours = os.fstat(self.fd)
+                    there = os.stat(self.path, follow_symlinks=False)
+                    if ours.st_size == 0 and (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino):
+                        os.unlink(self.path)
+        finally:
+            os.close(self.fd)
+
+
+def _open_keylog(path: str) -> _KeyLog:
+    """Open the key log for appending, readable by its owner only (it holds session secrets).
+
+    A root daemon may be pointed at a path in a folder others can write to, so the file is opened without following
+    a symbolic link in its last component (``O_NOFOLLOW``) and without blocking on a FIFO (``O_NONBLOCK``), and it is
+    refused unless it is a regular file with one link, owned by the daemon's effective user. Only then is its mode
+    set to 0600. The folders above it are trusted: keep the key log in a folder only that user can write to.
+
+    Raises:
+        OSError: the file cannot be opened or is refused (``strerror`` says why, in one line).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+    existed = os.path.lexists(path)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise OSError(errno.ELOOP, "it is a symbolic link (refused)") from None
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads, or a socket
+            raise OSError(errno.ENXIO, "it is not a regular file (refused)") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "it is not a regular file (refused)")
+        if info.st_uid != os.geteuid():
+            raise OSError(
+                errno.EPERM,
+                f"it is owned by uid {info.st_uid}, not by this daemon's user (uid {os.geteuid()}) (refused)",
+            )
+        if info.st_nlink != 1:
+            raise OSError(errno.EMLINK, f"it has {info.st_nlink} hard links (refused)")
+        os.fchmod(fd, 0o600)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return _KeyLog(fd, path, created=not existed)
 
 
 def _keylog_sink(fd: int) -> Callable[[str], None]:

@@ -28,11 +28,13 @@ from ..crypto import Ed25519PrivateKey
 from ..drivers.uapi_server import MAX_MESH_DOCUMENT, SOCKET_DIRECTORY, socket_path
 from ..mesh import MapRejected, sign_network_map
 from ..mesh.netmap import MAX_DOCUMENT_SIZE
+from ._streams import read_stdin, write_stdout
 
 __all__ = ["main"]
 
 ED25519_KEY_SIZE: Final = 32  # RFC 8032 §5.1.5: private seed and public key are both 32 bytes
 _IFNAME_RE: Final = re.compile(r"^[A-Za-z0-9_=+.-]{1,15}$")  # IFNAMSIZ - 1, and never a path
+_KEY_INPUT_LIMIT: Final = 4096  # bytes of stdin `mesh pubkey` reads; a key is 44 characters
 _REPLY_LIMIT: Final = 65536  # bytes of a mesh_apply answer the client reads before giving up
 
 
@@ -72,22 +74,22 @@ def _warn_if_world_readable() -> None:
 def _cmd_keygen() -> int:
     private = Ed25519PrivateKey.generate()
     _warn_if_world_readable()
-    print(base64.b64encode(private.private_bytes_raw()).decode("ascii"))
+    write_stdout(base64.b64encode(private.private_bytes_raw()).decode("ascii") + "\n")
     public = base64.b64encode(private.public_key().public_bytes_raw()).decode("ascii")
     print(f"public key: {public}", file=sys.stderr)
     return 0
 
 
 def _cmd_pubkey() -> int:
-    private = _load_private_key(sys.stdin.read())
-    print(base64.b64encode(private.public_key().public_bytes_raw()).decode("ascii"))
+    private = _load_private_key(read_stdin(_KEY_INPUT_LIMIT).decode("ascii", errors="replace"))
+    write_stdout(base64.b64encode(private.public_key().public_bytes_raw()).decode("ascii") + "\n")
     return 0
 
 
 def _read_input(name: str) -> bytes:
     try:
         if name == "-":
-            return sys.stdin.buffer.read(MAX_DOCUMENT_SIZE + 1)
+            return read_stdin(MAX_DOCUMENT_SIZE + 1)
         with open(name, "rb") as stream:
             return stream.read(MAX_DOCUMENT_SIZE + 1)
     except OSError as exc:
@@ -124,7 +126,7 @@ def _cmd_sign(key_file: str, body_file: str) -> int:
         document = sign_network_map(body, private)
     except MapRejected as exc:
         _fail(f"invalid network map: {exc.detail}")
-    print(json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True))
+    write_stdout(json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n")
     return 0
 
 

@@ -26,6 +26,7 @@ from ..tools.trace import (
     trace_inputs,
     trace_to_json,
 )
+from ._streams import write_stdout
 
 __all__ = ["main"]
 
@@ -88,8 +89,8 @@ def main(argv: Sequence[str] | None = None, rng: Callable[[int], bytes] = os.ura
         print(f"wgpy trace: {error}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(trace_to_json(trace), indent=2, ensure_ascii=False))
+        write_stdout(json.dumps(trace_to_json(trace), indent=2, ensure_ascii=False) + "\n")
     else:
-        color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-        sys.stdout.write(format_trace(trace, color=color))
+        color = args.color == "always" or (args.color == "auto" and sys.stdout is not None and sys.stdout.isatty())
+        write_stdout(format_trace(trace, color=color))
     return 0

@@ -14,6 +14,14 @@ Endpoints are the socket addresses as asyncio reports them: ``(host, port)`` fro
 ``(host, port, flowinfo, scope_id)`` from the IPv6 socket (which is ``IPV6_V6ONLY``, so the two never overlap, as in
 wireguard-go). A datagram to an endpoint goes out of the socket of its family.
 
+Handshake messages never wait behind a flood of them in the transport queue (issue #11 item 2): each family's port
+is a steered ``SO_REUSEPORT`` group (``steering.py``) where the kernel puts transport messages on the transport
+socket and handshake messages on one of ``steering.HANDSHAKE_SOCKETS`` small sockets by source address. The
+transport socket is read in full batches; a handshake socket ``HANDSHAKE_READ_BUDGET`` messages at a time, then
+left alone for ``HANDSHAKE_PAUSE`` if it had more; and every handshake message is charged to its source address
+(``HANDSHAKE_SOURCE_RATE``) before the device computes a MAC, on an unsteered socket too. Sends all go out of the
+transport socket.
+
 With ``worker=True`` the tunnel starts a data-plane worker process (``worker.py``) and turns on the device's
 ``seal_offload``: flushing then hands the sealing jobs and the decrypted packets to the worker, which encrypts, sends
 and writes to the TUN device on the second core. If the worker dies or stalls, the tunnel says so in the log and
@@ -39,6 +47,7 @@ from ..events import Endpoint, EndpointChanged, Event, HandshakeCompleted, Keypa
 from ..send import KeypairRetired, SealJob
 from ..transmit import drain
 from .clock import monotonic_now, wall_ns
+from .steering import SourceAdmission, SteeringUnavailable, bind_steered
 from .udp import UdpSocket
 from .worker import DataPlaneWorker, WorkerError
 
@@ -49,6 +58,16 @@ logger = logging.getLogger("wgpy")
 TUN_READ_BATCH: Final = 64  # packets read per readiness callback, so that sockets and timers get their turn
 UDP_READ_BATCH: Final = 64  # datagrams read per readiness callback
 HOUSEKEEPING_INTERVAL: Final = 1.0  # seconds between MTU refreshes
+# Handshake messages (issue #11 item 2): the kernel queues them apart from transport (``steering.py``).
+HANDSHAKE_READ_BUDGET: Final = 16  # datagrams read from one handshake socket per wake-up
+HANDSHAKE_PAUSE: Final = 0.002  # s a handshake socket is not read after a wake-up that used the whole budget
+HANDSHAKE_SOCKET_BUFFER: Final = 512 * 1024  # SO_RCVBUF of a handshake socket: about 1000 messages, ~0.1 s of reads
+# Handshake messages per second one address may have processed (ours), and at once after it was quiet. Above the
+# device's handshake_load_threshold (128/s) on purpose: one address can still put the device under load (mac2
+# demanded, cookie replies: the protocol's own defence, which `wgpy probe` checks with a burst of up to 4000
+# initiations from one address, its own among them); it cannot cost more than a burst and then 256/s.
+HANDSHAKE_SOURCE_RATE: Final = 256
+HANDSHAKE_SOURCE_BURST: Final = 4096
 
 
 MAX_FWMARK: Final = 2**32 - 1  # SO_MARK is a u32 in the kernel
@@ -62,13 +81,18 @@ def _set_mark(sock: socket.socket, fwmark: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("=I", fwmark))
 
 
+def _configure(sock: socket.socket, family: socket.AddressFamily, fwmark: int) -> None:
+    """What every socket of the tunnel gets before its bind: IPv6 only for IPv6, and the mark."""
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if fwmark and hasattr(socket, "SO_MARK"):
+        _set_mark(sock, fwmark)
+
+
 def _bind(family: socket.AddressFamily, port: int, fwmark: int = 0) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if fwmark and hasattr(socket, "SO_MARK"):
-            _set_mark(sock, fwmark)
+        _configure(sock, family, fwmark)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))  # noqa: S104 - a VPN listens everywhere
         sock.setblocking(False)
     except BaseException:
@@ -91,6 +115,7 @@ class Tunnel:
         worker: bool = False,
         listen_port: int = 0,
         fwmark: int = 0,
+        steer_handshakes: bool = True,
     ) -> None:
         """
         Args:
@@ -103,6 +128,8 @@ class Tunnel:
             worker: seal and write to the TUN device in a second process (a second core); see ``worker.py``.
             listen_port: the UDP port to bind at ``start`` (0: any free port; ``listen_port`` then says which).
             fwmark: the SO_MARK of the sockets (0: none).
+            steer_handshakes: let the kernel queue handshake messages apart from transport, by source address
+                (``steering.py``; not with ``bind_address``, and only where the kernel can).
         """
         self.device = device
         self.tun = tun
@@ -114,7 +141,13 @@ class Tunnel:
         #: The SO_MARK of the sockets; 0 for none.
         self.fwmark = fwmark
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sockets: dict[int, UdpSocket] = {}
+        self._sockets: dict[int, UdpSocket] = {}  # per family: the socket for transport, and all sends
+        self._handshake_sockets: dict[int, list[UdpSocket]] = {}  # per family: steered handshake sockets
+        self._resume_timers: dict[UdpSocket, asyncio.TimerHandle] = {}
+        self.steer_handshakes = steer_handshakes and bind_address is None
+        self._admission = SourceAdmission(HANDSHAKE_SOURCE_RATE, HANDSHAKE_SOURCE_BURST)
+        #: Handshake messages dropped before the device saw them, their source being over its rate.
+        self.handshakes_refused = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
@@ -185,8 +218,11 @@ class Tunnel:
         return self._worker.process.pid if self._worker is not None else None
 
     async def _open_sockets(self, port: int, fwmark: int) -> None:
-        """Bind the IPv4 socket (and the IPv6 one on the same port) and register them with the loop."""
+        """Bind the IPv4 socket (and the IPv6 one on the same port), each with its steered handshake sockets
+        where the kernel can, and register them with the loop."""
         loop = asyncio.get_running_loop()
+        handshake: dict[int, list[socket.socket]] = {}
+        socks: dict[int, socket.socket]
         if self.bind_address is not None:
             sock4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
@@ -197,33 +233,70 @@ class Tunnel:
                 raise
             socks = {socket.AF_INET: sock4}
         else:
-            sock4 = _bind(socket.AF_INET, port, fwmark)
-            socks = {socket.AF_INET: sock4}
-            try:
-                socks[socket.AF_INET6] = _bind(socket.AF_INET6, sock4.getsockname()[1], fwmark)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    sock4.close()
-                    raise
-                logger.info("no IPv6 socket: %s", exc)
-            except BaseException:
-                sock4.close()
-                raise
-        bound = int(sock4.getsockname()[1])
+            socks, handshake = self._bind_families(port, fwmark)
+        bound = int(socks[socket.AF_INET].getsockname()[1])
         for family, sock in socks.items():
             udp = UdpSocket(sock)
-            loop.add_reader(udp.fileno(), self._on_socket_readable, udp)
+            group = handshake.get(family, [])
+            loop.add_reader(udp.fileno(), self._on_socket_readable, udp, bool(group))
             self._sockets[family] = udp
+            steered = []
+            for extra in group:
+                handshake_udp = UdpSocket(extra, gso=False, gro=False, receive_buffer=HANDSHAKE_SOCKET_BUFFER)
+                loop.add_reader(handshake_udp.fileno(), self._on_handshake_readable, handshake_udp)
+                steered.append(handshake_udp)
+            self._handshake_sockets[family] = steered
         self.listen_port = bound
 
-    def _close_sockets(self, sockets: dict[int, UdpSocket] | None = None) -> None:
+    def _bind_families(self, port: int, fwmark: int) -> tuple[dict[int, socket.socket], dict[int, list[socket.socket]]]:
+        """The IPv4 and IPv6 sockets on one port (IPv6 only where it works): the transport socket of each family
+        and its handshake sockets. Nothing is left open if it fails."""
+        socks: dict[int, socket.socket] = {}
+        handshake: dict[int, list[socket.socket]] = {}
+        try:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    group = self._bind_group(family, port, fwmark)
+                except OSError as exc:
+                    if family == socket.AF_INET6 and exc.errno != errno.EADDRINUSE:
+                        logger.info("no IPv6 socket: %s", exc)
+                        break
+                    raise
+                socks[family], handshake[family] = group[0], group[1:]
+                port = int(group[0].getsockname()[1])  # IPv6 takes the port IPv4 got
+        except BaseException:
+            for sock in [*socks.values(), *(extra for group in handshake.values() for extra in group)]:
+                sock.close()
+            raise
+        return socks, handshake
+
+    def _bind_group(self, family: socket.AddressFamily, port: int, fwmark: int) -> list[socket.socket]:
+        if self.steer_handshakes:
+            try:
+                return bind_steered(family, port, lambda sock: _configure(sock, family, fwmark))
+            except SteeringUnavailable as exc:
+                logger.info("handshake messages are not steered (%s): one socket per family", exc)
+                self.steer_handshakes = False
+        return [_bind(family, port, fwmark)]
+
+    def _all_sockets(self) -> list[UdpSocket]:
+        return [*self._sockets.values(), *(udp for group in self._handshake_sockets.values() for udp in group)]
+
+    def _close_sockets(
+        self, sockets: dict[int, UdpSocket] | None = None, handshake: dict[int, list[UdpSocket]] | None = None
+    ) -> None:
         closing = self._sockets if sockets is None else sockets
-        for udp in closing.values():
+        closing_handshake = self._handshake_sockets if sockets is None else (handshake or {})
+        for udp in [*closing.values(), *(udp for group in closing_handshake.values() for udp in group)]:
+            resume = self._resume_timers.pop(udp, None)
+            if resume is not None:
+                resume.cancel()
             if self._loop is not None:
                 with contextlib.suppress(Exception):
                     self._loop.remove_reader(udp.fileno())
             udp.close()
         closing.clear()
+        closing_handshake.clear()
 
     async def rebind(self, port: int, fwmark: int | None = None) -> None:
         """Move to a new listen port (a UAPI ``listen_port``). Raises ``UapiError(EADDRINUSE)`` and keeps the old one.
@@ -237,13 +310,14 @@ class Tunnel:
             raise UapiError(errno.EINVAL, f"fwmark {mark} is not a 32-bit value")
         if port == self.listen_port and port != 0 and self._sockets:
             return
-        old = dict(self._sockets)
+        old, old_handshake = dict(self._sockets), dict(self._handshake_sockets)
         self._sockets.clear()
+        self._handshake_sockets = {}
         try:
             await self._open_sockets(port, mark)
         except Exception as exc:
             self._close_sockets()  # whatever of the new ones was registered already
-            self._sockets = old
+            self._sockets, self._handshake_sockets = old, old_handshake
             reported = exc.errno if isinstance(exc, OSError) else None
             code = reported if reported in (errno.EADDRINUSE, errno.EPERM) else errno.EIO
             raise UapiError(code, f"cannot bind port {port}: {exc}") from None
@@ -251,7 +325,7 @@ class Tunnel:
             self.flush()
             self._stop_worker()
             self._start_worker()
-        self._close_sockets(old)
+        self._close_sockets(old, old_handshake)
 
     def set_fwmark(self, fwmark: int) -> None:
         """Mark the packets of the open sockets with ``fwmark`` (SO_MARK; 0 clears it), as wireguard-go's
@@ -264,10 +338,10 @@ class Tunnel:
             return
         if self.bind_address is None and hasattr(socket, "SO_MARK"):
             try:
-                for udp in self._sockets.values():
+                for udp in self._all_sockets():
                     _set_mark(udp.sock, fwmark)
             except OSError as exc:
-                for udp in self._sockets.values():  # best effort: put the old mark back
+                for udp in self._all_sockets():  # best effort: put the old mark back
                     with contextlib.suppress(OSError):
                         _set_mark(udp.sock, self.fwmark)
                 raise UapiError(exc.errno or errno.EIO, f"cannot set fwmark: {exc.strerror or exc}") from None
@@ -300,18 +374,58 @@ class Tunnel:
 
     # --- inputs -----------------------------------------------------------------------------------------------
 
-    def _on_socket_readable(self, udp: UdpSocket) -> None:
+    def _on_socket_readable(self, udp: UdpSocket, steered: bool = False) -> None:
+        """A transport socket is readable. ``steered``: the kernel queues only transport messages here; otherwise
+        handshake messages come too, and each is charged to its source before the device sees it."""
         batch = udp.receive_batch(UDP_READ_BATCH)
         if not batch:
             return
         now, wall = monotonic_now(), wall_ns()
         receive = self.device.receive_datagram
         nat = self.nat
-        for data, address in batch:
-            if nat is not None and nat.datagram_received(data, address):
-                continue  # STUN on the WireGuard socket: the NAT layer's, never the device's
-            receive(data, address, now, wall)
+        if steered:
+            for data, address in batch:
+                if nat is not None and nat.datagram_received(data, address):
+                    continue  # STUN on the WireGuard socket: the NAT layer's, never the device's
+                receive(data, address, now, wall)
+        else:
+            allow = self._admission.allow
+            for data, address in batch:
+                if nat is not None and nat.datagram_received(data, address):
+                    continue
+                if data[:1] == b"\x04" or allow(address[0], now):
+                    receive(data, address, now, wall)
+                else:
+                    self.handshakes_refused += 1
         self.flush()
+
+    def _on_handshake_readable(self, udp: UdpSocket) -> None:
+        """A handshake socket is readable: read at most ``HANDSHAKE_READ_BUDGET`` messages, charge each to its
+        source address before the device computes anything, and if the queue had more, leave it alone for
+        ``HANDSHAKE_PAUSE`` (a queue that is always full belongs to a flood: the kernel drops what does not fit)."""
+        batch = udp.receive_batch(HANDSHAKE_READ_BUDGET)
+        if batch:
+            now, wall = monotonic_now(), wall_ns()
+            allow = self._admission.allow
+            receive = self.device.receive_datagram
+            nat = self.nat
+            for data, address in batch:
+                # STUN shares the port and, not being a transport message, is steered to these sockets.
+                if nat is not None and nat.datagram_received(data, address):
+                    continue
+                if allow(address[0], now):
+                    receive(data, address, now, wall)
+                else:
+                    self.handshakes_refused += 1
+            self.flush()
+        if len(batch) >= HANDSHAKE_READ_BUDGET and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(udp.fileno())
+            self._resume_timers[udp] = self._loop.call_later(HANDSHAKE_PAUSE, self._resume_handshake_reader, udp)
+
+    def _resume_handshake_reader(self, udp: UdpSocket) -> None:
+        if self._resume_timers.pop(udp, None) is not None and self._loop is not None:
+            self._loop.add_reader(udp.fileno(), self._on_handshake_readable, udp)
 
     def send_packet(self, packet: bytes) -> None:
         """Hand the device a plaintext IP packet (what a TUN read gives), then flush."""

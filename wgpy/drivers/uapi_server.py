@@ -6,6 +6,23 @@ validated as a whole, applied, and answered with ``errno=0`` or a negated errno.
 connection without an answer, as wireguard-go does. The socket is created with umask 077 (mode 0600-equivalent:
 only root talks to it) in a directory created 0700 if it did not exist.
 
+Large requests (issue #11 items 3 and 4): a ``set=1`` body is validated line by line while it is read (no line is
+kept) and may be at most ``MAX_SET_REQUEST`` bytes; past that nothing more is parsed, the answer is ``errno=-90``
+(EMSGSIZE) and the connection closes once the client has sent the rest (at most ``DISCARD_LIMIT`` bytes are read
+and dropped). The event loop runs every ``LINES_PER_YIELD`` lines while a body is read, between the steps of
+``uapi.apply_set_steps`` while it is applied and between the chunks of ``uapi.format_get_chunks`` while a ``get``
+is written, so forwarding goes on. One ``set`` or ``get`` runs at a time (a lock), so a ``get`` never sees half of a
+``set``; the data plane does see a large ``set`` take effect step by step. After a request that touched at least
+``LARGE_REQUEST_PEERS`` peers, free pages go back to the kernel (``memory.release_free_memory``).
+
+A large configuration is a million new objects, and CPython's cyclic collector scans every object it tracks each
+time the old generation grew by a quarter: with 100,000 peers those full collections held the loop for up to
+0.8 s at a time, in the middle of a step. While a large request is read and applied, the server therefore calls
+``gc.freeze()`` at every step, which moves everything allocated so far out of the collector's generations (and
+leaves it there): a step then costs tens of milliseconds. Frozen objects are still freed by reference counting
+(a removed peer holds no reference cycle, see ``Device.remove_peer``); what the collector no longer finds is a
+reference cycle among objects that existed at a freeze.
+
 A wgpy extension, served only when the daemon runs in mesh mode (a ``MeshExtension`` is given; ``wg`` never sends
 it, and without the extension it is an unknown operation that closes the connection as before)::
 
@@ -26,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import socket
@@ -38,6 +56,7 @@ from .. import uapi
 from ..errors import UapiError
 from .asyncio_udp import Tunnel
 from .clock import monotonic_now
+from .memory import release_free_memory
 
 __all__ = [
     "MAX_MESH_DOCUMENT",
@@ -52,8 +71,12 @@ __all__ = [
 logger = logging.getLogger("wgpy.uapi")
 
 SOCKET_DIRECTORY: Final = Path("/var/run/wireguard")
-MAX_REQUEST_LINES: Final = 1_000_000  # a bound, so one client cannot make us buffer without end
-MAX_LINE: Final = 4096
+MAX_LINE: Final = 4096  # bytes of one request line (the mesh document line excepted)
+MAX_SET_REQUEST: Final = 64 * 1024 * 1024  # bytes of one set=1 body: about 200,000 fully configured peers
+DISCARD_LIMIT: Final = 1024 * 1024 * 1024  # bytes of an oversized body read (and dropped) before the connection closes
+LINES_PER_YIELD: Final = 1000  # set=1 lines parsed between two turns of the event loop (about 10 ms)
+LARGE_REQUEST_PEERS: Final = 1000  # after a set or get of this many peers, free pages go back to the kernel
+FREEZE_AFTER_LINES: Final = 20_000  # set=1 lines after which what was allocated is moved out of the collector's way
 MAX_MESH_DOCUMENT: Final = 16 * 1024 * 1024  # bytes of the mesh_apply document line (= wgpy.mesh MAX_DOCUMENT_SIZE)
 
 
@@ -124,6 +147,7 @@ class UapiServer:
         self.mesh = mesh
         self.path = sock.getsockname()
         self._server: asyncio.base_events.Server | None = None
+        self._lock = asyncio.Lock()  # one set or get at a time: a get never sees half of a set
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, sock=self.sock, limit=MAX_LINE)
@@ -147,12 +171,30 @@ class UapiServer:
                         writer.write(uapi.format_errno(errno.EINVAL).encode())
                         await writer.drain()
                         return
-                    writer.write((uapi.format_get(self.tunnel.device, self.tunnel) + uapi.format_errno(0)).encode())
+                    async with self._lock:
+                        await self._get(writer)
                 elif line == b"set=1\n":
-                    body = await self._read_body(reader)
-                    if body is None:
+                    parsed = await self._read_set(reader)
+                    if parsed is None:
                         return
-                    writer.write(uapi.format_errno(await self._set(body)).encode())
+                    if isinstance(parsed, _Oversized):
+                        logger.info("UAPI set refused: larger than %d bytes", MAX_SET_REQUEST)
+                        writer.write(uapi.format_errno(errno.EMSGSIZE).encode())
+                        await writer.drain()
+                        release_free_memory()
+                        await _discard(reader, DISCARD_LIMIT)
+                        return  # the rest of the connection cannot be trusted to be in step
+                    if isinstance(parsed, UapiError):
+                        logger.info("UAPI set refused: %s", parsed)
+                        code = parsed.errno
+                    else:
+                        large = len(parsed.peers) >= LARGE_REQUEST_PEERS or parsed.replace_peers
+                        async with self._lock:
+                            code = await self._set(parsed)
+                        parsed = None  # the request's objects go before the trim
+                        if large:
+                            release_free_memory()
+                    writer.write(uapi.format_errno(code).encode())
                 elif line == b"mesh_apply=1\n" and self.mesh is not None:
                     document = await _read_long_line(reader, MAX_MESH_DOCUMENT)
                     if document is None or await reader.readline() != b"\n":
@@ -169,43 +211,101 @@ class UapiServer:
         finally:
             writer.close()
 
-    async def _read_body(self, reader: asyncio.StreamReader) -> list[str] | None:
-        lines: list[str] = []
-        while len(lines) < MAX_REQUEST_LINES:
+    async def _read_set(self, reader: asyncio.StreamReader) -> uapi.SetRequest | UapiError | _Oversized | None:
+        """Read and validate a ``set=1`` body as it arrives (no line is kept), up to its blank line.
+
+        Returns the request, the first ``UapiError`` (the rest of the body is read to stay in step), ``_Oversized``
+        once more than ``MAX_SET_REQUEST`` bytes came (at once: nothing more is parsed or kept), or ``None`` when the
+        connection ended or a line was longer than ``MAX_LINE`` (apply nothing, answer nothing).
+        """
+        parser: uapi.SetParser | None = uapi.SetParser()
+        failure: UapiError | None = None
+        size = 0
+        lines = 0
+        while True:
             try:
                 raw = await reader.readline()
-            except (ValueError, asyncio.LimitOverrunError):
+            except (ValueError, asyncio.LimitOverrunError, ConnectionError):
                 return None
             if not raw.endswith(b"\n"):
                 return None  # connection closed mid-request: apply nothing
             if raw == b"\n":
-                return lines
+                return failure if failure is not None else parser.finish() if parser is not None else None
+            size += len(raw)
+            if size > MAX_SET_REQUEST:
+                return _Oversized()
+            lines += 1
+            if lines % LINES_PER_YIELD == 0:
+                if lines >= FREEZE_AFTER_LINES:
+                    gc.freeze()
+                await asyncio.sleep(0)  # the data plane runs between slices of a large request
+            if parser is None:
+                continue
             try:
-                lines.append(raw[:-1].decode("ascii"))
+                parser.feed(raw[:-1].decode("ascii"))
             except UnicodeDecodeError:
-                lines.append("\x00")  # becomes an EPROTO/EINVAL answer below
-        return None
+                failure, parser = UapiError(errno.EPROTO, "a line is not ASCII"), None
+            except UapiError as exc:
+                failure, parser = exc, None  # drop what was parsed: the request will be refused
 
-    async def _set(self, body: list[str]) -> int:
-        """Validate the whole request, then apply the socket half on the tunnel first (a new port is bound, with
-        the new fwmark, before anything else changes), then the rest on the device."""
+    async def _get(self, writer: asyncio.StreamWriter) -> None:
+        """Write the ``get=1`` answer in chunks, letting the data plane run between them."""
+        for chunk in uapi.format_get_chunks(self.tunnel.device, self.tunnel):
+            writer.write(chunk.encode())
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.write(uapi.format_errno(0).encode())
+        if len(self.tunnel.device.peers) >= LARGE_REQUEST_PEERS:
+            release_free_memory()
+
+    async def _set(self, request: uapi.SetRequest) -> int:
+        """Apply a validated request: the socket half on the tunnel first (a new port is bound, with the new fwmark,
+        before anything else changes), then the rest on the device in steps of ``uapi.PEERS_PER_STEP`` peers,
+        flushing and letting the data plane run between them. The server's lock keeps other requests out until
+        the last step."""
         tunnel = self.tunnel
         try:
-            request = uapi.parse_set(body)
             if request.listen_port is not None:
                 await tunnel.rebind(request.listen_port, fwmark=request.fwmark)
                 request.listen_port = None  # the tunnel set the port it actually bound
             if request.fwmark is not None:
                 tunnel.set_fwmark(request.fwmark)
                 request.fwmark = None
-            uapi.apply_set(tunnel.device, request, monotonic_now())
         except UapiError as exc:
             logger.info("UAPI set refused: %s", exc)
             return exc.errno
+        large = len(request.peers) >= LARGE_REQUEST_PEERS
+        for _ in uapi.apply_set_steps(tunnel.device, request, monotonic_now()):
+            tunnel.flush()
+            if large:
+                gc.freeze()
+            await asyncio.sleep(0)
         if self.mesh is not None:
             self.mesh.configuration_changed()
         self.tunnel.flush()
         return 0
+
+
+class _Oversized:
+    """A ``set=1`` body longer than ``MAX_SET_REQUEST``."""
+
+
+async def _discard(reader: asyncio.StreamReader, limit: int) -> None:
+    """Read and drop up to ``limit`` bytes, until the body's blank line or the end of the stream, so that a client
+    still writing its oversized request can finish and read the answer it was already sent."""
+    seen = 0
+    last = b""
+    while seen < limit:
+        try:
+            chunk = await reader.read(65536)
+        except ConnectionError:
+            return
+        if not chunk:
+            return
+        seen += len(chunk)
+        if b"\n\n" in last + chunk:
+            return
+        last = chunk[-1:]
 
 
 async def _read_long_line(reader: asyncio.StreamReader, limit: int) -> bytes | None:

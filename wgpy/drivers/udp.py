@@ -43,13 +43,14 @@ _GRO_SIZE: Final = struct.Struct("=i")  # the kernel reports the segment size of
 _CMSG_SPACE: Final = socket.CMSG_SPACE(_GRO_SIZE.size) if hasattr(socket, "CMSG_SPACE") else 0
 
 
-def _enlarge_buffers(sock: socket.socket) -> None:
-    for option, forced in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_RCVBUFFORCE / SO_SNDBUFFORCE
+def _size_buffers(sock: socket.socket, receive_buffer: int) -> None:
+    sizes = ((socket.SO_RCVBUF, 33, receive_buffer), (socket.SO_SNDBUF, 32, SOCKET_BUFFER))  # SO_*BUFFORCE
+    for option, forced, size in sizes:
         try:
-            sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)  # needs CAP_NET_ADMIN; beats rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, forced, size)  # needs CAP_NET_ADMIN; beats rmem_max
         except OSError:
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
 def _enable_gro(sock: socket.socket) -> bool:
@@ -64,14 +65,24 @@ def _enable_gro(sock: socket.socket) -> bool:
 class UdpSocket:
     """One bound, non-blocking UDP socket of the tunnel."""
 
-    def __init__(self, sock: socket.socket, *, gso: bool = True, gro: bool = True) -> None:
+    def __init__(
+        self, sock: socket.socket, *, gso: bool = True, gro: bool = True, receive_buffer: int = SOCKET_BUFFER
+    ) -> None:
+        """
+        Args:
+            sock: the bound socket.
+            gso: send runs of datagrams with UDP_SEGMENT where the kernel takes it.
+            gro: ask for UDP_GRO on receive.
+            receive_buffer: SO_RCVBUF in bytes (the kernel doubles it for its bookkeeping). A handshake socket
+                keeps it small: what waits in it is latency, and a flood beyond it is dropped by the kernel.
+        """
         self.sock = sock
         self.gso = gso and hasattr(sock, "sendmsg")
         self.gro = gro and _CMSG_SPACE > 0 and _enable_gro(sock)
         self.send_errors = 0
         self.receive_errors = 0
         sock.setblocking(False)
-        _enlarge_buffers(sock)
+        _size_buffers(sock, receive_buffer)
 
     def fileno(self) -> int:
         return self.sock.fileno()
