@@ -6,7 +6,8 @@ a policy change to every peer holding its new map, and the server's memory.
 The server runs as a subprocess (``wgpy management serve``, SQLite in a temporary state directory); the peers are
 enrolled through the API with one reusable setup key and then connected from this process. A "change" alternates the
 policy between an all-to-all rule (every map lists every peer: the worst case, N maps of N peers) and a grouped one
-(20 groups, each reaching one "servers" group). A peer "holds its new map" when a map frame with a serial above the
+(20 groups, each reaching one "servers" group of N/10 peers). With ``--teams`` it alternates the ports of 100 teams
+that each reach only themselves (maps of N/100 peers). A peer "holds its new map" when a map frame with a serial above the
 one it held before the change has arrived (read from the frame's head, so the clients' own JSON parsing is not
 measured). Prints one JSON object per change and a summary with the machine (``nproc``, CPU model).
 """
@@ -41,7 +42,12 @@ GROUPED = "acls:\n" + "".join(
     for i in range(20)
 )
 
-GROUPED_B = GROUPED.replace("'443'", "'8443'")  # the same reachability, other ports: every map changes
+# --teams: 100 teams of N/100 peers, each team reaching only itself (small maps, shared by a team's peers).
+TEAMS = "acls:\n" + "".join(
+    f"  - {{name: t{i}, src: [t{i}], dst: [t{i}], proto: tcp, ports: ['22', '443'], action: accept}}\n"
+    for i in range(100)
+)
+TEAMS_B = TEAMS.replace("'443'", "'8443'")
 
 
 class Peer:
@@ -110,7 +116,7 @@ async def _admin(
         return json.loads(text) if text and text[0] in "{[" else text
 
 
-async def run(count: int, changes: int, state: pathlib.Path, grouped_only: bool) -> dict[str, Any]:
+async def run(count: int, changes: int, state: pathlib.Path, teams: bool) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     init = subprocess.run(
         [sys.executable, "-m", "wgpy", "management", "init", "--state-dir", str(state)],
@@ -148,30 +154,26 @@ async def run(count: int, changes: int, state: pathlib.Path, grouped_only: bool)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as http:
             info = await (await http.get(url + "/api/v1/info")).json()
             proof_key = PublicKey.from_base64(info["proof_key"])
-            await _admin(http, url, token, "PUT", "/api/v1/policy", (GROUPED_B if grouped_only else ALL).encode())
-            created = await _admin(
-                http,
-                url,
-                token,
-                "POST",
-                "/api/v1/setup-keys",
-                json.dumps({"name": "bench", "reusable": True, "usage_limit": count}).encode(),
-            )
+            await _admin(http, url, token, "PUT", "/api/v1/policy", (TEAMS_B if teams else ALL).encode())
+            setup_keys: dict[str, str] = {}
+            for group in [f"t{i}" for i in range(100)] if teams else ["servers"] + [f"g{i}" for i in range(20)]:
+                body = {"name": group, "reusable": True, "usage_limit": count, "auto_groups": [group]}
+                created = await _admin(http, url, token, "POST", "/api/v1/setup-keys", json.dumps(body).encode())
+                setup_keys[group] = created["key"]
             peers = [Peer(i) for i in range(count)]
             started = time.perf_counter()
             semaphore = asyncio.Semaphore(16)
 
             async def enrol(peer: Peer) -> None:
+                if teams:
+                    group = f"t{peer.index % 100}"
+                else:
+                    group = "servers" if peer.index % 10 == 0 else f"g{peer.index % 20}"  # every 10th peer is a server
                 async with semaphore:
-                    await _enrol(http, url, proof_key, created["key"], peer)
+                    await _enrol(http, url, proof_key, setup_keys[group], peer)
 
             await asyncio.gather(*(enrol(peer) for peer in peers))
             enrol_seconds = time.perf_counter() - started
-            for index, peer in enumerate(peers):  # groups for the grouped policy: every 10th peer is a server
-                groups = ["servers"] if index % 10 == 0 else [f"g{index % 20}"]
-                await _admin(
-                    http, url, token, "PATCH", f"/api/v1/peers/{peer.peer_id}", json.dumps({"groups": groups}).encode()
-                )
             readies = [asyncio.Event() for _ in peers]
             started = time.perf_counter()
             tasks = []
@@ -184,7 +186,10 @@ async def run(count: int, changes: int, state: pathlib.Path, grouped_only: bool)
             await asyncio.sleep(2.0)  # let the connect bursts settle
             rss_connected = _rss_kib(server.pid)
             for change in range(changes):
-                text = GROUPED if change % 2 == 0 else (GROUPED_B if grouped_only else ALL)
+                if teams:
+                    text = TEAMS if change % 2 == 0 else TEAMS_B
+                else:
+                    text = GROUPED if change % 2 == 0 else ALL
                 for peer in peers:
                     peer.target = peer.serial + 1
                     peer.changed.clear()
@@ -196,7 +201,7 @@ async def run(count: int, changes: int, state: pathlib.Path, grouped_only: bool)
                 results.append(
                     {
                         "change": change,
-                        "policy": {GROUPED: "grouped", GROUPED_B: "grouped-b", ALL: "all-to-all"}[text],
+                        "policy": {GROUPED: "grouped", ALL: "all-to-all", TEAMS: "teams", TEAMS_B: "teams-b"}[text],
                         "all_peers_s": round(last, 3),
                         "median_s": round(median, 3),
                         "server_rss_mib": round(_rss_kib(server.pid) / 1024, 1),
@@ -242,7 +247,7 @@ def main() -> None:
     summary = []
     for count in args.peers or [1000]:
         with tempfile.TemporaryDirectory() as directory:
-            summary.append(asyncio.run(run(count, args.changes, pathlib.Path(directory) / "state", args.grouped_only)))
+            summary.append(asyncio.run(run(count, args.changes, pathlib.Path(directory) / "state", args.teams)))
     print(json.dumps({"machine": _machine(), "runs": summary}, indent=2))
 
 

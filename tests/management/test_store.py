@@ -7,7 +7,7 @@ import pathlib
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from wgpy.management import store
 
@@ -52,3 +52,33 @@ def test_bad_database_url_is_one_clear_error() -> None:
             assert "database" in str(exc)
         else:
             raise AssertionError(url)
+
+
+def test_a_reader_never_holds_the_sqlite_writer_lock(tmp_path: pathlib.Path) -> None:
+    async def run() -> None:
+        engine = store.create_engine(store.default_url(tmp_path))
+        try:
+            await store.upgrade(engine)
+            writers = store.sessionmaker(engine)
+            readers = store.readonly(writers)
+            async with readers() as reader:
+                await reader.execute(select(store.PeerRow.id))  # a deferred transaction is open now
+
+                async def write() -> None:
+                    async with writers() as writer, writer.begin():
+                        writer.add(store.GroupRow(name="g", created_at=0.0))
+
+                await asyncio.wait_for(write(), 5)  # BEGIN IMMEDIATE does not wait for the reader
+            async with readers() as reader:
+                assert (await reader.execute(select(store.GroupRow.name))).scalars().all() == ["g"]
+            # and while a writer holds the lock, a reader still reads
+            async with writers() as writer, writer.begin():
+                writer.add(store.GroupRow(name="h", created_at=0.0))
+                await writer.flush()
+                async with readers() as reader:
+                    names = await asyncio.wait_for(reader.execute(select(store.GroupRow.name)), 5)
+                    assert names.scalars().all() == ["g"]
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import crypto
 from ..errors import ConfigError
 from ..keys import PrivateKey, PublicKey
-from . import audit, enrolment, tokens
+from . import audit, enrolment, store, tokens
 from .enrolment import EnrolmentError
 from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid_name
 from .proof import HEADER_KEY, NonceCache, ProofError, verify_proof
@@ -258,6 +258,8 @@ class ManagementServer:
         max_streams: int = 20000,
     ) -> None:
         self.sessions = sessions
+        self.writers = sessions
+        self.readers = store.readonly(sessions)
         self.keys = keys
         self.network = enrolment.parse_network(network)
         self.clock = clock
@@ -305,7 +307,7 @@ class ManagementServer:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One database transaction; its audit lines are written after the commit, dropped on a rollback."""
-        async with self.sessions() as session:
+        async with self.writers() as session:
             try:
                 async with session.begin():
                     yield session
@@ -346,7 +348,7 @@ class ManagementServer:
         token = _bearer(request)
         if len(token) > 200:
             raise ApiError(401, "invalid_token", "not an admin token")
-        async with self.sessions() as session:
+        async with self.readers() as session:
             row = (
                 await session.execute(select(AdminToken).where(AdminToken.token_hash == secret_hash(token)))
             ).scalar()
@@ -366,7 +368,7 @@ class ManagementServer:
         except tokens.TokenError as exc:
             raise ApiError(401, exc.code, exc.detail) from None
         self._proof(request, body, now, PublicKey.from_base64(claims.wg))
-        async with self.sessions() as session:
+        async with self.readers() as session:
             row = await session.get(PeerRow, claims.sub)
         if row is None or row.deleted or row.public_key != claims.wg:
             raise ApiError(401, "unknown_peer", "the token's peer no longer exists")
@@ -740,7 +742,7 @@ class ManagementServer:
 
     async def list_setup_keys(self, request: web.Request) -> web.Response:
         await self._admin(request)
-        async with self.sessions() as session:
+        async with self.readers() as session:
             rows = (
                 await session.execute(select(SetupKeyRow).order_by(SetupKeyRow.created_at).limit(MAX_LIST))
             ).scalars()
@@ -759,7 +761,7 @@ class ManagementServer:
 
     async def list_peers(self, request: web.Request) -> web.Response:
         await self._admin(request)
-        async with self.sessions() as session:
+        async with self.readers() as session:
             rows = (
                 await session.execute(
                     select(PeerRow).where(PeerRow.deleted.is_(False)).order_by(PeerRow.created_at).limit(MAX_LIST)
@@ -783,7 +785,7 @@ class ManagementServer:
                 raise ApiError(404, "not_found", "no such peer")
             detail = await change(session, row, now)
             audit.record(session, now=now, kind=kind, actor=actor, peer=peer_id, detail=detail)
-        async with self.sessions() as session:
+        async with self.readers() as session:
             fresh = await session.get(PeerRow, peer_id)
         assert fresh is not None  # noqa: S101 (peers are never removed from the table)
         self.hub.notify(Change(push, peer_id))
@@ -864,7 +866,7 @@ class ManagementServer:
 
     async def get_policy(self, request: web.Request) -> web.Response:
         await self._admin(request)
-        async with self.sessions() as session:
+        async with self.readers() as session:
             row = (await session.execute(select(PolicyRow).order_by(PolicyRow.id.desc()).limit(1))).scalar()
         text = row.text if row is not None else "acls: []\n"
         return web.Response(text=text, content_type="application/yaml")
@@ -892,7 +894,7 @@ class ManagementServer:
             ) from None
         if not 1 <= limit <= MAX_AUDIT_PAGE:
             raise ApiError(400, "invalid_value", f"limit must be 1-{MAX_AUDIT_PAGE}")
-        async with self.sessions() as session:
+        async with self.readers() as session:
             rows = (await session.execute(statement.order_by(AuditRow.id.desc()).limit(limit))).scalars()
             return web.json_response(
                 [

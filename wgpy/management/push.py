@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import crypto
 from . import audit
 from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, canonical_body, compile_view, compile_views, parse_policy
-from .store import PeerRow, PolicyRow
+from .store import PeerRow, PolicyRow, readonly
 
 __all__ = [
     "CLOSE_REPLACED",
@@ -99,6 +99,7 @@ class MapService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sessions = sessions
+        self.readers = readonly(sessions)
         self.signing_key = signing_key
         self.clock = clock
         self._policy_cache: tuple[int, Policy] | None = None
@@ -106,7 +107,7 @@ class MapService:
 
     async def _load(self) -> tuple[Policy, list[PeerEntry]]:
         """The current policy and active peers (columns only, no ORM objects: this runs per change)."""
-        async with self.sessions() as session:
+        async with self.readers() as session:
             policy_id = (await session.execute(select(func.max(PolicyRow.id)))).scalar()
             if policy_id is not None and (self._policy_cache is None or self._policy_cache[0] != policy_id):
                 text = (await session.execute(select(PolicyRow.text).where(PolicyRow.id == policy_id))).scalar_one()
@@ -153,7 +154,7 @@ class MapService:
     async def snapshot(self) -> Snapshot:
         """The current policy and every active peer's view (compiled in a thread: the event loop keeps serving)."""
         policy, peers = await self._load()
-        async with self.sessions() as session:
+        async with self.readers() as session:
             pending = frozenset(
                 (
                     await session.execute(

@@ -51,6 +51,7 @@ __all__ = [
     "SetupKeyRow",
     "create_engine",
     "default_url",
+    "readonly",
     "secret_hash",
     "sessionmaker",
     "upgrade",
@@ -58,6 +59,7 @@ __all__ = [
 
 SQLITE_BUSY_TIMEOUT: Final = 30.0  # seconds a SQLite transaction waits for the writer lock (ours)
 MIGRATIONS: Final = pathlib.Path(__file__).with_name("migrations")
+_READ_ONLY: Final = "wgpy_read_only"  # execution option of reader sessions
 
 _NAMING: Final = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -216,11 +218,24 @@ def _sqlite_immediate(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers (``readonly``) begin DEFERRED: in WAL mode they read a snapshot and never wait for the writer.
+        deferred = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for transactions that write (SQLite: ``BEGIN IMMEDIATE``)."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def readonly(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the same engine for reads only (SQLite: a deferred ``BEGIN``; no writer lock is taken).
+
+    A session from here must never write: a deferred SQLite transaction that starts writing can fail with
+    ``SQLITE_BUSY`` instead of waiting.
+    """
+    bind = sessions.kw["bind"]
+    return async_sessionmaker(bind.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
 
 
 def _alembic_config(connection: Connection) -> object:
