@@ -8,7 +8,7 @@ layer, so that a new module is checked by default and a new I/O module has to be
 * ``wgpy/tools/``: trace, conformance, probe and demo, built on the core (package data, sockets, clocks);
 * ``wgpy/mesh/agent.py``: the mesh daemon glue (state file, map file polling, audit log, the event loop).
 
-* the control plane's shells: ``wgpy/management/{api,audit,push,server,store}.py`` and ``migrations/`` (HTTP, WebSocket, database, key
+* the control plane's shells: ``wgpy/management/{api,audit,notify,push,server,store}.py`` and ``migrations/`` (HTTP, WebSocket, database, key
   files) and ``wgpy/agent/{client,enrol,keystore,runner}.py`` (HTTP client, keyring and state files, the event loop).
 
 The control plane's decisions stay core and are checked like the engine: ``management/{policy,tokens,enrolment,
@@ -56,7 +56,7 @@ FORBIDDEN_NAMES = frozenset({"print", "open", "input"})
 STANDARD_STREAMS = frozenset({"stdout", "stderr", "stdin", "__stdout__", "__stderr__", "__stdin__"})
 #: The I/O layer, as paths under ``wgpy/`` (a folder covers everything in it). Everything else is core.
 _CONTROL_PLANE_SHELLS = (
-    *(f"management/{name}.py" for name in ("api", "audit", "push", "server", "store")),
+    *(f"management/{name}.py" for name in ("api", "audit", "notify", "push", "server", "store")),
     "management/migrations",
     *(f"agent/{name}.py" for name in ("client", "enrol", "keystore", "runner")),
 )

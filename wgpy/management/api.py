@@ -474,6 +474,7 @@ class ManagementServer:
                     raise ApiError(409, "already_enrolled", "this WireGuard key is enrolled already")
                 existing.public_key = f"deleted:{existing.id}"  # frees the unique key for the new peer
                 await session.flush()
+            await store.lock_address_pool(session)
             taken: set[int] = set()
             stale: list[str] = []
             for held, released_at in (

@@ -30,6 +30,7 @@ from ..keys import PrivateKey
 from . import store
 from .api import ManagementServer, ServerKeys
 from .enrolment import DEFAULT_NETWORK
+from .notify import PgFanout
 
 __all__ = [
     "PROOF_KEY_FILE",
@@ -38,6 +39,7 @@ __all__ = [
     "StateError",
     "init_state",
     "load_keys",
+    "running_replica",
     "running_server",
     "serve",
 ]
@@ -130,6 +132,7 @@ class RunningServer:
     state_dir: pathlib.Path
     db_url: str
     runner: web.AppRunner = field(repr=False)
+    fanout: PgFanout | None = None  # the LISTEN/NOTIFY fan-out on PostgreSQL
 
     @property
     def signing_key_b64(self) -> str:
@@ -149,19 +152,28 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 async def _build(
     state_dir: pathlib.Path, db_url: str, network: str, clock: Callable[[], float] | None
-) -> tuple[ManagementServer, web.Application, object]:
+) -> tuple[ManagementServer, web.Application, PgFanout | None]:
     keys = load_keys(state_dir)
     engine = store.create_engine(db_url)
     await store.upgrade(engine)
     kwargs = {"clock": clock} if clock is not None else {}
     server = ManagementServer(store.sessionmaker(engine), keys, network=network, **kwargs)  # type: ignore[arg-type]
     app = server.app()
+    # PostgreSQL: other replicas may share the database; their changes reach our peers through LISTEN/NOTIFY.
+    fanout = PgFanout(engine, server.hub) if engine.dialect.name == "postgresql" else None
+
+    async def start_fanout(_app: web.Application) -> None:
+        if fanout is not None:
+            fanout.start()
 
     async def dispose(_app: web.Application) -> None:
+        if fanout is not None:
+            await fanout.stop()
         await engine.dispose()
 
+    app.on_startup.append(start_fanout)
     app.on_cleanup.append(dispose)
-    return server, app, engine
+    return server, app, fanout
 
 
 @contextlib.asynccontextmanager
@@ -176,15 +188,35 @@ async def running_server(
 ) -> AsyncIterator[RunningServer]:
     """Init a fresh state directory and serve it on ``host`` (a free port by default) until the block ends."""
     url = db_url or store.default_url(state_dir)
-    keys, token = await init_state(state_dir, url)
-    server, app, _engine = await _build(state_dir, url, network, clock)
+    _keys, token = await init_state(state_dir, url)
+    async with running_replica(
+        state_dir, db_url=url, admin_token=token, host=host, port=port, network=network, clock=clock
+    ) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_replica(
+    state_dir: pathlib.Path,
+    *,
+    db_url: str,
+    admin_token: str = "",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    network: str = DEFAULT_NETWORK,
+    clock: Callable[[], float] | None = None,
+) -> AsyncIterator[RunningServer]:
+    """Serve an initialised state directory and database (one more replica) on ``host`` until the block ends."""
+    server, app, fanout = await _build(state_dir, db_url, network, clock)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port or free_port(host))
     await site.start()
     bound = runner.addresses[0]
     try:
-        yield RunningServer(f"http://{bound[0]}:{bound[1]}", token, keys, server, state_dir, url, runner)
+        yield RunningServer(
+            f"http://{bound[0]}:{bound[1]}", admin_token, server.keys, server, state_dir, db_url, runner, fanout
+        )
     finally:
         await runner.cleanup()
 
