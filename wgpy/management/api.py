@@ -37,6 +37,7 @@ from ..errors import ConfigError
 from ..keys import PrivateKey, PublicKey
 from . import audit, enrolment, store, tokens
 from .enrolment import EnrolmentError
+from .keys import KeyRotation
 from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid_name
 from .proof import HEADER_KEY, NonceCache, ProofError, verify_proof
 from .push import Change, MapService, PushHub
@@ -88,9 +89,19 @@ class ServerKeys:
 
     signing: crypto.Ed25519PrivateKey
     proof: PrivateKey
+    rotation: KeyRotation | None = None  # a signing-key rotation under way (``keys.py``)
 
     def __repr__(self) -> str:
         return "ServerKeys(<hidden>)"
+
+    def verify_keys(self) -> tuple[crypto.Ed25519PublicKey, ...]:
+        """The keys a token may be signed with: ours, and during a rotation the next and the previous one."""
+        keys = [self.signing.public_key()]
+        if self.rotation is not None:
+            keys.append(self.rotation.next_key)
+            if self.rotation.previous_key is not None:
+                keys.append(self.rotation.previous_key)
+        return tuple(keys)
 
     def info(self) -> dict[str, str]:
         signing_public = self.signing.public_key().public_bytes_raw()
@@ -265,9 +276,10 @@ class ManagementServer:
         self.clock = clock
         self.nonces = NonceCache()
         self.maps = MapService(sessions, keys.signing, clock)
+        self.maps.rotation = keys.rotation.announcement() if keys.rotation is not None else None
         self.hub = PushHub(self.maps, max_streams=max_streams)
         self.hub.tick_hooks.append(self.sweep)
-        self._verify_key = keys.signing.public_key()
+        self._verify_key = keys.verify_keys()
 
     def __repr__(self) -> str:
         return f"ManagementServer(network={self.network})"

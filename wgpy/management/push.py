@@ -105,6 +105,7 @@ class MapService:
         self.signing_key = signing_key
         self.clock = clock
         self._policy_cache: tuple[int, Policy] | None = None
+        self.rotation: tuple[str, int] | None = None  # a signing-key rotation announced in every map (keys.py)
         self._entries: dict[tuple[object, ...], PeerEntry] = {}
 
     async def _load(self) -> tuple[Policy, list[PeerEntry]]:
@@ -218,7 +219,9 @@ class MapService:
             if done is None:
                 if count % 64 == 63:
                     await asyncio.sleep(0)  # thousands of distinct maps: let requests in between
-                body = canonical_body(view, serial=serial, issued_at=issued_at, expires_at=expires_at)
+                body = canonical_body(
+                    view, serial=serial, issued_at=issued_at, expires_at=expires_at, rotation=self.rotation
+                )
                 signature = base64.b64encode(crypto.ed25519_sign(self.signing_key, body)).decode("ascii")
                 # The envelope in canonical form too ("map" < "signature"); the agent re-canonicalises the body anyway.
                 document = f'{{"map":{body.decode("ascii")},"signature":"{signature}"}}'

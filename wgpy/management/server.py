@@ -30,6 +30,15 @@ from ..keys import PrivateKey
 from . import store
 from .api import ManagementServer, ServerKeys
 from .enrolment import DEFAULT_NETWORK
+from .keys import (
+    PROOF_KEY_ENV,
+    ROTATION_ENV,
+    ROTATION_FILE,
+    SIGNING_KEY_ENV,
+    KeyRotation,
+    RotationError,
+    parse_rotation,
+)
 from .notify import PgFanout
 
 __all__ = [
@@ -81,15 +90,52 @@ def _read_secret(path: pathlib.Path) -> bytes:
     return raw
 
 
-def load_keys(state_dir: pathlib.Path) -> ServerKeys:
-    """The signing and proof keys from the state directory.
+def _env_secret(name: str) -> bytes | None:
+    text = os.environ.get(name)
+    if text is None:
+        return None
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise StateError(f"{name} is not a key (32 bytes in base64)") from None
+    if len(raw) != 32:
+        raise StateError(f"{name} is not a key (32 bytes in base64)")
+    return raw
+
+
+def load_rotation(state_dir: pathlib.Path) -> KeyRotation | None:
+    """The signing-key rotation under way: ``WGPY_SIGNING_ROTATION``, else ``rotation.json``, else none.
 
     Raises:
-        StateError: a key file is missing, malformed or readable by group/others.
+        RotationError: the settings are malformed or the file cannot be read.
     """
-    signing = crypto.Ed25519PrivateKey.from_private_bytes(_read_secret(state_dir / SIGNING_KEY_FILE))
-    proof = PrivateKey(_read_secret(state_dir / PROOF_KEY_FILE))
-    return ServerKeys(signing, proof)
+    text = os.environ.get(ROTATION_ENV)
+    if text is None:
+        path = state_dir / ROTATION_FILE
+        try:
+            text = path.read_text("utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RotationError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+    return parse_rotation(text)
+
+
+def load_keys(state_dir: pathlib.Path) -> ServerKeys:
+    """The signing and proof keys (``WGPY_SIGNING_KEY`` / ``WGPY_PROOF_KEY``, else the state directory's files)
+    and the signing-key rotation under way, if any (``keys.py``).
+
+    Raises:
+        StateError: a key file is missing, malformed or readable by group/others; the rotation is malformed.
+    """
+    signing_raw = _env_secret(SIGNING_KEY_ENV) or _read_secret(state_dir / SIGNING_KEY_FILE)
+    proof_raw = _env_secret(PROOF_KEY_ENV) or _read_secret(state_dir / PROOF_KEY_FILE)
+    try:
+        rotation = load_rotation(state_dir)
+    except RotationError as exc:
+        raise StateError(f"signing-key rotation: {exc}") from None
+    signing = crypto.Ed25519PrivateKey.from_private_bytes(signing_raw)
+    return ServerKeys(signing, PrivateKey(proof_raw), rotation)
 
 
 async def init_state(state_dir: pathlib.Path, db_url: str | None = None) -> tuple[ServerKeys, str]:
