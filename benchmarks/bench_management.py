@@ -241,7 +241,9 @@ def main() -> None:
     parser.add_argument("--peers", type=int, action="append")
     parser.add_argument("--changes", type=int, default=2)
     parser.add_argument(
-        "--grouped-only", action="store_true", help="no all-to-all policy (10,000 peers: 13 GB a change)"
+        "--teams",
+        action="store_true",
+        help="100 teams reaching only themselves (all-to-all at 10,000 peers: 13 GB a change)",
     )
     args = parser.parse_args()
     summary = []

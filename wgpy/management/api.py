@@ -57,8 +57,8 @@ WS_HEARTBEAT: Final = 30.0  # seconds between WebSocket pings (ours)
 MAX_AUDIT_PAGE: Final = 1000  # events in one audit answer (ours)
 MAX_LIST: Final = 100_000  # setup keys or peers in one list answer (ours)
 ENROL_RETRIES: Final = 5  # attempts when two enrolments race for one address (ours)
-SETUP_KEY_PREFIX: Final = "wgsk_"
-ADMIN_TOKEN_PREFIX: Final = "wgat_"  # noqa: S105 (a prefix, not a secret)
+SETUP_KEY_PREFIX: Final = "wgsk_"  # (ours) lets secret scanners and operators recognise a setup key
+ADMIN_TOKEN_PREFIX: Final = "wgat_"  # noqa: S105 (ours: a prefix, not a secret)
 _PEER_ENROL_FIELDS: Final = frozenset({"setup_key", "public_key", "name", "endpoint"})
 
 logger = logging.getLogger("wgpy.management")
@@ -319,7 +319,7 @@ class ManagementServer:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One database transaction; its audit lines are written after the commit, dropped on a rollback."""
-        async with self.writers() as session:
+        async with store.write_slot(self.writers), self.writers() as session:
             try:
                 async with session.begin():
                     yield session

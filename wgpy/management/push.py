@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import crypto
 from . import audit
 from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, canonical_body, compile_view, compile_views, parse_policy
-from .store import PeerRow, PolicyRow, lock_map_serials, readonly
+from .store import PeerRow, PolicyRow, lock_map_serials, readonly, write_slot
 
 __all__ = [
     "CLOSE_REPLACED",
@@ -184,7 +184,7 @@ class MapService:
         expires_at = issued_at + MAP_LIFETIME
         ids = list(views)
         taken: set[str] = set()
-        async with self.sessions() as session, session.begin():
+        async with write_slot(self.sessions), self.sessions() as session, session.begin():
             await lock_map_serials(session)
             highest = (await session.execute(select(func.max(PeerRow.map_serial)))).scalar() or 0
             serial = highest + 1

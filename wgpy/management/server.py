@@ -53,8 +53,8 @@ __all__ = [
     "serve",
 ]
 
-SIGNING_KEY_FILE: Final = "signing.key"
-PROOF_KEY_FILE: Final = "proof.key"
+SIGNING_KEY_FILE: Final = "signing.key"  # in the state directory (contract)
+PROOF_KEY_FILE: Final = "proof.key"  # in the state directory (contract)
 
 
 class StateError(Exception):

@@ -17,8 +17,11 @@ The schema is created by the Alembic migrations shipped in ``wgpy/management/mig
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import pathlib
+import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -58,6 +61,7 @@ __all__ = [
     "secret_hash",
     "sessionmaker",
     "upgrade",
+    "write_slot",
 ]
 
 SQLITE_BUSY_TIMEOUT: Final = 30.0  # seconds a SQLite transaction waits for the writer lock (ours)
@@ -231,6 +235,29 @@ def _sqlite_immediate(engine: AsyncEngine) -> None:
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions for transactions that write (SQLite: ``BEGIN IMMEDIATE``)."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def write_slot(sessions: async_sessionmaker[AsyncSession]) -> contextlib.AbstractAsyncContextManager[object]:
+    """Admission to a write transaction on ``sessions``' database, for throughput only (never for correctness).
+
+    SQLite has one writer at a time. Without this, every request of this process would hold a connection waiting in
+    SQLite's busy handler, and while the event loop is busy the writer that holds the lock makes slow progress:
+    under load the queue outgrows ``SQLITE_BUSY_TIMEOUT`` and requests fail with "database is locked". So on SQLite
+    the process's writers queue here, in asyncio, one at a time; the database still decides every race (guarded
+    updates, unique indexes), and another process sharing the file is still arbitrated by SQLite. PostgreSQL needs
+    no queue: this is a no-op there.
+    """
+    bind = sessions.kw["bind"]
+    if bind.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    engine = bind.sync_engine
+    slot = _WRITE_SLOTS.get(engine)
+    if slot is None:
+        slot = _WRITE_SLOTS[engine] = asyncio.Semaphore(1)
+    return slot
+
+
+_WRITE_SLOTS: weakref.WeakKeyDictionary[object, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def readonly(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
