@@ -7,7 +7,11 @@ for the caller to print once (only its hash is stored). It refuses to overwrite 
 keys, migrates the database (a no-op when current) and runs the aiohttp app until cancelled.
 
 ``running_server`` starts a whole server on 127.0.0.1 with a free port inside the caller's event loop, for tests
-(the agent's included): ``async with running_server(tmp_path) as server: server.url, server.admin_token, ...``.
+(the agent's included): ``async with running_server(tmp_path) as server: server.url, server.admin_token, ...``;
+``running_replica`` serves one more replica of an initialised state directory and database. On PostgreSQL each
+server starts a ``notify.PgFanout`` (LISTEN/NOTIFY between replicas). ``load_keys`` takes the keys from
+``WGPY_SIGNING_KEY`` / ``WGPY_PROOF_KEY`` when set, and a signing-key rotation from ``rotation.json`` or
+``WGPY_SIGNING_ROTATION`` (``keys.py``).
 """
 
 from __future__ import annotations
