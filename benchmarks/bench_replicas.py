@@ -218,7 +218,7 @@ async def run(count: int, changes: int, team_size: int, db_url: str, state: path
                     await _admin(http, urls[0], token, "POST", "/api/v1/setup-keys", json.dumps(body).encode())
                 )["key"]
             peers = [Peer(i, i % 2) for i in range(count)]
-            semaphore = asyncio.Semaphore(16)
+            semaphore = asyncio.Semaphore(32)
 
             async def enrol(peer: Peer) -> None:
                 async with semaphore:
@@ -298,12 +298,50 @@ def _machine() -> dict[str, str]:
     return {"nproc": str(os.cpu_count()), "cpu": model, "python": sys.version.split()[0], "loadavg_at_end": load}
 
 
+def compile_curve(counts: list[int], team_size: int) -> list[dict[str, Any]]:
+    """The pure part alone, in this process: compile every view and build every map body (no signing, no I/O)."""
+    from wgpy.management.policy import PeerEntry, canonical_body, compile_views, parse_policy
+
+    rows = []
+    for count in counts:
+        teams = max(1, count // team_size)
+        policy = parse_policy(teams_policy(teams, 443))
+        peers = [
+            PeerEntry(
+                f"{i:032x}",
+                PrivateKey.generate().public_key().to_base64(),
+                f"100.64.{i // 250}.{i % 250 + 1}",
+                frozenset({f"t{i % teams}"}),
+            )
+            for i in range(count)
+        ]
+        # The fastest of three (a shared machine adds noise, never speed); fresh entries each time (no JSON cache).
+        compiled = bodies = float("inf")
+        for _ in range(3):
+            fresh = [PeerEntry(p.id, p.public_key, p.address, p.groups) for p in peers]
+            started = time.perf_counter()
+            views = compile_views(policy, fresh)
+            compiled = min(compiled, time.perf_counter() - started)
+            started = time.perf_counter()
+            for view in {id(v): v for v in views.values()}.values():
+                canonical_body(view, serial=1, issued_at=1, expires_at=2)
+            bodies = min(bodies, time.perf_counter() - started)
+        rows.append({"peers": count, "compile_views_s": round(compiled, 4), "bodies_s": round(bodies, 4)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--peers", type=int, action="append")
     parser.add_argument("--changes", type=int, default=3)
     parser.add_argument("--team-size", type=int, default=100)
+    parser.add_argument("--compile-only", action="store_true", help="time the pure map compilation alone")
     args = parser.parse_args()
+    if args.compile_only:
+        counts = args.peers or [1000, 2000, 5000, 10000]
+        print(json.dumps({"machine": _machine(), "compile": compile_curve(counts, args.team_size)}, indent=2))
+        return
     summary = []
     for count in args.peers or [1000]:
         with postgres() as db_url, tempfile.TemporaryDirectory() as directory:
