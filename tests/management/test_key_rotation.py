@@ -123,3 +123,97 @@ def test_announce_switch_finish(tmp_path: pathlib.Path) -> None:
         assert load_keys(state).rotation is None
 
     asyncio.run(main())
+
+
+def test_an_agent_follows_a_rotation_across_restarts(tmp_path: pathlib.Path) -> None:
+    """The real agent: it keeps the announcement in state.json, resumes with it, accepts the new key's maps in the
+    window and pins the new key once the window is over."""
+    import time
+
+    import aiohttp
+
+    from wgpy.agent.client import Backoff
+    from wgpy.agent.enrol import enrol_device, resume_device
+    from wgpy.agent.keystore import KeyStore, StateDir
+    from wgpy.agent.runner import AgentRunner
+    from wgpy.management.server import free_port
+
+    state = tmp_path / "server"
+    device_state = StateDir(tmp_path / "device")
+    port = free_port()
+    new = crypto.Ed25519PrivateKey.generate()
+    new_b64 = _b64(new.public_key().public_bytes_raw())
+
+    async def wait(condition: object, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():  # type: ignore[operator]
+            assert time.monotonic() < deadline, "condition not met in time"
+            await asyncio.sleep(0.02)
+
+    def runner_for(enrolled: object) -> AgentRunner:
+        return AgentRunner(
+            enrolled.enrolment,  # type: ignore[attr-defined]
+            enrolled.private_key,  # type: ignore[attr-defined]
+            enrolled.client,  # type: ignore[attr-defined]
+            state=device_state,
+            bind_address="127.0.0.1",
+            on_packet=lambda _packet: None,
+            initial_map=getattr(enrolled, "initial_map", None),
+            backoff=Backoff(base=0.05, cap=0.3),
+        )
+
+    async def admin(url: str, token: str, method: str, path: str, data: bytes) -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, url + path, data=data, headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status < 300, await r.text()
+
+    async def main() -> None:
+        async with running_server(state, port=port) as first:
+            token, url = first.admin_token, first.db_url
+            await admin(first.url, token, "PUT", "/api/v1/policy", ALL)
+            async with aiohttp.ClientSession() as http:
+                async with http.post(
+                    first.url + "/api/v1/setup-keys",
+                    json={"name": "k"},
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as r:
+                    key = (await r.json())["key"]
+            enrolled = await enrol_device(
+                device_state,
+                KeyStore(device_state, keyring_backend=False),
+                url=first.url,
+                setup_key=key,
+                management_key=first.signing_key_b64,
+            )
+            old_b64 = first.signing_key_b64
+        until = int(time.time()) + 15
+        _write(state / "rotation.json", json.dumps({"next_key": new_b64, "until": until}))
+        runner = runner_for(enrolled)
+        await runner.start()
+        try:
+            async with running_replica(state, db_url=url, admin_token=token, port=port):  # 1. announce
+                await wait(lambda: runner.enrolment.management_key_next == new_b64)
+                assert device_state.read_enrolment().management_key_next == new_b64  # type: ignore[union-attr]
+        finally:
+            await runner.close()
+        # 2. switch, and the agent restarts from its state directory meanwhile
+        (state / SIGNING_KEY_FILE).unlink()
+        _write(state / SIGNING_KEY_FILE, _b64(new.private_bytes_raw()) + "\n")
+        _write(state / "rotation.json", json.dumps({"next_key": new_b64, "until": until, "previous_key": old_b64}))
+        runner = runner_for(resume_device(device_state, KeyStore(device_state, keyring_backend=False)))
+        await runner.start()
+        try:
+            async with running_replica(state, db_url=url, admin_token=token, port=port) as replica:
+                applied = runner.maps_applied
+                await wait(lambda: runner.connected and runner.maps_applied > applied)  # a map of the new key
+                assert runner.enrolment.management_key == old_b64  # still in the window
+                # 3. the window ends: the next map pins the new key, in memory and in state.json
+                await asyncio.sleep(max(0.0, until - time.time()) + 0.5)
+                await admin(replica.url, token, "PUT", "/api/v1/policy", b"acls: []\n")
+                await wait(lambda: runner.enrolment.management_key == new_b64)
+                saved = device_state.read_enrolment()
+                assert saved is not None and saved.management_key == new_b64 and saved.management_key_next is None
+        finally:
+            await runner.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

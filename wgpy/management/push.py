@@ -184,6 +184,8 @@ class MapService:
         expires_at = issued_at + MAP_LIFETIME
         ids = list(views)
         taken: set[str] = set()
+        # A rotation is announced until its window ends (a map announcing a past `until` would be refused).
+        rotation = self.rotation if self.rotation is not None and issued_at < self.rotation[1] else None
         async with write_slot(self.sessions), self.sessions() as session, session.begin():
             await lock_map_serials(session)
             highest = (await session.execute(select(func.max(PeerRow.map_serial)))).scalar() or 0
@@ -220,7 +222,7 @@ class MapService:
                 if count % 64 == 63:
                     await asyncio.sleep(0)  # thousands of distinct maps: let requests in between
                 body = canonical_body(
-                    view, serial=serial, issued_at=issued_at, expires_at=expires_at, rotation=self.rotation
+                    view, serial=serial, issued_at=issued_at, expires_at=expires_at, rotation=rotation
                 )
                 signature = base64.b64encode(crypto.ed25519_sign(self.signing_key, body)).decode("ascii")
                 # The envelope in canonical form too ("map" < "signature"); the agent re-canonicalises the body anyway.
