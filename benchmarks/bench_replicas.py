@@ -274,7 +274,12 @@ async def run(count: int, changes: int, team_size: int, db_url: str, state: path
     finally:
         for server in servers:
             server.terminate()
-            server.wait(timeout=30)
+        for server in servers:
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # closing thousands of streams one by one can take that long
+                server.kill()
+                server.wait()
     return {
         "peers": count,
         "teams": teams,
