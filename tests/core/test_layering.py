@@ -7,7 +7,7 @@ layer, so that a new module is checked by default and a new I/O module has to be
 * ``wgpy/cli/`` and ``wgpy/__main__.py``: every command's argument parsing and output (the only place that prints);
 * ``wgpy/tools/``: trace, conformance, probe and demo, built on the core (package data, sockets, clocks);
 * ``wgpy/mesh/agent.py``: the mesh daemon glue (state file, map file polling, audit log, the event loop);
-* the control plane's shells: ``wgpy/management/{api,audit,push,server,store}.py`` and ``migrations/`` (HTTP, WebSocket, database, key
+* the control plane's shells: ``wgpy/management/{api,audit,notify,push,server,store}.py`` and ``migrations/`` (HTTP, WebSocket, database, key
   files), ``wgpy/management/dashboard/app.py`` (the dashboard's routes) and ``wgpy/agent/{client,enrol,keystore,runner}.py``
   (HTTP client, keyring and state files, the event loop);
 * NAT traversal's shells: ``wgpy/nat/io/`` (the tunnel's socket hook and timers, the TURN
@@ -58,7 +58,7 @@ FORBIDDEN_NAMES = frozenset({"print", "open", "input"})
 STANDARD_STREAMS = frozenset({"stdout", "stderr", "stdin", "__stdout__", "__stderr__", "__stdin__"})
 #: The I/O layer, as paths under ``wgpy/`` (a folder covers everything in it). Everything else is core.
 _CONTROL_PLANE_SHELLS = (
-    *(f"management/{name}.py" for name in ("api", "audit", "push", "server", "store")),
+    *(f"management/{name}.py" for name in ("api", "audit", "notify", "push", "server", "store")),
     "management/migrations",
     "management/dashboard/app.py",
     *(f"agent/{name}.py" for name in ("client", "enrol", "keystore", "runner")),

@@ -5,94 +5,21 @@ throwaway cluster on a Unix socket is started for the module; as root it runs as
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
-import pwd
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from management_helpers import Harness, next_message, with_harness
+from postgres_helpers import postgres_url, reset
 from sqlalchemy import Connection
 
 from wgpy.management import store
 
-PORT = 54329
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    if os.geteuid() != 0:
-        return args
-    runuser = shutil.which("runuser")
-    if runuser is None:
-        pytest.skip("running as root without runuser")
-    return [runuser, "-u", "postgres", "--", *args]
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if initdb is None or pg_ctl is None:
-        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
-    if os.geteuid() == 0:
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user")
-    base = pathlib.Path(tempfile.mkdtemp(prefix="wgpy-pg-"))
-    data, sockets = base / "data", base / "sockets"
-    sockets.mkdir()
-    if os.geteuid() == 0:
-        for path in (base, sockets):
-            os.chown(path, owner.pw_uid, owner.pw_gid)
-    try:
-        subprocess.run(
-            _as_postgres([initdb, "-D", str(data), "-U", "postgres", "-A", "trust"]),
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        options = f"-k {sockets} -p {PORT} -c listen_addresses='' -c fsync=off"
-        subprocess.run(
-            _as_postgres([pg_ctl, "-D", str(data), "-o", options, "-w", "-l", str(base / "log"), "start"]),
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.skip(f"cannot start a PostgreSQL cluster: {exc}")
-    try:
-        yield f"postgresql+asyncpg://postgres@/postgres?host={sockets}&port={PORT}"
-    finally:
-        subprocess.run(
-            _as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]),
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _reset(url: str) -> None:
-    async def run() -> None:
-        engine = store.create_engine(url)
-        try:
-            async with engine.begin() as connection:
-                await connection.exec_driver_sql("DROP SCHEMA public CASCADE")
-                await connection.exec_driver_sql("CREATE SCHEMA public")
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
+__all__ = ["postgres_url"]  # the fixture, imported for pytest
 
 
 def test_postgres_migrations_create_exactly_the_models(postgres_url: str) -> None:
-    _reset(postgres_url)
+    reset(postgres_url)
 
     async def run() -> list[object]:
         engine = store.create_engine(postgres_url)
@@ -112,7 +39,7 @@ def test_postgres_migrations_create_exactly_the_models(postgres_url: str) -> Non
 
 
 def test_postgres_concurrent_enrolment_and_revocation(postgres_url: str, tmp_path: pathlib.Path) -> None:
-    _reset(postgres_url)
+    reset(postgres_url)
 
     async def body(h: Harness) -> None:
         key = await h.setup_key()

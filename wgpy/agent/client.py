@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -121,7 +121,7 @@ class ManagementClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         private_key: PrivateKey,
         management_key: Ed25519PublicKey,
         *,
@@ -134,20 +134,29 @@ class ManagementClient:
     ) -> None:
         """
         Args:
-            url: The server's base URL (``http://host:port``, maybe with a path prefix).
+            url: The server's base URL (``http://host:port``, maybe with a path prefix), or several replicas'
+                (a sequence, or one string with commas): requests go to one until it cannot be reached, then to
+                the next (``failover``), with the same tokens.
             private_key: The device's WireGuard key: it signs the proofs and never leaves this process.
             management_key: The pinned Ed25519 key; the proof key must be signed by it.
             proof_key: The server's proof key, if known already (after enrolment), else ``fetch_info`` gets it.
             refresh_token: The stored refresh token, for ``refresh``.
             on_refresh_token: Called with each new refresh token before it is used (persist it there).
         """
-        try:
-            base = URL(url)
-        except (ValueError, TypeError):
-            raise ConfigError("the management URL is not a URL") from None
-        if base.scheme not in ("http", "https") or not base.host:
-            raise ConfigError("the management URL must be http://HOST[:PORT] or https://HOST[:PORT]")
-        self.base_url = base
+        texts = [part.strip() for part in url.split(",")] if isinstance(url, str) else [str(u).strip() for u in url]
+        bases: list[URL] = []
+        for text in texts:
+            try:
+                base = URL(text)
+            except (ValueError, TypeError):
+                raise ConfigError("the management URL is not a URL") from None
+            if base.scheme not in ("http", "https") or not base.host:
+                raise ConfigError("the management URL must be http://HOST[:PORT] or https://HOST[:PORT]")
+            bases.append(base)
+        if not bases:
+            raise ConfigError("no management URL")
+        self.base_urls: tuple[URL, ...] = tuple(bases)
+        self._current = 0
         self._private_key = private_key
         self.management_key = management_key
         self.proof_key = proof_key
@@ -164,6 +173,17 @@ class ManagementClient:
 
     def __repr__(self) -> str:
         return f"ManagementClient({str(self.base_url)!r}, private_key=<hidden>, tokens=<hidden>)"
+
+    @property
+    def base_url(self) -> URL:
+        """The replica requests go to now."""
+        return self.base_urls[self._current]
+
+    def failover(self) -> None:
+        """Send the next requests to the next replica in the list (no-op with one URL)."""
+        if len(self.base_urls) > 1:
+            self._current = (self._current + 1) % len(self.base_urls)
+            logger.info("switching to the management server %s", self.base_url)
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -235,6 +255,28 @@ class ManagementClient:
         token: bool,
         signed: bool = True,
     ) -> tuple[int, Any]:
+        # A replica that refuses the connection has seen nothing: the next one is asked at once. Any other failure
+        # (a timeout, a dropped connection, 502-504) may come after the request was handled (a refresh token
+        # spent): it is raised as retryable, and only the next attempt goes to the next replica.
+        for attempt in range(len(self.base_urls)):
+            try:
+                return await self._request_once(method, path, what, payload, token=token, signed=signed)
+            except _Unreachable as exc:
+                self.failover()
+                if attempt == len(self.base_urls) - 1:
+                    raise exc.error from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        payload: Mapping[str, object] | None,
+        *,
+        token: bool,
+        signed: bool,
+    ) -> tuple[int, Any]:
         url = self._url(path)
         body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode("utf-8")
         headers = self._headers(method, url, body, token=token) if signed else {}
@@ -245,13 +287,22 @@ class ManagementClient:
                 raw = await response.content.read(MAX_RESPONSE)
                 status = response.status
         except TimeoutError:
+            self.failover()
             raise ManagementError(
-                f"cannot {what}: the management server {self.base_url} did not answer in time", retryable=True
+                f"cannot {what}: the management server {url.origin()} did not answer in time", retryable=True
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = _printable(str(exc) or type(exc).__name__, 120)
+            raise _Unreachable(
+                ManagementError(
+                    f"cannot {what}: cannot reach the management server {url.origin()} ({reason})", retryable=True
+                )
             ) from None
         except aiohttp.ClientError as exc:
+            self.failover()
             reason = _printable(str(exc) or type(exc).__name__, 120)
             raise ManagementError(
-                f"cannot {what}: cannot reach the management server {self.base_url} ({reason})", retryable=True
+                f"cannot {what}: cannot reach the management server {url.origin()} ({reason})", retryable=True
             ) from None
         value: Any = None
         if raw:
@@ -261,6 +312,8 @@ class ManagementClient:
                 value = None
         if 200 <= status < 300:
             return status, value
+        if status in (502, 503, 504):
+            self.failover()
         raise self._error(what, status, value)
 
     def _error(self, what: str, status: int, value: object) -> ManagementError:
@@ -400,15 +453,31 @@ class ManagementClient:
     async def stream(self) -> AsyncIterator[MapStream]:
         """``GET /api/v1/peer/stream`` (WebSocket), with the token and a proof on the upgrade request."""
         await self.ensure_access()
-        url = self._url("/api/v1/peer/stream")
+        for attempt in range(len(self.base_urls)):
+            url = self._url("/api/v1/peer/stream")
+            try:
+                ws = await self._connect_stream(url)
+                break
+            except _Unreachable as exc:
+                self.failover()
+                if attempt == len(self.base_urls) - 1:
+                    raise exc.error from None
+        try:
+            yield MapStream(ws)
+        finally:
+            await ws.close()
+
+    async def _connect_stream(self, url: URL) -> aiohttp.ClientWebSocketResponse:
         headers = self._headers("GET", url, b"", token=True)
         try:
-            ws = await self._http().ws_connect(
+            return await self._http().ws_connect(
                 url, headers=headers, heartbeat=WS_HEARTBEAT, max_msg_size=MAX_MESSAGE, autoping=True
             )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
                 self.forget_access_token()
+            if exc.status in (502, 503, 504):
+                self.failover()
             words = _STATUS_WORDS.get(exc.status, "server error" if exc.status >= 500 else "unexpected answer")
             raise ManagementError(
                 f"cannot subscribe to the network map: the management server answered {exc.status} {words}",
@@ -416,18 +485,31 @@ class ManagementClient:
                 retryable=exc.status >= 500 or exc.status in (401, 409, 429),
             ) from None
         except TimeoutError:
+            self.failover()
             raise ManagementError(
-                f"cannot subscribe to the network map: {self.base_url} did not answer in time", retryable=True
+                f"cannot subscribe to the network map: {url.origin()} did not answer in time", retryable=True
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = _printable(str(exc) or type(exc).__name__, 120)
+            raise _Unreachable(
+                ManagementError(
+                    f"cannot subscribe to the network map: cannot reach {url.origin()} ({reason})", retryable=True
+                )
             ) from None
         except aiohttp.ClientError as exc:
+            self.failover()
             reason = _printable(str(exc) or type(exc).__name__, 120)
             raise ManagementError(
-                f"cannot subscribe to the network map: cannot reach {self.base_url} ({reason})", retryable=True
+                f"cannot subscribe to the network map: cannot reach {url.origin()} ({reason})", retryable=True
             ) from None
-        try:
-            yield MapStream(ws)
-        finally:
-            await ws.close()
+
+
+class _Unreachable(Exception):
+    """A replica refused the connection (nothing was sent): try the next one at once."""
+
+    def __init__(self, error: ManagementError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class MapStream:

@@ -133,6 +133,10 @@ class Enrolment:
     listen_port: int
     key_storage: str  # "keyring" or "file"
     fail_closed: bool = False
+    # A signing-key rotation announced in a signed map (base64 key, Unix seconds): accepted beside management_key
+    # until then, pinned in its place from then on.
+    management_key_next: str | None = None
+    management_key_until: int | None = None
 
     @property
     def interface_prefix(self) -> str:
@@ -165,6 +169,12 @@ class Enrolment:
                 isinstance(enrolment.listen_port, int) and not isinstance(enrolment.listen_port, bool),
                 enrolment.key_storage in (STORAGE_KEYRING, STORAGE_FILE),
                 isinstance(enrolment.fail_closed, bool),
+                enrolment.management_key_next is None or isinstance(enrolment.management_key_next, str),
+                enrolment.management_key_until is None
+                or (
+                    isinstance(enrolment.management_key_until, int)
+                    and not isinstance(enrolment.management_key_until, bool)
+                ),
             )
             if not all(checks):
                 raise ValueError("bad field")

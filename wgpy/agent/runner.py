@@ -26,7 +26,9 @@ map and the refresh token, says so in one line and stops the runner with ``Runne
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import enum
 import json
 import logging
@@ -39,11 +41,13 @@ from typing import TYPE_CHECKING, Final
 from ..device import Device
 from ..drivers.asyncio_udp import Tunnel
 from ..drivers.clock import monotonic_now
+from ..errors import ConfigError
 from ..keys import PrivateKey
 from ..mesh import MapChanges, MapRejected, RejectReason
 from ..mesh.agent import MeshAgent
 from ..nat.io.agent import NatAgent
 from ..nat.signal import NAT_FRAMES
+from ..mesh.netmap import KeyRotation, load_management_public_key
 from .client import Backoff, ManagementClient, ManagementError, MapStream
 from .keystore import MAP_FILE, REFRESH_FILE, Enrolment, StateDir
 
@@ -178,6 +182,7 @@ class AgentRunner:
         if not isinstance(mesh, ServerMeshAgent):  # create() is typed as returning the base class
             raise TypeError("ServerMeshAgent.create returned another class")
         self.mesh = mesh
+        self._restore_rotation(mesh)
         mesh.start()  # the filter is in place before any peer exists; resumes the saved map if still valid
         self._refresh_endpoint()
         if self._initial_map is not None:
@@ -257,9 +262,47 @@ class AgentRunner:
             return None
         self.maps_applied += 1
         self.nat.peers_changed()
+        self._persist_keys(mesh)
         self.map_applied.set()
         self._write_status()
         return changes.serial
+
+    def _restore_rotation(self, mesh: ServerMeshAgent) -> None:
+        """Give the controller the rotation a signed map announced before a restart (``state.json``)."""
+        enrolment = self.enrolment
+        if enrolment.management_key_next is None or enrolment.management_key_until is None:
+            return
+        try:
+            key = load_management_public_key(enrolment.management_key_next)
+        except ConfigError:
+            return
+        mesh.controller.rotation = KeyRotation(key.public_bytes_raw(), enrolment.management_key_until)
+
+    def _persist_keys(self, mesh: ServerMeshAgent) -> None:
+        """Keep the pinned key and any announced rotation in ``state.json`` (and the client) once they change."""
+        controller = mesh.controller
+        pinned = base64.b64encode(controller.management_public_key.public_bytes_raw()).decode("ascii")
+        rotation = controller.rotation
+        following = base64.b64encode(rotation.next_key).decode("ascii") if rotation is not None else None
+        until = rotation.until if rotation is not None else None
+        enrolment = self.enrolment
+        if (pinned, following, until) == (
+            enrolment.management_key,
+            enrolment.management_key_next,
+            enrolment.management_key_until,
+        ):
+            return
+        if pinned != enrolment.management_key:
+            logger.info("the management signing key rotation is complete: the new key is pinned")
+            self.client.management_key = controller.management_public_key
+        self.enrolment = dataclasses.replace(
+            enrolment, management_key=pinned, management_key_next=following, management_key_until=until
+        )
+        if self.state is not None:
+            try:
+                self.state.write_enrolment(self.enrolment)
+            except ConfigError as exc:
+                logger.warning("%s", exc)
 
     def revoke(self) -> None:
         """The peer was revoked: drop every peer, deny everything, forget the map and tokens, stop."""

@@ -120,7 +120,12 @@ def _setup_logging(stream: object, default: str = "info") -> None:
 
 def _up_parser() -> _Parser:
     parser = _Parser(prog="wgpy up", description="Enrol this device with a wgpy management server and join the mesh.")
-    parser.add_argument("--management", metavar="URL", help="the management server, e.g. https://mgmt.example:8443")
+    parser.add_argument(
+        "--management",
+        metavar="URL",
+        action="append",
+        help="the management server, e.g. https://mgmt.example:8443; replicas: repeat it or URL1,URL2 (failover)",
+    )
     parser.add_argument("--setup-key", metavar="KEY", help="the setup key (first enrolment only)")
     parser.add_argument(
         "--management-key", metavar="B64", help="the management server's Ed25519 public key: maps must be signed by it"
@@ -140,14 +145,20 @@ def _check_up_arguments(args: argparse.Namespace) -> None:
     if args.management is not None:
         from yarl import URL
 
-        try:
-            url = URL(args.management)
-        except (ValueError, TypeError):
-            raise _Failure("--management: not a URL", _EXIT_USAGE) from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise _Failure("--management: must be http://HOST[:PORT] or https://HOST[:PORT]", _EXIT_USAGE)
-        if url.user or url.password or url.query_string or url.fragment:
-            raise _Failure("--management: no user, password, query or fragment in the URL", _EXIT_USAGE)
+        texts = [part.strip() for value in args.management for part in value.split(",") if part.strip()]
+        if not texts:
+            raise _Failure("--management: not a URL", _EXIT_USAGE)
+        for text in texts:
+            try:
+                url = URL(text)
+            except (ValueError, TypeError):
+                raise _Failure("--management: not a URL", _EXIT_USAGE) from None
+            if url.scheme not in ("http", "https") or not url.host:
+                raise _Failure("--management: must be http://HOST[:PORT] or https://HOST[:PORT]", _EXIT_USAGE)
+            if url.user or url.password or url.query_string or url.fragment:
+                raise _Failure("--management: no user, password, query or fragment in the URL", _EXIT_USAGE)
+        # One string, the replicas in order: how the state file keeps it and the client takes it.
+        args.management = ",".join(text.rstrip("/") for text in texts)
     if args.setup_key is not None:
         key = args.setup_key.strip()
         if not key or len(key) > 512 or not all("!" <= char <= "~" for char in key):

@@ -10,6 +10,8 @@ server's I/O (database, HTTP, WebSocket) is a thin shell around them. ``docs/man
 - ``store``: SQLAlchemy models, engines (SQLite/PostgreSQL) and the shipped Alembic migrations.
 - ``audit``: audit rows and ``wgpy.audit`` JSON lines, written with the change they describe.
 - ``push``: ``PushHub.notify(change)`` -> recompute, sign and push maps to connected peers.
+- ``notify``: replicas on PostgreSQL: LISTEN/NOTIFY carries each change to the others; resync on reconnect.
+- ``keys``: signing keys shared by replicas (files or environment) and their rotation, announced in the maps.
 - ``api``: the aiohttp routes; ``server``: state directory, key files, ``serve`` and ``running_server`` for tests.
 """
 

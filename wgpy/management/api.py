@@ -39,6 +39,7 @@ from ..nat.io.server import NatSignal
 from ..nat.signal import NAT_FRAMES
 from . import audit, enrolment, store, tokens
 from .enrolment import EnrolmentError
+from .keys import KeyRotation
 from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid_name
 from .proof import HEADER_KEY, NonceCache, ProofError, verify_proof
 from .push import Change, MapService, PushHub
@@ -90,9 +91,19 @@ class ServerKeys:
 
     signing: crypto.Ed25519PrivateKey
     proof: PrivateKey
+    rotation: KeyRotation | None = None  # a signing-key rotation under way (``keys.py``)
 
     def __repr__(self) -> str:
         return "ServerKeys(<hidden>)"
+
+    def verify_keys(self) -> tuple[crypto.Ed25519PublicKey, ...]:
+        """The keys a token may be signed with: ours, and during a rotation the next and the previous one."""
+        keys = [self.signing.public_key()]
+        if self.rotation is not None:
+            keys.append(self.rotation.next_key)
+            if self.rotation.previous_key is not None:
+                keys.append(self.rotation.previous_key)
+        return tuple(keys)
 
     def info(self) -> dict[str, str]:
         signing_public = self.signing.public_key().public_bytes_raw()
@@ -267,9 +278,10 @@ class ManagementServer:
         self.clock = clock
         self.nonces = NonceCache()
         self.maps = MapService(sessions, keys.signing, clock)
+        self.maps.rotation = keys.rotation.announcement() if keys.rotation is not None else None
         self.hub = PushHub(self.maps, max_streams=max_streams)
         self.hub.tick_hooks.append(self.sweep)
-        self._verify_key = keys.signing.public_key()
+        self._verify_key = keys.verify_keys()
         #: NAT traversal's frames on the stream (``wgpy.nat.io.server``): candidate forwarding, TURN credentials.
         self.nat = NatSignal(self.maps, self.hub, clock=clock)
 
@@ -482,6 +494,7 @@ class ManagementServer:
                     raise ApiError(409, "already_enrolled", "this WireGuard key is enrolled already")
                 existing.public_key = f"deleted:{existing.id}"  # frees the unique key for the new peer
                 await session.flush()
+            await store.lock_address_pool(session)
             taken: set[int] = set()
             stale: list[str] = []
             for held, released_at in (

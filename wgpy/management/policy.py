@@ -60,6 +60,7 @@ MAX_RULE_ITEMS: Final = 1024  # netmap.MAX_LIST_ITEMS: groups or port ranges in 
 MAX_YAML_DEPTH: Final = 8  # nesting the policy format needs is 4 (ours: bounds the walk)
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,63}$")  # netmap._NAME_PATTERN
+_ROTATION_KEY_RE: Final = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")  # netmap._ED25519_KEY_PATTERN
 _PORT_RE: Final = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 _TOP_KEYS: Final = frozenset({"groups", "acls"})
 _RULE_KEYS: Final = frozenset({"name", "src", "dst", "proto", "ports", "action"})
@@ -484,9 +485,11 @@ def _peer_to_map(peer: PeerEntry) -> dict[str, object]:
     }
 
 
-def map_body(view: PeerView, *, serial: int, issued_at: int, expires_at: int) -> dict[str, object]:
+def map_body(
+    view: PeerView, *, serial: int, issued_at: int, expires_at: int, rotation: tuple[str, int] | None = None
+) -> dict[str, object]:
     """The network map body for ``view`` (what ``wgpy.mesh.sign_network_map`` signs)."""
-    return {
+    body: dict[str, object] = {
         "version": FORMAT_VERSION,
         "serial": serial,
         "issued_at": issued_at,
@@ -494,14 +497,26 @@ def map_body(view: PeerView, *, serial: int, issued_at: int, expires_at: int) ->
         "peers": [_peer_to_map(peer) for peer in view.peers],
         "acl": [rule_to_map(rule) for rule in view.rules],
     }
+    if rotation is not None:
+        body["key_rotation"] = {"next_key": rotation[0], "until": rotation[1]}
+    return body
 
 
-def canonical_body(view: PeerView, *, serial: int, issued_at: int, expires_at: int) -> bytes:
+def canonical_body(
+    view: PeerView, *, serial: int, issued_at: int, expires_at: int, rotation: tuple[str, int] | None = None
+) -> bytes:
     """``canonical_json(map_body(view, ...))``, spliced from the view's cached parts (one map per peer is cheap even
-    when the view is shared by thousands: only the serial differs)."""
+    when the view is shared by thousands: only the serial differs). ``rotation`` is ``(next_key base64, until)``
+    of a signing-key rotation to announce (the map's ``key_rotation``)."""
     acl, peers = view.canonical_parts()
+    announced = ""
+    if rotation is not None:
+        key, until = rotation
+        if not _ROTATION_KEY_RE.fullmatch(key):
+            raise ValueError("the next signing key is not 32 bytes in base64")
+        announced = f'"key_rotation":{{"next_key":"{key}","until":{int(until)}}},'
     return (
-        f'{{"acl":{acl},"expires_at":{int(expires_at)},"issued_at":{int(issued_at)},'
+        f'{{"acl":{acl},"expires_at":{int(expires_at)},"issued_at":{int(issued_at)},{announced}'
         f'"peers":{peers},"serial":{int(serial)},"version":{FORMAT_VERSION}}}'
     ).encode("ascii")
 

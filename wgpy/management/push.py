@@ -2,9 +2,10 @@
 
 Theory of operation: every state change commits first and then calls ``PushHub.notify(change)``. A ``Change`` says
 what happened (``peer_joined``, ``peer_left``, ``peer_revoked``, ``peer_approved``, ``peer_updated``,
-``peer_endpoint``, ``policy``...) and to whom; this process's own handlers call it, and a later LISTEN/NOTIFY layer
-(PostgreSQL replicas) will call it with the changes other replicas made. No notification is load-bearing: a peer
-that connects (or reconnects) always gets its current map.
+``peer_endpoint``, ``policy``...) and to whom; this process's own handlers call it, and ``notify.PgFanout``
+(PostgreSQL replicas: LISTEN/NOTIFY) is one of the hub's ``publishers``, which carry each local change to the other
+replicas and call it with theirs (``local=False``). No notification is load-bearing: a peer that connects (or
+reconnects) always gets its current map.
 
 ``notify`` is synchronous and cheap: it closes the stream of a revoked or deleted peer at once (``{"type":
 "revoked"}``, close 4001) and wakes the worker. The worker coalesces bursts of changes into one recomputation: it
@@ -38,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import crypto
 from . import audit
 from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, canonical_body, compile_view, compile_views, parse_policy
-from .store import PeerRow, PolicyRow, readonly, write_slot
+from .store import PeerRow, PolicyRow, lock_map_serials, readonly, write_slot
 
 __all__ = [
     "CLOSE_REPLACED",
@@ -59,6 +60,7 @@ CLOSE_REVOKED: Final = 4001  # WebSocket close code: the peer was revoked (contr
 CLOSE_REPLACED: Final = 4000  # WebSocket close code: the same peer connected again elsewhere (ours)
 MAX_CONTROL_QUEUE: Final = 16  # pongs queued for one stream before it counts as a flood (ours)
 SEND_TIMEOUT: Final = 10.0  # seconds one frame may take to send before the stream is dropped (ours)
+_UNPUBLISHED: Final = frozenset({"stream_connected", "tick"})  # this process's own business, not the others'
 _SERIAL_BATCH: Final = 500  # peers per serial-bump statement (well under SQLite's parameter limit)
 
 logger = logging.getLogger("wgpy.management")
@@ -103,6 +105,7 @@ class MapService:
         self.signing_key = signing_key
         self.clock = clock
         self._policy_cache: tuple[int, Policy] | None = None
+        self.rotation: tuple[str, int] | None = None  # a signing-key rotation announced in every map (keys.py)
         self._entries: dict[tuple[object, ...], PeerEntry] = {}
 
     async def _load(self) -> tuple[Policy, list[PeerEntry]]:
@@ -181,7 +184,10 @@ class MapService:
         expires_at = issued_at + MAP_LIFETIME
         ids = list(views)
         taken: set[str] = set()
+        # A rotation is announced until its window ends (a map announcing a past `until` would be refused).
+        rotation = self.rotation if self.rotation is not None and issued_at < self.rotation[1] else None
         async with write_slot(self.sessions), self.sessions() as session, session.begin():
+            await lock_map_serials(session)
             highest = (await session.execute(select(func.max(PeerRow.map_serial)))).scalar() or 0
             serial = highest + 1
             for start in range(0, len(ids), _SERIAL_BATCH):
@@ -215,7 +221,9 @@ class MapService:
             if done is None:
                 if count % 64 == 63:
                     await asyncio.sleep(0)  # thousands of distinct maps: let requests in between
-                body = canonical_body(view, serial=serial, issued_at=issued_at, expires_at=expires_at)
+                body = canonical_body(
+                    view, serial=serial, issued_at=issued_at, expires_at=expires_at, rotation=rotation
+                )
                 signature = base64.b64encode(crypto.ed25519_sign(self.signing_key, body)).decode("ascii")
                 # The envelope in canonical form too ("map" < "signature"); the agent re-canonicalises the body anyway.
                 document = f'{{"map":{body.decode("ascii")},"signature":"{signature}"}}'
@@ -329,6 +337,7 @@ class PushHub:
         self.idle = asyncio.Event()
         self.idle.set()
         self.tick_hooks: list[Callable[[], object]] = []
+        self.publishers: list[Callable[[Change], None]] = []  # told of each local change (replica fan-out)
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -342,15 +351,28 @@ class PushHub:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for stream in list(self.streams.values()):
-            await stream.ws.close(code=1001, message=b"server shutting down")
+
+        async def close(stream: PeerStream) -> None:
+            # All at once and each bounded: one by one, thousands of streams whose peers do not answer the close
+            # frame kept a replica's shutdown going for minutes (a rolling restart would end in SIGKILL).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(stream.ws.close(code=1001, message=b"server shutting down"), SEND_TIMEOUT)
             await stream.stop()
+
+        await asyncio.gather(*(close(stream) for stream in list(self.streams.values())))
         self.streams.clear()
 
     # --- the interface -------------------------------------------------------------------------------------------
 
-    def notify(self, change: Change) -> None:
-        """Something changed (committed already): recompute the maps of the affected connected peers."""
+    def notify(self, change: Change, *, local: bool = True) -> None:
+        """Something changed (committed already): recompute the maps of the affected connected peers.
+
+        ``local`` changes (made by this process) also go to the ``publishers``; a change another replica made
+        comes with ``local=False``.
+        """
+        if local and change.kind not in _UNPUBLISHED:
+            for publish in self.publishers:
+                publish(change)
         if change.kind in ("peer_revoked", "peer_left") and change.peer_id is not None:
             stream = self.streams.pop(change.peer_id, None)
             if stream is not None:

@@ -7,7 +7,11 @@ for the caller to print once (only its hash is stored). It refuses to overwrite 
 keys, migrates the database (a no-op when current) and runs the aiohttp app until cancelled.
 
 ``running_server`` starts a whole server on 127.0.0.1 with a free port inside the caller's event loop, for tests
-(the agent's included): ``async with running_server(tmp_path) as server: server.url, server.admin_token, ...``.
+(the agent's included): ``async with running_server(tmp_path) as server: server.url, server.admin_token, ...``;
+``running_replica`` serves one more replica of an initialised state directory and database. On PostgreSQL each
+server starts a ``notify.PgFanout`` (LISTEN/NOTIFY between replicas). ``load_keys`` takes the keys from
+``WGPY_SIGNING_KEY`` / ``WGPY_PROOF_KEY`` when set, and a signing-key rotation from ``rotation.json`` or
+``WGPY_SIGNING_ROTATION`` (``keys.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ from ..keys import PrivateKey
 from . import store
 from .api import ManagementServer, ServerKeys
 from .enrolment import DEFAULT_NETWORK
+from .keys import (
+    PROOF_KEY_ENV,
+    ROTATION_ENV,
+    ROTATION_FILE,
+    SIGNING_KEY_ENV,
+    KeyRotation,
+    RotationError,
+    parse_rotation,
+)
+from .notify import PgFanout
 
 __all__ = [
     "PROOF_KEY_FILE",
@@ -38,6 +52,7 @@ __all__ = [
     "StateError",
     "init_state",
     "load_keys",
+    "running_replica",
     "running_server",
     "serve",
 ]
@@ -79,15 +94,52 @@ def _read_secret(path: pathlib.Path) -> bytes:
     return raw
 
 
-def load_keys(state_dir: pathlib.Path) -> ServerKeys:
-    """The signing and proof keys from the state directory.
+def _env_secret(name: str) -> bytes | None:
+    text = os.environ.get(name)
+    if text is None:
+        return None
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise StateError(f"{name} is not a key (32 bytes in base64)") from None
+    if len(raw) != 32:
+        raise StateError(f"{name} is not a key (32 bytes in base64)")
+    return raw
+
+
+def load_rotation(state_dir: pathlib.Path) -> KeyRotation | None:
+    """The signing-key rotation under way: ``WGPY_SIGNING_ROTATION``, else ``rotation.json``, else none.
 
     Raises:
-        StateError: a key file is missing, malformed or readable by group/others.
+        RotationError: the settings are malformed or the file cannot be read.
     """
-    signing = crypto.Ed25519PrivateKey.from_private_bytes(_read_secret(state_dir / SIGNING_KEY_FILE))
-    proof = PrivateKey(_read_secret(state_dir / PROOF_KEY_FILE))
-    return ServerKeys(signing, proof)
+    text = os.environ.get(ROTATION_ENV)
+    if text is None:
+        path = state_dir / ROTATION_FILE
+        try:
+            text = path.read_text("utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RotationError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+    return parse_rotation(text)
+
+
+def load_keys(state_dir: pathlib.Path) -> ServerKeys:
+    """The signing and proof keys (``WGPY_SIGNING_KEY`` / ``WGPY_PROOF_KEY``, else the state directory's files)
+    and the signing-key rotation under way, if any (``keys.py``).
+
+    Raises:
+        StateError: a key file is missing, malformed or readable by group/others; the rotation is malformed.
+    """
+    signing_raw = _env_secret(SIGNING_KEY_ENV) or _read_secret(state_dir / SIGNING_KEY_FILE)
+    proof_raw = _env_secret(PROOF_KEY_ENV) or _read_secret(state_dir / PROOF_KEY_FILE)
+    try:
+        rotation = load_rotation(state_dir)
+    except RotationError as exc:
+        raise StateError(f"signing-key rotation: {exc}") from None
+    signing = crypto.Ed25519PrivateKey.from_private_bytes(signing_raw)
+    return ServerKeys(signing, PrivateKey(proof_raw), rotation)
 
 
 async def init_state(state_dir: pathlib.Path, db_url: str | None = None) -> tuple[ServerKeys, str]:
@@ -130,6 +182,7 @@ class RunningServer:
     state_dir: pathlib.Path
     db_url: str
     runner: web.AppRunner = field(repr=False)
+    fanout: PgFanout | None = None  # the LISTEN/NOTIFY fan-out on PostgreSQL
 
     @property
     def signing_key_b64(self) -> str:
@@ -149,19 +202,28 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 async def _build(
     state_dir: pathlib.Path, db_url: str, network: str, clock: Callable[[], float] | None
-) -> tuple[ManagementServer, web.Application, object]:
+) -> tuple[ManagementServer, web.Application, PgFanout | None]:
     keys = load_keys(state_dir)
     engine = store.create_engine(db_url)
     await store.upgrade(engine)
     kwargs = {"clock": clock} if clock is not None else {}
     server = ManagementServer(store.sessionmaker(engine), keys, network=network, **kwargs)  # type: ignore[arg-type]
     app = server.app()
+    # PostgreSQL: other replicas may share the database; their changes reach our peers through LISTEN/NOTIFY.
+    fanout = PgFanout(engine, server.hub) if engine.dialect.name == "postgresql" else None
+
+    async def start_fanout(_app: web.Application) -> None:
+        if fanout is not None:
+            fanout.start()
 
     async def dispose(_app: web.Application) -> None:
+        if fanout is not None:
+            await fanout.stop()
         await engine.dispose()
 
+    app.on_startup.append(start_fanout)
     app.on_cleanup.append(dispose)
-    return server, app, engine
+    return server, app, fanout
 
 
 @contextlib.asynccontextmanager
@@ -176,15 +238,35 @@ async def running_server(
 ) -> AsyncIterator[RunningServer]:
     """Init a fresh state directory and serve it on ``host`` (a free port by default) until the block ends."""
     url = db_url or store.default_url(state_dir)
-    keys, token = await init_state(state_dir, url)
-    server, app, _engine = await _build(state_dir, url, network, clock)
+    _keys, token = await init_state(state_dir, url)
+    async with running_replica(
+        state_dir, db_url=url, admin_token=token, host=host, port=port, network=network, clock=clock
+    ) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_replica(
+    state_dir: pathlib.Path,
+    *,
+    db_url: str,
+    admin_token: str = "",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    network: str = DEFAULT_NETWORK,
+    clock: Callable[[], float] | None = None,
+) -> AsyncIterator[RunningServer]:
+    """Serve an initialised state directory and database (one more replica) on ``host`` until the block ends."""
+    server, app, fanout = await _build(state_dir, db_url, network, clock)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port or free_port(host))
     await site.start()
     bound = runner.addresses[0]
     try:
-        yield RunningServer(f"http://{bound[0]}:{bound[1]}", token, keys, server, state_dir, url, runner)
+        yield RunningServer(
+            f"http://{bound[0]}:{bound[1]}", admin_token, server.keys, server, state_dir, db_url, runner, fanout
+        )
     finally:
         await runner.cleanup()
 

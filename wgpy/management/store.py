@@ -37,6 +37,7 @@ from sqlalchemy import (
     String,
     Text,
     event,
+    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -54,6 +55,8 @@ __all__ = [
     "SetupKeyRow",
     "create_engine",
     "default_url",
+    "lock_address_pool",
+    "lock_map_serials",
     "readonly",
     "secret_hash",
     "sessionmaker",
@@ -63,6 +66,8 @@ __all__ = [
 
 SQLITE_BUSY_TIMEOUT: Final = 30.0  # seconds a SQLite transaction waits for the writer lock (ours)
 MIGRATIONS: Final = pathlib.Path(__file__).with_name("migrations")
+ADDRESS_POOL_LOCK: Final = 0x7767707901  # PostgreSQL advisory lock keys ("wgpy" + 01, 02; ours)
+MAP_SERIAL_LOCK: Final = 0x7767707902
 _READ_ONLY: Final = "wgpy_read_only"  # execution option of reader sessions
 
 _NAMING: Final = {
@@ -294,6 +299,31 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
     async with engine.connect() as connection:
         return await connection.run_sync(read)
+
+
+async def lock_address_pool(session: AsyncSession) -> None:
+    """Serialise address allocation among concurrent transactions, whichever replica runs them.
+
+    PostgreSQL: a transaction-level advisory lock (released at commit or rollback), so that two enrolments under
+    different setup keys do not both pick the lowest free address and leave one to fail on the unique index and
+    retry. SQLite: nothing to do (``BEGIN IMMEDIATE`` holds the database's only writer lock already). The unique
+    index on ``peers.address`` stays the guarantee; this only spares the retries.
+    """
+    await _advisory_lock(session, ADDRESS_POOL_LOCK)
+
+
+async def lock_map_serials(session: AsyncSession) -> None:
+    """Serialise the issuing of map serials (``max(map_serial) + 1``) among replicas, as ``lock_address_pool``.
+
+    The guarded ``UPDATE ... WHERE map_serial < :serial`` keeps serials strictly increasing per peer without it;
+    the lock spares the loser of a race its retry (two replicas issuing one peer's map at once).
+    """
+    await _advisory_lock(session, MAP_SERIAL_LOCK)
+
+
+async def _advisory_lock(session: AsyncSession, key: int) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 RowFactory = Callable[[], object]

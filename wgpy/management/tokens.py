@@ -18,6 +18,7 @@ Errors carry a code (``TokenError.code``) and a detail in our own words, never t
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -102,7 +103,7 @@ def issue_token(
 
 def verify_token(
     token: str,
-    verify_key: crypto.Ed25519PublicKey,
+    verify_key: crypto.Ed25519PublicKey | Sequence[crypto.Ed25519PublicKey],
     *,
     expected_type: TokenType,
     now: float,
@@ -115,20 +116,28 @@ def verify_token(
     """
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_SIZE or not token.isascii():
         raise TokenError("malformed", "not a token")
-    try:
-        payload = jwt.decode(
-            token,
-            verify_key,
-            algorithms=[_ALGORITHM],
-            issuer=ISSUER,
-            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False, "verify_aud": False},
-        )
-    except jwt.InvalidSignatureError:
-        raise TokenError("bad_signature", "the token's signature does not verify with the management key") from None
-    except jwt.InvalidIssuerError:
-        raise TokenError("malformed", "the token was not issued by this server") from None
-    except jwt.PyJWTError:
-        raise TokenError("malformed", "not a token of this server") from None
+    # During a signing-key rotation several keys are valid (``keys.py``); the signature must verify with one.
+    keys = (verify_key,) if isinstance(verify_key, crypto.Ed25519PublicKey) else tuple(verify_key)
+    payload: object = None
+    for index, key in enumerate(keys):
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=[_ALGORITHM],
+                issuer=ISSUER,
+                options={"verify_exp": False, "verify_iat": False, "verify_nbf": False, "verify_aud": False},
+            )
+            break
+        except jwt.InvalidSignatureError:
+            if index == len(keys) - 1:
+                raise TokenError(
+                    "bad_signature", "the token's signature does not verify with the management key"
+                ) from None
+        except jwt.InvalidIssuerError:
+            raise TokenError("malformed", "the token was not issued by this server") from None
+        except jwt.PyJWTError:
+            raise TokenError("malformed", "not a token of this server") from None
     if not isinstance(payload, dict) or not _CLAIMS <= set(payload):
         raise TokenError("malformed", "the token lacks claims")
     sub, wg, typ, iat, exp, jti = (payload[name] for name in ("sub", "wg", "typ", "iat", "exp", "jti"))

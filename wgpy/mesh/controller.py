@@ -24,6 +24,11 @@ filter's timeouts). ``note_clock`` ties them together; with ``fail_closed`` the 
 instant at which the map expires and denies every packet from then on (``map-expired``) until a newer map arrives.
 Without it, an expired map stays in force (last known good). The serial survives only as long as this object:
 pass ``current_serial`` when recreating it so a restart does not reopen the door to replayed older maps.
+
+Key rotation: a map (verified) that carries ``key_rotation`` makes ``accepted_keys`` the pinned key *and* the
+announced next key until the announced ``until``; from ``until`` on the next key alone is pinned
+(``management_public_key`` changes; the caller may persist it). A map without the field leaves a rotation under
+way as it is: only a signed announcement starts or moves one.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from .audit import AuditLog
 from .conntrack import DEFAULT_MAX_FLOWS
 from .netmap import (
     MAX_CLOCK_SKEW,
+    KeyRotation,
     MapPeer,
     MapRejected,
     NetworkMap,
@@ -103,6 +109,18 @@ class MeshController:
         self.max_clock_skew = max_clock_skew
         self._serial = current_serial
         self._wall_offset: float | None = None  # now_wall - now, from the last note_clock
+        self.rotation: KeyRotation | None = None  # the announced next key, until its window ends
+
+    def accepted_keys(self, now_wall: float) -> tuple[Ed25519PublicKey, ...]:
+        """The keys a map may be signed with now; completes a rotation whose window has ended."""
+        rotation = self.rotation
+        if rotation is None:
+            return (self.management_public_key,)
+        if now_wall >= rotation.until:
+            self.management_public_key = rotation.public_key()
+            self.rotation = None
+            return (self.management_public_key,)
+        return (self.management_public_key, rotation.public_key())
 
     @property
     def serial(self) -> int | None:
@@ -155,7 +173,7 @@ class MeshController:
         self.note_clock(now_wall, now)
         try:
             netmap = verify_and_parse(
-                document, self.management_public_key, now_wall, self._serial, max_clock_skew=self.max_clock_skew
+                document, self.accepted_keys(now_wall), now_wall, self._serial, max_clock_skew=self.max_clock_skew
             )
             if netmap.peer(local) is None:
                 raise MapRejected(
@@ -202,6 +220,11 @@ class MeshController:
         flows_removed = self.filter.load(netmap)
         self.network_map = netmap
         self._serial = netmap.serial
+        if netmap.key_rotation is not None:
+            if netmap.key_rotation.public_key().public_bytes_raw() == self.management_public_key.public_bytes_raw():
+                self.rotation = None  # announced by the new key itself after we completed the rotation: done
+            else:
+                self.rotation = netmap.key_rotation
         self.note_clock(now_wall, now)
         audit.map_applied(
             now,

@@ -15,6 +15,12 @@ only the management *public* key and accepts a map only if (in this order, cheap
 5. it is already valid (``issued_at - max_clock_skew <= now_wall``, else ``NOT_YET_VALID``) and not yet expired
    (``now_wall < expires_at``, else ``EXPIRED``).
 
+Key rotation. A body may carry ``"key_rotation": {"next_key": base64, "until": unix_seconds}``: the management
+server announces, in a map signed by a key the device trusts, the key that replaces it; until ``until`` the device
+accepts maps signed by either key, from then on only by the next one (``MeshController`` keeps that state). The
+field is optional, so maps without it are unchanged. ``verify_and_parse`` takes one key or several (the
+signature must verify with one of them).
+
 Whatever fails raises ``MapRejected(reason, detail)``; nothing else escapes (the document is remote input). The
 detail text is our own words plus indices and field names, never key material.
 
@@ -55,6 +61,7 @@ __all__ = [
     "RESERVED_RULE_NAMES",
     "WILDCARD_GROUP",
     "AclRule",
+    "KeyRotation",
     "MapPeer",
     "MapRejected",
     "NetworkMap",
@@ -95,7 +102,10 @@ _NAME_RE: Final = re.compile(_NAME_PATTERN)
 _PUBLIC_KEY_PATTERN: Final = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
 _SIGNATURE_PATTERN: Final = r"^[A-Za-z0-9+/]{85}[AQgw]==$"  # 64 bytes in base64
 
-_BODY_KEYS: Final = frozenset({"version", "serial", "issued_at", "expires_at", "peers", "acl"})
+_BODY_REQUIRED: Final = frozenset({"version", "serial", "issued_at", "expires_at", "peers", "acl"})
+_BODY_KEYS: Final = _BODY_REQUIRED | {"key_rotation"}
+_ROTATION_KEYS: Final = frozenset({"next_key", "until"})
+_ED25519_KEY_PATTERN: Final = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"  # 32 bytes in base64
 _PEER_KEYS: Final = frozenset({"public_key", "allowed_ips", "endpoint", "groups", "relay"})
 _RULE_KEYS: Final = frozenset({"name", "src_groups", "dst_groups", "protocol", "ports", "action"})
 _RULE_REQUIRED: Final = _RULE_KEYS - {"ports"}
@@ -135,9 +145,19 @@ NETWORK_MAP_SCHEMA: Final[dict[str, object]] = {
         "body": {
             "type": "object",
             "additionalProperties": False,
-            "required": sorted(_BODY_KEYS),
+            "required": sorted(_BODY_REQUIRED),
             "properties": {
                 "version": {"const": FORMAT_VERSION},
+                "key_rotation": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": sorted(_ROTATION_KEYS),
+                    "description": "the next management key, accepted beside the current one until `until`",
+                    "properties": {
+                        "next_key": {"type": "string", "pattern": _ED25519_KEY_PATTERN},
+                        "until": {"$ref": "#/$defs/uint", "description": "Unix seconds"},
+                    },
+                },
                 "serial": {"$ref": "#/$defs/uint", "description": "strictly increasing; replays are rejected"},
                 "issued_at": {"$ref": "#/$defs/uint", "description": "Unix seconds"},
                 "expires_at": {"$ref": "#/$defs/uint", "description": "Unix seconds, > issued_at"},
@@ -269,6 +289,17 @@ class AclRule:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyRotation:
+    """A rotation announced in a signed map: ``next_key`` is accepted beside the current key until ``until``."""
+
+    next_key: bytes  # 32 bytes, an Ed25519 public key
+    until: int  # Unix seconds
+
+    def public_key(self) -> crypto.Ed25519PublicKey:
+        return crypto.Ed25519PublicKey.from_public_bytes(self.next_key)
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkMap:
     """A verified network map. ``peers`` includes the local device; ``rules`` are in evaluation order."""
 
@@ -278,6 +309,7 @@ class NetworkMap:
     peers: tuple[MapPeer, ...]
     rules: tuple[AclRule, ...]
     version: int = FORMAT_VERSION
+    key_rotation: KeyRotation | None = None
 
     def peer(self, public_key: PublicKey) -> MapPeer | None:
         """The map's entry for ``public_key``, or ``None``."""
@@ -350,7 +382,7 @@ def load_management_public_key(value: crypto.Ed25519PublicKey | bytes | str) -> 
 
 def verify_and_parse(
     document: bytes | str | Mapping[str, object],
-    management_public_key: crypto.Ed25519PublicKey,
+    management_public_key: crypto.Ed25519PublicKey | Sequence[crypto.Ed25519PublicKey],
     now_wall: float,
     current_serial: int | None = None,
     *,
@@ -360,7 +392,8 @@ def verify_and_parse(
 
     Args:
         document: The JSON text (``bytes``/``str``) or the already-parsed object.
-        management_public_key: The key the map must be signed with.
+        management_public_key: The key the map must be signed with, or the keys (during a rotation) one of
+            which must have signed it.
         now_wall: The current wall-clock time in Unix seconds.
         current_serial: The serial of the map in force, or ``None`` before the first map.
         max_clock_skew: Seconds by which ``issued_at`` may lie in the future (our clock may be behind).
@@ -376,7 +409,12 @@ def verify_and_parse(
         signed = canonical_json(body)
     except (TypeError, ValueError, RecursionError):
         _malformed("the map holds a value JSON cannot represent")
-    if not crypto.ed25519_verify(management_public_key, signature, signed):
+    keys = (
+        (management_public_key,)
+        if isinstance(management_public_key, crypto.Ed25519PublicKey)
+        else management_public_key
+    )
+    if not any(crypto.ed25519_verify(key, signature, signed) for key in keys):
         raise MapRejected(RejectReason.BAD_SIGNATURE, "the signature does not verify with the management key")
     netmap = parse_network_map(body)
     serial = netmap.serial
@@ -453,7 +491,7 @@ def parse_network_map(body: Mapping[str, object]) -> NetworkMap:
     """
     if not isinstance(body, Mapping):
         _malformed('"map" is not a JSON object')
-    _exact_keys(body, _BODY_KEYS, _BODY_KEYS, "map")
+    _exact_keys(body, _BODY_KEYS, _BODY_REQUIRED, "map")
     if _integer(body["version"], "map.version") != FORMAT_VERSION:
         _malformed(f"map.version: only format version {FORMAT_VERSION} is understood")
     serial = _integer(body["serial"], "map.serial")
@@ -486,7 +524,27 @@ def parse_network_map(body: Mapping[str, object]) -> NetworkMap:
             _malformed(f"map.acl[{index}].name: {rule.name!r} is used by another rule")
         seen_names.add(rule.name)
         rules.append(rule)
-    return NetworkMap(serial, issued_at, expires_at, tuple(peers), tuple(rules))
+    rotation = _parse_rotation(body["key_rotation"], issued_at) if "key_rotation" in body else None
+    return NetworkMap(serial, issued_at, expires_at, tuple(peers), tuple(rules), key_rotation=rotation)
+
+
+def _parse_rotation(raw: object, issued_at: int) -> KeyRotation:
+    path = "map.key_rotation"
+    if not isinstance(raw, Mapping):
+        _malformed(f"{path}: not an object")
+    _exact_keys(raw, _ROTATION_KEYS, _ROTATION_KEYS, path)
+    text = raw["next_key"]
+    if not isinstance(text, str) or not re.fullmatch(_ED25519_KEY_PATTERN, text):
+        _malformed(f"{path}.next_key: not 32 bytes in base64")
+    key = base64.b64decode(text, validate=True)
+    try:
+        crypto.Ed25519PublicKey.from_public_bytes(key)
+    except ValueError:
+        _malformed(f"{path}.next_key: not an Ed25519 public key")
+    until = _integer(raw["until"], f"{path}.until")
+    if until <= issued_at:
+        _malformed(f"{path}.until must be later than map.issued_at")
+    return KeyRotation(key, until)
 
 
 def _parse_peer(raw: object, path: str) -> MapPeer:
