@@ -45,9 +45,9 @@ from ..errors import ConfigError
 from ..keys import PrivateKey
 from ..mesh import MapChanges, MapRejected, RejectReason
 from ..mesh.agent import MeshAgent
+from ..mesh.netmap import KeyRotation, load_management_public_key
 from ..nat.io.agent import NatAgent
 from ..nat.signal import NAT_FRAMES
-from ..mesh.netmap import KeyRotation, load_management_public_key
 from .client import Backoff, ManagementClient, ManagementError, MapStream
 from .keystore import MAP_FILE, REFRESH_FILE, Enrolment, StateDir
 
