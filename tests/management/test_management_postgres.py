@@ -60,3 +60,42 @@ def test_postgres_concurrent_enrolment_and_revocation(postgres_url: str, tmp_pat
         assert (await a.refresh(old)).body["error"] == "token_reuse"
 
     with_harness(tmp_path, body, db_url=postgres_url)
+
+
+async def _nonce_store_round(url: str) -> None:
+    engine = store.create_engine(url)
+    sessions = store.sessionmaker(engine)
+    try:
+        await store.upgrade(engine)
+
+        async def remember(key: bytes, expires_at: float) -> bool:
+            async with sessions() as session, session.begin():
+                return await store.remember_nonce(session, key, expires_at)
+
+        async def forget(now: float, limit: int) -> int:
+            async with sessions() as session, session.begin():
+                return await store.forget_expired_nonces(session, now, limit)
+
+        assert await remember(b"k" * 32 + b"1" * 16, 10.0)
+        assert not await remember(b"k" * 32 + b"1" * 16, 10.0)  # seen: by this server or another one
+        assert not await remember(b"k" * 32 + b"1" * 16, 99.0)
+        for nonce in (b"2", b"3"):
+            assert await remember(b"k" * 32 + nonce * 16, 10.0)
+        assert await remember(b"k" * 32 + b"4" * 16, 100.0)
+        assert await forget(50.0, 2) == 2  # bounded: at most `limit` rows a call
+        assert await forget(50.0, 2) == 1
+        assert await forget(50.0, 2) == 0
+        assert not await remember(b"k" * 32 + b"4" * 16, 100.0)  # not expired yet: kept
+        assert await remember(b"k" * 32 + b"1" * 16, 110.0)  # expired and forgotten: a new row
+        assert store.shares_nonces(sessions) == (engine.dialect.name == "postgresql")
+    finally:
+        await engine.dispose()
+
+
+def test_postgres_nonce_store_refuses_a_seen_nonce_and_forgets_expired_ones(postgres_url: str) -> None:
+    reset(postgres_url)
+    asyncio.run(_nonce_store_round(postgres_url))
+
+
+def test_sqlite_nonce_store_behaves_the_same(tmp_path: pathlib.Path) -> None:
+    asyncio.run(_nonce_store_round(store.default_url(tmp_path)))

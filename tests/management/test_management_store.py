@@ -17,7 +17,7 @@ def test_migrations_create_exactly_the_models(tmp_path: pathlib.Path) -> None:
         engine = store.create_engine(store.default_url(tmp_path))
         try:
             await store.upgrade(engine)
-            assert await store.current_revision(engine) == "0001"
+            assert await store.current_revision(engine) == "0002"
 
             def diff(connection: Connection) -> list[object]:
                 context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -37,7 +37,7 @@ def test_upgrade_twice_is_a_no_op(tmp_path: pathlib.Path) -> None:
         try:
             await store.upgrade(engine)
             await store.upgrade(engine)
-            assert await store.current_revision(engine) == "0001"
+            assert await store.current_revision(engine) == "0002"
         finally:
             await engine.dispose()
 

@@ -228,6 +228,43 @@ def test_serials_stay_monotonic_per_peer_across_replicas(postgres_url: str, tmp_
     asyncio.run(main())
 
 
+def test_a_request_accepted_by_one_replica_is_refused_as_a_replay_by_another(
+    postgres_url: str, tmp_path: pathlib.Path
+) -> None:
+    reset(postgres_url)
+
+    async def main() -> None:
+        async with replicas(tmp_path, postgres_url) as (a, b):
+            key = await a.setup_key(reusable=True, usage_limit=10)
+            one = a.agent()
+            assert (await one.enrol(key)).status == 201
+            path = "/api/v1/peer/endpoint"
+            captured = {"host": "192.0.2.1", "port": 51820}
+            answer = await one.call("POST", path, captured)
+            assert answer.status == 204, answer.text
+            headers = dict(one.last_headers)  # signed once, accepted by A
+            answer = await one.call("POST", path, {"host": "192.0.2.2", "port": 51821})
+            assert answer.status == 204, answer.text
+            peers, log = (await b.admin("GET", "/api/v1/peers")).body, (await b.admin("GET", "/api/v1/audit")).body
+
+            other = moved(one, b)
+            replayed = await other.call("POST", path, captured, headers=headers)
+            assert replayed.status == 401, replayed.text
+            assert replayed.body["error"] == "replayed_proof"
+            # Nothing changed on B: the endpoint is still the second one, and no audit line was written.
+            assert (await b.admin("GET", "/api/v1/peers")).body == peers
+            assert (await b.admin("GET", "/api/v1/audit")).body == log
+            [row] = peers
+            assert row["endpoint"] == {"host": "192.0.2.2", "port": 51821}
+            # A request signed afresh is accepted by B.
+            answer = await other.call("POST", path, {"host": "192.0.2.3", "port": 51822})
+            assert answer.status == 204, answer.text
+            [row] = (await b.admin("GET", "/api/v1/peers")).body
+            assert row["endpoint"] == {"host": "192.0.2.3", "port": 51822}
+
+    asyncio.run(main())
+
+
 def test_replicas_need_postgresql_for_fanout(tmp_path: pathlib.Path) -> None:
     # SQLite stays the embedded default for one server: no fan-out is started there.
     from management_helpers import harness

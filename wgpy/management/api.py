@@ -2,8 +2,8 @@
 
 Theory of operation: each handler reads a bounded body, validates it (unknown fields refused), authenticates the
 caller (admin: ``Authorization: Bearer`` admin token, compared by hash; peer: access token + proof of possession,
-``proof.py``, nonce remembered in a ``NonceCache``), then makes its change in **one** database transaction whose
-races are settled by the schema (unique indexes, guarded updates), audits it in the same transaction, and only
+``proof.py``, nonce remembered in a ``NonceCache`` and, on PostgreSQL, in the ``proof_nonces`` table that every
+replica checks), then makes its change in **one** database transaction whose races are settled by the schema (unique indexes, guarded updates), audits it in the same transaction, and only
 after the commit notifies the ``PushHub``. A refused request raises ``ApiError`` before or inside the transaction,
 so it changes nothing; the middleware turns it, any aiohttp HTTP error and any unexpected exception into one JSON
 ``{"error", "detail"}`` answer with the right status, never a traceback, never a secret.
@@ -277,6 +277,7 @@ class ManagementServer:
         self.network = enrolment.parse_network(network)
         self.clock = clock
         self.nonces = NonceCache()
+        self._shared_nonces = store.shares_nonces(sessions)
         self.maps = MapService(sessions, keys.signing, clock)
         self.maps.rotation = keys.rotation.announcement() if keys.rotation is not None else None
         self.hub = PushHub(self.maps, max_streams=max_streams)
@@ -354,7 +355,7 @@ class ManagementServer:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _proof(self, request: web.Request, body: bytes, now: float, expected: PublicKey | None) -> PublicKey:
+    async def _proof(self, request: web.Request, body: bytes, now: float, expected: PublicKey | None) -> PublicKey:
         try:
             proof = verify_proof(
                 request.headers, self.keys.proof, request.method, request.raw_path, body, now=now, expected_key=expected
@@ -362,6 +363,13 @@ class ManagementServer:
             self.nonces.remember(proof, now)
         except ProofError as exc:
             raise ApiError(429 if exc.code == "busy" else 401, exc.code, exc.detail) from None
+        if self._shared_nonces:
+            # Replicas sharing the database share the replay check too: the in-memory cache above only refuses
+            # what this replica saw; the row refuses what any replica saw (a tiny transaction of its own).
+            async with self.writers() as session, session.begin():
+                fresh = await store.remember_nonce(session, bytes(proof.public_key) + proof.nonce, proof.expires_at)
+            if not fresh:
+                raise ApiError(401, "replayed_proof", "this request was seen before (replayed nonce)")
         return proof.public_key
 
     async def _admin(self, request: web.Request) -> str:
@@ -387,7 +395,7 @@ class ManagementServer:
             )
         except tokens.TokenError as exc:
             raise ApiError(401, exc.code, exc.detail) from None
-        self._proof(request, body, now, PublicKey.from_base64(claims.wg))
+        await self._proof(request, body, now, PublicKey.from_base64(claims.wg))
         async with self.readers() as session:
             row = await session.get(PeerRow, claims.sub)
         if row is None or row.deleted or row.public_key != claims.wg:
@@ -443,7 +451,7 @@ class ManagementServer:
         if name is not None and not valid_name(name):
             raise ApiError(400, "invalid_value", "name must be 1-64 characters of [A-Za-z0-9_.:@-]")
         endpoint = _endpoint(body["endpoint"]) if body.get("endpoint") is not None else None
-        proven = self._proof(request, raw, now, None)
+        proven = await self._proof(request, raw, now, None)
         if proven != public_key:
             raise ApiError(401, "bad_proof", "the proof is made with another key than public_key")
         for attempt in range(ENROL_RETRIES):
@@ -571,7 +579,7 @@ class ManagementServer:
             )
         except tokens.TokenError as exc:
             raise ApiError(401, exc.code, exc.detail) from None
-        self._proof(request, raw, now, PublicKey.from_base64(claims.wg))
+        await self._proof(request, raw, now, PublicKey.from_base64(claims.wg))
         reused = False
         async with self.transaction() as session:
             row = (
@@ -937,7 +945,7 @@ class ManagementServer:
     # --- periodic ------------------------------------------------------------------------------------------------
 
     async def sweep(self) -> None:
-        """Note connected peers as seen and delete ephemeral peers offline past their timeout."""
+        """Note connected peers as seen, delete ephemeral peers offline past their timeout, forget expired nonces."""
         now = self.clock()
         online = list(self.hub.streams)
         expired: list[str] = []
@@ -962,6 +970,10 @@ class ManagementServer:
                     expired.append(row.id)
         for peer_id in expired:
             self.hub.notify(Change("peer_left", peer_id))
+        self.nonces.expire(now)
+        if self._shared_nonces:
+            async with self.writers() as session, session.begin():
+                await store.forget_expired_nonces(session, now)
 
     # --- first admin token -----------------------------------------------------------------------------------------
 

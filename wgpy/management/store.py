@@ -33,16 +33,21 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
+    delete,
     event,
+    select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.dml import ReturningInsert
 
 __all__ = [
     "AdminToken",
@@ -51,15 +56,19 @@ __all__ = [
     "GroupRow",
     "PeerRow",
     "PolicyRow",
+    "ProofNonceRow",
     "RefreshTokenRow",
     "SetupKeyRow",
     "create_engine",
     "default_url",
+    "forget_expired_nonces",
     "lock_address_pool",
     "lock_map_serials",
     "readonly",
+    "remember_nonce",
     "secret_hash",
     "sessionmaker",
+    "shares_nonces",
     "upgrade",
     "write_slot",
 ]
@@ -69,6 +78,7 @@ MIGRATIONS: Final = pathlib.Path(__file__).with_name("migrations")
 ADDRESS_POOL_LOCK: Final = 0x7767707901  # PostgreSQL advisory lock keys ("wgpy" + 01, 02; ours)
 MAP_SERIAL_LOCK: Final = 0x7767707902
 _READ_ONLY: Final = "wgpy_read_only"  # execution option of reader sessions
+NONCE_DELETE_BATCH: Final = 10000  # expired proof nonces deleted per tick, at most (ours)
 
 _NAMING: Final = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -185,6 +195,15 @@ class AuditRow(Base):
     actor: Mapped[str] = mapped_column(String(80))
     peer: Mapped[str | None] = mapped_column(String(32), nullable=True)
     detail: Mapped[dict[str, object]] = mapped_column(JSON)
+
+
+class ProofNonceRow(Base):
+    """A proof's nonce seen by any replica, until its proof's window closes (the replay check shared by replicas)."""
+
+    __tablename__ = "proof_nonces"
+
+    key: Mapped[bytes] = mapped_column(LargeBinary(64), primary_key=True)  # peer public key || nonce
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 def default_url(state_dir: pathlib.Path) -> str:
@@ -327,3 +346,42 @@ async def _advisory_lock(session: AsyncSession, key: int) -> None:
 
 
 RowFactory = Callable[[], object]
+
+
+def shares_nonces(sessions: async_sessionmaker[AsyncSession]) -> bool:
+    """Whether proof nonces are recorded in the database: on PostgreSQL, which several replicas may share.
+
+    On SQLite one server owns the database and its in-memory ``NonceCache`` is the whole replay check; writing a
+    row there would put every peer request behind the single writer lock.
+    """
+    return bool(sessions.kw["bind"].dialect.name == "postgresql")
+
+
+async def remember_nonce(session: AsyncSession, key: bytes, expires_at: float) -> bool:
+    """Record a proof's nonce (``key`` = peer public key || nonce); ``False`` if a replica had recorded it already.
+
+    One ``INSERT ... ON CONFLICT DO NOTHING`` on the primary key: of two replicas racing on one nonce exactly one
+    gets the row back, whichever commits first, and the other waits for that commit and gets nothing.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        statement: ReturningInsert[tuple[bytes]] = (
+            postgresql.insert(ProofNonceRow)
+            .values(key=key, expires_at=expires_at)
+            .on_conflict_do_nothing(index_elements=[ProofNonceRow.key])
+            .returning(ProofNonceRow.key)
+        )
+    else:
+        statement = (
+            sqlite.insert(ProofNonceRow)
+            .values(key=key, expires_at=expires_at)
+            .on_conflict_do_nothing(index_elements=[ProofNonceRow.key])
+            .returning(ProofNonceRow.key)
+        )
+    return (await session.execute(statement)).first() is not None
+
+
+async def forget_expired_nonces(session: AsyncSession, now: float, limit: int = NONCE_DELETE_BATCH) -> int:
+    """Delete up to ``limit`` nonces whose proofs can no longer be accepted; the number deleted."""
+    batch = select(ProofNonceRow.key).where(ProofNonceRow.expires_at <= now).limit(limit).scalar_subquery()
+    result = await session.execute(delete(ProofNonceRow).where(ProofNonceRow.key.in_(batch)))
+    return int(result.rowcount)  # type: ignore[attr-defined]
