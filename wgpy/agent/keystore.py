@@ -33,6 +33,7 @@ from typing import Final
 
 from ..errors import ConfigError
 from ..keys import PrivateKey
+from ..mesh.agent import write_private_file
 
 __all__ = [
     "KEYRING_SERVICE",
@@ -66,26 +67,6 @@ def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME", "").strip()
     root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "state"
     return root / "wgpy"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename) with mode 0600."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
 
 
 def _read_private(path: Path, what: str, *, secret: bool) -> bytes | None:
@@ -225,7 +206,7 @@ class StateDir:
     def write_enrolment(self, enrolment: Enrolment) -> None:
         self.ensure()
         try:
-            _write_private(self.file(STATE_FILE), enrolment.to_json())
+            write_private_file(self.file(STATE_FILE), enrolment.to_json())
         except OSError as exc:
             raise ConfigError(f"cannot write the agent state {self.file(STATE_FILE)}: {exc.strerror or exc}") from None
 
@@ -242,7 +223,7 @@ class StateDir:
         """Replace the refresh token (atomically: a crash leaves the old or the new one, never half of either)."""
         self.ensure()
         try:
-            _write_private(self.file(REFRESH_FILE), token.encode("ascii") + b"\n")
+            write_private_file(self.file(REFRESH_FILE), token.encode("ascii") + b"\n")
         except (OSError, UnicodeEncodeError) as exc:
             raise ConfigError(
                 f"cannot write the refresh token file {self.file(REFRESH_FILE)}: {getattr(exc, 'strerror', None) or 'not ASCII'}"
@@ -265,7 +246,7 @@ class StateDir:
 
     def write_pid(self) -> None:
         self.ensure()
-        _write_private(self.file(PID_FILE), f"{os.getpid()}\n".encode("ascii"))
+        write_private_file(self.file(PID_FILE), f"{os.getpid()}\n".encode("ascii"))
 
     def remove_pid(self) -> None:
         with contextlib.suppress(OSError):
@@ -277,7 +258,7 @@ class StateDir:
 
     def write_status(self, status: dict[str, object]) -> None:
         with contextlib.suppress(OSError):
-            _write_private(self.file(STATUS_FILE), (json.dumps(status, sort_keys=True) + "\n").encode("utf-8"))
+            write_private_file(self.file(STATUS_FILE), (json.dumps(status, sort_keys=True) + "\n").encode("utf-8"))
 
     def read_status(self) -> dict[str, object] | None:
         try:
@@ -393,7 +374,7 @@ class KeyStore:
                 )
         self.state.ensure()
         try:
-            _write_private(self.key_file, key.to_base64().encode("ascii") + b"\n")
+            write_private_file(self.key_file, key.to_base64().encode("ascii") + b"\n")
         except OSError as exc:
             raise ConfigError(f"cannot write the private key file {self.key_file}: {exc.strerror or exc}") from None
         return key, STORAGE_FILE

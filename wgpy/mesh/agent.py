@@ -81,6 +81,7 @@ __all__ = [
     "open_audit_log",
     "prepare_daemon",
     "read_state",
+    "write_private_file",
     "write_state",
 ]
 
@@ -140,8 +141,17 @@ def write_state(path: Path, serial: int, document: bytes) -> None:
     """
     record = {"version": STATE_VERSION, "serial": serial, "document": json.loads(document)}
     data = (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
+    write_private_file(path, data)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file opened ``O_NOFOLLOW``, fsync, rename) with mode 0600.
+
+    Raises:
+        OSError: The file could not be written; the old one is left as it was and the temporary file is removed.
+    """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         try:
             os.fchmod(fd, 0o600)

@@ -30,6 +30,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from sqlalchemy import func, select
 
 from ..api import ApiError
+from ..audit import KINDS
 from ..policy import PolicyError, parse_policy
 from ..store import AuditRow
 from . import views
@@ -47,22 +48,7 @@ CSRF_HEADER: Final = "X-CSRF-Token"
 EVENTS_POLL: Final = 0.5  # seconds between checks of the peers' state for the live page (ours)
 EVENTS_HEARTBEAT: Final = 15.0  # seconds between keep-alive comments on an idle event stream (ours)
 AUDIT_PAGE: Final = 50  # events per audit page (ours)
-AUDIT_KINDS: Final = (
-    "admin_token_created",
-    "setup_key_created",
-    "setup_key_revoked",
-    "enrol",
-    "refresh",
-    "token_reuse",
-    "peer_approved",
-    "peer_revoked",
-    "peer_updated",
-    "peer_logout",
-    "peer_endpoint",
-    "peer_expired",
-    "policy_set",
-    "map_push",
-)
+AUDIT_KINDS: Final = tuple(sorted(KINDS))  # the audit filter offers every kind the server records
 EXPIRY_CHOICES: Final = ((3600, "1 hour"), (86400, "1 day"), (7 * 86400, "7 days"), (30 * 86400, "30 days"))
 _CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
