@@ -11,7 +11,11 @@ layer, so that a new module is checked by default and a new I/O module has to be
   files), ``wgpy/management/dashboard/app.py`` (the dashboard's routes) and ``wgpy/agent/{client,enrol,keystore,runner}.py``
   (HTTP client, keyring and state files, the event loop);
 * NAT traversal's shells: ``wgpy/nat/io/`` (the tunnel's socket hook and timers, the TURN
-  allocation, the management stream's frames).
+  allocation, the management stream's frames, aioice's STUN codec).
+
+A library can do I/O behind an innocent name (importing ``aioice.stun`` runs aioice's ``__init__``, which imports
+asyncio and socket), so the pure NAT modules are also imported, each in a fresh interpreter, and must not bring in
+any of the forbidden modules (or aioice, dnspython, ifaddr, ssl, selectors) at all.
 
 The control plane's decisions stay core and are checked like the engine: ``management/{policy,tokens,enrolment,
 proof}.py`` and ``agent/rules.py``.
@@ -33,6 +37,9 @@ Within the I/O layer only ``wgpy/cli/`` prints: the tools, drivers and the mesh 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -232,6 +239,55 @@ def core_violations(path: Path, root: Path = ROOT) -> list[str]:
 def test_core_module_does_no_io(path: Path) -> None:
     bad = core_violations(path)
     assert bad == [], f"{_module_name(path)} breaks the no-I/O rule: {bad}"
+
+
+def nat_core_modules() -> list[Path]:
+    return [p for p in core_modules() if p.relative_to(ROOT / "wgpy").parts[0] == "nat"]
+
+
+#: What importing a pure NAT module must not bring in, even through a third-party library. ``threading`` is left
+#: out: the standard library's ``logging`` imports it, and every core module logs.
+TRANSITIVE_FORBIDDEN = (FORBIDDEN - {"threading"}) | {"selectors", "ssl", "aioice", "dns", "ifaddr"}
+
+
+def test_the_nat_walk_finds_the_pure_modules() -> None:
+    names = {p.relative_to(ROOT / "wgpy").as_posix() for p in nat_core_modules()}
+    assert {"nat/stun.py", "nat/candidates.py", "nat/paths.py", "nat/credentials.py", "nat/signal.py"} <= names
+    assert not any(name.startswith("nat/io/") for name in names)
+
+
+@pytest.mark.parametrize("path", nat_core_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_pure_nat_module_pulls_in_no_io_even_transitively(path: Path) -> None:
+    module = _module_name(path)
+    # What the interpreter had loaded before (its start-up imports io, time and more) is not the module's doing.
+    probe = (
+        "import sys, importlib\n"
+        "before = set(sys.modules)\n"
+        f"importlib.import_module({module!r})\n"
+        "new = set(sys.modules) - before\n"
+        f"print(' '.join(sorted(m for m in new if m.split('.')[0] in {sorted(TRANSITIVE_FORBIDDEN)!r})))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [], f"importing {module} brings in {result.stdout.split()}"
+
+
+def test_the_transitive_check_sees_a_library_that_imports_asyncio() -> None:
+    """The check above can fail: aioice's STUN codec, imported alone, brings asyncio and socket (aioice 0.13)."""
+    probe = (
+        "import sys\nbefore = set(sys.modules)\nimport aioice.stun\n"
+        "print('asyncio' in set(sys.modules) - before, 'socket' in set(sys.modules) - before)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr  # aioice is a dependency (pyproject.toml)
+    assert result.stdout.split() == ["True", "True"]
 
 
 def prints(path: Path) -> list[str]:

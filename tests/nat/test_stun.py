@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wgpy.messages import MessageType
+from wgpy.nat.io.stun_codec import AioiceStunCodec
 from wgpy.nat.stun import (
     STUN_TRANSACTION_TIMEOUT,
     BindingDiscovery,
@@ -40,7 +41,7 @@ def response(transaction_id: bytes, mapped: tuple[str, int] | None = ("203.0.113
 
 
 def started() -> tuple[BindingDiscovery, bytes]:
-    discovery = BindingDiscovery()
+    discovery = BindingDiscovery(AioiceStunCodec())
     assert discovery.start(SERVER, 0.0)
     [(request, server)] = discovery.datagrams_to_send()
     assert server == SERVER

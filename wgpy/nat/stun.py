@@ -15,8 +15,11 @@ XOR-MAPPED-ADDRESS; anything else is dropped and changes nothing (style guide §
 touches a peer's endpoint: STUN datagrams never reach the device.
 
 The message codec is aioice's (``aioice.stun``: ``Message``, ``parse_message``), a maintained implementation of
-RFC 5389/8489 framing, XOR addresses and FINGERPRINT. Only its pure functions are used here; its ``Transaction``
-(asyncio timers) is not, since retransmission is driven by ``now`` (``next_deadline``/``handle_timer``).
+RFC 5389/8489 framing, XOR addresses and FINGERPRINT, reached through the ``StunCodec`` interface: its
+implementation, ``wgpy.nat.io.stun_codec.AioiceStunCodec``, lives in the I/O layer because importing anything of
+aioice runs its package ``__init__``, which imports ``aioice.ice`` and with it asyncio, socket, ssl, subprocess,
+dnspython and ifaddr (aioice 0.13; ``tests/core/test_layering.py`` checks that this module pulls in none of them).
+aioice's ``Transaction`` (asyncio timers) is not used: retransmission is driven by ``now`` (``handle_timer``).
 """
 
 from __future__ import annotations
@@ -27,14 +30,13 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
-
-from aioice import stun as _stun
+from typing import Final, Protocol
 
 __all__ = [
     "MAGIC_COOKIE",
     "BindingDiscovery",
     "DatagramKind",
+    "StunCodec",
     "StunDrop",
     "StunStats",
     "classify",
@@ -49,6 +51,29 @@ MAX_TRANSACTIONS: Final = 16  # outstanding transactions kept (ours: a bound aga
 BINDING_REFRESH_TIME: Final = 25.0  # seconds between discoveries, under a typical 30 s UDP NAT timeout (RFC 4787 §4.3)
 
 _HEADER: Final = struct.Struct("!HHI12s")
+# RFC 8489 §5: the class is bits C1 (0x0100) and C0 (0x0010) of the message type; the method is the other 12 bits.
+_CLASS_MASK: Final = 0x0110
+_CLASS_SUCCESS: Final = 0x0100
+_CLASS_ERROR: Final = 0x0110
+_METHOD_MASK: Final = 0x3EEF
+_METHOD_BINDING: Final = 0x0001
+
+
+class StunCodec(Protocol):
+    """The STUN message codec ``BindingDiscovery`` uses (``wgpy.nat.io.stun_codec.AioiceStunCodec``)."""
+
+    def binding_request(self, transaction_id: bytes) -> bytes:
+        """A Binding request with this 96-bit transaction id and a FINGERPRINT."""
+        ...
+
+    def mapped_address(self, data: bytes) -> object:
+        """The XOR-MAPPED-ADDRESS of a response as the codec decoded it (``None`` if absent).
+
+        Raises:
+            ValueError: ``data`` is not a well-formed STUN message (framing, attributes, FINGERPRINT). Any other
+                exception from the codec is treated the same way.
+        """
+        ...
 
 
 class DatagramKind(enum.Enum):
@@ -112,10 +137,12 @@ class BindingDiscovery:
     """Client side of STUN Binding transactions on one socket (sans-I/O).
 
     Args:
+        codec: encodes requests and decodes responses (``StunCodec``).
         rng: randomness for the 96-bit transaction ids (RFC 8489 §5: uniformly random).
     """
 
-    def __init__(self, *, rng: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(self, codec: StunCodec, *, rng: Callable[[int], bytes] = os.urandom) -> None:
+        self._codec = codec
         self._rng = rng
         self._transactions: dict[bytes, _Transaction] = {}
         self._outbox: list[tuple[bytes, tuple[str, int]]] = []
@@ -136,14 +163,9 @@ class BindingDiscovery:
         if len(self._transactions) >= MAX_TRANSACTIONS:
             self.stats.drops[StunDrop.LIMIT] += 1
             return False
-        message = _stun.Message(
-            message_method=_stun.Method.BINDING,
-            message_class=_stun.Class.REQUEST,
-            transaction_id=self._rng(12),
-        )
-        message.add_fingerprint()
-        data = bytes(message)
-        self._transactions[message.transaction_id] = _Transaction(server, data, now, now + STUN_RTO, STUN_RTO)
+        transaction_id = self._rng(12)
+        data = self._codec.binding_request(transaction_id)
+        self._transactions[transaction_id] = _Transaction(server, data, now, now + STUN_RTO, STUN_RTO)
         self._outbox.append((data, server))
         self.stats.requests_sent += 1
         return True
@@ -159,11 +181,11 @@ class BindingDiscovery:
             return None
         type_, _length, _cookie, transaction_id = _HEADER.unpack_from(data)
         # Cheap checks first: class and method from the header, the transaction id, the source; only then parse.
-        message_class = type_ & 0x0110
-        if message_class not in (_stun.Class.RESPONSE, _stun.Class.ERROR):
+        message_class = type_ & _CLASS_MASK
+        if message_class not in (_CLASS_SUCCESS, _CLASS_ERROR):
             self._drop(StunDrop.NOT_A_RESPONSE)
             return None
-        if type_ & 0x3EEF != _stun.Method.BINDING:
+        if type_ & _METHOD_MASK != _METHOD_BINDING:
             self._drop(StunDrop.WRONG_METHOD)
             return None
         transaction = self._transactions.get(transaction_id)
@@ -174,15 +196,14 @@ class BindingDiscovery:
             self._drop(StunDrop.WRONG_SOURCE)
             return None
         try:
-            message = _stun.parse_message(bytes(data))
+            mapped = self._codec.mapped_address(bytes(data))
         except Exception:  # aioice raises ValueError, but struct/ipaddress/unicode errors are possible too
             self._drop(StunDrop.MALFORMED)
             return None
-        if message.message_class == _stun.Class.ERROR:
+        if message_class == _CLASS_ERROR:
             del self._transactions[transaction_id]
             self._drop(StunDrop.ERROR_RESPONSE)
             return None
-        mapped = message.attributes.get("XOR-MAPPED-ADDRESS")
         if not (
             isinstance(mapped, tuple)
             and len(mapped) == 2

@@ -24,6 +24,7 @@ from ...keys import PublicKey
 from ..candidates import Candidate, CandidateKind, admit, parse_candidates, usable_address
 from ..paths import NAT_KEEPALIVE_INTERVAL, PathState, PeerPaths
 from ..stun import BINDING_REFRESH_TIME, BindingDiscovery, DatagramKind, classify
+from .stun_codec import AioiceStunCodec
 
 if TYPE_CHECKING:
     from ...drivers.asyncio_udp import Tunnel
@@ -53,7 +54,7 @@ class NatHandler:
     ) -> None:
         self.stun_servers = list(stun_servers)
         self.clock = clock
-        self.discovery = BindingDiscovery()
+        self.discovery = BindingDiscovery(AioiceStunCodec())
         self.tunnel: Tunnel | None = None
         #: Relayed endpoints (peers' relayed transport addresses) -> the allocation that reaches them.
         self.relayed: dict[tuple[str, int], TurnRelay] = {}
