@@ -124,6 +124,7 @@ class AgentRunner:
         initial_map: bytes | None = None,
         backoff: Backoff | None = None,
         wall_clock: Callable[[], float] = time.time,
+        worker: bool = False,
     ) -> None:
         """
         Args:
@@ -136,6 +137,7 @@ class AgentRunner:
             advertise_host: The endpoint host to report; by default the address facing the management server.
             fail_closed: Deny all traffic once the map in force expires.
             initial_map: A signed document to apply at start (the map the enrolment answer carried).
+            worker: Seal and write to the TUN device in a data-plane worker process (``drivers/worker.py``).
         """
         self.enrolment = enrolment
         self.client = client
@@ -145,7 +147,7 @@ class AgentRunner:
         self.backoff = backoff if backoff is not None else Backoff()
         self.wall_clock = wall_clock
         self.device = Device(private_key, listen_port=enrolment.listen_port)
-        self.tunnel = Tunnel(self.device, tun=tun, on_packet=on_packet, bind_address=bind_address)
+        self.tunnel = Tunnel(self.device, tun=tun, on_packet=on_packet, bind_address=bind_address, worker=worker)
         self.nat = NatAgent(wall_clock=wall_clock)  # NAT traversal (issue #15): STUN, candidates, the relay
         self._bind_address = bind_address
         self._initial_map = initial_map

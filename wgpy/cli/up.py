@@ -137,6 +137,9 @@ def _up_parser() -> _Parser:
     parser.add_argument("--fail-closed", action="store_true", help="deny all traffic once the network map expires")
     parser.add_argument("--no-tun", action="store_true", help="run the tunnel without a TUN device")
     parser.add_argument("--endpoint-host", metavar="HOST", help="the address to report as this peer's endpoint")
+    parser.add_argument(
+        "--worker", action="store_true", help="seal and write to the TUN device in a second process (a second core)"
+    )
     parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     return parser
 
@@ -400,6 +403,7 @@ async def _serve(args: argparse.Namespace, state: StateDir, ready: Callable[[str
         advertise_host=args.endpoint_host,
         fail_closed=args.fail_closed or enrolment.fail_closed,
         initial_map=enrolled.initial_map,
+        worker=args.worker,
     )
     try:
         await runner.start()

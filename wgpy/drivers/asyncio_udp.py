@@ -49,7 +49,7 @@ from ..transmit import drain
 from .clock import monotonic_now, wall_ns
 from .steering import SourceAdmission, SteeringUnavailable, bind_steered
 from .udp import UdpSocket
-from .worker import DataPlaneWorker, WorkerError
+from .worker import DataPlaneWorker, WorkerError, split_jobs
 
 __all__ = ["NatHook", "Tunnel"]
 
@@ -533,6 +533,11 @@ class NatHook(Protocol):
         """Send what goes to relayed endpoints; return the rest, for the sockets."""
         ...
 
+    def relays(self, endpoint: Endpoint) -> bool:
+        """Whether datagrams to ``endpoint`` go through the NAT layer (a relayed endpoint): the worker must not
+        send them from the socket itself (``worker.split_jobs``)."""
+        ...
+
 
 class _WorkerSink:
     """The tunnel's worker as the ``transmit.SealJobSink``: it takes the jobs, and the packets when it writes to the
@@ -551,13 +556,16 @@ class _WorkerSink:
         if worker is None:
             return jobs, packets
         to_tun = packets if worker.has_tun and tunnel.tun is not None else []
-        if not jobs and not to_tun:
+        offered, kept = jobs, list[SealJob | KeypairRetired]()
+        if tunnel.nat is not None and jobs:  # relayed endpoints: sealed here, sent through the relay
+            offered, kept = split_jobs(jobs, tunnel.nat.relays)
+        if not offered and not to_tun:
             return jobs, packets
         try:
-            worker.submit(jobs, to_tun)
+            worker.submit(offered, to_tun)
         except WorkerError as exc:
             logger.error("%s: running in one process", exc)
             tunnel.worker_failures += 1
             tunnel._stop_worker()
             return jobs, packets
-        return [], [] if to_tun else packets
+        return kept, [] if to_tun else packets

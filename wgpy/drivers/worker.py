@@ -29,6 +29,13 @@ large. The channel is ordered, so a keypair's jobs always come before its FORGET
 pair, which only these two processes hold, and are never logged; the static private key never leaves the main
 process. When the channel closes (the main process stopped, or died), the worker exits.
 
+Relayed endpoints (NAT traversal, ``wgpy.nat``): a datagram to a peer's relayed address must go through our TURN
+allocation, whose socket and channel bindings live in the main process's event loop (aioice), not out of the
+WireGuard socket. The tunnel therefore keeps the seal jobs for relayed endpoints (``split_jobs``) and seals them
+itself, so their messages take the same ``send_datagrams`` path (and the relay diversion) as without a worker; the
+device never knows which endpoints are relayed. The relayed path is bounded by the TURN server anyway; direct
+peers keep the second core.
+
 Multi-queue TUN does not fit this split: the kernel spreads flows over every attached queue for reading, and a
 queue that only writes would strand the packets sent to it, so the worker writes on the main process's own queue.
 """
@@ -45,7 +52,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from .. import crypto
@@ -54,7 +61,7 @@ from ..keypair import seal_run
 from ..send import KeypairRetired, SealJob
 from .udp import UdpSocket
 
-__all__ = ["DataPlaneWorker", "WorkerError", "main"]
+__all__ = ["DataPlaneWorker", "WorkerError", "main", "split_jobs"]
 
 logger = logging.getLogger("wgpy")
 
@@ -158,6 +165,18 @@ def encode(
         _packets_records(_TUN.pack(OP_TUN, len(tun_chunk)), tun_chunk, batch)
     batch.close()
     return batch.messages
+
+
+def split_jobs(
+    jobs: Sequence[SealJob | KeypairRetired], kept: Callable[[Endpoint], bool]
+) -> tuple[list[SealJob | KeypairRetired], list[SealJob | KeypairRetired]]:
+    """``jobs`` cut in two, in order: those for the worker, and the seal jobs whose endpoint ``kept`` claims (the
+    main process runs them). A ``KeypairRetired`` always goes to the worker (only it may hold the key)."""
+    to_worker: list[SealJob | KeypairRetired] = []
+    here: list[SealJob | KeypairRetired] = []
+    for job in jobs:
+        (here if isinstance(job, SealJob) and kept(job.endpoint) else to_worker).append(job)
+    return to_worker, here
 
 
 class DataPlaneWorker:

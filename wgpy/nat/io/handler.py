@@ -129,6 +129,12 @@ class NatHandler:
             self._send_one(data, target, direct)
         return direct
 
+    def relays(self, endpoint: Endpoint) -> bool:
+        """Whether datagrams to ``endpoint`` must go through ``divert`` (a peer's relayed address): with a
+        data-plane worker, the tunnel keeps their seal jobs in this process (``worker.split_jobs``)."""
+        relayed = self.relayed
+        return bool(relayed) and (str(endpoint[0]), int(endpoint[1])) in relayed
+
     def _send_one(self, data: bytes, target: tuple[str, int], direct: list[tuple[bytes, Endpoint]]) -> None:
         relay = self.relayed.get(target)
         if relay is None:
@@ -252,10 +258,12 @@ class NatHandler:
         tunnel = self.tunnel
         if tunnel is None:
             return
+        ours = self.local_candidates()
         for key, paths in self.paths.items():
             peer = tunnel.device.peer(key)
             if peer is not None:
                 paths.observe(peer.endpoint, peer.keypairs.current is not None, peer.rx_bytes)
+                paths.set_local(ours)
 
     def _on_tick(self) -> None:
         tunnel = self.tunnel
