@@ -3,6 +3,11 @@
 ``python nat_agent.py URL SETUP_KEY MANAGEMENT_KEY NAME STATE_DIR``; JSON lines as in ``nat_peer.py``: out
 ``ready`` (``public_key``, ``address``), ``packet`` (``payload``), ``status`` (``AgentRunner.status()``); in
 ``{"cmd": "send", "dst", "payload"}``, ``{"cmd": "status"}``, ``{"cmd": "quit"}``.
+
+The agent keeps its state (and ``status.json``, the pid file) in STATE_DIR as ``wgpy up`` does, so ``wgpy status
+--state-dir STATE_DIR`` shows it. ``NAT_AGENT_WORKER=1`` runs the tunnel with its data-plane worker (``wgpy up
+--worker``). ``NAT_AGENT_ROGUE=HOST:PORT`` makes this agent a rogue peer: the candidates it sends also name
+HOST:PORT (as server-reflexive, and HOST:PORT+1 as relayed), an address the management server never announced for it.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import pathlib
 import struct
 import sys
@@ -19,6 +25,7 @@ from support.helpers import ipv4_packet
 from wgpy.agent.enrol import enrol_device
 from wgpy.agent.keystore import KeyStore, StateDir
 from wgpy.agent.runner import AgentRunner
+from wgpy.nat.candidates import Candidate, CandidateKind
 
 
 def emit(**fields: object) -> None:
@@ -40,10 +47,25 @@ async def main(url: str, setup_key: str, management_key: str, name: str, state_d
         enrolled.enrolment,
         enrolled.private_key,
         enrolled.client,
-        state=None,
+        state=state,
         on_packet=lambda p: emit(event="packet", payload=p[28:].decode(errors="replace")),
         initial_map=enrolled.initial_map,
+        worker=os.environ.get("NAT_AGENT_WORKER") == "1",
     )
+    rogue = os.environ.get("NAT_AGENT_ROGUE")
+    if rogue:
+        host, port = rogue.rsplit(":", 1)
+        honest = runner.nat.handler.local_candidates
+
+        def with_rogue() -> list[Candidate]:
+            extra = [
+                Candidate(CandidateKind.SERVER_REFLEXIVE, host, int(port)),
+                Candidate(CandidateKind.RELAYED, host, int(port) + 1),
+            ]
+            return [*honest(), *extra]
+
+        runner.nat.handler.local_candidates = with_rogue  # type: ignore[method-assign]
+    state.write_pid()  # as wgpy up does: wgpy status reads the running agent's status.json only with it
     await runner.start()
     address = enrolled.enrolment.address.split("/")[0]
     emit(
@@ -71,6 +93,8 @@ async def main(url: str, setup_key: str, management_key: str, name: str, state_d
                 status["relayed_address"] = list(relay.relayed_address) if relay and relay.relayed_address else None
                 status["credentials_expire_at"] = runner.nat.credentials_expire_at
                 status["relay_errors"] = relay.errors if relay else 0
+                status["worker_pid"] = runner.tunnel.worker_pid
+                status["worker_failures"] = runner.tunnel.worker_failures
                 status["relay_lost"] = relay.lost if relay else None
                 status["relayed_targets"] = [
                     f"{h}:{p} {r.relayed_address}" for (h, p), r in runner.nat.handler.relayed.items()

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,10 +203,10 @@ class Lab:
             return (self.workdir / (self.tag + "-turn.log")).read_text()[-4000:]
         return ""
 
-    def spawn(self, namespace: str, argv: Sequence[str]) -> subprocess.Popen[str]:
+    def spawn(self, namespace: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             ["ip", "netns", "exec", namespace, *argv],
-            env=child_env(),
+            env={**child_env(), **(env or {})},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -280,7 +280,14 @@ class PeerProcess:
     waits are bounded)."""
 
     def __init__(
-        self, lab: Lab, name: str, seed: int, stun: tuple[str, int], *, agent: Sequence[str] | None = None
+        self,
+        lab: Lab,
+        name: str,
+        seed: int,
+        stun: tuple[str, int],
+        *,
+        agent: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         import queue
         import threading
@@ -288,7 +295,9 @@ class PeerProcess:
         self.name = name
         script = "nat_agent.py" if agent is not None else "nat_peer.py"
         argv = list(agent) if agent is not None else [str(seed), f"{stun[0]}:{stun[1]}"]
-        self.process = lab.spawn(lab.peers[name], [sys.executable, str(Path(__file__).with_name(script)), *argv])
+        self.process = lab.spawn(
+            lab.peers[name], [sys.executable, str(Path(__file__).with_name(script)), *argv], env=env
+        )
         self.events: queue.Queue[dict[str, object]] = queue.Queue()
         self.seen: list[dict[str, object]] = []
         self.stderr: list[str] = []

@@ -1,14 +1,20 @@
 """Direct against relayed, in the same run and the same lab: latency (round trips one at a time) and throughput
 (a window of packets in flight, echoed back) between two pairs of peers, one pair behind endpoint-independent NATs
-(direct), one behind symmetric NATs (through coturn). Marked ``slow`` (it is a measurement, not a check): run with
-``python -m pytest -m slow tests/nat/test_nat_benchmark.py -s``; the numbers are printed and written to
-``benchmarks/results/nat_direct_vs_relayed.json`` when ``WGPY_NAT_BENCH_OUT`` names a file.
+(direct), one behind symmetric NATs (through coturn). The two pairs are measured in alternating rounds, so that
+both see the same machine load, and the medians and their ratio are reported with the machine. Marked ``slow`` (it
+is a measurement, not a check): run with ``python -m pytest -m slow tests/nat/test_nat_benchmark.py -s``; the
+numbers are printed and, when ``WGPY_NAT_BENCH_OUT`` names a file, written there with the machine (the committed
+results are in ``benchmarks/results/nat-direct-vs-relayed-*.json``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import platform
+import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,29 @@ from wgpy.nat.credentials import turn_credentials
 pytestmark = pytest.mark.slow
 
 SECRET = b"nat-bench-secret"
+ROUNDS = 3  # alternating rounds per path (ours)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (the brief's list: CPU, cores, kernel, Python, cryptography, OpenSSL)."""
+    import cryptography
+    from cryptography.hazmat.backends.openssl.backend import backend
+
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    turnserver = subprocess.run(["turnserver", "--version"], capture_output=True, text=True, check=False, timeout=10)
+    return {
+        "cpu_model": model,
+        "nproc": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cryptography": cryptography.__version__,
+        "openssl": backend.openssl_version_text(),
+        "coturn": (turnserver.stdout or turnserver.stderr).strip().splitlines()[-1:],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def test_direct_versus_relayed_throughput_and_latency(tmp_path: Path) -> None:
@@ -31,7 +60,7 @@ def test_direct_versus_relayed_throughput_and_latency(tmp_path: Path) -> None:
         stun = (built.server_ip, TURN_PORT)
         peers = {name: PeerProcess(built, name, seed, stun) for seed, name in enumerate("abcd", start=1)}
         addresses = {name: f"10.77.0.{i}" for i, name in enumerate("abcd", start=1)}
-        results: dict[str, dict[str, Any]] = {}
+        pairs: dict[str, tuple[str, str]] = {}
         for (x, y), label in ((("a", "b"), "direct"), (("c", "d"), "relayed")):
             px, py = peers[x], peers[y]
             px.send(cmd="peer", public_key=py.public_key, allowed_ip=f"{addresses[y]}/32")
@@ -64,11 +93,27 @@ def test_direct_versus_relayed_throughput_and_latency(tmp_path: Path) -> None:
                 if state["state"] == label and state["handshakes"]:
                     break
             assert state["state"] == label, state
-            px.send(cmd="bench", src=addresses[x], dst=addresses[y], count=200, size=1200, window=64)
-            results[label] = px.wait("bench", timeout=60)
-            results[label].pop("event", None)
+            pairs[label] = (x, y)
+        rounds: dict[str, list[dict[str, Any]]] = {"direct": [], "relayed": []}
+        for _ in range(ROUNDS):  # alternating: direct, relayed, direct, relayed ...
+            for label, (x, y) in pairs.items():
+                peers[x].send(cmd="bench", src=addresses[x], dst=addresses[y], count=200, size=1200, window=64)
+                result = peers[x].wait("bench", timeout=60)
+                result.pop("event", None)
+                rounds[label].append(result)
+        results: dict[str, Any] = {"machine": machine(), "rounds": rounds, "median": {}}
+        for label, runs in rounds.items():
+            results["median"][label] = {
+                key: statistics.median(float(r[key]) for r in runs)
+                for key in ("rtt_median_ms", "rtt_p90_ms", "mbit_per_second_echoed")
+            }
+        direct, relayed = results["median"]["direct"], results["median"]["relayed"]
+        results["relayed_over_direct"] = {
+            "rtt_median": relayed["rtt_median_ms"] / direct["rtt_median_ms"],
+            "throughput": relayed["mbit_per_second_echoed"] / direct["mbit_per_second_echoed"],
+        }
         print(json.dumps(results, indent=2))
         out = os.environ.get("WGPY_NAT_BENCH_OUT")
         if out:
             Path(out).write_text(json.dumps(results, indent=2) + "\n")
-        assert results["relayed"]["echoed"] > 0 and results["direct"]["echoed"] > 0
+        assert all(r["echoed"] > 0 for runs in rounds.values() for r in runs)

@@ -11,13 +11,16 @@ the server's side of the exchange is tested in ``test_signal_server.py``.
 from __future__ import annotations
 
 import base64
+import re
 import shutil
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nat_lab import TURN_PORT, Lab, PeerProcess, lab, start_management, unavailable
+from nat_lab import TURN_PORT, Lab, PeerProcess, child_env, lab, start_management, unavailable
 
 from wgpy.nat.credentials import turn_credentials
 
@@ -130,14 +133,22 @@ def test_topology_2_symmetric_nats_relay_through_coturn_which_sees_no_plaintext(
     assert "4" in types, "no transport message went through the relay"
 
 
-def _agents(built: Lab, nat: str, turn_lifetime: int = 3600) -> tuple[PeerProcess, PeerProcess]:
+def _agents(
+    built: Lab, nat: str, turn_lifetime: int = 3600, *, worker: bool = False, rogue: str | None = None
+) -> tuple[PeerProcess, PeerProcess]:
+    """Two ``wgpy up`` agents enrolled with a real management server; ``worker``: both with the data-plane worker;
+    ``rogue``: B also offers candidates at this HOST:PORT, an address the server never announced for it."""
     built.add_peer("a", nat=nat)
     built.add_peer("b", nat=nat)
     built.start_coturn(SECRET.decode())
     url, _token, keys, signing = start_management(built, SECRET.decode(), turn_lifetime)
     stun = (built.server_ip, TURN_PORT)
-    a = PeerProcess(built, "a", 0, stun, agent=[url, keys[0], signing, "a", str(built.workdir / "agent-a")])
-    b = PeerProcess(built, "b", 0, stun, agent=[url, keys[1], signing, "b", str(built.workdir / "agent-b")])
+    env = {"NAT_AGENT_WORKER": "1"} if worker else {}
+    # The state folders' names hold "wgpy": the agent's pid file is believed only for a process whose command
+    # line says wgpy (keystore._is_agent_process), and wgpy status reads status.json only then.
+    a = PeerProcess(built, "a", 0, stun, agent=[url, keys[0], signing, "a", str(built.workdir / "wgpy-a")], env=env)
+    b_env = {**env, "NAT_AGENT_ROGUE": rogue} if rogue else env
+    b = PeerProcess(built, "b", 0, stun, agent=[url, keys[1], signing, "b", str(built.workdir / "wgpy-b")], env=b_env)
     return a, b
 
 
@@ -168,18 +179,100 @@ def _path(agent: PeerProcess, expected: str = "", timeout: float = 3.0) -> str:
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("nat", ["eim", "symmetric"])
-def test_wgpy_up_agents_exchange_candidates_through_the_management_server(nat_lab: Lab, nat: str) -> None:
-    """The whole chain: enrolment, the server's TURN credentials, STUN, candidates over the stream, the path."""
-    a, b = _agents(nat_lab, nat)
-    _agent_ping(a, b, f"through-{nat}")
-    _agent_ping(b, a, f"back-{nat}")
-    expected = "path: direct" if nat == "eim" else "path: relayed"
-    for agent in (a, b):
-        line = _path(agent, expected)
-        assert line.startswith(expected), line
-    if nat == "eim":
-        assert a.status()["relay_sent"] == 0 and b.status()["relay_sent"] == 0
+def _wgpy_status(built: Lab, name: str, expected: str, timeout: float = 4.0) -> str:
+    """``wgpy status --state-dir`` of agent ``name`` (the command users run), once its path line says ``expected``
+    (status.json is rewritten every second)."""
+    deadline = time.monotonic() + timeout
+    while True:  # bounded by the deadline
+        result = subprocess.run(
+            [sys.executable, "-m", "wgpy", "status", "--state-dir", str(built.workdir / f"wgpy-{name}")],
+            capture_output=True, text=True, timeout=30, check=False, env=child_env(),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        if expected in result.stdout or time.monotonic() > deadline:
+            return result.stdout
+        time.sleep(0.3)
+
+
+def _path_line(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip().startswith("path:")]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_agents_behind_symmetric_nats_relay_through_coturn_with_the_data_plane_worker(nat_lab: Lab) -> None:
+    """``wgpy up --worker`` on both sides, no direct path possible: the relayed peer's datagrams go through the TURN
+    allocation although a second process seals the traffic (before the fix the worker sent them from the WireGuard
+    socket straight to the peer's relayed address, where coturn dropped them). ``wgpy status`` names the relayed
+    pair and the direct checks that failed."""
+    a, b = _agents(nat_lab, "symmetric", worker=True)
+    _agent_ping(a, b, "through-the-relay-with-a-worker", timeout=30.0)
+    _agent_ping(b, a, "back-through-the-relay")
+    for n in range(5):  # a burst: every transport message of a relayed session goes through the allocation
+        _agent_ping(a, b, f"burst-{n}", timeout=5.0)
+        _agent_ping(b, a, f"burst-back-{n}", timeout=5.0)
+    server = nat_lab.server_ip
+    for me, other in ((a, "b"), (b, "a")):
+        status = me.status()
+        assert status["worker_pid"] is not None and status["worker_failures"] == 0, status
+        assert isinstance(status["relay_sent"], int) and status["relay_sent"] >= 6, status  # 6 pings at least
+        peer = status["peers"][0]  # type: ignore[index]
+        assert peer["endpoint"][0] == server, peer  # the other side is reached at coturn's address
+        line = _path_line(_wgpy_status(nat_lab, me.name, "path: relayed relay"))
+        pair = re.match(rf"path: relayed relay {re.escape(server)}:(\d+) -> relay {re.escape(server)}:(\d+) ", line)
+        assert pair is not None, line
+        assert [server, int(pair.group(1))] == status["relayed_address"], (line, status)  # our own allocation
+        # Why: each direct check of the other side failed, with the probes sent to it (its NAT's mapping for the
+        # management server, and its LAN address).
+        assert "(relayed: " in line and "no handshake on a direct path" in line, line
+        assert re.search(rf"{re.escape(nat_lab.wan[other])}:\d+ \(\d+ probes\)", line), line
+        assert re.search(rf"{re.escape(nat_lab.lan[other])}:\d+ \(\d+ probes\)", line), line
+
+
+def _rogue_counter(built: Lab) -> tuple[str, Callable[[], int]]:
+    """An address in the "internet" that no one announced (a third party), and a count of datagrams reaching it."""
+    victim = f"10.{built.net}.0.99"
+    built.exec(built.inet, "ip", "addr", "add", f"{victim}/32", "dev", "lo")
+    rules = built.workdir / "victim.nft"
+    rules.write_text(
+        "table ip victim {\n chain input { type filter hook input priority filter; policy accept;\n"
+        f"  ip daddr {victim} counter\n }}\n}}\n"
+    )
+    built.exec(built.inet, "nft", "-f", str(rules))
+
+    def count() -> int:
+        listing = built.exec(built.inet, "nft", "list", "table", "ip", "victim")
+        found = re.search(r"counter packets (\d+)", listing)
+        assert found is not None, listing
+        return int(found.group(1))
+
+    return victim, count
+
+
+def test_agents_behind_eim_nats_go_direct_and_refuse_a_peers_rogue_candidate(nat_lab: Lab) -> None:
+    """B is a rogue peer: its candidates also name a third party's address, which the management server never
+    announced for B (a reflection lever: our initiations would go there). A admits only the announced candidates:
+    nothing of A's reaches the address, the refusal is counted and ``wgpy status`` says so; the direct path
+    between the two NATs is found as usual and the status names its pair."""
+    victim, reached = _rogue_counter(nat_lab)
+    a, b = _agents(nat_lab, "eim", rogue=f"{victim}:5555")
+    _agent_ping(a, b, "direct")
+    _agent_ping(b, a, "direct-back")
+    time.sleep(1.0)  # the checks (initiations copied to every admitted candidate) have run
+    line = _path_line(_wgpy_status(nat_lab, "a", "path: direct srflx"))
+    assert line.startswith(f"path: direct srflx {nat_lab.wan['a']}:{a.port} -> srflx {nat_lab.wan['b']}:{b.port}"), (
+        line
+    )  # masquerade keeps the ports (nat_lab): the reflexive candidates are WAN:port on both sides
+    assert "2 candidates refused (not announced by the server)" in line, line
+    assert "relayed" not in line, line
+    assert reached() == 0, "A sent traffic to an address the server never announced for B"
+    # The count would have seen it: one datagram from A's namespace to the same address is counted.
+    nat_lab.exec(
+        nat_lab.peers["a"], sys.executable, "-c",
+        f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', ('{victim}', 5555))",
+    )  # fmt: skip
+    assert reached() == 1
+    assert a.status()["relay_sent"] == 0
 
 
 def _set_udp_timeouts(built: Lab, router: str, seconds: int, stream_seconds: int) -> None:

@@ -77,3 +77,26 @@ def test_no_relay_candidate_means_no_relay_state() -> None:
     assert state_of(paths) is PathState.CHECKING
     paths.observe(None, handshake_done=False)
     assert state_of(paths) is PathState.CHECKING
+
+
+def test_the_pair_names_our_side_and_a_relay_first_answer_still_says_why() -> None:
+    ours = (
+        Candidate(CandidateKind.HOST, "192.168.9.2", 5000),
+        Candidate(CandidateKind.SERVER_REFLEXIVE, "198.51.100.9", 5000),
+        Candidate(CandidateKind.RELAYED, "192.0.2.50", 49170),
+    )
+    paths = PeerPaths()
+    paths.set_candidates(parse_candidates(RAW), refused=0, now=0.0)
+    paths.note_probe(("198.51.100.7", 40000))
+    # The peer's first authenticated answer comes through the relay, before our own relay timer fired.
+    paths.observe(("192.0.2.50", 49160), handshake_done=True)
+    paths.set_local(ours)
+    line = paths.describe()
+    assert line.startswith("path: relayed relay 192.0.2.50:49170 -> relay 192.0.2.50:49160 (relayed: "), line
+    assert "198.51.100.7:40000 (1 probes)" in line and "192.168.1.2:51820 (0 probes)" in line
+    paths.observe(("198.51.100.7", 40000), handshake_done=True)
+    paths.set_local(ours)
+    assert paths.describe() == "path: direct srflx 198.51.100.9:5000 -> srflx 198.51.100.7:40000"
+    paths.observe(("192.168.1.2", 51820), handshake_done=True)
+    paths.set_local(ours)
+    assert paths.describe() == "path: direct host 192.168.9.2:5000 -> host 192.168.1.2:51820"

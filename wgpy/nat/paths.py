@@ -12,6 +12,7 @@ background; the moment the device's endpoint is a direct candidate again the sta
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -86,10 +87,12 @@ class PeerPaths:
             and self.relayed
         ):
             self.state = PathState.RELAYED
-            failed = ", ".join(f"{h}:{p} ({self.probes_sent.get((h, p), 0)} probes)" for h, p in self.direct)
-            self.reason = (
-                f"no handshake on a direct path within {RELAY_AFTER_TIME:g} s: {failed or 'no direct candidate'}"
-            )
+            self.reason = self._failed_checks(f"no handshake on a direct path within {RELAY_AFTER_TIME:g} s")
+
+    def _failed_checks(self, why: str) -> str:
+        """Why relayed: ``why``, then the direct checks that got no handshake, each with the probes sent to it."""
+        failed = ", ".join(f"{h}:{p} ({self.probes_sent.get((h, p), 0)} probes)" for h, p in self.direct)
+        return f"{why}: {failed or 'no direct candidate'}"
 
     def get_timer(self) -> float | None:
         if self.state is PathState.CHECKING and self.checking_since is not None:
@@ -152,4 +155,23 @@ class PeerPaths:
         if address in self.direct:
             self.state, self.selected, self.reason = PathState.DIRECT, address, ""
         elif address in self.relayed:
+            if self.state is not PathState.RELAYED or not self.reason:
+                # The peer's answer came through the relay before our own timer gave the direct checks up.
+                self.reason = self._failed_checks("the peer answered through the relay; no handshake on a direct path")
             self.state, self.selected = PathState.RELAYED, address
+
+    def set_local(self, ours: Sequence[Candidate]) -> None:
+        """Our side of the selected pair, from our candidates: our relayed address on a relayed path; on a direct
+        one, our server-reflexive address if the peer's side is server-reflexive too (the pair crosses both NATs),
+        else our host address."""
+        if self.selected is None:
+            return
+        remote = next((c.kind for c in self.remote if c.address == self.selected), None)
+        if self.state is PathState.RELAYED:
+            wanted = CandidateKind.RELAYED
+        elif remote is CandidateKind.SERVER_REFLEXIVE:
+            wanted = CandidateKind.SERVER_REFLEXIVE
+        else:
+            wanted = CandidateKind.HOST
+        mine = next((c for c in ours if c.kind is wanted), None)
+        self.local = str(mine) if mine is not None else ""
