@@ -49,6 +49,9 @@ def _dst(packet: bytes) -> str:
     return ".".join(str(b) for b in packet[16:20])
 
 
+STALL_TIME = 0.02  # seconds without an echo before the packets in flight count as lost (ours: 30x the relayed p90 RTT)
+
+
 async def _bench(
     tunnel: Tunnel, command: dict[str, object], waiter: dict[str, asyncio.Future[bytes] | None], received: list[int]
 ) -> dict[str, float]:
@@ -68,24 +71,31 @@ async def _bench(
     payload = b"\x00" + bytes(size - 21)
     received[0] = 0
     total = count * 10
-    started = time.perf_counter()
-    sent = 0
+    started = last_arrival = time.perf_counter()
+    sent = lost = stalls = 0
     deadline = started + 30.0
-    while received[0] < total and time.perf_counter() < deadline:  # bounded by the deadline
-        while sent < total and sent - received[0] < window:
+    while received[0] + lost < total and time.perf_counter() < deadline:  # bounded by the deadline
+        while sent < total and sent - received[0] - lost < window:
             tunnel.send_packet(ipv4_packet(src, dst, payload))
             sent += 1
+        before = received[0]
         future = loop.create_future()
         waiter["next"] = future
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(future, 1.0)
-    elapsed = time.perf_counter() - started
+            await asyncio.wait_for(future, STALL_TIME)
+        if received[0] == before:  # nothing came back for STALL_TIME: what is in flight is lost; reopen the window
+            lost += sent - received[0] - lost
+            stalls += 1
+        else:
+            last_arrival = time.perf_counter()
+    elapsed = last_arrival - started
     waiter["next"] = None
     return {
         "rtt_median_ms": 1000 * rtts[len(rtts) // 2],
         "rtt_p90_ms": 1000 * rtts[int(len(rtts) * 0.9)],
         "echoed": received[0],
         "sent": sent,
+        "stalls": stalls,
         "mbit_per_second_echoed": 8 * received[0] * size / elapsed / 1e6,
     }
 

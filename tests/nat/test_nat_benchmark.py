@@ -1,10 +1,12 @@
 """Direct against relayed, in the same run and the same lab: latency (round trips one at a time) and throughput
-(a window of packets in flight, echoed back) between two pairs of peers, one pair behind endpoint-independent NATs
-(direct), one behind symmetric NATs (through coturn). The two pairs are measured in alternating rounds, so that
-both see the same machine load, and the medians and their ratio are reported with the machine. Marked ``slow`` (it
-is a measurement, not a check): run with ``python -m pytest -m slow tests/nat/test_nat_benchmark.py -s``; the
-numbers are printed and, when ``WGPY_NAT_BENCH_OUT`` names a file, written there with the machine (the committed
-results are in ``benchmarks/results/nat-direct-vs-relayed-*.json``).
+(a window of 64 packets of 1,200 bytes in flight, echoed back; when nothing is echoed for 20 ms the packets in
+flight count as lost and the window reopens: a ``stall``, whose 20 ms count in the elapsed time when more echoes
+follow) between two pairs of peers, one pair behind endpoint-independent NATs (direct), one behind symmetric NATs
+(through coturn). The two pairs are measured in alternating rounds, so that both see the same machine load, and
+the medians and their ratio are reported with the machine. Marked ``slow`` (it is a measurement, not a check): run
+with ``python -m pytest -m slow tests/nat/test_nat_benchmark.py -s``; the numbers are printed and, when
+``WGPY_NAT_BENCH_OUT`` names a file, written there with the machine (the committed results are in
+``benchmarks/results/nat-direct-vs-relayed-*.json``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from wgpy.nat.credentials import turn_credentials
 pytestmark = pytest.mark.slow
 
 SECRET = b"nat-bench-secret"
-ROUNDS = 3  # alternating rounds per path (ours)
+ROUNDS = 5  # alternating rounds per path (ours)
 
 
 def machine() -> dict[str, Any]:
