@@ -32,6 +32,16 @@ SECRET = b"nat-bench-secret"
 ROUNDS = 5  # alternating rounds per path (ours)
 
 
+def udp_drops(nstat: str) -> dict[str, int]:
+    """The UDP buffer-drop counters of one ``nstat -az`` listing (the namespace's totals since it was made)."""
+    counters = {}
+    for line in nstat.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] in ("UdpRcvbufErrors", "UdpSndbufErrors", "UdpInErrors"):
+            counters[fields[0]] = int(fields[1])
+    return counters
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on (the brief's list: CPU, cores, kernel, Python, cryptography, OpenSSL)."""
     import cryptography
@@ -104,6 +114,8 @@ def test_direct_versus_relayed_throughput_and_latency(tmp_path: Path) -> None:
                 result.pop("event", None)
                 rounds[label].append(result)
         results: dict[str, Any] = {"machine": machine(), "rounds": rounds, "median": {}}
+        # Where losses happen: UDP datagrams each namespace's kernel dropped for a full socket buffer.
+        results["udp_buffer_drops"] = {ns: udp_drops(built.exec(ns, "nstat", "-az")) for ns in built.namespaces}
         for label, runs in rounds.items():
             results["median"][label] = {
                 key: statistics.median(float(r[key]) for r in runs)
