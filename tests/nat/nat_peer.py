@@ -7,6 +7,8 @@ A ``Tunnel`` on all addresses with a ``NatHandler``; JSON lines on stdout (event
 * in ``{"cmd": "peer", "public_key", "allowed_ip"}``, ``{"cmd": "candidates", "public_key", "candidates",
   "announced"}``, ``{"cmd": "relay", "host", "port", "username", "password"}``, ``{"cmd": "send", "src", "dst",
   "payload"}``, ``{"cmd": "status"}``, ``{"cmd": "quit"}``.
+
+``NAT_PEER_WORKER=1`` gives the tunnel its data-plane worker process.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import sys
 import time
@@ -120,7 +123,7 @@ async def main(seed: int, stun: str) -> None:
             return
         emit(event="packet", payload=packet[20:].decode(errors="replace"))
 
-    tunnel = Tunnel(device, on_packet=on_packet)
+    tunnel = Tunnel(device, on_packet=on_packet, worker=os.environ.get("NAT_PEER_WORKER") == "1")
     await tunnel.start()
     nat = NatHandler([server])
     nat.host_candidates = [(local_ip_towards(host), tunnel.local_port)]
@@ -175,6 +178,8 @@ async def main(seed: int, stun: str) -> None:
                     peers=peers,
                     stun_drops={k.name: v for k, v in nat.discovery.stats.drops.items()},
                     relay_sent=nat.relay.sent if nat.relay else 0,
+                    worker_pid=tunnel.worker_pid,
+                    worker_failures=tunnel.worker_failures,
                     drops={k.name: v for k, v in device.stats.drops.items()},
                 )
             elif kind == "quit":

@@ -34,12 +34,14 @@ def nat_lab(tmp_path: Path) -> Iterator[Lab]:
         yield built
 
 
-def _pair(built: Lab, nat: str) -> tuple[PeerProcess, PeerProcess]:
+def _pair(built: Lab, nat: str, *, worker_a: bool = False) -> tuple[PeerProcess, PeerProcess]:
+    """Two ``nat_peer.py`` peers; ``worker_a``: A's tunnel has its data-plane worker (B's has none)."""
     built.add_peer("a", nat=nat)
     built.add_peer("b", nat=nat)
     built.start_coturn(SECRET.decode())
     stun = (built.server_ip, TURN_PORT)
-    a, b = PeerProcess(built, "a", 1, stun), PeerProcess(built, "b", 2, stun)
+    env_a = {"NAT_PEER_WORKER": "1"} if worker_a else None
+    a, b = PeerProcess(built, "a", 1, stun, env=env_a), PeerProcess(built, "b", 2, stun)
     a.send(cmd="peer", public_key=b.public_key, allowed_ip=f"{ADDR['b']}/32")
     b.send(cmd="peer", public_key=a.public_key, allowed_ip=f"{ADDR['a']}/32")
     return a, b
@@ -335,7 +337,10 @@ def test_topology_4a_relay_down_while_direct_works_breaks_nothing(nat_lab: Lab) 
 def test_topology_4b_a_direct_path_appearing_while_relayed_takes_over_without_handshake_or_loss(
     nat_lab: Lab,
 ) -> None:
-    a, b = _pair(nat_lab, "eim")
+    """A runs with the data-plane worker, B without: the move back to direct works in both modes (A's relayed
+    transport messages, and the copies that probe the direct path, are sealed in A's main process; once direct,
+    the worker seals them)."""
+    a, b = _pair(nat_lab, "eim", worker_a=True)
     block = nat_lab.workdir / "block.nft"
     block.write_text(
         "table inet block {\n chain forward { type filter hook forward priority filter; policy accept;\n"
@@ -370,6 +375,8 @@ def test_topology_4b_a_direct_path_appearing_while_relayed_takes_over_without_ha
         assert state["state"] == "direct", state
     after = (a.status()["peers"][b.public_key]["handshakes"], b.status()["peers"][a.public_key]["handshakes"])  # type: ignore[index]
     assert after == handshakes, "moving back to direct took no new handshake"
+    status_a = a.status()
+    assert status_a["worker_pid"] is not None and status_a["worker_failures"] == 0, status_a
 
 
 def test_expiring_turn_credentials_are_renewed_with_a_new_allocation_and_traffic_goes_on(nat_lab: Lab) -> None:
