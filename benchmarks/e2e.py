@@ -38,7 +38,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -52,6 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import fetch_wireguard_go  # sibling modules in benchmarks/
+import machineinfo
+
 REPO: Final = Path(__file__).resolve().parent.parent
 UAPI_DIRECTORY: Final = Path("/var/run/wireguard")
 UNDERLAY: Final = ("10.250.0.1", "10.250.0.2")  # veth addresses in A and B (/24), private test subnet
@@ -60,7 +62,8 @@ LISTEN_PORTS: Final = (51820, 51821)
 IPERF_PORT: Final = 5201
 MTU: Final = 1420
 UDP_PAYLOAD: Final = 1200
-TESTS: Final = ("tcp1", "tcp4", "udp")
+UDP_SMALL_PAYLOAD: Final = 64  # the small-packet test: 64 B of UDP payload, a 92-byte inner IPv4 packet
+TESTS: Final = ("tcp1", "tcp4", "udp", "udp64")
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
@@ -68,19 +71,27 @@ CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 class Config:
     name: str
     label: str
-    sender: str | None  # "go", "wgpy", "wgpyw" (wgpy --worker) or None (plain veth)
+    sender: str | None  # "go" (bookworm), "trixie", "wgpy", "wgpyw" (wgpy --worker) or None (plain veth)
     receiver: str | None
 
 
 CONFIGS: Final = (
     Config("veth", "plain veth (ceiling)", None, None),
-    Config("go-go", "wireguard-go -> wireguard-go", "go", "go"),
+    Config("go-go", "wireguard-go (bookworm) -> wireguard-go (bookworm)", "go", "go"),
+    Config("trixie-trixie", "wireguard-go (trixie) -> wireguard-go (trixie)", "trixie", "trixie"),
     Config("wgpy-wgpy", "wgpy -> wgpy", "wgpy", "wgpy"),
     Config("wgpy-go", "wgpy -> wireguard-go", "wgpy", "go"),
     Config("go-wgpy", "wireguard-go -> wgpy", "go", "wgpy"),
     Config("wgpyw-wgpyw", "wgpy --worker -> wgpy --worker", "wgpyw", "wgpyw"),
 )
-IMPLEMENTATION_NAMES: Final = {"go": "wireguard-go", "wgpy": "wgpy", "wgpyw": "wgpy --worker"}
+IMPLEMENTATION_NAMES: Final = {
+    "go": "wireguard-go (bookworm)",
+    "trixie": "wireguard-go (trixie)",
+    "wgpy": "wgpy",
+    "wgpyw": "wgpy --worker",
+}
+BASELINES: Final = ("go-go", "trixie-trixie")  # the ratios divide by these
+GO_IMPLEMENTATIONS: Final = ("go", "trixie")
 
 
 class E2EError(RuntimeError):
@@ -258,8 +269,9 @@ class Bench:
     def start_daemon(self, implementation: str, ns: str, ifname: str) -> Daemon:
         log_path = self.tmp / f"{ifname}.log"
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error")
-        if implementation == "go":
-            cmd = in_ns(ns, self.args.wireguard_go, "-f", ifname)
+        if implementation in GO_IMPLEMENTATIONS:
+            binary = self.args.wireguard_go if implementation == "go" else str(self.args.trixie_wireguard_go)
+            cmd = in_ns(ns, binary, "-f", ifname)
         else:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
             worker = ["--worker"] if implementation == "wgpyw" else []
@@ -276,7 +288,7 @@ class Bench:
             return socket.exists()
 
         self.wait_for(ready, what=f"{implementation} UAPI socket {socket}")
-        if implementation != "go" and self.args.profile is not None:
+        if implementation not in GO_IMPLEMENTATIONS and self.args.profile is not None:
             self.profilers.append(self.start_profiler(daemon))
         return daemon
 
@@ -341,8 +353,9 @@ class Bench:
         cmd = ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", "--connect-timeout", "5000"]
         if test == "tcp4":
             cmd += ["-P", "4"]
-        elif test == "udp":
-            cmd += ["-u", "-l", str(UDP_PAYLOAD), "-b", self.args.udp_bandwidth]
+        elif test in ("udp", "udp64"):
+            payload = UDP_PAYLOAD if test == "udp" else UDP_SMALL_PAYLOAD
+            cmd += ["-u", "-l", str(payload), "-b", self.args.udp_bandwidth]
         before = [cpu_times(d.pid) for d in daemons]
         started = time.monotonic()
         result = run(in_ns(self.ns[0], *cmd), timeout=seconds + 30, check=False)
@@ -359,7 +372,8 @@ class Bench:
         sides = ("sender", "receiver")
         cpu = {side: sum(a) - sum(b) for side, a, b in zip(sides, after, before, strict=False)}
         cpu_user = {side: a[0] - b[0] for side, a, b in zip(sides, after, before, strict=False)}
-        if test == "udp":
+        if test in ("udp", "udp64"):
+            payload = UDP_PAYLOAD if test == "udp" else UDP_SMALL_PAYLOAD
             received = end.get("sum_received") or end["sum"]
             total = int(received["packets"])
             lost = int(received["lost_packets"])
@@ -369,8 +383,8 @@ class Bench:
                 test,
                 duration,
                 wall,
-                delivered * UDP_PAYLOAD,
-                delivered * UDP_PAYLOAD * 8 / duration,
+                delivered * payload,
+                delivered * payload * 8 / duration,
                 packets_per_second=delivered / duration,
                 lost_percent=100.0 * lost / total if total else 0.0,
                 cpu=cpu,
@@ -458,6 +472,7 @@ COLUMNS: Final = (
     ("tcp4", "mbit_per_second", "TCP x4 Mbit/s", "{:.0f}"),
     ("udp", "packets_per_second", "UDP rx pkt/s", "{:,.0f}"),
     ("udp", "lost_percent", "UDP loss %", "{:.1f}"),
+    ("udp64", "packets_per_second", "UDP64 rx pkt/s", "{:,.0f}"),
     ("tcp1", "cpu_seconds_per_gb", "CPU s/GB TCPx1", "{:.2f}"),
     ("tcp4", "cpu_seconds_per_gb", "CPU s/GB TCPx4", "{:.2f}"),
     ("udp", "cpu_seconds_per_gb", "CPU s/GB UDP", "{:.2f}"),
@@ -465,20 +480,22 @@ COLUMNS: Final = (
 
 
 def ratios(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """wgpy configurations divided by wireguard-go ↔ wireguard-go, column by column."""
+    """wgpy configurations divided by each wireguard-go ↔ wireguard-go baseline, column by column (medians of the
+    same run only)."""
     out: dict[str, dict[str, float | None]] = {}
-    base = results.get("go-go")
-    if base is None:
-        return out
-    for name in ("wgpy-wgpy", "wgpy-go", "go-wgpy", "wgpyw-wgpyw"):
-        if name not in results:
+    for baseline in BASELINES:
+        base = results.get(baseline)
+        if base is None:
             continue
-        row: dict[str, float | None] = {}
-        for test, metric, title, _ in COLUMNS:
-            mine = results[name]["median"].get(test, {}).get(metric)
-            theirs = base["median"].get(test, {}).get(metric)
-            row[title] = mine / theirs if mine is not None and theirs else None
-        out[f"{name} / go-go"] = row
+        for name in ("wgpy-wgpy", "wgpy-go", "go-wgpy", "wgpyw-wgpyw"):
+            if name not in results:
+                continue
+            row: dict[str, float | None] = {}
+            for test, metric, title, _ in COLUMNS:
+                mine = results[name]["median"].get(test, {}).get(metric)
+                theirs = base["median"].get(test, {}).get(metric)
+                row[title] = mine / theirs if mine is not None and theirs else None
+            out[f"{name} / {baseline}"] = row
     return out
 
 
@@ -498,28 +515,20 @@ def table(results: dict[str, Any], ratio_rows: dict[str, dict[str, float | None]
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-
+def machine(args: argparse.Namespace) -> dict[str, Any]:
     def version(cmd: list[str]) -> str:
         try:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
         except (OSError, IndexError, subprocess.SubprocessError):
             return "unknown"
 
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "wireguard_go": version(["wireguard-go", "--version"]),
-        "iperf3": version(["iperf3", "--version"]),
-    }
+    info = machineinfo.describe()
+    info["wireguard_go_bookworm"] = f"{args.wireguard_go}: {version([args.wireguard_go, '--version'])}"
+    if args.trixie_wireguard_go is not None:
+        trixie = str(args.trixie_wireguard_go)
+        info["wireguard_go_trixie"] = f"{trixie}: {version([trixie, '--version'])} (Debian {args.trixie_package})"
+    info["iperf3"] = version(["iperf3", "--version"])
+    return info
 
 
 def chart(results: dict[str, Any], path: Path, date: str) -> bool:
@@ -542,6 +551,7 @@ def chart(results: dict[str, Any], path: Path, date: str) -> bool:
     tunnels = [n for n in results if n != "veth"]
     colors = {
         "go-go": "#1f77b4",
+        "trixie-trixie": "#2ca02c",
         "wgpy-wgpy": "#d62728",
         "wgpy-go": "#ff7f0e",
         "go-wgpy": "#9467bd",
@@ -588,7 +598,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of: %(default)s")
     parser.add_argument("--udp-bandwidth", default="10G", help="iperf3 -b for the UDP test (default 10G)")
     parser.add_argument("--settle", type=float, default=1.0, help="pause between iperf3 runs, seconds (default 1)")
-    parser.add_argument("--wireguard-go", default="wireguard-go", help="wireguard-go binary")
+    parser.add_argument(
+        "--wireguard-go", default="/usr/bin/wireguard-go", help="bookworm's wireguard-go binary (config go-go)"
+    )
+    parser.add_argument(
+        "--trixie-wireguard-go",
+        type=Path,
+        help="trixie's wireguard-go binary (config trixie-trixie; default: fetched by fetch_wireguard_go.py into "
+        "benchmarks/.cache/)",
+    )
     parser.add_argument("--python", default=sys.executable, help="Python that runs wgpy (default: this one)")
     parser.add_argument(
         "--profile", type=Path, help="also run py-spy on each wgpy daemon and write collapsed stacks to this folder"
@@ -612,6 +630,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("e2e.py needs root (network namespaces, TUN devices): run it with sudo", file=sys.stderr)
         return 2
+    args.trixie_package = None
+    if any("trixie" in (c.sender, c.receiver) for c in configs):
+        try:
+            if args.trixie_wireguard_go is None:
+                args.trixie_wireguard_go = fetch_wireguard_go.fetch()
+                args.trixie_package = (args.trixie_wireguard_go.parent / "SOURCE").read_text().split()[0]
+            print(f"trixie's wireguard-go: {args.trixie_wireguard_go} "
+                  f"({fetch_wireguard_go.version_of(args.trixie_wireguard_go)})")  # fmt: skip
+        except (fetch_wireguard_go.FetchError, OSError, subprocess.SubprocessError) as exc:
+            print(f"trixie's wireguard-go is not available: {exc}", file=sys.stderr)
+            return 2
     missing = [tool for tool in ("ip", "wg", "iperf3", "ss", "ping", args.wireguard_go) if shutil.which(tool) is None]
     if missing:
         print(f"missing tools: {', '.join(missing)} (apt-get install wireguard-go wireguard-tools iperf3 "
@@ -626,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: load average {load_before[0]:.2f}: other work on this machine will skew the numbers")
     bench = Bench(args)
     results: dict[str, Any] = {}
+    rounds: list[dict[str, Any]] = []
     print(f"run {bench.run_id}: namespaces {bench.ns[0]}, {bench.ns[1]}; {args.repeat} x {args.seconds} s per test")
     wgpy_source: dict[str, Any] = {"commit": "unknown", "snapshot": False}
     try:
@@ -636,12 +666,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.build()
         # Repetitions outermost: every configuration is measured once before any is measured again, so that a
         # change in background load while the run goes on hits all of them alike.
+        # The order also rotates from one repetition to the next, so no configuration always runs first or last.
         collected: dict[str, dict[str, list[Sample]]] = {c.name: {t: [] for t in args.tests} for c in configs}
         for repetition in range(args.repeat):
             print(f"repetition {repetition + 1} of {args.repeat}", flush=True)
-            for config in configs:
+            shift = repetition % len(configs)
+            for config in configs[shift:] + configs[:shift]:
+                load_before_round = machineinfo.load_average()
+                round_started = time.monotonic()
                 for test, sample in bench.measure(config, repetition).items():
                     collected[config.name][test].append(sample)
+                rounds.append({
+                    "repetition": repetition + 1,
+                    "config": config.name,
+                    "seconds": round(time.monotonic() - round_started, 1),
+                    "load_average_before": load_before_round,
+                    "load_average_after": machineinfo.load_average(),
+                })  # fmt: skip
+                print(f"  {config.name:10} load average before {load_before_round[0]:.2f}, after "
+                      f"{rounds[-1]['load_average_after'][0]:.2f}", flush=True)  # fmt: skip
         for config in configs:
             samples = collected[config.name]
             results[config.name] = {
@@ -659,15 +702,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ratio_rows = ratios(results)
     print()
+    print(f"machine: {machineinfo.one_line()}")
     print(table(results, ratio_rows))
     report = {
         "date": started.isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(args),
         "wgpy_source": wgpy_source,
         "parameters": {
             "seconds": args.seconds,
             "repeat": args.repeat,
             "udp_payload": UDP_PAYLOAD,
+            "udp_small_payload": UDP_SMALL_PAYLOAD,
             "udp_bandwidth": args.udp_bandwidth,
             "mtu": MTU,
             "tests": args.tests,
@@ -675,6 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
         },
+        "rounds": rounds,
         "results": results,
         "ratios": ratio_rows,
     }
