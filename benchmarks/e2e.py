@@ -33,6 +33,7 @@ signalled, by their PID.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime as dt
 import hashlib
@@ -63,7 +64,8 @@ IPERF_PORT: Final = 5201
 MTU: Final = 1420
 UDP_PAYLOAD: Final = 1200
 UDP_SMALL_PAYLOAD: Final = 64  # the small-packet test: 64 B of UDP payload, a 92-byte inner IPv4 packet
-TESTS: Final = ("tcp1", "tcp4", "udp", "udp64")
+TESTS: Final = ("tcp1", "tcp4", "udp", "udp64", "hs")
+HANDSHAKE_PEERS: Final = 64  # initiators that the responder knows, for the ``hs`` test (handshake_load.py)
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
@@ -153,8 +155,14 @@ class Sample:
     packets_per_second: float | None = None
     lost_percent: float | None = None
     retransmits: int | None = None
+    handshakes: int | None = None  # the ``hs`` test: responses received
     cpu: dict[str, float] = field(default_factory=dict)  # "sender"/"receiver" -> CPU seconds in the window
     cpu_user: dict[str, float] = field(default_factory=dict)  # the user-space part of ``cpu`` (utime)
+
+    def cpu_us_per_handshake(self) -> float | None:
+        if not self.handshakes or not self.cpu:
+            return None
+        return self.cpu["receiver"] / self.handshakes * 1e6
 
     def cpu_per_gb(self, side: str | None = None) -> float | None:
         if not self.cpu or not self.bytes:
@@ -178,6 +186,8 @@ class Bench:
         self.iperf_server: subprocess.Popen[bytes] | None = None
         self.profilers: list[subprocess.Popen[bytes]] = []
         self.tunnels_started = 0
+        self.handshake_keys: Path | None = None  # the ``hs`` test's initiators, known to the current responder
+        self.responder_public_key = ""
         self.source = REPO
 
     # --- topology ---------------------------------------------------------------------------------------------
@@ -290,15 +300,34 @@ class Bench:
         self.wait_for(ready, what=f"{implementation} UAPI socket {socket}")
         if implementation not in GO_IMPLEMENTATIONS and self.args.profile is not None:
             self.profilers.append(self.start_profiler(daemon))
+        if self.args.strace is not None:
+            self.profilers.append(self.start_strace(daemon))
         return daemon
 
+    def attachment_name(self, daemon: Daemon) -> str:
+        role = "sender" if daemon.ns == self.ns[0] else "receiver"
+        return f"{self.tunnels_started:02d}-{daemon.implementation}-{role}"
+
     def start_profiler(self, daemon: Daemon) -> subprocess.Popen[bytes]:
-        """py-spy on one wgpy daemon; it writes collapsed stacks when the daemon exits."""
-        out = self.args.profile / f"{daemon.ifname}-{daemon.ns[-1]}.txt"
+        """py-spy on one wgpy daemon; it writes collapsed stacks when the daemon exits. With ``--profile-native``
+        the stacks also hold the native frames (AEAD, libc's system call wrappers, CPython's C code) and the idle
+        samples (a thread waiting in ``epoll_wait``); py-spy then pauses the process for each sample."""
+        out = self.args.profile / f"{self.attachment_name(daemon)}.txt"
         self.args.profile.mkdir(parents=True, exist_ok=True)
-        cmd = ["py-spy", "record", "--pid", str(daemon.pid), "--rate", "200", "--function", "--nonblocking"]
+        cmd = ["py-spy", "record", "--pid", str(daemon.pid), "--rate", str(self.args.profile_rate), "--function"]
+        cmd += ["--native", "--idle"] if self.args.profile_native else ["--nonblocking"]
         with (self.tmp / f"py-spy-{daemon.ifname}.log").open("wb") as log:
             return self.spawn([*cmd, "--format", "raw", "--output", str(out)], log)
+
+    def start_strace(self, daemon: Daemon) -> subprocess.Popen[bytes]:
+        """``strace -c`` on one daemon (every thread): system call counts, written when the daemon exits. strace
+        slows each system call down, so use its counts (calls per packet), not its times or that run's rates."""
+        out = self.args.strace / f"{self.attachment_name(daemon)}.strace"
+        self.args.strace.mkdir(parents=True, exist_ok=True)
+        with (self.tmp / f"strace-{daemon.ifname}.log").open("wb") as log:
+            process = self.spawn(["strace", "-c", "-f", "-o", str(out), "-p", str(daemon.pid)], log)
+        time.sleep(0.5)  # attached before the traffic starts
+        return process
 
     def start_tunnel(self, config: Config) -> tuple[Daemon, Daemon]:
         assert config.sender is not None and config.receiver is not None
@@ -338,6 +367,8 @@ class Bench:
                 )
             )
             run(["ip", "-n", ns, "addr", "add", f"{OVERLAY[me]}/24", "dev", ifname])
+        if "hs" in self.args.tests:
+            self.add_handshake_peers(names[1], keys[1][1])
             run(["ip", "-n", ns, "link", "set", ifname, "mtu", str(MTU), "up"])
         self.wait_for(
             lambda: run(in_ns(self.ns[0], "ping", "-c", "1", "-W", "1", OVERLAY[1]), check=False).returncode == 0,
@@ -346,9 +377,65 @@ class Bench:
         )
         return daemons
 
+    def add_handshake_peers(self, ifname: str, public_key: str) -> None:
+        """Makes the responder (B) know ``HANDSHAKE_PEERS`` more peers (no allowed IPs), whose private keys go to
+        ``handshake_load.py``. Keys from ``cryptography``'s X25519, independent of wgpy."""
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+        privates, peers = [], []
+        for _ in range(HANDSHAKE_PEERS):
+            key = X25519PrivateKey.generate()
+            raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+            privates.append(base64.b64encode(raw).decode())
+            public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            peers += ["peer", base64.b64encode(public).decode()]
+        self.handshake_keys = self.tmp / f"hs-{ifname}.keys"
+        self.handshake_keys.touch(mode=0o600)
+        self.handshake_keys.write_text("\n".join(privates) + "\n")
+        self.responder_public_key = public_key
+        run(in_ns(self.ns[1], "wg", "set", ifname, *peers))
+
     # --- measurements -----------------------------------------------------------------------------------------
 
+    def handshakes(self, daemons: Sequence[Daemon]) -> Sample:
+        """``hs``: paced initiations from ``HANDSHAKE_PEERS`` peers in A to the responder daemon in B."""
+        assert self.handshake_keys is not None
+        seconds = self.args.seconds
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
+        cmd = [self.args.python, str(Path(__file__).resolve().parent / "handshake_load.py")]
+        cmd += ["--target", f"{UNDERLAY[1]}:{LISTEN_PORTS[1]}", "--responder-public-key", self.responder_public_key]
+        cmd += ["--keys", str(self.handshake_keys), "--rate", str(self.args.hs_rate), "--seconds", str(seconds)]
+        before = [cpu_times(d.pid) for d in daemons]
+        started = time.monotonic()
+        result = subprocess.run(in_ns(self.ns[0], *cmd), capture_output=True, text=True, timeout=seconds + 30,
+                                env=env, check=False)  # fmt: skip
+        wall = time.monotonic() - started
+        after = [cpu_times(d.pid) for d in daemons]
+        if result.returncode != 0:
+            raise E2EError(f"handshake_load.py failed: {result.stderr.strip()[-1000:]}")
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        sides = ("sender", "receiver")
+        cpu = {side: sum(a) - sum(b) for side, a, b in zip(sides, after, before, strict=False)}
+        cpu_user = {side: a[0] - b[0] for side, a, b in zip(sides, after, before, strict=False)}
+        sent, answered = int(report["sent"]), int(report["responses"])
+        return Sample(
+            "hs",
+            float(report["seconds"]),
+            wall,
+            0,
+            0.0,
+            packets_per_second=answered / float(report["seconds"]),
+            lost_percent=100.0 * (sent - answered) / sent if sent else 0.0,
+            cpu=cpu,
+            cpu_user=cpu_user,
+            handshakes=answered,
+        )
+
     def iperf(self, test: str, target: str, daemons: Sequence[Daemon]) -> Sample:
+        if test == "hs":
+            return self.handshakes(daemons)
         seconds = self.args.seconds
         cmd = ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", "--connect-timeout", "5000"]
         if test == "tcp4":
@@ -413,6 +500,8 @@ class Bench:
                 daemons = self.start_tunnel(config)
                 target = OVERLAY[1]
             for test in self.args.tests:
+                if test == "hs" and config.sender is None:
+                    continue  # no tunnel, no handshakes
                 sample = self.iperf(test, target, daemons)
                 samples[test] = sample
                 print(f"  {config.name:10} {test:5} #{repetition + 1}: {describe(sample)}", flush=True)
@@ -437,6 +526,10 @@ def describe(sample: Sample) -> str:
         text += f" {sample.packets_per_second:10,.0f} pkt/s rx, loss {sample.lost_percent:5.1f}%"
     if sample.retransmits is not None:
         text += f" retr {sample.retransmits}"
+    if sample.test == "hs":
+        return (f"{sample.packets_per_second or 0:9.1f} handshakes/s ({sample.handshakes} answered, "
+                f"{sample.lost_percent:.1f}% unanswered), responder CPU {sample.cpu.get('receiver', 0):.2f} s = "
+                f"{sample.cpu_us_per_handshake() or 0:.0f} us per handshake")  # fmt: skip
     per_gb = sample.cpu_per_gb()
     if per_gb is not None:
         text += f"  CPU {sample.cpu.get('sender', 0):.2f}+{sample.cpu.get('receiver', 0):.2f}s = {per_gb:.2f} s/GB"
@@ -452,6 +545,7 @@ def summarize(samples: list[Sample]) -> dict[str, float | None]:
     return {
         "mbit_per_second": median([s.bits_per_second / 1e6 for s in samples]),
         "packets_per_second": median([s.packets_per_second for s in samples]),
+        "responder_cpu_us_per_handshake": median([s.cpu_us_per_handshake() for s in samples]),
         "lost_percent": median([s.lost_percent for s in samples]),
         "retransmits": median([s.retransmits for s in samples]),
         "cpu_seconds_per_gb": median([s.cpu_per_gb() for s in samples]),
@@ -473,6 +567,7 @@ COLUMNS: Final = (
     ("udp", "packets_per_second", "UDP rx pkt/s", "{:,.0f}"),
     ("udp", "lost_percent", "UDP loss %", "{:.1f}"),
     ("udp64", "packets_per_second", "UDP64 rx pkt/s", "{:,.0f}"),
+    ("hs", "responder_cpu_us_per_handshake", "hs CPU us/each", "{:.0f}"),
     ("tcp1", "cpu_seconds_per_gb", "CPU s/GB TCPx1", "{:.2f}"),
     ("tcp4", "cpu_seconds_per_gb", "CPU s/GB TCPx4", "{:.2f}"),
     ("udp", "cpu_seconds_per_gb", "CPU s/GB UDP", "{:.2f}"),
@@ -597,6 +692,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of: %(default)s")
     parser.add_argument("--udp-bandwidth", default="10G", help="iperf3 -b for the UDP test (default 10G)")
+    parser.add_argument(
+        "--hs-rate", type=float, default=100.0, help="initiations per second in the hs test (default 100)"
+    )
     parser.add_argument("--settle", type=float, default=1.0, help="pause between iperf3 runs, seconds (default 1)")
     parser.add_argument(
         "--wireguard-go", default="/usr/bin/wireguard-go", help="bookworm's wireguard-go binary (config go-go)"
@@ -610,6 +708,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--python", default=sys.executable, help="Python that runs wgpy (default: this one)")
     parser.add_argument(
         "--profile", type=Path, help="also run py-spy on each wgpy daemon and write collapsed stacks to this folder"
+    )
+    parser.add_argument(
+        "--profile-native", action="store_true", help="with --profile: native frames and idle samples as well"
+    )
+    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second (default 200)")
+    parser.add_argument(
+        "--strace", type=Path, help="also run strace -c on every daemon (wireguard-go too), summaries to this folder"
     )
     parser.add_argument("--replot", type=Path, help="only redraw the chart of this JSON report next to it")
     parser.add_argument(
@@ -717,6 +822,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mtu": MTU,
             "tests": args.tests,
             "profiled_with_py_spy": args.profile is not None,
+            "py_spy_native": args.profile_native,
+            "straced": args.strace is not None,
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
         },
