@@ -367,9 +367,9 @@ class Bench:
                 )
             )
             run(["ip", "-n", ns, "addr", "add", f"{OVERLAY[me]}/24", "dev", ifname])
+            run(["ip", "-n", ns, "link", "set", ifname, "mtu", str(MTU), "up"])
         if "hs" in self.args.tests:
             self.add_handshake_peers(names[1], keys[1][1])
-            run(["ip", "-n", ns, "link", "set", ifname, "mtu", str(MTU), "up"])
         self.wait_for(
             lambda: run(in_ns(self.ns[0], "ping", "-c", "1", "-W", "1", OVERLAY[1]), check=False).returncode == 0,
             timeout=20,
@@ -716,6 +716,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--strace", type=Path, help="also run strace -c on every daemon (wireguard-go too), summaries to this folder"
     )
+    parser.add_argument(
+        "--label",
+        default="e2e",
+        help="report file name prefix (default e2e); any other label leaves latest.json and latest.png alone",
+    )
     parser.add_argument("--replot", type=Path, help="only redraw the chart of this JSON report next to it")
     parser.add_argument(
         "--no-snapshot",
@@ -834,11 +839,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     text = json.dumps(report, indent=2) + "\n"
-    (args.out / f"e2e-{stamp}.json").write_text(text)
-    (args.out / "latest.json").write_text(text)
-    print(f"\nwrote {args.out / f'e2e-{stamp}.json'} and latest.json")
-    if chart(results, args.out / "latest.png", report["date"][:10]):
-        print(f"wrote {args.out / 'latest.png'}")
+    (args.out / f"{args.label}-{stamp}.json").write_text(text)
+    print(f"\nwrote {args.out / f'{args.label}-{stamp}.json'}")
+    if args.label == "e2e":
+        (args.out / "latest.json").write_text(text)
+        print("wrote latest.json")
+        if chart(results, args.out / "latest.png", report["date"][:10]):
+            print(f"wrote {args.out / 'latest.png'}")
     return 0
 
 
