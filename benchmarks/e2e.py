@@ -9,22 +9,29 @@ Topology, built fresh for every run with names unique to the run and torn down i
     tunnel 10.251.0.1/24 (daemon A, UDP 51820)             tunnel 10.251.0.2/24 (daemon B, UDP 51821)
 
 The namespaces have no route anywhere else, so no packet leaves them. ``--repeat`` times, every configuration in
-turn (so that background load drifting during the run hits all of them alike), the two tunnel daemons are started in
+turn, the order rotating by one each time (so that background load drifting during the run hits all of them
+alike, and none is always first), the two tunnel daemons are started in
 the foreground (``wireguard-go -f IF`` / ``python -m wgpy -f IF``), configured with ``wg set`` over their UAPI
 sockets (interface names are unique to the run and to each start, because /var/run/wireguard is not per namespace),
 warmed up with a ping, measured with the tests below, and stopped:
 
 - ``tcp1``: ``iperf3 -c`` TCP, one stream, ``--seconds`` long (goodput at the receiver);
 - ``tcp4``: the same with ``-P 4``;
-- ``udp``: ``iperf3 -u -l 1200 -b <--udp-bandwidth>``: packets/s received and the loss.
+- ``udp``: ``iperf3 -u -l 1200 -b <--udp-bandwidth>``: packets/s received and the loss;
+- ``udp64``: the same with 64-byte payloads (small packets);
+- ``hs``: ``handshake_load.py`` in A sends real initiations from ``HANDSHAKE_PEERS`` peers that B's daemon knows,
+  ``--hs-rate`` per second in all, and counts the answers: the responder's CPU time per handshake.
 
 During each iperf3 run the CPU time (utime + stime from /proc/PID/stat, in clock ticks of
 ``os.sysconf('SC_CLK_TCK')``) of each tunnel daemon is sampled before and after, and reported as CPU seconds per GB
 delivered (both daemons together, and each). Medians over the repetitions are printed as a table with the ratios
 wgpy / wireguard-go, and written to ``<out>/e2e-<date>.json``, ``<out>/latest.json`` and, if matplotlib is installed,
-a bar chart ``<out>/latest.png``.
+a bar chart ``<out>/latest.png`` (with ``--label NAME``: ``<out>/NAME-<date>.json`` only). The report records the
+machine (``machineinfo.py``) and the load average before and after every configuration's round.
 
-Configurations (A sends, B receives): ``veth`` (no tunnel: the ceiling), ``go-go``, ``wgpy-wgpy``, ``wgpy-go``
+Configurations (A sends, B receives): ``veth`` (no tunnel: the ceiling), ``go-go`` (Debian bookworm's
+wireguard-go, ``--wireguard-go``), ``trixie-trixie`` (Debian trixie's, with TUN offloads: ``fetch_wireguard_go.py``
+fetches it into ``benchmarks/.cache/`` unless ``--trixie-wireguard-go`` names one), ``wgpy-wgpy``, ``wgpy-go``
 (wgpy sends, wireguard-go receives), ``go-wgpy`` (the reverse) and ``wgpyw-wgpyw`` (both wgpy with ``--worker``:
 a data-plane worker process each; their CPU time includes the workers'). Only processes this script started are
 signalled, by their PID.
