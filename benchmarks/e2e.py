@@ -628,7 +628,8 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
     info["wireguard_go_bookworm"] = f"{args.wireguard_go}: {version([args.wireguard_go, '--version'])}"
     if args.trixie_wireguard_go is not None:
         trixie = str(args.trixie_wireguard_go)
-        info["wireguard_go_trixie"] = f"{trixie}: {version([trixie, '--version'])} (Debian {args.trixie_package})"
+        package = f" (Debian {args.trixie_package})" if args.trixie_package else ""
+        info["wireguard_go_trixie"] = f"{trixie}: {version([trixie, '--version'])}{package}"
     info["iperf3"] = version(["iperf3", "--version"])
     return info
 
