@@ -16,7 +16,8 @@ Two parts, both printed with the machine (``machineinfo``) and, with ``--out``, 
 
 ``python benchmarks/cost_split.py analyse --e2e REPORT.json --profile DIR [--strace DIR]``
     Reads what ``e2e.py --profile DIR --profile-native [--strace DIR]`` wrote for the ``wgpy-wgpy`` tunnels of one
-    run (the ``tcp1`` test: A sends, B receives) and splits each daemon's CPU time per delivered TCP segment:
+    run (one test, ``tcp1`` unless ``--test`` names another; A sends, B receives) and splits each daemon's CPU time
+    per delivered packet (TCP segment for ``tcp1``):
 
     - CPU microseconds per segment from the report's CPU seconds per GB and the segment payload (MTU 1420 minus 40
       bytes of IPv4 + TCP headers minus 12 of TCP timestamps = 1368 bytes);
@@ -50,6 +51,7 @@ from typing import Any, Final
 import machineinfo
 
 TCP_SEGMENT_PAYLOAD: Final = 1420 - 40 - 12
+PAYLOAD_PER_PACKET: Final = {"tcp1": TCP_SEGMENT_PAYLOAD, "tcp4": TCP_SEGMENT_PAYLOAD, "udp": 1200, "udp64": 64}
 SIZES: Final = (64, 1420)
 
 
@@ -221,11 +223,11 @@ def parse_strace(path: Path) -> dict[str, int]:
     return calls
 
 
-def analyse(report: dict[str, Any], profile: Path, strace: Path | None, top: int) -> dict[str, Any]:
+def analyse(report: dict[str, Any], profile: Path, strace: Path | None, top: int, test: str = "tcp1") -> dict[str, Any]:
     result = report["results"]["wgpy-wgpy"]
-    samples = result["samples"]["tcp1"]
-    out: dict[str, Any] = {"machine": report["machine"], "e2e_date": report["date"], "directions": {}}
-    segments = [s["bytes"] / TCP_SEGMENT_PAYLOAD for s in samples]
+    samples = result["samples"][test]
+    out: dict[str, Any] = {"machine": report["machine"], "e2e_date": report["date"], "test": test, "directions": {}}
+    segments = [s["bytes"] / PAYLOAD_PER_PACKET[test] for s in samples]  # packets delivered
     for role in ("sender", "receiver"):
         us_per_segment = statistics.median(s["cpu"][role] / n * 1e6 for s, n in zip(samples, segments, strict=True))
         user_fraction = statistics.median(s["cpu_user"][role] / s["cpu"][role] for s in samples if s["cpu"][role])
@@ -295,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyse_parser.add_argument("--profile", type=Path, required=True, help="e2e.py --profile folder")
     analyse_parser.add_argument("--strace", type=Path, help="e2e.py --strace folder (may be another run's)")
     analyse_parser.add_argument("--top", type=int, default=15)
+    analyse_parser.add_argument(
+        "--test", choices=sorted(PAYLOAD_PER_PACKET), default="tcp1", help="the one test of the profiled run"
+    )
     syscalls_parser = commands.add_parser("syscalls", help="system calls per TCP segment of an e2e.py --strace run")
     syscalls_parser.add_argument("--e2e", type=Path, required=True, help="the JSON report of the straced run")
     syscalls_parser.add_argument("--strace", type=Path, required=True, help="e2e.py --strace folder")
@@ -317,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {name:14} {role:8} " + ", ".join(f"{call} {n:.3f}" for call, n in calls.items()))
     else:
         report = json.loads(args.e2e.read_text())
-        document = analyse(report, args.profile, args.strace, args.top)
+        document = analyse(report, args.profile, args.strace, args.top, args.test)
         print(json.dumps(document["directions"], indent=2))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
