@@ -114,6 +114,9 @@ def main(argv: list[str]) -> int:
         shutil.copytree(old_tree / "wgpy", Path(scratch) / "wgpy_old")
         sys.path[:0] = [scratch, str(new_tree)]
         engines = {"old": session("wgpy_old"), "new": session("wgpy")}
+        import machineinfo  # sibling module in benchmarks/ (this script's own folder is on sys.path)
+
+        print(f"machine: {machineinfo.one_line()}")
         for size in (64, 1420):
             packet = ipv4_packet(size)
             for name, case in CASES.items():

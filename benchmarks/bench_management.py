@@ -388,19 +388,9 @@ def _versions() -> dict[str, str]:
 
 
 def _machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": model,
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "loadavg": [round(value, 2) for value in os.getloadavg()],
-        **_versions(),
-    }
+    import machineinfo  # sibling module in benchmarks/
+
+    return {**machineinfo.describe(), **_versions()}
 
 
 def main() -> None:

@@ -292,15 +292,12 @@ async def run(count: int, changes: int, team_size: int, db_url: str, state: path
     }
 
 
-def _machine() -> dict[str, str]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load = " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
-    return {"nproc": str(os.cpu_count()), "cpu": model, "python": sys.version.split()[0], "loadavg_at_end": load}
+def _machine() -> dict[str, Any]:
+    import machineinfo  # sibling module in benchmarks/
+
+    info = machineinfo.describe()
+    info["loadavg_at_end"] = info.pop("load_average")  # called once the runs are over
+    return info
 
 
 def compile_curve(counts: list[int], team_size: int) -> list[dict[str, Any]]:

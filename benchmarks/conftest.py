@@ -47,3 +47,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_sep("-", "wgpy rates (from extra_info, computed from each benchmark's mean)")
         for row in rows:
             terminalreporter.write_line(row)
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, object]) -> None:
+    """pytest-benchmark's JSON (``--benchmark-json``/``--benchmark-autosave``) records the machine as the other
+    benchmarks do (``machineinfo.py``): CPU model, cores, kernel, Python, cryptography, OpenSSL, NumPy, load."""
+    import machineinfo
+
+    machine_info["wgpy_machine"] = machineinfo.describe()

@@ -9,22 +9,29 @@ Topology, built fresh for every run with names unique to the run and torn down i
     tunnel 10.251.0.1/24 (daemon A, UDP 51820)             tunnel 10.251.0.2/24 (daemon B, UDP 51821)
 
 The namespaces have no route anywhere else, so no packet leaves them. ``--repeat`` times, every configuration in
-turn (so that background load drifting during the run hits all of them alike), the two tunnel daemons are started in
+turn, the order rotating by one each time (so that background load drifting during the run hits all of them
+alike, and none is always first), the two tunnel daemons are started in
 the foreground (``wireguard-go -f IF`` / ``python -m wgpy -f IF``), configured with ``wg set`` over their UAPI
 sockets (interface names are unique to the run and to each start, because /var/run/wireguard is not per namespace),
 warmed up with a ping, measured with the tests below, and stopped:
 
 - ``tcp1``: ``iperf3 -c`` TCP, one stream, ``--seconds`` long (goodput at the receiver);
 - ``tcp4``: the same with ``-P 4``;
-- ``udp``: ``iperf3 -u -l 1200 -b <--udp-bandwidth>``: packets/s received and the loss.
+- ``udp``: ``iperf3 -u -l 1200 -b <--udp-bandwidth>``: packets/s received and the loss;
+- ``udp64``: the same with 64-byte payloads (small packets);
+- ``hs``: ``handshake_load.py`` in A sends real initiations from ``HANDSHAKE_PEERS`` peers that B's daemon knows,
+  ``--hs-rate`` per second in all, and counts the answers: the responder's CPU time per handshake.
 
 During each iperf3 run the CPU time (utime + stime from /proc/PID/stat, in clock ticks of
 ``os.sysconf('SC_CLK_TCK')``) of each tunnel daemon is sampled before and after, and reported as CPU seconds per GB
 delivered (both daemons together, and each). Medians over the repetitions are printed as a table with the ratios
 wgpy / wireguard-go, and written to ``<out>/e2e-<date>.json``, ``<out>/latest.json`` and, if matplotlib is installed,
-a bar chart ``<out>/latest.png``.
+a bar chart ``<out>/latest.png`` (with ``--label NAME``: ``<out>/NAME-<date>.json`` only). The report records the
+machine (``machineinfo.py``) and the load average before and after every configuration's round.
 
-Configurations (A sends, B receives): ``veth`` (no tunnel: the ceiling), ``go-go``, ``wgpy-wgpy``, ``wgpy-go``
+Configurations (A sends, B receives): ``veth`` (no tunnel: the ceiling), ``go-go`` (Debian bookworm's
+wireguard-go, ``--wireguard-go``), ``trixie-trixie`` (Debian trixie's, with TUN offloads: ``fetch_wireguard_go.py``
+fetches it into ``benchmarks/.cache/`` unless ``--trixie-wireguard-go`` names one), ``wgpy-wgpy``, ``wgpy-go``
 (wgpy sends, wireguard-go receives), ``go-wgpy`` (the reverse) and ``wgpyw-wgpyw`` (both wgpy with ``--worker``:
 a data-plane worker process each; their CPU time includes the workers'). Only processes this script started are
 signalled, by their PID.
@@ -33,12 +40,12 @@ signalled, by their PID.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -52,6 +59,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import fetch_wireguard_go  # sibling modules in benchmarks/
+import machineinfo
+
 REPO: Final = Path(__file__).resolve().parent.parent
 UAPI_DIRECTORY: Final = Path("/var/run/wireguard")
 UNDERLAY: Final = ("10.250.0.1", "10.250.0.2")  # veth addresses in A and B (/24), private test subnet
@@ -60,7 +70,9 @@ LISTEN_PORTS: Final = (51820, 51821)
 IPERF_PORT: Final = 5201
 MTU: Final = 1420
 UDP_PAYLOAD: Final = 1200
-TESTS: Final = ("tcp1", "tcp4", "udp")
+UDP_SMALL_PAYLOAD: Final = 64  # the small-packet test: 64 B of UDP payload, a 92-byte inner IPv4 packet
+TESTS: Final = ("tcp1", "tcp4", "udp", "udp64", "hs")
+HANDSHAKE_PEERS: Final = 64  # initiators that the responder knows, for the ``hs`` test (handshake_load.py)
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
@@ -68,19 +80,27 @@ CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 class Config:
     name: str
     label: str
-    sender: str | None  # "go", "wgpy", "wgpyw" (wgpy --worker) or None (plain veth)
+    sender: str | None  # "go" (bookworm), "trixie", "wgpy", "wgpyw" (wgpy --worker) or None (plain veth)
     receiver: str | None
 
 
 CONFIGS: Final = (
     Config("veth", "plain veth (ceiling)", None, None),
-    Config("go-go", "wireguard-go -> wireguard-go", "go", "go"),
+    Config("go-go", "wireguard-go (bookworm) -> wireguard-go (bookworm)", "go", "go"),
+    Config("trixie-trixie", "wireguard-go (trixie) -> wireguard-go (trixie)", "trixie", "trixie"),
     Config("wgpy-wgpy", "wgpy -> wgpy", "wgpy", "wgpy"),
     Config("wgpy-go", "wgpy -> wireguard-go", "wgpy", "go"),
     Config("go-wgpy", "wireguard-go -> wgpy", "go", "wgpy"),
     Config("wgpyw-wgpyw", "wgpy --worker -> wgpy --worker", "wgpyw", "wgpyw"),
 )
-IMPLEMENTATION_NAMES: Final = {"go": "wireguard-go", "wgpy": "wgpy", "wgpyw": "wgpy --worker"}
+IMPLEMENTATION_NAMES: Final = {
+    "go": "wireguard-go (bookworm)",
+    "trixie": "wireguard-go (trixie)",
+    "wgpy": "wgpy",
+    "wgpyw": "wgpy --worker",
+}
+BASELINES: Final = ("go-go", "trixie-trixie")  # the ratios divide by these
+GO_IMPLEMENTATIONS: Final = ("go", "trixie")
 
 
 class E2EError(RuntimeError):
@@ -142,8 +162,14 @@ class Sample:
     packets_per_second: float | None = None
     lost_percent: float | None = None
     retransmits: int | None = None
+    handshakes: int | None = None  # the ``hs`` test: responses received
     cpu: dict[str, float] = field(default_factory=dict)  # "sender"/"receiver" -> CPU seconds in the window
     cpu_user: dict[str, float] = field(default_factory=dict)  # the user-space part of ``cpu`` (utime)
+
+    def cpu_us_per_handshake(self) -> float | None:
+        if not self.handshakes or not self.cpu:
+            return None
+        return self.cpu["receiver"] / self.handshakes * 1e6
 
     def cpu_per_gb(self, side: str | None = None) -> float | None:
         if not self.cpu or not self.bytes:
@@ -167,6 +193,8 @@ class Bench:
         self.iperf_server: subprocess.Popen[bytes] | None = None
         self.profilers: list[subprocess.Popen[bytes]] = []
         self.tunnels_started = 0
+        self.handshake_keys: Path | None = None  # the ``hs`` test's initiators, known to the current responder
+        self.responder_public_key = ""
         self.source = REPO
 
     # --- topology ---------------------------------------------------------------------------------------------
@@ -258,8 +286,9 @@ class Bench:
     def start_daemon(self, implementation: str, ns: str, ifname: str) -> Daemon:
         log_path = self.tmp / f"{ifname}.log"
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error")
-        if implementation == "go":
-            cmd = in_ns(ns, self.args.wireguard_go, "-f", ifname)
+        if implementation in GO_IMPLEMENTATIONS:
+            binary = self.args.wireguard_go if implementation == "go" else str(self.args.trixie_wireguard_go)
+            cmd = in_ns(ns, binary, "-f", ifname)
         else:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
             worker = ["--worker"] if implementation == "wgpyw" else []
@@ -276,17 +305,36 @@ class Bench:
             return socket.exists()
 
         self.wait_for(ready, what=f"{implementation} UAPI socket {socket}")
-        if implementation != "go" and self.args.profile is not None:
+        if implementation not in GO_IMPLEMENTATIONS and self.args.profile is not None:
             self.profilers.append(self.start_profiler(daemon))
+        if self.args.strace is not None:
+            self.profilers.append(self.start_strace(daemon))
         return daemon
 
+    def attachment_name(self, daemon: Daemon) -> str:
+        role = "sender" if daemon.ns == self.ns[0] else "receiver"
+        return f"{self.tunnels_started:02d}-{daemon.implementation}-{role}"
+
     def start_profiler(self, daemon: Daemon) -> subprocess.Popen[bytes]:
-        """py-spy on one wgpy daemon; it writes collapsed stacks when the daemon exits."""
-        out = self.args.profile / f"{daemon.ifname}-{daemon.ns[-1]}.txt"
+        """py-spy on one wgpy daemon; it writes collapsed stacks when the daemon exits. With ``--profile-native``
+        the stacks also hold the native frames (AEAD, libc's system call wrappers, CPython's C code) and the idle
+        samples (a thread waiting in ``epoll_wait``); py-spy then pauses the process for each sample."""
+        out = self.args.profile / f"{self.attachment_name(daemon)}.txt"
         self.args.profile.mkdir(parents=True, exist_ok=True)
-        cmd = ["py-spy", "record", "--pid", str(daemon.pid), "--rate", "200", "--function", "--nonblocking"]
+        cmd = ["py-spy", "record", "--pid", str(daemon.pid), "--rate", str(self.args.profile_rate), "--function"]
+        cmd += ["--native", "--idle"] if self.args.profile_native else ["--nonblocking"]
         with (self.tmp / f"py-spy-{daemon.ifname}.log").open("wb") as log:
             return self.spawn([*cmd, "--format", "raw", "--output", str(out)], log)
+
+    def start_strace(self, daemon: Daemon) -> subprocess.Popen[bytes]:
+        """``strace -c`` on one daemon (every thread): system call counts, written when the daemon exits. strace
+        slows each system call down, so use its counts (calls per packet), not its times or that run's rates."""
+        out = self.args.strace / f"{self.attachment_name(daemon)}.strace"
+        self.args.strace.mkdir(parents=True, exist_ok=True)
+        with (self.tmp / f"strace-{daemon.ifname}.log").open("wb") as log:
+            process = self.spawn(["strace", "-c", "-f", "-o", str(out), "-p", str(daemon.pid)], log)
+        time.sleep(0.5)  # attached before the traffic starts
+        return process
 
     def start_tunnel(self, config: Config) -> tuple[Daemon, Daemon]:
         assert config.sender is not None and config.receiver is not None
@@ -327,6 +375,8 @@ class Bench:
             )
             run(["ip", "-n", ns, "addr", "add", f"{OVERLAY[me]}/24", "dev", ifname])
             run(["ip", "-n", ns, "link", "set", ifname, "mtu", str(MTU), "up"])
+        if "hs" in self.args.tests:
+            self.add_handshake_peers(names[1], keys[1][1])
         self.wait_for(
             lambda: run(in_ns(self.ns[0], "ping", "-c", "1", "-W", "1", OVERLAY[1]), check=False).returncode == 0,
             timeout=20,
@@ -334,15 +384,72 @@ class Bench:
         )
         return daemons
 
+    def add_handshake_peers(self, ifname: str, public_key: str) -> None:
+        """Makes the responder (B) know ``HANDSHAKE_PEERS`` more peers (no allowed IPs), whose private keys go to
+        ``handshake_load.py``. Keys from ``cryptography``'s X25519, independent of wgpy."""
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+        privates, peers = [], []
+        for _ in range(HANDSHAKE_PEERS):
+            key = X25519PrivateKey.generate()
+            raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+            privates.append(base64.b64encode(raw).decode())
+            public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            peers += ["peer", base64.b64encode(public).decode()]
+        self.handshake_keys = self.tmp / f"hs-{ifname}.keys"
+        self.handshake_keys.touch(mode=0o600)
+        self.handshake_keys.write_text("\n".join(privates) + "\n")
+        self.responder_public_key = public_key
+        run(in_ns(self.ns[1], "wg", "set", ifname, *peers))
+
     # --- measurements -----------------------------------------------------------------------------------------
 
+    def handshakes(self, daemons: Sequence[Daemon]) -> Sample:
+        """``hs``: paced initiations from ``HANDSHAKE_PEERS`` peers in A to the responder daemon in B."""
+        assert self.handshake_keys is not None
+        seconds = self.args.seconds
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
+        cmd = [self.args.python, str(Path(__file__).resolve().parent / "handshake_load.py")]
+        cmd += ["--target", f"{UNDERLAY[1]}:{LISTEN_PORTS[1]}", "--responder-public-key", self.responder_public_key]
+        cmd += ["--keys", str(self.handshake_keys), "--rate", str(self.args.hs_rate), "--seconds", str(seconds)]
+        before = [cpu_times(d.pid) for d in daemons]
+        started = time.monotonic()
+        result = subprocess.run(in_ns(self.ns[0], *cmd), capture_output=True, text=True, timeout=seconds + 30,
+                                env=env, check=False)  # fmt: skip
+        wall = time.monotonic() - started
+        after = [cpu_times(d.pid) for d in daemons]
+        if result.returncode != 0:
+            raise E2EError(f"handshake_load.py failed: {result.stderr.strip()[-1000:]}")
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        sides = ("sender", "receiver")
+        cpu = {side: sum(a) - sum(b) for side, a, b in zip(sides, after, before, strict=False)}
+        cpu_user = {side: a[0] - b[0] for side, a, b in zip(sides, after, before, strict=False)}
+        sent, answered = int(report["sent"]), int(report["responses"])
+        return Sample(
+            "hs",
+            float(report["seconds"]),
+            wall,
+            0,
+            0.0,
+            packets_per_second=answered / float(report["seconds"]),
+            lost_percent=100.0 * (sent - answered) / sent if sent else 0.0,
+            cpu=cpu,
+            cpu_user=cpu_user,
+            handshakes=answered,
+        )
+
     def iperf(self, test: str, target: str, daemons: Sequence[Daemon]) -> Sample:
+        if test == "hs":
+            return self.handshakes(daemons)
         seconds = self.args.seconds
         cmd = ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", "--connect-timeout", "5000"]
         if test == "tcp4":
             cmd += ["-P", "4"]
-        elif test == "udp":
-            cmd += ["-u", "-l", str(UDP_PAYLOAD), "-b", self.args.udp_bandwidth]
+        elif test in ("udp", "udp64"):
+            payload = UDP_PAYLOAD if test == "udp" else UDP_SMALL_PAYLOAD
+            cmd += ["-u", "-l", str(payload), "-b", self.args.udp_bandwidth]
         before = [cpu_times(d.pid) for d in daemons]
         started = time.monotonic()
         result = run(in_ns(self.ns[0], *cmd), timeout=seconds + 30, check=False)
@@ -359,7 +466,8 @@ class Bench:
         sides = ("sender", "receiver")
         cpu = {side: sum(a) - sum(b) for side, a, b in zip(sides, after, before, strict=False)}
         cpu_user = {side: a[0] - b[0] for side, a, b in zip(sides, after, before, strict=False)}
-        if test == "udp":
+        if test in ("udp", "udp64"):
+            payload = UDP_PAYLOAD if test == "udp" else UDP_SMALL_PAYLOAD
             received = end.get("sum_received") or end["sum"]
             total = int(received["packets"])
             lost = int(received["lost_packets"])
@@ -369,8 +477,8 @@ class Bench:
                 test,
                 duration,
                 wall,
-                delivered * UDP_PAYLOAD,
-                delivered * UDP_PAYLOAD * 8 / duration,
+                delivered * payload,
+                delivered * payload * 8 / duration,
                 packets_per_second=delivered / duration,
                 lost_percent=100.0 * lost / total if total else 0.0,
                 cpu=cpu,
@@ -399,6 +507,8 @@ class Bench:
                 daemons = self.start_tunnel(config)
                 target = OVERLAY[1]
             for test in self.args.tests:
+                if test == "hs" and config.sender is None:
+                    continue  # no tunnel, no handshakes
                 sample = self.iperf(test, target, daemons)
                 samples[test] = sample
                 print(f"  {config.name:10} {test:5} #{repetition + 1}: {describe(sample)}", flush=True)
@@ -423,6 +533,10 @@ def describe(sample: Sample) -> str:
         text += f" {sample.packets_per_second:10,.0f} pkt/s rx, loss {sample.lost_percent:5.1f}%"
     if sample.retransmits is not None:
         text += f" retr {sample.retransmits}"
+    if sample.test == "hs":
+        return (f"{sample.packets_per_second or 0:9.1f} handshakes/s ({sample.handshakes} answered, "
+                f"{sample.lost_percent:.1f}% unanswered), responder CPU {sample.cpu.get('receiver', 0):.2f} s = "
+                f"{sample.cpu_us_per_handshake() or 0:.0f} us per handshake")  # fmt: skip
     per_gb = sample.cpu_per_gb()
     if per_gb is not None:
         text += f"  CPU {sample.cpu.get('sender', 0):.2f}+{sample.cpu.get('receiver', 0):.2f}s = {per_gb:.2f} s/GB"
@@ -438,6 +552,7 @@ def summarize(samples: list[Sample]) -> dict[str, float | None]:
     return {
         "mbit_per_second": median([s.bits_per_second / 1e6 for s in samples]),
         "packets_per_second": median([s.packets_per_second for s in samples]),
+        "responder_cpu_us_per_handshake": median([s.cpu_us_per_handshake() for s in samples]),
         "lost_percent": median([s.lost_percent for s in samples]),
         "retransmits": median([s.retransmits for s in samples]),
         "cpu_seconds_per_gb": median([s.cpu_per_gb() for s in samples]),
@@ -458,6 +573,8 @@ COLUMNS: Final = (
     ("tcp4", "mbit_per_second", "TCP x4 Mbit/s", "{:.0f}"),
     ("udp", "packets_per_second", "UDP rx pkt/s", "{:,.0f}"),
     ("udp", "lost_percent", "UDP loss %", "{:.1f}"),
+    ("udp64", "packets_per_second", "UDP64 rx pkt/s", "{:,.0f}"),
+    ("hs", "responder_cpu_us_per_handshake", "hs CPU us/each", "{:.0f}"),
     ("tcp1", "cpu_seconds_per_gb", "CPU s/GB TCPx1", "{:.2f}"),
     ("tcp4", "cpu_seconds_per_gb", "CPU s/GB TCPx4", "{:.2f}"),
     ("udp", "cpu_seconds_per_gb", "CPU s/GB UDP", "{:.2f}"),
@@ -465,20 +582,22 @@ COLUMNS: Final = (
 
 
 def ratios(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """wgpy configurations divided by wireguard-go ↔ wireguard-go, column by column."""
+    """wgpy configurations divided by each wireguard-go ↔ wireguard-go baseline, column by column (medians of the
+    same run only)."""
     out: dict[str, dict[str, float | None]] = {}
-    base = results.get("go-go")
-    if base is None:
-        return out
-    for name in ("wgpy-wgpy", "wgpy-go", "go-wgpy", "wgpyw-wgpyw"):
-        if name not in results:
+    for baseline in BASELINES:
+        base = results.get(baseline)
+        if base is None:
             continue
-        row: dict[str, float | None] = {}
-        for test, metric, title, _ in COLUMNS:
-            mine = results[name]["median"].get(test, {}).get(metric)
-            theirs = base["median"].get(test, {}).get(metric)
-            row[title] = mine / theirs if mine is not None and theirs else None
-        out[f"{name} / go-go"] = row
+        for name in ("wgpy-wgpy", "wgpy-go", "go-wgpy", "wgpyw-wgpyw"):
+            if name not in results:
+                continue
+            row: dict[str, float | None] = {}
+            for test, metric, title, _ in COLUMNS:
+                mine = results[name]["median"].get(test, {}).get(metric)
+                theirs = base["median"].get(test, {}).get(metric)
+                row[title] = mine / theirs if mine is not None and theirs else None
+            out[f"{name} / {baseline}"] = row
     return out
 
 
@@ -498,28 +617,21 @@ def table(results: dict[str, Any], ratio_rows: dict[str, dict[str, float | None]
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-
+def machine(args: argparse.Namespace) -> dict[str, Any]:
     def version(cmd: list[str]) -> str:
         try:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
         except (OSError, IndexError, subprocess.SubprocessError):
             return "unknown"
 
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "wireguard_go": version(["wireguard-go", "--version"]),
-        "iperf3": version(["iperf3", "--version"]),
-    }
+    info = machineinfo.describe()
+    info["wireguard_go_bookworm"] = f"{args.wireguard_go}: {version([args.wireguard_go, '--version'])}"
+    if args.trixie_wireguard_go is not None:
+        trixie = str(args.trixie_wireguard_go)
+        package = f" (Debian {args.trixie_package})" if args.trixie_package else ""
+        info["wireguard_go_trixie"] = f"{trixie}: {version([trixie, '--version'])}{package}"
+    info["iperf3"] = version(["iperf3", "--version"])
+    return info
 
 
 def chart(results: dict[str, Any], path: Path, date: str) -> bool:
@@ -542,6 +654,7 @@ def chart(results: dict[str, Any], path: Path, date: str) -> bool:
     tunnels = [n for n in results if n != "veth"]
     colors = {
         "go-go": "#1f77b4",
+        "trixie-trixie": "#2ca02c",
         "wgpy-wgpy": "#d62728",
         "wgpy-go": "#ff7f0e",
         "go-wgpy": "#9467bd",
@@ -587,11 +700,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of: %(default)s")
     parser.add_argument("--udp-bandwidth", default="10G", help="iperf3 -b for the UDP test (default 10G)")
+    parser.add_argument(
+        "--hs-rate", type=float, default=100.0, help="initiations per second in the hs test (default 100)"
+    )
     parser.add_argument("--settle", type=float, default=1.0, help="pause between iperf3 runs, seconds (default 1)")
-    parser.add_argument("--wireguard-go", default="wireguard-go", help="wireguard-go binary")
+    parser.add_argument(
+        "--wireguard-go", default="/usr/bin/wireguard-go", help="bookworm's wireguard-go binary (config go-go)"
+    )
+    parser.add_argument(
+        "--trixie-wireguard-go",
+        type=Path,
+        help="trixie's wireguard-go binary (config trixie-trixie; default: fetched by fetch_wireguard_go.py into "
+        "benchmarks/.cache/)",
+    )
     parser.add_argument("--python", default=sys.executable, help="Python that runs wgpy (default: this one)")
     parser.add_argument(
         "--profile", type=Path, help="also run py-spy on each wgpy daemon and write collapsed stacks to this folder"
+    )
+    parser.add_argument(
+        "--profile-native", action="store_true", help="with --profile: native frames and idle samples as well"
+    )
+    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second (default 200)")
+    parser.add_argument(
+        "--strace", type=Path, help="also run strace -c on every daemon (wireguard-go too), summaries to this folder"
+    )
+    parser.add_argument(
+        "--label",
+        default="e2e",
+        help="report file name prefix (default e2e); any other label leaves latest.json and latest.png alone",
     )
     parser.add_argument("--replot", type=Path, help="only redraw the chart of this JSON report next to it")
     parser.add_argument(
@@ -612,6 +748,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("e2e.py needs root (network namespaces, TUN devices): run it with sudo", file=sys.stderr)
         return 2
+    args.trixie_package = None
+    if any("trixie" in (c.sender, c.receiver) for c in configs):
+        try:
+            if args.trixie_wireguard_go is None:
+                args.trixie_wireguard_go = fetch_wireguard_go.fetch()
+                args.trixie_package = (args.trixie_wireguard_go.parent / "SOURCE").read_text().split()[0]
+            print(f"trixie's wireguard-go: {args.trixie_wireguard_go} "
+                  f"({fetch_wireguard_go.version_of(args.trixie_wireguard_go)})")  # fmt: skip
+        except (fetch_wireguard_go.FetchError, OSError, subprocess.SubprocessError) as exc:
+            print(f"trixie's wireguard-go is not available: {exc}", file=sys.stderr)
+            return 2
     missing = [tool for tool in ("ip", "wg", "iperf3", "ss", "ping", args.wireguard_go) if shutil.which(tool) is None]
     if missing:
         print(f"missing tools: {', '.join(missing)} (apt-get install wireguard-go wireguard-tools iperf3 "
@@ -626,6 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: load average {load_before[0]:.2f}: other work on this machine will skew the numbers")
     bench = Bench(args)
     results: dict[str, Any] = {}
+    rounds: list[dict[str, Any]] = []
     print(f"run {bench.run_id}: namespaces {bench.ns[0]}, {bench.ns[1]}; {args.repeat} x {args.seconds} s per test")
     wgpy_source: dict[str, Any] = {"commit": "unknown", "snapshot": False}
     try:
@@ -636,12 +784,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.build()
         # Repetitions outermost: every configuration is measured once before any is measured again, so that a
         # change in background load while the run goes on hits all of them alike.
+        # The order also rotates from one repetition to the next, so no configuration always runs first or last.
         collected: dict[str, dict[str, list[Sample]]] = {c.name: {t: [] for t in args.tests} for c in configs}
         for repetition in range(args.repeat):
             print(f"repetition {repetition + 1} of {args.repeat}", flush=True)
-            for config in configs:
+            shift = repetition % len(configs)
+            for config in configs[shift:] + configs[:shift]:
+                load_before_round = machineinfo.load_average()
+                round_started = time.monotonic()
                 for test, sample in bench.measure(config, repetition).items():
                     collected[config.name][test].append(sample)
+                rounds.append({
+                    "repetition": repetition + 1,
+                    "config": config.name,
+                    "seconds": round(time.monotonic() - round_started, 1),
+                    "load_average_before": load_before_round,
+                    "load_average_after": machineinfo.load_average(),
+                })  # fmt: skip
+                print(f"  {config.name:10} load average before {load_before_round[0]:.2f}, after "
+                      f"{rounds[-1]['load_average_after'][0]:.2f}", flush=True)  # fmt: skip
         for config in configs:
             samples = collected[config.name]
             results[config.name] = {
@@ -659,33 +820,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ratio_rows = ratios(results)
     print()
+    print(f"machine: {machineinfo.one_line()}")
     print(table(results, ratio_rows))
     report = {
         "date": started.isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(args),
         "wgpy_source": wgpy_source,
         "parameters": {
             "seconds": args.seconds,
             "repeat": args.repeat,
             "udp_payload": UDP_PAYLOAD,
+            "udp_small_payload": UDP_SMALL_PAYLOAD,
             "udp_bandwidth": args.udp_bandwidth,
             "mtu": MTU,
             "tests": args.tests,
             "profiled_with_py_spy": args.profile is not None,
+            "py_spy_native": args.profile_native,
+            "straced": args.strace is not None,
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
         },
+        "rounds": rounds,
         "results": results,
         "ratios": ratio_rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     text = json.dumps(report, indent=2) + "\n"
-    (args.out / f"e2e-{stamp}.json").write_text(text)
-    (args.out / "latest.json").write_text(text)
-    print(f"\nwrote {args.out / f'e2e-{stamp}.json'} and latest.json")
-    if chart(results, args.out / "latest.png", report["date"][:10]):
-        print(f"wrote {args.out / 'latest.png'}")
+    (args.out / f"{args.label}-{stamp}.json").write_text(text)
+    print(f"\nwrote {args.out / f'{args.label}-{stamp}.json'}")
+    if args.label == "e2e":
+        (args.out / "latest.json").write_text(text)
+        print("wrote latest.json")
+        if chart(results, args.out / "latest.png", report["date"][:10]):
+            print(f"wrote {args.out / 'latest.png'}")
     return 0
 
 

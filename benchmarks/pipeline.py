@@ -37,6 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import machineinfo  # sibling module in benchmarks/
+
 from wgpy.device import Device
 from wgpy.drivers.asyncio_udp import Tunnel
 from wgpy.drivers.clock import monotonic_now
@@ -143,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode: {key: statistics.median(s[key] for s in runs) for key in runs[0]} for mode, runs in samples.items()
     }
     ratio = medians["worker"]["packets_per_second"] / medians["one process"]["packets_per_second"]
+    print(f"\nmachine: {machineinfo.one_line()}")
     print(
         f"\nmedians of {args.repeat} x {args.seconds:g} s, {args.size}-byte packets, {os.cpu_count()} CPUs:\n"
         f"  one process {medians['one process']['packets_per_second']:>10,.0f} pkt/s\n"
@@ -150,8 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  worker / one process = {ratio:.2f}x"
     )
     if args.out is not None:
-        report = {"size": args.size, "seconds": args.seconds, "cpus": os.cpu_count(), "medians": medians,
-                  "ratio": ratio, "samples": samples}  # fmt: skip
+        report = {"machine": machineinfo.describe(), "size": args.size, "seconds": args.seconds,
+                  "cpus": os.cpu_count(), "medians": medians, "ratio": ratio, "samples": samples}  # fmt: skip
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import machineinfo
 from bench_transport import CryptoOnly, ipv4_packet, make_session, round_trip
 
 
@@ -52,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="samples of each (default 5); medians are reported")
     args = parser.parse_args(argv)
     sizes: list[int] = args.size or [1420, 64]
+    print(f"machine: {machineinfo.one_line()}")
     print(f"{'size':>6} {'round trip µs/pkt':>18} {'crypto only µs/pkt':>19} {'ratio':>6} {'round trip pkt/s':>17}")
     for size in sizes:
         trip, floor = measure(size, args.number, args.repeat)
