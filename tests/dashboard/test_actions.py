@@ -193,8 +193,7 @@ def test_the_event_stream_says_when_peers_change(tmp_path: pathlib.Path) -> None
                             return line
 
                 status, key = await browser.api("POST", "/api/v1/setup-keys", json={"name": "k"})
-                assert status == 201 and isinstance(key, dict)
-                assert await asyncio.wait_for(next_event(), 5) == b"event: peers\n"  # an audited change
+                assert status == 201 and isinstance(key, dict)  # (a setup key changes no peer: no event)
                 agent = await enrol_agent(server, tmp_path, "laptop", str(key["key"]))
                 try:
                     assert await asyncio.wait_for(next_event(), 5) == b"event: peers\n"  # enrolled, online

@@ -231,6 +231,11 @@ class MapService:
             issued[peer_id] = done
         return issued
 
+    async def view_of(self, peer_id: str) -> PeerView | None:
+        """One peer's current view (its map's peers and rules), or ``None`` if it is not active."""
+        policy, peers = await self._load()
+        return compile_view(policy, peers, peer_id)
+
     async def current(self, peer_id: str) -> IssuedMap | None:
         """A fresh map for one peer, or ``None`` if it is not active (pending approval, revoked, deleted)."""
         policy, peers = await self._load()
@@ -254,6 +259,8 @@ class PeerStream:
         self.expires_at = 0
         self.sent_serial = 0
         self.acked_serial = 0
+        self.paths: dict[str, str] = {}  # the agent's last path report: peer public key -> direct/relayed/checking
+        self.paths_at: float | None = None  # when it was accepted (the server's clock)
         self.closed = asyncio.Event()
         self._pending: str | None = None
         self._control: collections.deque[str] = collections.deque()
@@ -338,6 +345,9 @@ class PushHub:
         self.idle.set()
         self.tick_hooks: list[Callable[[], object]] = []
         self.publishers: list[Callable[[Change], None]] = []  # told of each local change (replica fan-out)
+        # Told of every change, this replica's or another's, and of streams coming and going: the dashboard's live
+        # feed (no polling). Called synchronously: a watcher only notes the change and wakes its own task.
+        self.watchers: list[Callable[[Change], None]] = []
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -373,12 +383,23 @@ class PushHub:
         if local and change.kind not in _UNPUBLISHED:
             for publish in self.publishers:
                 publish(change)
+        if change.kind != "tick":
+            self.announce(change)
         if change.kind in ("peer_revoked", "peer_left") and change.peer_id is not None:
             stream = self.streams.pop(change.peer_id, None)
             if stream is not None:
                 stream.revoke()
         self.idle.clear()
         self._wake.set()
+
+    def announce(self, change: Change) -> None:
+        """Tell the ``watchers`` of something that changes what admins see but no map (a path report, a stream
+        closing); ``notify`` calls it too."""
+        for watch in list(self.watchers):
+            try:
+                watch(change)
+            except Exception:  # a watcher's bug must not stop a revocation
+                logger.exception("change watcher failed")
 
     def attach(self, peer_id: str, ws: web.WebSocketResponse) -> PeerStream | None:
         """Register a newly connected stream (replacing an older one of the same peer); ``None`` if full."""
@@ -396,6 +417,7 @@ class PushHub:
     def detach(self, stream: PeerStream) -> None:
         if self.streams.get(stream.peer_id) is stream:
             del self.streams[stream.peer_id]
+            self.announce(Change("stream_closed", stream.peer_id))
 
     def online(self, peer_id: str) -> bool:
         return peer_id in self.streams
