@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import WSMsgType, web
 from sqlalchemy import select, update
@@ -46,6 +46,9 @@ from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid
 from .proof import HEADER_KEY, NonceCache, ProofError, verify_proof
 from .push import Change, MapService, PeerStream, PushHub
 from .store import AdminToken, AuditRow, GroupRow, PeerRow, PolicyRow, RefreshTokenRow, SetupKeyRow, secret_hash
+
+if TYPE_CHECKING:
+    from .dashboard.app import Dashboard
 
 __all__ = [
     "MAX_BODY",
@@ -303,6 +306,7 @@ class ManagementServer:
         self.nat = NatSignal(self.maps, self.hub, clock=clock)
         #: Path reports (``pathreport.py``): accepted, and what was dropped, ignored or refused, for operators.
         self.path_reports: collections.Counter[str] = collections.Counter()
+        self.dashboard: Dashboard | None = None  # mounted by ``app()``
 
     def __repr__(self) -> str:
         return f"ManagementServer(network={self.network})"
@@ -332,7 +336,7 @@ class ManagementServer:
         # The admin dashboard (issue #16) lives in its own package; it mounts its pages at / here.
         from .dashboard.app import mount as mount_dashboard
 
-        mount_dashboard(app, self)
+        self.dashboard = mount_dashboard(app, self)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
