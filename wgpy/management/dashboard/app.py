@@ -415,6 +415,9 @@ class Dashboard:
         if sort not in views.PEER_SORTS:
             sort = "name"
         descending = request.query.get("dir") == "desc"
+        names = {str(peer["public_key"]): str(peer["name"]) for peer in peers}
+        for peer in peers:
+            peer["path_detail"] = views.path_detail(peer, names)
         rows = views.sort_peers(views.filter_peers(peers, query), sort, descending)
         return {"peers": rows, "q": query, "sort": sort, "descending": descending, "total": len(peers)}
 
@@ -440,6 +443,7 @@ class Dashboard:
         peer = by_id.get(peer_id)
         if peer is None:
             return self._render("refused.html", session, status=404, message="No such peer.")
+        peer["path_detail"] = views.path_detail(peer, {str(p["public_key"]): str(p["name"]) for p in peers})
         snapshot = await self.server.maps.snapshot()
         view = snapshot.views.get(peer_id)
         reach = (
