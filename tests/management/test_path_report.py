@@ -5,6 +5,7 @@ API while the peer is connected, and a bad report never closes the stream."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import pathlib
 from typing import Any
 
@@ -66,7 +67,9 @@ async def _listed(h: Harness) -> dict[str, Any]:
     return {peer["name"]: peer for peer in answer.body}
 
 
-def test_the_api_lists_what_the_agent_reported_about_its_own_map(tmp_path: pathlib.Path) -> None:
+def test_the_api_lists_what_the_agent_reported_about_its_own_map(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def body(h: Harness) -> None:
         await h.admin("PUT", "/api/v1/policy", raw=POLICY, content_type="application/yaml")
         dev, prod, guest = h.agent(), h.agent(), h.agent()
@@ -110,6 +113,12 @@ def test_the_api_lists_what_the_agent_reported_about_its_own_map(tmp_path: pathl
             await _pong(ws)
             listed = await _listed(h)
             assert listed["dev"]["path"] == "direct" and listed["dev"]["paths"] == {prod.public_key: "direct"}
+        # A frame nested thousands deep (it fits the 64 KiB frame limit) is not a message: the stream closes with
+        # 1008 like any frame that is not JSON, and the server carries on (no internal error).
+        async with dev.stream() as ws:
+            assert (await next_message(ws))["type"] == "map"
+            await ws.send_str('{"type": "paths", "paths": ' + "[" * 20000 + "]" * 20000 + "}")
+            assert (await next_message(ws))["code"] == 1008
         await h.running.server.hub.settle()
         for _ in range(100):  # the stream's end is handled by the server's task: bounded wait for it
             if not (await _listed(h))["dev"]["online"]:
@@ -117,5 +126,6 @@ def test_the_api_lists_what_the_agent_reported_about_its_own_map(tmp_path: pathl
             await asyncio.sleep(0.02)
         listed = await _listed(h)
         assert not listed["dev"]["online"] and listed["dev"]["path"] is None  # offline: no path shown
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text  # no internal error
 
     with_harness(tmp_path, body)

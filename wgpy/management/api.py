@@ -729,7 +729,7 @@ class ManagementServer:
                     break
                 try:
                     data = json.loads(message.data)
-                except ValueError:
+                except (ValueError, RecursionError):  # a frame nested thousands deep is no message either
                     break
                 if not isinstance(data, dict):
                     break

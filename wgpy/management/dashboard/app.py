@@ -1,14 +1,17 @@
 """The admin dashboard's routes (issue #16): server-rendered pages over the API's own handlers.
 
 Theory of operation: every page and action is one aiohttp handler here. It first authenticates the browser's
-session cookie (``session.py``: the sealed admin token, then ``ManagementServer._admin``, the API's own check), and
-for a state change also the CSRF token and the request's origin (``Origin`` and ``Sec-Fetch-Site`` must say
-same-origin when the browser sends them; the cookie is ``SameSite=Strict`` besides). It then calls the **API's
-handler** for the action (``ManagementServer.update_peer`` and the others) with an in-process request that
-carries the session's admin token and a JSON body: validation, the transaction, the audit row and the push are
-the API's, never a second copy. Reads go the same way (``list_peers``, ``list_audit`` ...), and the pages render
-their JSON with Jinja2 (autoescaped: a name is always text). The live peers page listens to ``/events``
-(server-sent events), which watches the push hub's streams and the audit log and says when the table changed.
+session cookie (``session.py``: the sealed admin token), then the admin token through
+``ManagementServer.authenticate_admin`` (the API's own check, the dashboard's seam into it), then the session's row
+in ``dashboard_sessions`` (not logged out, not expired: every replica sharing the database refuses a session that
+ended through any of them); for a state change also the CSRF token and the request's origin (``Origin`` and
+``Sec-Fetch-Site`` must say same-origin when the browser sends them; the cookie is ``SameSite=Strict`` besides). It
+then calls the **API's handler** for the action (``ManagementServer.update_peer`` and the others) with an
+in-process request that carries the session's admin token and a JSON body: validation, the transaction, the audit
+row and the push are the API's, never a second copy. Reads go the same way (``list_peers``, ``list_audit`` ...),
+and the pages render their JSON with Jinja2 (autoescaped: a name is always text). The live peers page listens to
+``/events`` (server-sent events), pushed by ``LiveFeed`` from the push hub's change hook (``PushHub.watchers``):
+the changes of this replica, those of the others (LISTEN/NOTIFY), streams opening and closing, path reports.
 """
 
 from __future__ import annotations
