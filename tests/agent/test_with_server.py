@@ -13,11 +13,16 @@ import pathlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import pytest
 from agent_helpers import SYN, Agent, echo_reply, tcp_packet, tcp_ports, wait_for
+from aiohttp import web
 from support.management_fixtures import admin_request, enrol_embedded, start_runner
 
+from wgpy import crypto
+from wgpy.agent.client import ManagementClient, ManagementError
 from wgpy.agent.enrol import Enrolled, resume_device
 from wgpy.agent.keystore import KeyStore, StateDir
+from wgpy.keys import PrivateKey
 from wgpy.management.server import free_port, init_state, serve
 from wgpy.tools.mesh_demo import POLICY
 
@@ -195,5 +200,32 @@ def test_a_peer_awaiting_approval_gets_its_map_once_approved(tmp_path: pathlib.P
             finally:
                 await laptop.runner.close()
                 await prod.runner.close()
+
+    run(scenario)
+
+
+def test_an_answer_nested_too_deep_for_json_is_a_clean_error() -> None:
+    """A server (or something posing as one) answering JSON nested 20,000 deep: one clean ``ManagementError``, not a
+    RecursionError out of the client (which would end the agent's control loop)."""
+
+    async def scenario() -> None:
+        async def info(_request: web.Request) -> web.Response:
+            return web.Response(text="[" * 20000 + "]" * 20000, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_get("/api/v1/info", info)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        client = ManagementClient(
+            f"http://127.0.0.1:{port}", PrivateKey.generate(), crypto.Ed25519PrivateKey.generate().public_key()
+        )
+        try:
+            with pytest.raises(ManagementError, match="not a JSON object"):
+                await client.fetch_info()
+        finally:
+            await client.close()
+            await runner.cleanup()
 
     run(scenario)

@@ -292,7 +292,7 @@ class ManagementClient:
         if raw:
             try:
                 value = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deep to be an answer of ours
                 value = None
         if 200 <= status < 300:
             return status, value
@@ -516,7 +516,7 @@ class MapStream:
             if message.type == aiohttp.WSMsgType.TEXT:
                 try:
                     value = json.loads(message.data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     logger.warning("the management server sent a frame that is not JSON: ignored")
                     continue
                 if isinstance(value, dict):
