@@ -113,6 +113,12 @@ def test_the_api_lists_what_the_agent_reported_about_its_own_map(
             await _pong(ws)
             listed = await _listed(h)
             assert listed["dev"]["path"] == "direct" and listed["dev"]["paths"] == {prod.public_key: "direct"}
+            # A policy that takes prod out of dev's map: the entry about prod goes with the map that drops it.
+            await h.admin("PUT", "/api/v1/policy", raw=b"acls: []\n", content_type="application/yaml")
+            pushed = await next_message(ws)
+            assert pushed["type"] == "map" and len(pushed["document"]["map"]["peers"]) == 1  # itself only
+            listed = await _listed(h)
+            assert listed["dev"]["path"] is None and listed["dev"]["paths"] == {}
         # A frame nested thousands deep (it fits the 64 KiB frame limit) is not a message: the stream closes with
         # 1008 like any frame that is not JSON, and the server carries on (no internal error).
         async with dev.stream() as ws:

@@ -723,6 +723,7 @@ class ManagementServer:
         if stream is None:
             await ws.close(code=1013, message=b"too many connections")
             return ws
+        stream.own_key = auth.row.public_key
         try:
             async for message in ws:
                 if message.type != WSMsgType.TEXT:
@@ -780,8 +781,8 @@ class ManagementServer:
         if stream.paths_at is not None and 0 <= now - stream.paths_at < PATH_REPORT_INTERVAL:
             counts["too_frequent"] += 1
             return
-        view = await self.maps.view_of(stream.peer_id)
-        allowed = {entry.public_key for entry in view.peers if entry.id != stream.peer_id} if view else set()
+        # The peers of the map this stream was last sent (the agent's own key aside): what the agent may speak of.
+        allowed = stream.map_keys - {stream.own_key} if stream.own_key is not None else stream.map_keys
         try:
             report = parse_path_report(data, allowed)
         except PathReportError:

@@ -82,6 +82,7 @@ class IssuedMap:
     document: str
     expires_at: int
     fingerprint: bytes
+    peer_keys: frozenset[str] = frozenset()  # the public keys the map lists (its own peer's included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,14 +228,10 @@ class MapService:
                 signature = base64.b64encode(crypto.ed25519_sign(self.signing_key, body)).decode("ascii")
                 # The envelope in canonical form too ("map" < "signature"); the agent re-canonicalises the body anyway.
                 document = f'{{"map":{body.decode("ascii")},"signature":"{signature}"}}'
-                done = signed[id(view)] = IssuedMap(serial, document, expires_at, view.fingerprint())
+                keys = frozenset(entry.public_key for entry in view.peers)
+                done = signed[id(view)] = IssuedMap(serial, document, expires_at, view.fingerprint(), keys)
             issued[peer_id] = done
         return issued
-
-    async def view_of(self, peer_id: str) -> PeerView | None:
-        """One peer's current view (its map's peers and rules), or ``None`` if it is not active."""
-        policy, peers = await self._load()
-        return compile_view(policy, peers, peer_id)
 
     async def current(self, peer_id: str) -> IssuedMap | None:
         """A fresh map for one peer, or ``None`` if it is not active (pending approval, revoked, deleted)."""
@@ -259,6 +256,8 @@ class PeerStream:
         self.expires_at = 0
         self.sent_serial = 0
         self.acked_serial = 0
+        self.map_keys: frozenset[str] = frozenset()  # the public keys of the map last handed to this stream
+        self.own_key: str | None = None  # the peer's own public key (set by the API when it attaches the stream)
         self.paths: dict[str, str] = {}  # the agent's last path report: peer public key -> direct/relayed/checking
         self.paths_at: float | None = None  # when it was accepted (the server's clock)
         self.closed = asyncio.Event()
@@ -270,6 +269,9 @@ class PeerStream:
 
     def offer(self, issued: IssuedMap) -> None:
         self.fingerprint = issued.fingerprint
+        self.map_keys = issued.peer_keys
+        if any(key not in issued.peer_keys for key in self.paths):  # a peer left its map: no path to show to it
+            self.paths = {key: state for key, state in self.paths.items() if key in issued.peer_keys}
         self.expires_at = issued.expires_at
         self.sent_serial = issued.serial
         # Spliced, not re-serialised: the document may be megabytes, and the frame's head carries the serial.

@@ -51,6 +51,7 @@ REVEAL_COOKIE: Final = "wgpy_reveal"  # a new setup key on its way to the page t
 CSRF_FIELD: Final = "csrf"
 CSRF_HEADER: Final = "X-CSRF-Token"
 EVENTS_COALESCE: Final = 0.05  # seconds a stream waits after a change for the rest of its burst (ours)
+EVENTS_MIN_GAP: Final = 0.5  # seconds at least between two events of one stream, however busy the server (ours)
 EVENTS_HEARTBEAT: Final = 15.0  # seconds between keep-alive comments (and session checks) on an idle stream (ours)
 AUDIT_PAGE: Final = 50  # events per audit page (ours)
 AUDIT_KINDS: Final = tuple(sorted(KINDS))  # the audit filter offers every kind the server records
@@ -754,6 +755,8 @@ class Dashboard:
         self._secure(response)
         await response.prepare(request)
         version = self.feed.version
+        loop = asyncio.get_running_loop()
+        sent_at = -EVENTS_MIN_GAP
         try:
             await response.write(b"retry: 2000\n\n")
             while not self.shutting_down.is_set():
@@ -763,9 +766,12 @@ class Dashboard:
                 if self.server.clock() >= session.expires_at:
                     break
                 if changed:
-                    await asyncio.sleep(EVENTS_COALESCE)  # a burst of changes makes one refresh of the table
+                    # A burst of changes makes one refresh of the table, and a busy server (thousands of agents
+                    # reporting) at most one every EVENTS_MIN_GAP: each refresh is a full peer listing.
+                    await asyncio.sleep(max(EVENTS_COALESCE, sent_at + EVENTS_MIN_GAP - loop.time()))
                     version = self.feed.version
                     await response.write(b"event: peers\ndata: changed\n\n")
+                    sent_at = loop.time()
                     continue
                 try:
                     await self._check(session, self.server.clock())
