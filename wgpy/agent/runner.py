@@ -368,11 +368,8 @@ class AgentRunner:
                     logger.info("connected to the management server %s", client.base_url)
                     self._write_status()
                     await self.nat.stream_opened(stream.send)
-                    self._stream = stream
-                    try:
-                        revoked = await self._consume(stream)
-                    finally:
-                        self._stream = None
+                    self._stream = stream  # for the path reporter, while ``connected``
+                    revoked = await self._consume(stream)
                     self.nat.stream_closed()
                     code = stream.close_code
                 self.connected = False
@@ -477,7 +474,7 @@ class AgentRunner:
         while not self._stop.is_set():
             await self._sleep(PATH_REPORT_EVERY)
             stream = self._stream
-            if stream is None:
+            if stream is None or not self.connected:
                 continue
             report = self.path_report()
             if sent is not None and sent[0] is stream and sent[1] == report:
