@@ -229,13 +229,9 @@ def test_the_peers_page_shows_the_path_each_agent_reports(tmp_path: pathlib.Path
                 await wait_for(
                     lambda: (p := laptop.runner.device.peer(prod_public)) is not None and p.endpoint is not None
                 )
-                status, text = await browser.get("/peers/table")
-                # Nobody has talked yet: no report, or "checking" once the candidates were exchanged (a race).
-                cells = re.findall(r'<td class="path" data-label="Path">(.*?)</td>', text)
-                assert status == 200 and len(cells) == 2, text
-                assert all(cell == "—" or ">checking</span>" in cell for cell in cells), cells
-                # The laptop's WireGuard starts a handshake with production on 127.0.0.1 (the engine's own entry
-                # point, as a first packet would); both agents then report the path, no relay being configured.
+                # Hole punching (an initiation to each candidate the server forwarded) may have started the handshake
+                # already; the laptop's WireGuard starts one in any case (the engine's own entry point, as a first
+                # packet would). Both agents then report the path, no relay being configured.
                 peer = laptop.runner.device.peer(prod_public)
                 assert peer is not None
                 laptop.runner.device.expired_new_handshake(peer, monotonic_now())
