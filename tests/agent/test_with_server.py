@@ -13,13 +13,16 @@ import pathlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import aiohttp
+import pytest
 from agent_helpers import SYN, Agent, echo_reply, tcp_packet, tcp_ports, wait_for
+from aiohttp import web
+from support.management_fixtures import admin_request, enrol_embedded, start_runner
 
-from wgpy.agent.client import Backoff
-from wgpy.agent.enrol import enrol_device, resume_device
+from wgpy import crypto
+from wgpy.agent.client import ManagementClient, ManagementError
+from wgpy.agent.enrol import Enrolled, resume_device
 from wgpy.agent.keystore import KeyStore, StateDir
-from wgpy.agent.runner import AgentRunner
+from wgpy.keys import PrivateKey
 from wgpy.management.server import free_port, init_state, serve
 from wgpy.tools.mesh_demo import POLICY
 
@@ -55,21 +58,7 @@ class Server:
             self.task = None
 
     async def admin(self, method: str, path: str, **kwargs: object) -> tuple[int, object]:
-        headers = {"Authorization": f"Bearer {self.admin_token}"}
-        if "yaml" in kwargs:
-            headers["Content-Type"] = "application/yaml"
-            kwargs = {"data": str(kwargs.pop("yaml")).encode()}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.request(
-                method,
-                self.url + path,
-                headers=headers,
-                **kwargs,  # type: ignore[arg-type]
-            ) as answer,
-        ):
-            body = await answer.json(content_type=None) if answer.status != 204 else None
-            return answer.status, body
+        return await admin_request(self.url, self.admin_token, method, path, **kwargs)
 
 
 @contextlib.asynccontextmanager
@@ -89,40 +78,23 @@ async def enrol(server: Server, tmp: pathlib.Path, name: str, group: str, **runn
     status, body = await server.admin("POST", "/api/v1/setup-keys", json={"name": name, "auto_groups": [group]})
     assert status == 201 and isinstance(body, dict)
     state = StateDir(tmp / name)
-    enrolled = await enrol_device(
-        state,
-        KeyStore(state, keyring_backend=False),
-        url=server.url,
-        setup_key=str(body["key"]),
-        management_key=server.signing_key,
-        name=name,
-    )
-    return await _start(enrolled.enrolment.peer_id, state, enrolled, name, **runner_options)
+    enrolled = await enrol_embedded(server.url, server.signing_key, state, name, str(body["key"]))
+    return await _start(state, enrolled, name, **runner_options)
 
 
-async def _start(peer_id: str, state: StateDir, enrolled: object, name: str, **options: object) -> Agent:
+async def _start(state: StateDir, enrolled: Enrolled, name: str, **options: object) -> Agent:
     holder: list[Agent] = []
     on_packet = options.pop("on_packet", None)
 
     def deliver(packet: bytes) -> None:
+        if not holder:  # (nothing arrives before the runner has started: no handshake can have completed)
+            return
         holder[0].received.append(packet)
         if on_packet is not None:
             on_packet(holder[0], packet)  # type: ignore[operator]
 
-    runner = AgentRunner(
-        enrolled.enrolment,  # type: ignore[attr-defined]
-        enrolled.private_key,  # type: ignore[attr-defined]
-        enrolled.client,  # type: ignore[attr-defined]
-        state=state,
-        on_packet=deliver,
-        bind_address="127.0.0.1",
-        initial_map=enrolled.initial_map,  # type: ignore[attr-defined]
-        backoff=Backoff(base=0.05, cap=0.3),
-    )
-    agent = Agent(name, runner, state)
-    holder.append(agent)
-    await runner.start()
-    return agent
+    holder.append(Agent(name, await start_runner(enrolled, state, deliver), state))
+    return holder[0]
 
 
 def syns_at(agent: Agent, port: int) -> int:
@@ -141,6 +113,24 @@ def test_restart_loses_nothing_and_logout_removes_the_peer(tmp_path: pathlib.Pat
                 await wait_for(lambda: all(p.endpoint for p in laptop.runner.device.peers.values()))
                 laptop.send(tcp_packet(laptop.address, prod.address, 45022, 22))
                 await wait_for(lambda: syns_at(prod, 22) == 1)
+                # Both agents now report their path to the other as direct (a handshake completed on 127.0.0.1, no
+                # relay exists here), and the server's peer listing shows it (docs/management-api.md "paths").
+                keys = {"laptop": laptop.runner.device.public_key, "prod": prod_key}
+                assert all(key is not None for key in keys.values())
+
+                async def paths() -> dict[str, object]:
+                    _status, listed = await server.admin("GET", "/api/v1/peers")
+                    assert isinstance(listed, list)
+                    return {str(peer["name"]): (peer["path"], peer["paths"]) for peer in listed}
+
+                deadline = asyncio.get_running_loop().time() + 10
+                want = {
+                    "laptop": ("direct", {keys["prod"].to_base64(): "direct"}),  # type: ignore[union-attr]
+                    "prod": ("direct", {keys["laptop"].to_base64(): "direct"}),  # type: ignore[union-attr]
+                }
+                while (seen := await paths()) != want:
+                    assert asyncio.get_running_loop().time() < deadline, seen
+                    await asyncio.sleep(0.2)
                 addresses = (laptop.address, prod.address)
                 assert laptop.runner.mesh is not None
                 serial = laptop.runner.mesh.controller.serial
@@ -169,7 +159,7 @@ def test_restart_loses_nothing_and_logout_removes_the_peer(tmp_path: pathlib.Pat
                 await laptop.runner.close()
                 agents.remove(laptop)
                 resumed = resume_device(laptop.state, KeyStore(laptop.state, keyring_backend=False))
-                laptop = await _start(resumed.enrolment.peer_id, laptop.state, resumed, "laptop")
+                laptop = await _start(laptop.state, resumed, "laptop")
                 agents.append(laptop)
                 await wait_for(lambda: laptop.runner.connected, timeout=5)
                 assert laptop.address == addresses[0]
@@ -197,16 +187,9 @@ def test_a_peer_awaiting_approval_gets_its_map_once_approved(tmp_path: pathlib.P
             )
             assert status == 201 and isinstance(body, dict)
             state = StateDir(tmp_path / "laptop")
-            enrolled = await enrol_device(
-                state,
-                KeyStore(state, keyring_backend=False),
-                url=server.url,
-                setup_key=str(body["key"]),
-                management_key=server.signing_key,
-                name="laptop",
-            )
+            enrolled = await enrol_embedded(server.url, server.signing_key, state, "laptop", str(body["key"]))
             assert enrolled.initial_map is None  # pending approval
-            laptop = await _start(enrolled.enrolment.peer_id, state, enrolled, "laptop")
+            laptop = await _start(state, enrolled, "laptop")
             try:
                 await asyncio.sleep(0.5)
                 assert laptop.runner.mesh is not None and laptop.runner.mesh.controller.network_map is None
@@ -217,5 +200,32 @@ def test_a_peer_awaiting_approval_gets_its_map_once_approved(tmp_path: pathlib.P
             finally:
                 await laptop.runner.close()
                 await prod.runner.close()
+
+    run(scenario)
+
+
+def test_an_answer_nested_too_deep_for_json_is_a_clean_error() -> None:
+    """A server (or something posing as one) answering JSON nested 20,000 deep: one clean ``ManagementError``, not a
+    RecursionError out of the client (which would end the agent's control loop)."""
+
+    async def scenario() -> None:
+        async def info(_request: web.Request) -> web.Response:
+            return web.Response(text="[" * 20000 + "]" * 20000, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_get("/api/v1/info", info)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        client = ManagementClient(
+            f"http://127.0.0.1:{port}", PrivateKey.generate(), crypto.Ed25519PrivateKey.generate().public_key()
+        )
+        try:
+            with pytest.raises(ManagementError, match="not a JSON object"):
+                await client.fetch_info()
+        finally:
+            await client.close()
+            await runner.cleanup()
 
     run(scenario)

@@ -1,102 +1,45 @@
-"""Shared pieces of the dashboard tests: a logged-in HTTP client and an embedded agent enrolled for real."""
+"""Shared pieces of the dashboard tests (the HTTP browser and embedded agents come from ``support.management_fixtures``)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import pathlib
-import re
+import secrets
+import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-import aiohttp
+from support.management_fixtures import Browser, enrol_embedded, start_runner, wait_until
+from support.netns_harness import fresh_netns
 
-from wgpy.agent.client import Backoff
-from wgpy.agent.enrol import enrol_device
-from wgpy.agent.keystore import KeyStore, StateDir
+from wgpy.agent.keystore import StateDir
 from wgpy.agent.runner import AgentRunner
 from wgpy.management.server import RunningServer
 
-_CSRF = re.compile(r'<meta name="csrf-token" content="([0-9a-f]*)">')
+__all__ = [
+    "POLICY",
+    "Agent",
+    "Browser",
+    "VethNamespace",
+    "agent_peers",
+    "enrol_agent",
+    "run",
+    "run_in",
+    "spawn_up",
+    "stop_process",
+    "veth_namespace",
+    "wait_for",
+]
 
 
 def run(test: Callable[[], Awaitable[None]], timeout: float = 60) -> None:
     asyncio.run(asyncio.wait_for(test(), timeout=timeout))
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-class Browser:
-    """An HTTP client with its own cookie jar, like one browser (no redirects followed unless asked)."""
-
-    def __init__(self, server: RunningServer) -> None:
-        self.server = server
-        self.url = server.url
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        self.csrf = ""
-
-    async def close(self) -> None:
-        await self.http.close()
-
-    async def login(self, token: str | None = None) -> aiohttp.ClientResponse:
-        answer = await self.http.post(
-            self.url + "/login",
-            data={"token": token if token is not None else self.server.admin_token, "next": "/peers"},
-            allow_redirects=False,
-        )
-        await answer.read()
-        if answer.status == 303:
-            status, text = await self.get("/peers")
-            assert status == 200, text
-            match = _CSRF.search(text)
-            assert match is not None
-            self.csrf = match.group(1)
-        return answer
-
-    async def get(self, path: str, **kwargs: object) -> tuple[int, str]:
-        async with self.http.get(self.url + path, allow_redirects=False, **kwargs) as answer:  # type: ignore[arg-type]
-            return answer.status, await answer.text()
-
-    async def post(
-        self,
-        path: str,
-        data: dict[str, str] | None = None,
-        *,
-        csrf: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, str, dict[str, str]]:
-        form = dict(data or {})
-        token = self.csrf if csrf is None else csrf
-        if token:
-            form["csrf"] = token
-        async with self.http.post(self.url + path, data=form, headers=headers or {}, allow_redirects=False) as answer:
-            return answer.status, await answer.text(), dict(answer.headers)
-
-    async def api(self, method: str, path: str, **kwargs: object) -> tuple[int, object]:
-        headers = {"Authorization": f"Bearer {self.server.admin_token}"}
-        if "yaml" in kwargs:
-            headers["Content-Type"] = "application/yaml"
-            kwargs = {"data": str(kwargs.pop("yaml")).encode()}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.request(
-                method,
-                self.url + path,
-                headers=headers,
-                **kwargs,  # type: ignore[arg-type]
-            ) as answer,
-        ):
-            body = await answer.json(content_type=None) if answer.status != 204 else None
-            return answer.status, body
+wait_for = wait_until
 
 
 @dataclass
@@ -106,67 +49,88 @@ class Agent:
     peer_id: str
 
 
-async def enrol_agent(server: RunningServer, tmp: pathlib.Path, name: str, setup_key: str) -> Agent:
-    """Enrol with ``wgpy up``'s own code (``enrol_device``) and run the agent on 127.0.0.1 (no TUN, no namespace)."""
+async def enrol_agent(
+    server: RunningServer, tmp: pathlib.Path, name: str, setup_key: str, bind_address: str = "127.0.0.1"
+) -> Agent:
+    """Enrol with ``wgpy up``'s own code (``enrol_device``) and run the agent in this process (no TUN) on
+    ``bind_address``."""
     state = StateDir(tmp / name)
-    enrolled = await enrol_device(
-        state,
-        KeyStore(state, keyring_backend=False),
-        url=server.url,
-        setup_key=setup_key,
-        management_key=server.signing_key_b64,
-        name=name,
-    )
-    runner = AgentRunner(
-        enrolled.enrolment,
-        enrolled.private_key,
-        enrolled.client,
-        state=state,
-        on_packet=lambda _packet: None,
-        bind_address="127.0.0.1",
-        initial_map=enrolled.initial_map,
-        backoff=Backoff(base=0.05, cap=0.3),
-    )
-    await runner.start()
+    enrolled = await enrol_embedded(server.url, server.signing_key_b64, state, name, setup_key)
+    runner = await start_runner(enrolled, state, lambda _packet: None, bind_address)
     return Agent(name, runner, enrolled.enrolment.peer_id)
 
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-async def spawn_up(server: RunningServer, state: pathlib.Path, setup_key: str, name: str) -> asyncio.subprocess.Process:
-    """``wgpy up -f --no-tun`` itself, as a process on 127.0.0.1 (no namespace, so no root needed)."""
+@dataclass(frozen=True)
+class VethNamespace:
+    """A network namespace of this test reached from the host over a veth pair: ``host`` is the host side's
+    address (the management server listens there), ``inside`` the namespace side's."""
+
+    name: str
+    host: str
+    inside: str
+
+
+def _ip(*argv: str) -> None:
+    done = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=20, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"ip {' '.join(argv)}: {done.stderr.strip()}")
+
+
+def veth_namespace(prefix: str) -> Iterator[VethNamespace]:
+    """A fresh namespace (``support.netns_harness.fresh_netns``: skipped with the reason without root, failed in
+    CI) with a veth pair to the host on a /30 of 10.96.0.0/16 picked at random for this run; for a fixture to
+    ``yield from``. Deleting the namespace deletes the pair (and any TUN device made inside it)."""
+    for name in fresh_netns(prefix):
+        base = 4 * secrets.randbelow(1 << 14)  # a /30 in 10.96.0.0/16
+        host, inside = f"10.96.{base >> 8}.{(base & 0xFF) + 1}", f"10.96.{base >> 8}.{(base & 0xFF) + 2}"
+        outer, inner = f"wgdh{secrets.token_hex(3)}", f"wgdn{secrets.token_hex(3)}"
+        try:
+            _ip("link", "add", outer, "type", "veth", "peer", "name", inner, "netns", name)
+            _ip("addr", "add", f"{host}/30", "dev", outer)
+            _ip("link", "set", outer, "up")
+            _ip("-n", name, "addr", "add", f"{inside}/30", "dev", inner)
+            _ip("-n", name, "link", "set", inner, "up")
+            _ip("-n", name, "link", "set", "lo", "up")
+            yield VethNamespace(name, host, inside)
+        finally:
+            subprocess.run(["ip", "link", "del", outer], capture_output=True, timeout=20, check=False)
+
+
+async def spawn_up(
+    server: RunningServer,
+    state: pathlib.Path,
+    setup_key: str,
+    name: str,
+    *,
+    namespace: str | None = None,
+    interface: str | None = None,
+) -> tuple[asyncio.subprocess.Process, pathlib.Path]:
+    """``wgpy up -f`` itself, as a process: in ``namespace`` with the TUN device ``interface``, or (neither given)
+    ``--no-tun`` on 127.0.0.1. Its output goes to a log file beside the state directory (returned)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WGPY_KEYRING": "0", "LOG_LEVEL": "info"}
     env.pop("WG_PROCESS_FOREGROUND", None)
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "wgpy",
-        "up",
-        "-f",
-        "--no-tun",
-        "--management",
-        server.url,
-        "--management-key",
-        server.signing_key_b64,
-        "--setup-key",
-        setup_key,
-        "--name",
-        name,
-        "--endpoint-host",
-        "127.0.0.1",
-        "--state-dir",
-        str(state),
-        env=env,
-        cwd=REPO,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    argv = [sys.executable, "-m", "wgpy", "up", "-f", "--management", server.url]
+    argv += ["--management-key", server.signing_key_b64, "--setup-key", setup_key, "--name", name]
+    argv += ["--state-dir", str(state)]
+    if interface is not None:
+        argv += ["--interface", interface]
+    else:
+        argv += ["--no-tun", "--endpoint-host", "127.0.0.1"]
+    if namespace is not None:
+        argv = ["ip", "netns", "exec", namespace, *argv]  # ip(8) execs the command: the PID is wgpy's
+    log = state.with_name(state.name + ".log")
+    with log.open("ab") as out:
+        process = await asyncio.create_subprocess_exec(
+            *argv, env=env, cwd=REPO, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
+    return process, log
 
 
-async def stop_process(process: asyncio.subprocess.Process) -> bytes:
-    """Stop a process this test started (by its PID: SIGTERM, then SIGKILL); its standard error."""
+async def stop_process(process: asyncio.subprocess.Process, log: pathlib.Path) -> str:
+    """Stop a process this test started (by its PID: SIGTERM, then SIGKILL); what it wrote to its log."""
     if process.returncode is None:
         process.terminate()
         try:
@@ -174,10 +138,19 @@ async def stop_process(process: asyncio.subprocess.Process) -> bytes:
         except TimeoutError:
             process.kill()
             await process.wait()
-    assert process.stderr is not None
-    with contextlib.suppress(Exception):
-        return await asyncio.wait_for(process.stderr.read(), 5)
-    return b""
+    return log.read_text(errors="replace") if log.exists() else ""
+
+
+async def run_in(namespace: str, *argv: str, timeout: float = 20.0) -> int:
+    """Run a short command inside ``namespace`` (bounded by ``timeout``); its exit status."""
+    process = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", namespace, *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        return await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        process.kill()
+        return await process.wait()
 
 
 def agent_peers(state: pathlib.Path) -> list[str] | None:

@@ -1,10 +1,12 @@
 """The dashboard in a real headless Chromium (Debian's ``chromium``, driven by Playwright), against a real server.
 
-The walk of issue #16: log in, create a setup key, enrol a peer with ``wgpy up -f --no-tun`` (the command itself,
-as a process on 127.0.0.1, without a network namespace) and watch it appear on the peers page without a reload,
-approve it, change its groups and see its map change, revoke it and see it go offline, and find each action on the
-audit page. Each page is screenshotted into ``$WGPY_SCREENSHOTS`` (``docs/screenshots`` refreshes the committed
-ones), or a temporary folder. Skipped, with the reason, when Chromium or Playwright is missing (CI installs them
+The walk of issue #16: log in, create a setup key, enrol a peer with ``wgpy up -f`` (the command itself, with a
+TUN device, in a network namespace of this test that reaches the management server over a veth pair; the server,
+a production peer and the browser are on the host side) and watch it appear on the peers page without a reload,
+see its path turn direct once it has talked to production, approve it, change its groups and see its map change,
+revoke it and see it go offline, and find each action on the audit page. Each page is screenshotted into
+``$WGPY_SCREENSHOTS`` (``docs/screenshots`` refreshes the committed ones), or a temporary folder. Skipped, with the
+reason, when Chromium or Playwright is missing, or without root for the namespace (CI installs them, runs as root
 and fails on any skip).
 """
 
@@ -12,11 +14,27 @@ from __future__ import annotations
 
 import os
 import pathlib
+import secrets
 import shutil
+import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from dashboard_helpers import POLICY, Agent, Browser, agent_peers, enrol_agent, run, spawn_up, stop_process, wait_for
+from dashboard_helpers import (
+    POLICY,
+    Agent,
+    Browser,
+    VethNamespace,
+    agent_peers,
+    enrol_agent,
+    run,
+    run_in,
+    spawn_up,
+    stop_process,
+    veth_namespace,
+    wait_for,
+)
 
 from wgpy.management.server import running_server
 
@@ -47,6 +65,22 @@ pytestmark = [
 ]
 
 
+# A TCP connection attempt from the namespace to production's tunnel address: the SYN goes through the TUN device
+# and the tunnel to production (nobody answers the SYN: the attempt times out, as expected).
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], 22), timeout=2).close()
+except OSError:
+    pass
+"""
+
+
+@pytest.fixture
+def namespace() -> Iterator[VethNamespace]:
+    yield from veth_namespace("wgpyd")
+
+
 def _screenshots(tmp_path: pathlib.Path) -> pathlib.Path:
     folder = pathlib.Path(os.environ.get("WGPY_SCREENSHOTS", str(tmp_path / "screenshots")))
     folder.mkdir(parents=True, exist_ok=True)
@@ -57,11 +91,15 @@ async def _row(page: Page, name: str) -> object:
     return page.locator(f'#peers-table tr[data-name="{name}"]')
 
 
-def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
+def test_the_admin_walk(tmp_path: pathlib.Path, namespace: VethNamespace) -> None:
     shots = _screenshots(tmp_path)
+    interface = "wgd" + secrets.token_hex(3)  # unique: /var/run/wireguard is not per namespace
 
     async def scenario() -> None:
-        async with running_server(tmp_path / "server") as server, async_playwright() as playwright:
+        async with (
+            running_server(tmp_path / "server", host=namespace.host) as server,
+            async_playwright() as playwright,
+        ):
             http = Browser(server)
             agents: list[Agent] = []
             processes = []
@@ -80,7 +118,8 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                     "POST", "/api/v1/setup-keys", json={"name": "prod-key", "auto_groups": ["production"]}
                 )
                 assert status == 201 and isinstance(prod_key, dict)
-                agents.append(await enrol_agent(server, tmp_path, "prod", str(prod_key["key"])))
+                # On the host side of the veth: the laptop in the namespace reaches its endpoint.
+                agents.append(await enrol_agent(server, tmp_path, "prod", str(prod_key["key"]), namespace.host))
 
                 page = context.pages[0] if context.pages else await context.new_page()
                 page.set_default_timeout(10_000)
@@ -130,13 +169,14 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 assert key not in await page.content()
                 await expect(page.locator("table.keys tr", has_text="laptop-key")).to_have_count(1)
 
-                # -- enrol with wgpy up's code and watch the peer appear live --------------------------------------
+                # -- enrol with wgpy up in the namespace and watch the peer appear live ------------------------------
                 await page.get_by_role("link", name="Peers").click()
                 await expect(page.locator("#live-status")).to_contain_text("on")
                 await page.evaluate("window.notReloaded = true")
                 laptop_state = tmp_path / "laptop"
-                laptop = await spawn_up(server, laptop_state, key, "laptop")
-                processes.append(laptop)
+                processes.append(
+                    await spawn_up(server, laptop_state, key, "laptop", namespace=namespace.name, interface=interface)
+                )
                 row = page.locator('#peers-table tr[data-name="laptop"]')
                 await expect(row).to_be_visible()
                 await expect(row.locator(".approval")).to_have_text("pending")
@@ -166,7 +206,19 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 await expect(page.locator("#peer-map")).to_contain_text("prod")  # developers -> production
                 await wait_for(lambda: agent_peers(laptop_state) == [prod_key])  # wgpy up got its first map
                 await page.goto(server.url + "/peers")
-                await expect(page.locator('#peers-table tr[data-name="laptop"] .approval')).to_have_text("approved")
+                await page.evaluate("window.notReloaded = true")
+                row = page.locator('#peers-table tr[data-name="laptop"]')
+                await expect(row.locator(".approval")).to_have_text("approved")
+                # The two agents exchange candidates through the server and punch (a handshake initiation to each
+                # candidate), and traffic from the namespace through the TUN device needs the session too: the
+                # handshake happens on the veth (no relay exists here), both agents report the path, and the page
+                # shows it without a reload.
+                prod_address = agents[0].runner.enrolment.address
+                assert await run_in(namespace.name, sys.executable, "-c", CONNECT, prod_address) == 0
+                await expect(row.locator(".path")).to_have_text("direct")
+                await expect(row.locator(".path span")).to_have_attribute("title", "direct to prod")
+                await expect(page.locator('#peers-table tr[data-name="prod"] .path')).to_have_text("direct")
+                assert await page.evaluate("window.notReloaded === true")
                 await page.screenshot(path=str(shots / "peers.png"), full_page=True)
 
                 # -- change its groups and see its map change ------------------------------------------------------
@@ -191,10 +243,18 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 await expect(page.locator("#peer-map")).to_contain_text("prod")
                 await wait_for(lambda: agent_peers(laptop_state) == [prod_key])
 
-                # -- revoke with a confirmation and see it go offline live -----------------------------------------
+                # -- a change made elsewhere (the API, not this page) is pushed to the open page -------------------
                 await page.goto(server.url + "/peers")
                 await page.evaluate("window.notReloaded = true")
                 await expect(page.locator("#live-status")).to_contain_text("on")
+                status, _renamed = await http.api(
+                    "PATCH", f"/api/v1/peers/{agents[0].peer_id}", json={"name": "prod-1"}
+                )
+                assert status == 200
+                await expect(page.locator('#peers-table tr[data-name="prod-1"]')).to_be_visible()
+                assert await page.evaluate("window.notReloaded === true")
+
+                # -- revoke with a confirmation and see it go offline live -----------------------------------------
                 other = await context.new_page()
                 await other.goto(server.url + "/peers/" + laptop_id)
                 await other.get_by_role("link", name="Revoke this peer").click()
@@ -265,9 +325,9 @@ def test_the_admin_walk(tmp_path: pathlib.Path) -> None:
                 for agent in agents:
                     agent.runner.stop()
                     await agent.runner.close()
-                for process in processes:
-                    errors_out = await stop_process(process)
-                    assert b"Traceback" not in errors_out, errors_out.decode(errors="replace")
+                for process, log in processes:
+                    output = await stop_process(process, log)
+                    assert "Traceback" not in output, output
                 await http.close()
 
-    run(scenario, timeout=120)
+    run(scenario, timeout=150)

@@ -134,6 +134,17 @@ def test_sorting() -> None:
     assert _names(views.sort_peers(PEERS, "no-such-key", False)) == ["Laptop", "old", "web"]
 
 
+def test_path_words_and_sorting() -> None:
+    names = {"AAA": "web", "BBB": "Laptop"}
+    web = {**PEERS[0], "path": "mixed", "paths": {"BBB": "relayed", "CCC": "direct", "ZZZZZZZZZZ": "direct"}}
+    assert views.path_detail(web, names) == "direct to CCC…, ZZZZZZZZ…; relayed to Laptop"  # unknown keys: a prefix
+    assert views.path_detail(PEERS[1], names) == ""  # reported nothing
+    laptop = {**PEERS[1], "path": "direct", "paths": {"AAA": "direct"}}
+    assert views.path_detail(laptop, names) == "direct to web"
+    ordered = views.sort_peers([web, laptop, PEERS[2]], "path", False)
+    assert _names(ordered) == ["old", "Laptop", "web"]  # none, direct, mixed
+
+
 def test_error_line_and_times() -> None:
     assert views.error_line("line 7: acls[0].proto: 'x' is not one of tcp") == 7
     assert views.error_line("the policy is not UTF-8 text") is None

@@ -7,7 +7,7 @@ import pathlib
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, inspect, select
 
 from wgpy.management import store
 
@@ -17,7 +17,7 @@ def test_migrations_create_exactly_the_models(tmp_path: pathlib.Path) -> None:
         engine = store.create_engine(store.default_url(tmp_path))
         try:
             await store.upgrade(engine)
-            assert await store.current_revision(engine) == "0002"
+            assert await store.current_revision(engine) == "0003"
 
             def diff(connection: Connection) -> list[object]:
                 context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -37,7 +37,7 @@ def test_upgrade_twice_is_a_no_op(tmp_path: pathlib.Path) -> None:
         try:
             await store.upgrade(engine)
             await store.upgrade(engine)
-            assert await store.current_revision(engine) == "0002"
+            assert await store.current_revision(engine) == "0003"
         finally:
             await engine.dispose()
 
@@ -78,6 +78,26 @@ def test_a_reader_never_holds_the_sqlite_writer_lock(tmp_path: pathlib.Path) -> 
                 async with readers() as reader:
                     names = await asyncio.wait_for(reader.execute(select(store.GroupRow.name)), 5)
                     assert names.scalars().all() == ["g"]
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def test_a_0002_database_upgrades_to_dashboard_sessions_and_back(tmp_path: pathlib.Path) -> None:
+    async def run() -> None:
+        engine = store.create_engine(store.default_url(tmp_path))
+        try:
+            await store.upgrade(engine, "0002")
+            async with engine.connect() as connection:
+                names = await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
+            assert "dashboard_sessions" not in names and "proof_nonces" in names
+            await store.upgrade(engine)
+            async with engine.connect() as connection:
+                names = await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
+            assert "dashboard_sessions" in names
+            await store.downgrade(engine, "0002")
+            assert await store.current_revision(engine) == "0002"
         finally:
             await engine.dispose()
 

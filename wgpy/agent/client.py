@@ -286,29 +286,13 @@ class ManagementClient:
             ) as response:
                 raw = await response.content.read(MAX_RESPONSE)
                 status = response.status
-        except TimeoutError:
-            self.failover()
-            raise ManagementError(
-                f"cannot {what}: the management server {url.origin()} did not answer in time", retryable=True
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            reason = _printable(str(exc) or type(exc).__name__, 120)
-            raise _Unreachable(
-                ManagementError(
-                    f"cannot {what}: cannot reach the management server {url.origin()} ({reason})", retryable=True
-                )
-            ) from None
-        except aiohttp.ClientError as exc:
-            self.failover()
-            reason = _printable(str(exc) or type(exc).__name__, 120)
-            raise ManagementError(
-                f"cannot {what}: cannot reach the management server {url.origin()} ({reason})", retryable=True
-            ) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc, what, url) from None
         value: Any = None
         if raw:
             try:
                 value = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deep to be an answer of ours
                 value = None
         if 200 <= status < 300:
             return status, value
@@ -484,24 +468,27 @@ class ManagementClient:
                 status=exc.status,
                 retryable=exc.status >= 500 or exc.status in (401, 409, 429),
             ) from None
-        except TimeoutError:
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc, "subscribe to the network map", url) from None
+
+    def _transport_error(self, exc: BaseException, what: str, url: URL) -> Exception:
+        """What a request or stream that failed below HTTP raises: a refused connection (nothing was sent) is
+        ``_Unreachable`` (the caller asks the next replica at once); a timeout or a broken connection may come after
+        the server acted, so it is a retryable ``ManagementError`` and only the next attempt goes to the next
+        replica. One line, our words, never a header or a body."""
+        if isinstance(exc, TimeoutError):
             self.failover()
-            raise ManagementError(
-                f"cannot subscribe to the network map: {url.origin()} did not answer in time", retryable=True
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            reason = _printable(str(exc) or type(exc).__name__, 120)
-            raise _Unreachable(
-                ManagementError(
-                    f"cannot subscribe to the network map: cannot reach {url.origin()} ({reason})", retryable=True
-                )
-            ) from None
-        except aiohttp.ClientError as exc:
-            self.failover()
-            reason = _printable(str(exc) or type(exc).__name__, 120)
-            raise ManagementError(
-                f"cannot subscribe to the network map: cannot reach {url.origin()} ({reason})", retryable=True
-            ) from None
+            return ManagementError(
+                f"cannot {what}: the management server {url.origin()} did not answer in time", retryable=True
+            )
+        reason = _printable(str(exc) or type(exc).__name__, 120)
+        error = ManagementError(
+            f"cannot {what}: cannot reach the management server {url.origin()} ({reason})", retryable=True
+        )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return _Unreachable(error)
+        self.failover()
+        return error
 
 
 class _Unreachable(Exception):
@@ -529,7 +516,7 @@ class MapStream:
             if message.type == aiohttp.WSMsgType.TEXT:
                 try:
                     value = json.loads(message.data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     logger.warning("the management server sent a frame that is not JSON: ignored")
                     continue
                 if isinstance(value, dict):

@@ -43,6 +43,7 @@ from ..drivers.asyncio_udp import Tunnel
 from ..drivers.clock import monotonic_now
 from ..errors import ConfigError
 from ..keys import PrivateKey
+from ..management.pathreport import MAX_PATH_PEERS
 from ..mesh import MapChanges, MapRejected, RejectReason
 from ..mesh.agent import MeshAgent
 from ..mesh.netmap import KeyRotation, load_management_public_key
@@ -66,6 +67,7 @@ _CLOSE_WORDS: Final = {
     1001: "the management server is shutting down",
 }
 STATUS_INTERVAL: Final = 1.0  # seconds between status.json writes (ours)
+PATH_REPORT_EVERY: Final = 2.0  # seconds between looks at the peers' paths; a report is sent only on a change (ours)
 
 
 class RunnerExit(enum.Enum):
@@ -163,6 +165,7 @@ class AgentRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._status_timer: asyncio.TimerHandle | None = None
         self._logged_error: str | None = None
+        self._stream: MapStream | None = None  # the open map stream, for the path report
 
     def __repr__(self) -> str:
         return f"AgentRunner(peer={self.enrolment.peer_id!r}, address={self.enrolment.address!r})"
@@ -190,7 +193,11 @@ class AgentRunner:
         if self._initial_map is not None:
             self.apply_map(self._initial_map)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._control_loop()), loop.create_task(self._refresher())]
+        self._tasks = [
+            loop.create_task(self._control_loop()),
+            loop.create_task(self._refresher()),
+            loop.create_task(self._path_reporter()),
+        ]
         self._write_status()
 
     def stop(self, reason: RunnerExit = RunnerExit.STOPPED) -> None:
@@ -363,6 +370,7 @@ class AgentRunner:
                     logger.info("connected to the management server %s", client.base_url)
                     self._write_status()
                     await self.nat.stream_opened(stream.send)
+                    self._stream = stream  # for the path reporter, while ``connected``
                     revoked = await self._consume(stream)
                     self.nat.stream_closed()
                     code = stream.close_code
@@ -441,6 +449,43 @@ class AgentRunner:
                     return
                 self._note_error(exc)
                 await self._sleep(backoff.next_delay())
+
+    # --- the path report (docs/management-api.md, "Path report") ----------------------------------------------
+
+    def path_report(self) -> dict[str, str]:
+        """Each peer's path as this agent sees it, for the server's peer listing: the NAT traversal's state
+        (``wgpy.nat.paths.PathState``), or ``direct`` for a peer reached on its map endpoint without candidates
+        (a completed handshake, no relay involved). Peers with nothing to say yet are left out."""
+        self.nat.handler.observe_paths()
+        report: dict[str, str] = {}
+        for key, peer in self.device.peers.items():
+            paths = self.nat.handler.paths.get(key)
+            state = paths.state.value if paths is not None else "idle"
+            if state == "idle":
+                if peer.last_handshake_at is None:
+                    continue
+                state = "direct"
+            report[key.to_base64()] = state
+            if len(report) >= MAX_PATH_PEERS:
+                break
+        return report
+
+    async def _path_reporter(self) -> None:
+        """Send ``{"type": "paths"}`` on the open stream whenever the report changed (and once per new stream)."""
+        sent: tuple[MapStream, dict[str, str]] | None = None
+        while not self._stop.is_set():
+            await self._sleep(PATH_REPORT_EVERY)
+            stream = self._stream
+            if stream is None or not self.connected:
+                continue
+            report = self.path_report()
+            if sent is not None and sent[0] is stream and sent[1] == report:
+                continue
+            try:
+                await stream.send({"type": "paths", "paths": report})
+            except (ConnectionError, RuntimeError, OSError):
+                continue  # the stream is closing: the next one gets the report
+            sent = (stream, report)
 
     # --- status ---------------------------------------------------------------------------------------------------
 

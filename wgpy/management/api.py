@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import ipaddress
 import json
@@ -25,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import WSMsgType, web
 from sqlalchemy import select, update
@@ -40,13 +41,18 @@ from ..nat.signal import NAT_FRAMES
 from . import audit, enrolment, store, tokens
 from .enrolment import EnrolmentError
 from .keys import KeyRotation
+from .pathreport import PathReportError, parse_path_report, summary
 from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid_name
 from .proof import HEADER_KEY, NonceCache, ProofError, verify_proof
-from .push import Change, MapService, PushHub
+from .push import Change, MapService, PeerStream, PushHub
 from .store import AdminToken, AuditRow, GroupRow, PeerRow, PolicyRow, RefreshTokenRow, SetupKeyRow, secret_hash
+
+if TYPE_CHECKING:
+    from .dashboard.app import Dashboard
 
 __all__ = [
     "MAX_BODY",
+    "AdminIdentity",
     "ApiError",
     "ManagementServer",
     "ServerKeys",
@@ -54,7 +60,9 @@ __all__ = [
 ]
 
 MAX_BODY: Final = 64 * 1024  # bytes of a request body (contract)
-MAX_WS_MESSAGE: Final = 4096  # bytes of one agent -> server WebSocket frame (ours: acks and pings are tiny)
+MAX_WS_MESSAGE: Final = 64 * 1024  # bytes of one agent -> server WebSocket frame (ours: a path report of
+# MAX_PATH_PEERS peers is about 60 KB; acks and pings are tiny)
+PATH_REPORT_INTERVAL: Final = 1.0  # seconds between two path reports of one stream that are accepted (ours)
 WS_HEARTBEAT: Final = 30.0  # seconds between WebSocket pings (ours)
 MAX_AUDIT_PAGE: Final = 1000  # events in one audit answer (ours)
 MAX_LIST: Final = 100_000  # setup keys or peers in one list answer (ours)
@@ -217,7 +225,8 @@ def _bearer(request: web.Request) -> str:
     return value.strip()
 
 
-def peer_info(row: PeerRow, online: bool) -> dict[str, object]:
+def peer_info(row: PeerRow, online: bool, paths: Mapping[str, str] | None = None) -> dict[str, object]:
+    """A peer as the API lists it; ``paths`` is its agent's last path report (``pathreport.py``) while online."""
     return {
         "id": row.id,
         "name": row.name,
@@ -231,6 +240,8 @@ def peer_info(row: PeerRow, online: bool) -> dict[str, object]:
         "created_at": row.created_at,
         "ephemeral": row.ephemeral,
         "endpoint": None if row.endpoint_host is None else {"host": row.endpoint_host, "port": row.endpoint_port},
+        "path": summary(paths),
+        "paths": dict(paths or {}),
     }
 
 
@@ -250,6 +261,14 @@ def setup_key_info(row: SetupKeyRow) -> dict[str, object]:
         "ephemeral_timeout": row.ephemeral_timeout if row.ephemeral else None,
         "last_used_at": row.last_used_at,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class AdminIdentity:
+    """Who an admin token is: its row's id and the actor name audit rows carry (``admin:<id prefix>``)."""
+
+    token_id: str
+    actor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +304,9 @@ class ManagementServer:
         self._verify_key = keys.verify_keys()
         #: NAT traversal's frames on the stream (``wgpy.nat.io.server``): candidate forwarding, TURN credentials.
         self.nat = NatSignal(self.maps, self.hub, clock=clock)
+        #: Path reports (``pathreport.py``): accepted, and what was dropped, ignored or refused, for operators.
+        self.path_reports: collections.Counter[str] = collections.Counter()
+        self.dashboard: Dashboard | None = None  # mounted by ``app()``
 
     def __repr__(self) -> str:
         return f"ManagementServer(network={self.network})"
@@ -314,7 +336,7 @@ class ManagementServer:
         # The admin dashboard (issue #16) lives in its own package; it mounts its pages at / here.
         from .dashboard.app import mount as mount_dashboard
 
-        mount_dashboard(app, self)
+        self.dashboard = mount_dashboard(app, self)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -372,9 +394,13 @@ class ManagementServer:
                 raise ApiError(401, "replayed_proof", "this request was seen before (replayed nonce)")
         return proof.public_key
 
-    async def _admin(self, request: web.Request) -> str:
-        token = _bearer(request)
-        if len(token) > 200:
+    async def authenticate_admin(self, token: str) -> AdminIdentity:
+        """Check an admin token exactly as every admin route does (the dashboard's seam: its sessions carry one).
+
+        Raises:
+            ApiError: 401 ``invalid_token`` for an unknown, revoked or oversized token.
+        """
+        if not token or len(token) > 200:
             raise ApiError(401, "invalid_token", "not an admin token")
         async with self.readers() as session:
             row = (
@@ -382,7 +408,10 @@ class ManagementServer:
             ).scalar()
         if row is None or row.revoked:
             raise ApiError(401, "invalid_token", "not a valid admin token")
-        return f"admin:{row.id[:8]}"
+        return AdminIdentity(row.id, f"admin:{row.id[:8]}")
+
+    async def _admin(self, request: web.Request) -> str:
+        return (await self.authenticate_admin(_bearer(request))).actor
 
     async def _peer(self, request: web.Request, body: bytes, now: float) -> PeerAuth:
         token = _bearer(request)
@@ -694,13 +723,14 @@ class ManagementServer:
         if stream is None:
             await ws.close(code=1013, message=b"too many connections")
             return ws
+        stream.own_key = auth.row.public_key
         try:
             async for message in ws:
                 if message.type != WSMsgType.TEXT:
                     break
                 try:
                     data = json.loads(message.data)
-                except ValueError:
+                except (ValueError, RecursionError):  # a frame nested thousands deep is no message either
                     break
                 if not isinstance(data, dict):
                     break
@@ -715,6 +745,8 @@ class ManagementServer:
                 elif kind in NAT_FRAMES:
                     if not await self.nat.handle(auth.row.id, data, request.remote):
                         break
+                elif kind == "paths":
+                    await self._path_report(stream, data)
                 else:
                     break  # unknown message: the agent is not speaking this protocol
         finally:
@@ -733,6 +765,36 @@ class ManagementServer:
                         .values(acked_serial=stream.acked_serial)
                     )
         return ws
+
+    def paths_of(self, peer_id: str) -> Mapping[str, str] | None:
+        """The last path report of a peer connected to this replica (``None`` when it is not, or sent none)."""
+        stream = self.hub.streams.get(peer_id)
+        return stream.paths if stream is not None and stream.paths_at is not None else None
+
+    async def _path_report(self, stream: PeerStream, data: Mapping[str, object]) -> None:
+        """Keep a peer's path report, as far as it is about peers in its own map; a bad one is dropped, counted.
+
+        Network input that decides nothing: a malformed or too frequent report is a counted drop, not a closed
+        stream (the map keeps flowing)."""
+        now = self.clock()
+        counts = self.path_reports
+        if stream.paths_at is not None and 0 <= now - stream.paths_at < PATH_REPORT_INTERVAL:
+            counts["too_frequent"] += 1
+            return
+        # The peers of the map this stream was last sent (the agent's own key aside): what the agent may speak of.
+        allowed = stream.map_keys - {stream.own_key} if stream.own_key is not None else stream.map_keys
+        try:
+            report = parse_path_report(data, allowed)
+        except PathReportError:
+            counts["refused"] += 1
+            return
+        counts["accepted"] += 1
+        counts["dropped_entries"] += report.dropped
+        counts["ignored_fields"] += report.ignored_fields
+        changed = dict(report.paths) != stream.paths or stream.paths_at is None
+        stream.paths, stream.paths_at = dict(report.paths), now
+        if changed:
+            self.hub.announce(Change("peer_path", stream.peer_id))
 
     # --- admin routes --------------------------------------------------------------------------------------------
 
@@ -799,7 +861,7 @@ class ManagementServer:
                     select(PeerRow).where(PeerRow.deleted.is_(False)).order_by(PeerRow.created_at).limit(MAX_LIST)
                 )
             ).scalars()
-            return web.json_response([peer_info(row, self.hub.online(row.id)) for row in rows])
+            return web.json_response([peer_info(row, self.hub.online(row.id), self.paths_of(row.id)) for row in rows])
 
     async def _peer_change(
         self,
@@ -821,7 +883,7 @@ class ManagementServer:
             fresh = await session.get(PeerRow, peer_id)
         assert fresh is not None  # noqa: S101 (peers are never removed from the table)
         self.hub.notify(Change(push, peer_id))
-        return web.json_response(peer_info(fresh, self.hub.online(peer_id)))
+        return web.json_response(peer_info(fresh, self.hub.online(peer_id), self.paths_of(peer_id)))
 
     async def update_peer(self, request: web.Request) -> web.Response:
         body = _json_object(await self._body(request))

@@ -82,6 +82,7 @@ class IssuedMap:
     document: str
     expires_at: int
     fingerprint: bytes
+    peer_keys: frozenset[str] = frozenset()  # the public keys the map lists (its own peer's included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +228,8 @@ class MapService:
                 signature = base64.b64encode(crypto.ed25519_sign(self.signing_key, body)).decode("ascii")
                 # The envelope in canonical form too ("map" < "signature"); the agent re-canonicalises the body anyway.
                 document = f'{{"map":{body.decode("ascii")},"signature":"{signature}"}}'
-                done = signed[id(view)] = IssuedMap(serial, document, expires_at, view.fingerprint())
+                keys = frozenset(entry.public_key for entry in view.peers)
+                done = signed[id(view)] = IssuedMap(serial, document, expires_at, view.fingerprint(), keys)
             issued[peer_id] = done
         return issued
 
@@ -254,6 +256,10 @@ class PeerStream:
         self.expires_at = 0
         self.sent_serial = 0
         self.acked_serial = 0
+        self.map_keys: frozenset[str] = frozenset()  # the public keys of the map last handed to this stream
+        self.own_key: str | None = None  # the peer's own public key (set by the API when it attaches the stream)
+        self.paths: dict[str, str] = {}  # the agent's last path report: peer public key -> direct/relayed/checking
+        self.paths_at: float | None = None  # when it was accepted (the server's clock)
         self.closed = asyncio.Event()
         self._pending: str | None = None
         self._control: collections.deque[str] = collections.deque()
@@ -263,6 +269,9 @@ class PeerStream:
 
     def offer(self, issued: IssuedMap) -> None:
         self.fingerprint = issued.fingerprint
+        self.map_keys = issued.peer_keys
+        if any(key not in issued.peer_keys for key in self.paths):  # a peer left its map: no path to show to it
+            self.paths = {key: state for key, state in self.paths.items() if key in issued.peer_keys}
         self.expires_at = issued.expires_at
         self.sent_serial = issued.serial
         # Spliced, not re-serialised: the document may be megabytes, and the frame's head carries the serial.
@@ -338,6 +347,9 @@ class PushHub:
         self.idle.set()
         self.tick_hooks: list[Callable[[], object]] = []
         self.publishers: list[Callable[[Change], None]] = []  # told of each local change (replica fan-out)
+        # Told of every change, this replica's or another's, and of streams coming and going: the dashboard's live
+        # feed (no polling). Called synchronously: a watcher only notes the change and wakes its own task.
+        self.watchers: list[Callable[[Change], None]] = []
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -373,12 +385,23 @@ class PushHub:
         if local and change.kind not in _UNPUBLISHED:
             for publish in self.publishers:
                 publish(change)
+        if change.kind != "tick":
+            self.announce(change)
         if change.kind in ("peer_revoked", "peer_left") and change.peer_id is not None:
             stream = self.streams.pop(change.peer_id, None)
             if stream is not None:
                 stream.revoke()
         self.idle.clear()
         self._wake.set()
+
+    def announce(self, change: Change) -> None:
+        """Tell the ``watchers`` of something that changes what admins see but no map (a path report, a stream
+        closing); ``notify`` calls it too."""
+        for watch in list(self.watchers):
+            try:
+                watch(change)
+            except Exception:  # a watcher's bug must not stop a revocation
+                logger.exception("change watcher failed")
 
     def attach(self, peer_id: str, ws: web.WebSocketResponse) -> PeerStream | None:
         """Register a newly connected stream (replacing an older one of the same peer); ``None`` if full."""
@@ -396,6 +419,7 @@ class PushHub:
     def detach(self, stream: PeerStream) -> None:
         if self.streams.get(stream.peer_id) is stream:
             del self.streams[stream.peer_id]
+            self.announce(Change("stream_closed", stream.peer_id))
 
     def online(self, peer_id: str) -> bool:
         return peer_id in self.streams

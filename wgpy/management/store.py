@@ -53,6 +53,7 @@ __all__ = [
     "AdminToken",
     "AuditRow",
     "Base",
+    "DashboardSessionRow",
     "GroupRow",
     "PeerRow",
     "PolicyRow",
@@ -61,7 +62,9 @@ __all__ = [
     "SetupKeyRow",
     "create_engine",
     "default_url",
+    "downgrade",
     "forget_expired_nonces",
+    "forget_expired_sessions",
     "lock_address_pool",
     "lock_map_serials",
     "readonly",
@@ -206,6 +209,21 @@ class ProofNonceRow(Base):
     expires_at: Mapped[float] = mapped_column(Float, index=True)
 
 
+class DashboardSessionRow(Base):
+    """A dashboard session (``dashboard/session.py``), so that every replica refuses one logged out or expired.
+
+    The cookie carries the admin token sealed; the row only says that the session id exists, for which admin token,
+    until when, and whether it was ended (logout). Rows past their expiry are deleted on the sweep tick."""
+
+    __tablename__ = "dashboard_sessions"
+
+    sid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    admin_token_id: Mapped[str] = mapped_column(ForeignKey("admin_tokens.id"), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 def default_url(state_dir: pathlib.Path) -> str:
     """The SQLite database in the state directory."""
     return f"sqlite+aiosqlite:///{state_dir.resolve() / 'management.db'}"
@@ -309,6 +327,17 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         await connection.run_sync(run)
 
 
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Run the shipped migrations down to ``revision`` (operators rolling back a release; tests)."""
+    from alembic import command
+
+    def run(connection: Connection) -> None:
+        command.downgrade(_alembic_config(connection), revision)  # type: ignore[arg-type]
+
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The database's migration revision, or ``None`` before the first."""
     from alembic.runtime.migration import MigrationContext
@@ -384,4 +413,11 @@ async def forget_expired_nonces(session: AsyncSession, now: float, limit: int = 
     """Delete up to ``limit`` nonces whose proofs can no longer be accepted; the number deleted."""
     batch = select(ProofNonceRow.key).where(ProofNonceRow.expires_at <= now).limit(limit).scalar_subquery()
     result = await session.execute(delete(ProofNonceRow).where(ProofNonceRow.key.in_(batch)))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def forget_expired_sessions(session: AsyncSession, now: float, limit: int = NONCE_DELETE_BATCH) -> int:
+    """Delete up to ``limit`` dashboard sessions past their expiry (logged out or not); the number deleted."""
+    batch = select(DashboardSessionRow.sid).where(DashboardSessionRow.expires_at <= now).limit(limit).scalar_subquery()
+    result = await session.execute(delete(DashboardSessionRow).where(DashboardSessionRow.sid.in_(batch)))
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,14 +1,17 @@
 """The admin dashboard's routes (issue #16): server-rendered pages over the API's own handlers.
 
 Theory of operation: every page and action is one aiohttp handler here. It first authenticates the browser's
-session cookie (``session.py``: the sealed admin token, then ``ManagementServer._admin``, the API's own check), and
-for a state change also the CSRF token and the request's origin (``Origin`` and ``Sec-Fetch-Site`` must say
-same-origin when the browser sends them; the cookie is ``SameSite=Strict`` besides). It then calls the **API's
-handler** for the action (``ManagementServer.update_peer`` and the others) with an in-process request that
-carries the session's admin token and a JSON body: validation, the transaction, the audit row and the push are
-the API's, never a second copy. Reads go the same way (``list_peers``, ``list_audit`` ...), and the pages render
-their JSON with Jinja2 (autoescaped: a name is always text). The live peers page listens to ``/events``
-(server-sent events), which watches the push hub's streams and the audit log and says when the table changed.
+session cookie (``session.py``: the sealed admin token), then the admin token through
+``ManagementServer.authenticate_admin`` (the API's own check, the dashboard's seam into it), then the session's row
+in ``dashboard_sessions`` (not logged out, not expired: every replica sharing the database refuses a session that
+ended through any of them); for a state change also the CSRF token and the request's origin (``Origin`` and
+``Sec-Fetch-Site`` must say same-origin when the browser sends them; the cookie is ``SameSite=Strict`` besides). It
+then calls the **API's handler** for the action (``ManagementServer.update_peer`` and the others) with an
+in-process request that carries the session's admin token and a JSON body: validation, the transaction, the audit
+row and the push are the API's, never a second copy. Reads go the same way (``list_peers``, ``list_audit`` ...),
+and the pages render their JSON with Jinja2 (autoescaped: a name is always text). The live peers page listens to
+``/events`` (server-sent events), pushed by ``LiveFeed`` from the push hub's change hook (``PushHub.watchers``):
+the changes of this replica, those of the others (LISTEN/NOTIFY), streams opening and closing, path reports.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from typing import TYPE_CHECKING, Final, cast
 import jinja2
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
-from sqlalchemy import func, select
+from sqlalchemy import update
 
-from ..api import ApiError
+from .. import store
+from ..api import AdminIdentity, ApiError
 from ..audit import KINDS
 from ..policy import PolicyError, parse_policy
-from ..store import AuditRow
+from ..push import Change, PushHub
+from ..store import DashboardSessionRow
 from . import views
 from .session import REVEAL_LIFETIME, Session, SessionKeys
 
@@ -45,8 +50,9 @@ COOKIE_NAME: Final = "wgpy_session"
 REVEAL_COOKIE: Final = "wgpy_reveal"  # a new setup key on its way to the page that shows it once
 CSRF_FIELD: Final = "csrf"
 CSRF_HEADER: Final = "X-CSRF-Token"
-EVENTS_POLL: Final = 0.5  # seconds between checks of the peers' state for the live page (ours)
-EVENTS_HEARTBEAT: Final = 15.0  # seconds between keep-alive comments on an idle event stream (ours)
+EVENTS_COALESCE: Final = 0.05  # seconds a stream waits after a change for the rest of its burst (ours)
+EVENTS_MIN_GAP: Final = 0.5  # seconds at least between two events of one stream, however busy the server (ours)
+EVENTS_HEARTBEAT: Final = 15.0  # seconds between keep-alive comments (and session checks) on an idle stream (ours)
 AUDIT_PAGE: Final = 50  # events per audit page (ours)
 AUDIT_KINDS: Final = tuple(sorted(KINDS))  # the audit filter offers every kind the server records
 EXPIRY_CHOICES: Final = ((3600, "1 hour"), (86400, "1 day"), (7 * 86400, "7 days"), (30 * 86400, "30 days"))
@@ -125,33 +131,32 @@ def _int_field(form: Mapping[str, str], name: str, default: int) -> int:
 
 
 class LiveFeed:
-    """One watcher for every open ``/events`` stream: it bumps ``version`` when the peers' table may have changed.
+    """One change counter for every open ``/events`` stream, fed by the push hub's change hook: no polling.
 
-    It watches the push hub's streams (a peer came online or went offline: in memory) and the audit log (every
-    enrolment, approval, change, revocation, logout or expiry writes a row, whichever replica made it: a read of
-    the newest id, then of the rows after it only when there are new ones). It runs only while a stream is open.
+    ``PushHub.watchers`` tells it of every change this replica commits (enrolment, approval, change, revocation,
+    logout, expiry, endpoint), of every change another replica made (the LISTEN/NOTIFY fan-out hands those to the
+    hub too), of streams opening and closing (online, offline) and of path reports. Each bumps ``version`` and wakes
+    the streams' waits; a stream that wakes sends one ``peers`` event for however many bumps it finds.
     """
 
-    def __init__(self, server: ManagementServer, stopping: asyncio.Event) -> None:
-        self.server = server
-        self.stopping = stopping
+    def __init__(self, hub: PushHub) -> None:
         self.version = 0
-        self.subscribers = 0
         self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._streams: frozenset[str] = frozenset()
-        self._audit_id: int | None = None
+        self._hub = hub
+        hub.watchers.append(self.note)
 
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="dashboard-live-feed")
+    def note(self, _change: Change) -> None:
+        self.bump()
 
-    async def stop(self) -> None:
-        self._changed.set()  # wakes the streams' waits at once (the version is unchanged: they see the stop)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    def bump(self) -> None:
+        self.version += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self._hub.watchers.remove(self.note)
+        self.bump()  # wakes the streams' waits at once (they see the shutdown)
 
     async def wait(self, version: int, timeout: float) -> tuple[int, bool]:
         """Wait up to ``timeout`` for a version after ``version``; the current version and whether it is newer."""
@@ -161,36 +166,6 @@ class LiveFeed:
                 await asyncio.wait_for(changed.wait(), timeout)
         return self.version, self.version != version
 
-    async def _run(self) -> None:
-        await self._check()  # the state as the first stream found it
-        while self.subscribers > 0 and not self.stopping.is_set():
-            await asyncio.sleep(EVENTS_POLL)
-            try:
-                changed = await self._check()
-            except Exception:  # the database is busy or gone: try again on the next round
-                logger.debug("dashboard live feed: check failed", exc_info=True)
-                continue
-            if changed:
-                self.version += 1
-                self._changed.set()
-                self._changed = asyncio.Event()
-
-    async def _check(self) -> bool:
-        streams = frozenset(self.server.hub.streams)
-        changed = streams != self._streams
-        self._streams = streams
-        async with self.server.sessions() as db:
-            newest = (await db.execute(select(func.max(AuditRow.id)))).scalar() or 0
-            if self._audit_id is not None and newest > self._audit_id:
-                relevant = (
-                    await db.execute(
-                        select(AuditRow.id).where(AuditRow.id > self._audit_id, AuditRow.kind != "map_push").limit(1)
-                    )
-                ).scalar()
-                changed = changed or relevant is not None
-        self._audit_id = newest
-        return changed
-
 
 class Dashboard:
     """The dashboard of one ``ManagementServer``: its routes, templates and session keys."""
@@ -199,9 +174,12 @@ class Dashboard:
         self.server = server
         secret = hashlib.sha256(b"wgpy dashboard v1" + server.keys.signing.private_bytes_raw()).digest()
         self.sessions = SessionKeys(secret)
-        self.logged_out: dict[str, float] = {}  # session id -> expiry: logged out here before it expired
+        # Session id -> expiry, logged out through this replica: ends its open event streams at once (every
+        # replica refuses the session itself through its row in ``dashboard_sessions``).
+        self.ended_here: dict[str, float] = {}
         self.shutting_down = asyncio.Event()
-        self.feed = LiveFeed(server, self.shutting_down)
+        self.feed = LiveFeed(server.hub)
+        server.hub.tick_hooks.append(self.sweep)
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("wgpy.management.dashboard", "templates"),
             autoescape=True,
@@ -243,20 +221,33 @@ class Dashboard:
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         self.shutting_down.set()  # ends the event streams, so the server does not wait for them
-        await self.feed.stop()
+        self.feed.stop()
+
+    async def sweep(self) -> None:
+        """Forget the sessions past their expiry (the hub's tick)."""
+        async with self.server.transaction() as db:
+            await store.forget_expired_sessions(db, self.server.clock())
 
     # --- authentication ------------------------------------------------------------------------------------------
 
-    async def _session(self, request: web.Request) -> tuple[Session, str]:
+    async def _session(self, request: web.Request) -> tuple[Session, AdminIdentity]:
         now = self.server.clock()
         session = self.sessions.open(request.cookies.get(COOKIE_NAME), now)
-        if session is None or session.sid in self.logged_out:
+        if session is None or session.sid in self.ended_here:
             raise _Refused(401, "Please log in.")
+        return session, await self._check(session, now)
+
+    async def _check(self, session: Session, now: float) -> AdminIdentity:
+        """The session's admin token as the API checks it, and its row: not logged out, not expired, same token."""
         try:
-            actor = await self.server._admin(cast(web.Request, _InternalRequest("GET", request.path, session.token)))
+            admin = await self.server.authenticate_admin(session.token)
         except ApiError:
             raise _Refused(401, "Your admin token is no longer valid; please log in again.") from None
-        return session, actor
+        async with self.server.readers() as db:
+            row = await db.get(DashboardSessionRow, session.sid)
+        if row is None or row.ended_at is not None or now >= row.expires_at or row.admin_token_id != admin.token_id:
+            raise _Refused(401, "Please log in.")
+        return admin
 
     @staticmethod
     def _same_origin(request: web.Request) -> None:
@@ -385,11 +376,22 @@ class Dashboard:
         token = str(form.get("token", "")).strip()
         target = self._next(str(form.get("next", "")))
         try:
-            await self.server._admin(cast(web.Request, _InternalRequest("POST", "/login", token)))
+            admin = await self.server.authenticate_admin(token)
         except ApiError:
             logger.info("dashboard refused POST /login: 401")
             return self._render("login.html", None, status=401, next=target, error="That is not a valid admin token.")
-        cookie, _session = self.sessions.seal(token, self.server.clock())
+        now = self.server.clock()
+        cookie, session = self.sessions.seal(token, now)
+        async with self.server.transaction() as db:
+            db.add(
+                DashboardSessionRow(
+                    sid=session.sid,
+                    admin_token_id=admin.token_id,
+                    created_at=now,
+                    expires_at=session.expires_at,
+                    ended_at=None,
+                )
+            )
         response = web.Response(status=303, headers={"Location": target})
         response.set_cookie(
             COOKIE_NAME, cookie, path="/", httponly=True, secure=request.secure, samesite="Strict", max_age=None
@@ -398,8 +400,13 @@ class Dashboard:
 
     async def logout(self, request: web.Request, session: Session, _form: Mapping[str, str]) -> web.Response:
         now = self.server.clock()
-        self.logged_out = {sid: expiry for sid, expiry in self.logged_out.items() if expiry > now}
-        self.logged_out[session.sid] = session.expires_at
+        async with self.server.transaction() as db:
+            await db.execute(
+                update(DashboardSessionRow).where(DashboardSessionRow.sid == session.sid).values(ended_at=now)
+            )
+        self.ended_here = {sid: expiry for sid, expiry in self.ended_here.items() if expiry > now}
+        self.ended_here[session.sid] = session.expires_at
+        self.feed.bump()  # this session's open event streams end now
         response = web.Response(status=303, headers={"Location": "/login"})
         response.del_cookie(COOKIE_NAME, path="/")
         return response
@@ -412,6 +419,9 @@ class Dashboard:
         if sort not in views.PEER_SORTS:
             sort = "name"
         descending = request.query.get("dir") == "desc"
+        names = {str(peer["public_key"]): str(peer["name"]) for peer in peers}
+        for peer in peers:
+            peer["path_detail"] = views.path_detail(peer, names)
         rows = views.sort_peers(views.filter_peers(peers, query), sort, descending)
         return {"peers": rows, "q": query, "sort": sort, "descending": descending, "total": len(peers)}
 
@@ -437,6 +447,7 @@ class Dashboard:
         peer = by_id.get(peer_id)
         if peer is None:
             return self._render("refused.html", session, status=404, message="No such peer.")
+        peer["path_detail"] = views.path_detail(peer, {str(p["public_key"]): str(p["name"]) for p in peers})
         snapshot = await self.server.maps.snapshot()
         view = snapshot.views.get(peer_id)
         reach = (
@@ -735,36 +746,40 @@ class Dashboard:
     # --- live updates --------------------------------------------------------------------------------------------
 
     async def events(self, request: web.Request, session: Session) -> web.StreamResponse:
-        """Server-sent events: ``peers`` whenever a peer connects, disconnects, enrols, changes or is revoked."""
+        """Server-sent events: ``peers`` whenever a peer connects, disconnects, enrols, changes or is revoked.
+
+        Pushed from the hub's change hook (``LiveFeed``), here or on another replica. Every ``EVENTS_HEARTBEAT`` of
+        quiet the session is checked again (a logout through another replica, a revoked admin token) and a comment
+        keeps proxies from closing the stream; a logout through this replica ends it at once."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         self._secure(response)
         await response.prepare(request)
-        self.feed.subscribers += 1
-        self.feed.start()
         version = self.feed.version
-        idle = 0.0
+        loop = asyncio.get_running_loop()
+        sent_at = -EVENTS_MIN_GAP
         try:
             await response.write(b"retry: 2000\n\n")
             while not self.shutting_down.is_set():
-                version, changed = await self.feed.wait(version, EVENTS_POLL * 4)
-                if self.server.clock() >= session.expires_at or session.sid in self.logged_out:
+                version, changed = await self.feed.wait(version, EVENTS_HEARTBEAT)
+                if self.shutting_down.is_set() or session.sid in self.ended_here:
+                    break
+                if self.server.clock() >= session.expires_at:
                     break
                 if changed:
-                    idle = 0.0
+                    # A burst of changes makes one refresh of the table, and a busy server (thousands of agents
+                    # reporting) at most one every EVENTS_MIN_GAP: each refresh is a full peer listing.
+                    await asyncio.sleep(max(EVENTS_COALESCE, sent_at + EVENTS_MIN_GAP - loop.time()))
+                    version = self.feed.version
                     await response.write(b"event: peers\ndata: changed\n\n")
+                    sent_at = loop.time()
                     continue
-                idle += EVENTS_POLL * 4
-                if idle >= EVENTS_HEARTBEAT:
-                    idle = 0.0
-                    try:  # a revoked admin token ends its open streams too, not only its next page
-                        await self.server._admin(cast(web.Request, _InternalRequest("GET", "/events", session.token)))
-                    except ApiError:
-                        break
-                    await response.write(b": keep-alive\n\n")
+                try:
+                    await self._check(session, self.server.clock())
+                except _Refused:
+                    break
+                await response.write(b": keep-alive\n\n")
         except (ConnectionError, RuntimeError):
             pass  # the browser went away
-        finally:
-            self.feed.subscribers -= 1
         return response
 
     # --- static files --------------------------------------------------------------------------------------------

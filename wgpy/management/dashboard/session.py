@@ -6,7 +6,8 @@ key files can open it, and the browser never holds the admin token in the clear)
 id and the expiry. (A new setup key crosses the redirect after its form the same way, in a short-lived cookie
 bound to the session: shown by the next page, then gone, so a reload neither shows it again nor creates another.)
 Each request opens the cookie and then authenticates the admin token exactly as the API does
-(``ManagementServer._admin``): a revoked admin token ends its sessions at once. The CSRF token is an HMAC of the
+(``ManagementServer.authenticate_admin``): a revoked admin token ends its sessions at once; the session's row in
+the database (``store.DashboardSessionRow``) says whether it was logged out, on whichever replica. The CSRF token is an HMAC of the
 session id, so it needs no storage and differs per session. This module does no I/O and reads no clock.
 """
 

@@ -25,6 +25,7 @@ __all__ = [
     "filter_peers",
     "format_ts",
     "network_graph",
+    "path_detail",
     "peer_state",
     "ports_text",
     "sort_peers",
@@ -32,7 +33,7 @@ __all__ = [
 
 PeerInfo = Mapping[str, object]
 
-PEER_SORTS: Final = ("name", "address", "groups", "state", "online", "last_seen", "created_at")
+PEER_SORTS: Final = ("name", "address", "groups", "state", "online", "path", "last_seen", "created_at")
 _LINE_RE: Final = re.compile(r"^line (\d+):")
 
 
@@ -41,6 +42,18 @@ def peer_state(peer: PeerInfo) -> str:
     if peer.get("revoked"):
         return "revoked"
     return "approved" if peer.get("approved") else "pending"
+
+
+def path_detail(peer: PeerInfo, names: Mapping[str, str]) -> str:
+    """The peer's reported paths in words, ``direct to web; relayed to db`` (names by public key; a peer not listed
+    is shown by the start of its key); empty when it reported none."""
+    paths = peer.get("paths")
+    if not isinstance(paths, dict) or not paths:
+        return ""
+    by_state: dict[str, list[str]] = {}
+    for key, state in paths.items():
+        by_state.setdefault(str(state), []).append(names.get(str(key), str(key)[:8] + "…"))
+    return "; ".join(f"{state} to {', '.join(sorted(who))}" for state, who in sorted(by_state.items()))
 
 
 def filter_peers(peers: Sequence[PeerInfo], query: str) -> list[PeerInfo]:
@@ -77,6 +90,8 @@ def sort_peers(peers: Sequence[PeerInfo], key: str, descending: bool) -> list[Pe
         return sorted(by_name, key=peer_state, reverse=descending)
     if key == "online":
         return sorted(by_name, key=lambda peer: bool(peer.get("online")), reverse=descending)
+    if key == "path":
+        return sorted(by_name, key=lambda peer: str(peer.get("path") or ""), reverse=descending)
     if key in ("last_seen", "created_at"):
         return sorted(by_name, key=lambda peer: _number(peer.get(key)), reverse=descending)
     return list(reversed(by_name)) if descending else by_name
