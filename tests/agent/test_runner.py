@@ -40,11 +40,20 @@ async def mesh(
         # Everyone knows everyone's endpoint once the last one has reported its own.
         await wait_for(lambda: all(len(a.runner.device.peers) == 2 for a in agents))
         await wait_for(lambda: all(p.endpoint is not None for a in agents for p in a.runner.device.peers.values()))
+        # ... and has acknowledged the map it runs (a test counting acks must not count one still on its way).
+        await wait_for(lambda: all(acknowledged(server, a) for a in agents))
         yield server, laptop, prod, other
     finally:
         for agent in agents:
             await agent.runner.close()
         await server.stop()
+
+
+def acknowledged(server: FakeServer, agent: Agent) -> bool:
+    """Whether the serial ``agent`` runs has reached the server as an acknowledgement."""
+    controller = agent.runner.mesh.controller if agent.runner.mesh is not None else None
+    peer = agent.runner.enrolment.peer_id
+    return controller is not None and (peer, controller.serial) in server.acks
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
