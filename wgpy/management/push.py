@@ -109,7 +109,7 @@ class MapService:
         self.rotation: tuple[str, int] | None = None  # a signing-key rotation announced in every map (keys.py)
         self._entries: dict[tuple[object, ...], PeerEntry] = {}
 
-    async def _load(self) -> tuple[Policy, list[PeerEntry]]:
+    async def load(self) -> tuple[Policy, list[PeerEntry]]:
         """The current policy and active peers (columns only, no ORM objects: this runs per change)."""
         async with self.readers() as session:
             policy_id = (await session.execute(select(func.max(PolicyRow.id)))).scalar()
@@ -157,7 +157,7 @@ class MapService:
 
     async def snapshot(self) -> Snapshot:
         """The current policy and every active peer's view (compiled in a thread: the event loop keeps serving)."""
-        policy, peers = await self._load()
+        policy, peers = await self.load()
         async with self.readers() as session:
             pending = frozenset(
                 (
@@ -235,7 +235,7 @@ class MapService:
 
     async def current(self, peer_id: str) -> IssuedMap | None:
         """A fresh map for one peer, or ``None`` if it is not active (pending approval, revoked, deleted)."""
-        policy, peers = await self._load()
+        policy, peers = await self.load()
         view = compile_view(policy, peers, peer_id)  # this peer's only: O(peers), not O(peers x views)
         if view is None:
             return None

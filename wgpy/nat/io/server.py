@@ -69,7 +69,7 @@ class NatSignal:
         except CandidateError as exc:
             logger.info("peer %s: bad candidates frame: %s", peer_id[:8], exc)
             return False
-        policy, peers = await self.maps._load()
+        policy, peers = await self.maps.load()
         view = compile_view(policy, peers, peer_id)
         if view is None:
             return False
