@@ -79,6 +79,7 @@ class Lab:
     routers: dict[str, str] = field(default_factory=dict)  # peer name -> its router's namespace
     wan: dict[str, str] = field(default_factory=dict)  # peer name -> its router's public address
     lan: dict[str, str] = field(default_factory=dict)  # peer name -> its private address
+    management: tuple[str, str] | None = None  # the management server's URL and admin token, once started
     _links: int = 0
 
     @property
@@ -272,7 +273,19 @@ def start_management(lab: Lab, secret: str, turn_lifetime: int = 3600) -> tuple[
     assert "listening on" in line, f"the management server did not start: {line!r}"
     admin = lab.exec(lab.inet, sys.executable, str(Path(__file__).with_name("nat_admin.py")), url, token, "2")
     answer = json.loads(admin)
+    lab.management = (url, token)
     return url, token, list(answer["keys"]), str(answer["signing_key"])
+
+
+def listed_paths(lab: Lab) -> dict[str, str]:
+    """The management API's peer listing (``GET /api/v1/peers``, asked from the "internet" namespace): each peer's
+    name and the path word its agent last reported (``docs/management-api.md``)."""
+    assert lab.management is not None, "the management server was not started"
+    url, token = lab.management
+    listing = json.loads(
+        lab.exec(lab.inet, sys.executable, str(Path(__file__).with_name("nat_admin.py")), url, token, "peers")
+    )
+    return {str(peer["name"]): str(peer["path"]) for peer in listing}
 
 
 class PeerProcess:

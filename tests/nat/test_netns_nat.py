@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nat_lab import TURN_PORT, Lab, PeerProcess, child_env, lab, start_management, unavailable
+from nat_lab import TURN_PORT, Lab, PeerProcess, child_env, lab, listed_paths, start_management, unavailable
 
 from wgpy.nat.credentials import turn_credentials
 
@@ -229,6 +229,13 @@ def test_agents_behind_symmetric_nats_relay_through_coturn_with_the_data_plane_w
         assert "(relayed: " in line and "no handshake on a direct path" in line, line
         assert re.search(rf"{re.escape(nat_lab.wan[other])}:\d+ \(\d+ probes\)", line), line
         assert re.search(rf"{re.escape(nat_lab.lan[other])}:\d+ \(\d+ probes\)", line), line
+    # The agents report their paths to the management server, whose API (and dashboard) lists them as relayed.
+    deadline = time.monotonic() + 10.0  # a report goes out within PATH_REPORT_INTERVAL (2 s) of a change
+    listed = listed_paths(nat_lab)
+    while listed != {"a": "relayed", "b": "relayed"} and time.monotonic() < deadline:  # bounded
+        time.sleep(0.5)
+        listed = listed_paths(nat_lab)
+    assert listed == {"a": "relayed", "b": "relayed"}, listed
 
 
 def _rogue_counter(built: Lab) -> tuple[str, Callable[[], int]]:
