@@ -381,22 +381,16 @@ class Tunnel:
         if not batch:
             return
         now, wall = monotonic_now(), wall_ns()
-        receive = self.device.receive_datagram
         nat = self.nat
-        if steered:
-            for data, address in batch:
-                if nat is not None and nat.datagram_received(data, address):
-                    continue  # STUN on the WireGuard socket: the NAT layer's, never the device's
-                receive(data, address, now, wall)
-        else:
+        if nat is not None:  # STUN on the WireGuard socket: the NAT layer's, never the device's
+            batch = [(data, address) for data, address in batch if not nat.datagram_received(data, address)]
+        if not steered:
             allow = self._admission.allow
-            for data, address in batch:
-                if nat is not None and nat.datagram_received(data, address):
-                    continue
-                if data[:1] == b"\x04" or allow(address[0], now):
-                    receive(data, address, now, wall)
-                else:
-                    self.handshakes_refused += 1
+            admitted = [(data, address) for data, address in batch if data[:1] == b"\x04" or allow(address[0], now)]
+            self.handshakes_refused += len(batch) - len(admitted)
+            batch = admitted
+        # One call for the batch: runs of transport messages share the per-run work (``Receiver.receive_datagrams``).
+        self.device.receive_datagrams(batch, now, wall)
         self.flush()
 
     def _on_handshake_readable(self, udp: UdpSocket) -> None:
