@@ -401,7 +401,7 @@ def _read_side(remote: _RemoteTcp, conn: socket.socket, gso_type: int | None) ->
     # With TUN_F_CSUM the kernel leaves the checksum of plain packets (SYN-ACK, pure ACKs) to us too; every packet
     # above was checked, so gso_none_checksum is verified against the kernel's pseudo-header seed.
     assert remote.partial_checksums >= 1, "no NEEDS_CSUM record without GSO was seen"
-    how = "numpy" if tun.offload.VECTORIZED_SPLIT and tun.offload.VECTOR_MIN_SEGMENTS == 1 else "the loop"
+    how = "numpy" if tun.offload.VECTORIZED_SPLIT and remote.version == 4 else "the loop"
     print(f"IPv{remote.version}: {super_packets} super-packets among the records of {len(sent)} bytes, cut by {how}")
 
 
