@@ -57,6 +57,7 @@ logger = logging.getLogger("wgpy")
 
 TUN_READ_BATCH: Final = 64  # packets read per readiness callback, so that sockets and timers get their turn
 UDP_READ_BATCH: Final = 64  # datagrams read per readiness callback
+SEAL_BUFFER_SIZE: Final = 256 * 1024  # the send buffer messages are sealed into (grown for a larger job)
 HOUSEKEEPING_INTERVAL: Final = 1.0  # seconds between MTU refreshes
 # Handshake messages (issue #11 item 2): the kernel queues them apart from transport (``steering.py``).
 HANDSHAKE_READ_BUDGET: Final = 16  # datagrams read from one handshake socket per wake-up
@@ -116,6 +117,7 @@ class Tunnel:
         listen_port: int = 0,
         fwmark: int = 0,
         steer_handshakes: bool = True,
+        seal_in_place: bool = True,
     ) -> None:
         """
         Args:
@@ -130,6 +132,8 @@ class Tunnel:
             fwmark: the SO_MARK of the sockets (0: none).
             steer_handshakes: let the kernel queue handshake messages apart from transport, by source address
                 (``steering.py``; not with ``bind_address``, and only where the kernel can).
+            seal_in_place: without a worker, seal transport messages straight into one send buffer and hand runs
+                of them to the socket as they lie there (``_SealInPlace``), instead of a bytes object per message.
         """
         self.device = device
         self.tun = tun
@@ -156,6 +160,9 @@ class Tunnel:
         self.use_worker = worker
         self._worker: DataPlaneWorker | None = None
         self._worker_sink = _WorkerSink(self)
+        #: Whether transport messages are sealed into the send buffer here when no worker runs (``_SealInPlace``).
+        self.seal_in_place = seal_in_place
+        self._seal_sink = _SealInPlace(self)
         self.worker_failures = 0
         #: NAT hook (``wgpy.nat.io.handler.NatHandler``): sees each received datagram first and claims the STUN/TURN
         #: ones; may divert datagrams for relayed endpoints. ``None``: every datagram is the device's.
@@ -172,6 +179,7 @@ class Tunnel:
             os.set_blocking(self.tun.fileno(), False)
             self.device.mtu = self.tun.mtu
             self._loop.add_reader(self.tun.fileno(), self._on_tun_readable)
+        self.device.seal_offload = self.seal_in_place
         if self.use_worker:
             self._start_worker()
         self._schedule_housekeeping()
@@ -198,7 +206,7 @@ class Tunnel:
         worker, self._worker = self._worker, None
         if worker is None:
             return
-        self.device.seal_offload = False
+        self.device.seal_offload = self.seal_in_place
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(worker.fileno())
@@ -466,7 +474,7 @@ class Tunnel:
 
     def flush(self) -> None:
         """Send what the device wants sent, deliver its packets, re-arm its timer and log its events."""
-        drain(self.device, self, self, self._worker_sink if self._worker is not None else None)
+        drain(self.device, self, self, self._worker_sink if self._worker is not None else self._seal_sink)
         self._drain_events()
         self._arm_timer()
 
@@ -526,6 +534,38 @@ class NatHook(Protocol):
     def divert(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> Sequence[tuple[bytes, Endpoint]]:
         """Send what goes to relayed endpoints; return the rest, for the sockets."""
         ...
+
+
+class _SealInPlace:
+    """The ``transmit.SealJobSink`` of a tunnel without a worker: it seals each job straight into one reused send
+    buffer (``SealJob.run_into``, byte for byte ``SealJob.run``) and sends the messages from there
+    (``UdpSocket.send_contiguous``: runs of equal sizes in one GSO ``sendmsg``), so no bytes object is made per
+    message and none is copied again to be joined. With a NAT layer it takes nothing: the drain then seals the jobs
+    and ``Tunnel.send_datagrams`` diverts those to relayed endpoints."""
+
+    __slots__ = ("_buffer", "_tunnel")
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self._tunnel = tunnel
+        self._buffer = bytearray(SEAL_BUFFER_SIZE)
+
+    def submit(
+        self, jobs: list[SealJob | KeypairRetired], packets: list[bytes]
+    ) -> tuple[list[SealJob | KeypairRetired], list[bytes]]:
+        tunnel = self._tunnel
+        if tunnel.nat is not None or not jobs:
+            return jobs, packets
+        sockets = tunnel._sockets
+        for job in jobs:
+            if not isinstance(job, SealJob):
+                continue  # KeypairRetired: the key lives only in the jobs, which are gone once sent
+            udp = sockets.get(socket.AF_INET6 if endpoint_is_ipv6(job.endpoint) else socket.AF_INET)
+            if udp is None:
+                continue  # no socket of that family: dropped, as ``send_datagrams`` drops it
+            if job.sealed_size() > len(self._buffer):
+                self._buffer = bytearray(job.sealed_size())
+            udp.send_contiguous(self._buffer, job.run_into(self._buffer), job.endpoint)
+        return [], packets
 
 
 class _WorkerSink:
