@@ -43,12 +43,16 @@ verified in a network namespace by ``tests/tun/test_tun_offload_linux.py``):
 
 Costs (CPython 3.11 on the 2-core test machine, 45 segments of 1448 bytes): ``handle_gro`` about 1.2-1.6 us per
 segment, then one write of about 9-13 us, against 2.3-3.2 us for each single-segment write, which makes writes
-about 1.3x cheaper in the daemon and the receiving side of the kernel far cheaper. ``gso_split`` costs about
-2.8-3.3 us per segment, against about 1.1-2 us per plain read: it must compute every segment's TCP checksum in
-Python (``int.from_bytes`` + reduction is ~2 us per 1448 bytes), which the kernel would otherwise have done in C, so
-reading super-packets saves the sender's kernel work but costs the daemon more than the reads it saves. With
-``TUN_F_CSUM`` the same holds for every plain UDP packet read (its checksum is left partial too). That is why
-``LinuxTun`` also offers ``offload=True, tso=False``: glued writes, complete packets on reads.
+about 1.3x cheaper in the daemon and the receiving side of the kernel far cheaper. The pure-Python ``gso_split``
+loop costs about 2.5-3 us per segment, against about 1.1-2 us per plain read: it must compute every segment's TCP
+checksum in Python (``int.from_bytes`` + reduction is ~2 us per 1448 bytes), which the kernel would otherwise have
+done in C. A super-packet of more than ``VECTOR_MIN_SEGMENTS`` even-sized segments is therefore cut with numpy
+(``_split_tcp_vectorized``): one byte array with a row per segment, the per-segment header words computed as
+columns, and the payload sums as one row sum, about 25 us a call, 0.86 us per segment at 47 segments. Even so,
+reading super-packets did not pay end to end (the sending daemon spent more CPU per GB; why is not pinned down:
+super-packets of few segments, cut by the loop, are one suspect), and with ``TUN_F_CSUM`` every plain UDP packet read comes with its checksum left partial
+too. That is why ``LinuxTun`` also offers ``offload=True, tso=False`` (glued writes, complete packets on reads),
+which the daemon uses unless ``WGPY_TUN_TSO=1``.
 
 Checksums in Python: the one's-complement sum of 16-bit big-endian words of ``data`` is congruent to
 ``int.from_bytes(data, "big")`` modulo 0xFFFF (2**16 = 1 mod 0xFFFF), so a checksum is one ``int.from_bytes`` and
@@ -145,8 +149,8 @@ _SEQ: Final = struct.Struct("!I")
 #: super-packets costs more than it saves (see the module docstring) and ``tun.linux`` callers keep TSO off.
 VECTORIZED_SPLIT: Final = _np is not None
 #: Super-packets of more payload than this many segments take the vectorized path; smaller ones the loop, which
-#: is cheaper below it (numpy's fixed cost per call; ``benchmarks/engine_split.py`` measured the crossover).
-VECTOR_MIN_SEGMENTS: Final = 8
+#: is cheaper below it (numpy costs about 25 us a call; ``benchmarks/engine_micro.py`` puts the crossover near 10).
+VECTOR_MIN_SEGMENTS: Final = 10
 # A native 16-bit word sum times this is congruent to the big-endian sum modulo 0xFFFF (2**16 = 1 mod 0xFFFF, so
 # swapping a word's bytes multiplies it by 256).
 _NATIVE_TO_BIG: Final = 256 if sys.byteorder == "little" else 1

@@ -15,6 +15,11 @@ type, and hands the datagram to the consumer of its type. Every check is ordered
   first authenticated packet), keep-key-fresh on receive and the endpoint update; last the inner IP header, the
   cryptokey-routing source check and the plaintext filter.
 
+``receive_datagrams`` is the same for a batch (what one socket read brings): consecutive transport messages of one
+receiver index from one endpoint are one run, whose keypair is looked up and checked once, whose messages each get
+the counter, replay and AEAD checks, and whose bookkeeping (timers, key confirmation, keep-key-fresh, endpoint,
+counters) runs once with the result of running it per message; a single message is a run of one.
+
 Whatever fails is counted in ``stats.drops`` under one ``DropReason``. "Under load" is decided from the rate of
 handshake messages seen (a sans-I/O core has no queue to measure, which is what the kernel and wireguard-go look
 at): above ``handshake_load_threshold`` per second the device demands mac2, and stays under load for one more

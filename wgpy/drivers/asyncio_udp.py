@@ -22,6 +22,11 @@ left alone for ``HANDSHAKE_PAUSE`` if it had more; and every handshake message i
 (``HANDSHAKE_SOURCE_RATE``) before the device computes a MAC, on an unsteered socket too. Sends all go out of the
 transport socket.
 
+Without a worker the device runs with ``seal_offload`` too, and the tunnel seals its jobs itself (``_SealInPlace``):
+every message is sealed with ``encrypt_into`` straight into one reused send buffer and runs of them go to the socket
+from there in one GSO ``sendmsg``, with no bytes object per message (``SealJob.run_into``, byte for byte
+``SealJob.run``). A socket read's datagrams go to the device in one ``receive_datagrams`` call.
+
 With ``worker=True`` the tunnel starts a data-plane worker process (``worker.py``) and turns on the device's
 ``seal_offload``: flushing then hands the sealing jobs and the decrypted packets to the worker, which encrypts, sends
 and writes to the TUN device on the second core. If the worker dies or stalls, the tunnel says so in the log and
