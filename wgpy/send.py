@@ -36,7 +36,7 @@ from . import crypto, ip, noise
 from .constants import REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
 from .errors import DropReason
 from .events import Endpoint, Event
-from .keypair import MESSAGE_PADDING_MULTIPLE, Keypair, padded_length, seal_run
+from .keypair import MESSAGE_PADDING_MULTIPLE, Keypair, seal_run
 from .messages import MESSAGE_TRANSPORT_HEADER_SIZE, TRANSPORT_HEADER, MessageType
 from .noise import HandshakeRejected
 
@@ -221,12 +221,13 @@ class OffloadSealer:
 
 def pad(packet: bytes, mtu: int) -> bytes:
     """``packet`` with zeros up to a multiple of 16 bytes, never past the MTU (whitepaper §5.4.6). Idempotent."""
-    padding = -len(packet) % MESSAGE_PADDING_MULTIPLE
-    if not padding:
+    length = len(packet)
+    padding = -length % MESSAGE_PADDING_MULTIPLE
+    if not padding or length >= mtu:  # a full-MTU packet, the common case of bulk TCP, is never padded
         return packet
-    if len(packet) + padding > mtu:
-        padding = padded_length(len(packet), mtu) - len(packet)
-    return packet + _ZEROS[padding] if padding else packet
+    if length + padding > mtu:
+        padding = mtu - length  # ``padded_length``: up to the MTU, not past it
+    return packet + _ZEROS[padding]
 
 
 class Sender:

@@ -10,7 +10,7 @@ from support.helpers import ENDPOINT_A, ENDPOINT_B, make_device, make_pair, mess
 
 from wgpy.constants import REKEY_AFTER_TIME, REKEY_TIMEOUT
 from wgpy.errors import DropReason
-from wgpy.keypair import MESSAGE_PADDING_MULTIPLE
+from wgpy.keypair import MESSAGE_PADDING_MULTIPLE, padded_length
 from wgpy.messages import MessageType
 from wgpy.send import KeypairRetired, SealJob, pad
 
@@ -190,3 +190,10 @@ def test_sealing_into_a_buffer_makes_the_messages_of_run(sizes: list[int]) -> No
             at += size
     assert pair.b.packets_to_tun() == packets
     assert pair.b.stats.drops == {}
+
+
+@pytest.mark.parametrize("mtu", [1420, 1280, 1281, 65535, 17])
+def test_pad_gives_the_length_padded_length_gives(mtu: int) -> None:
+    # keypair.padded_length is the one rule of whitepaper §5.4.6 (pad to 16, never past the MTU); pad inlines it
+    for length in range(min(mtu + 40, 1500)):
+        assert len(pad(bytes(length), mtu)) == padded_length(length, mtu), (length, mtu)
