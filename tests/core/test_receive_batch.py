@@ -17,8 +17,22 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.helpers import ADDR_A, ADDR_B, ADDR_B6, ENDPOINT_A, Pair, ipv4_packet, ipv6_packet, make_pair, snapshot
+from support.helpers import (
+    ADDR_A,
+    ADDR_B,
+    ADDR_B6,
+    ENDPOINT_A,
+    Pair,
+    det_rng,
+    ipv4_packet,
+    ipv6_packet,
+    make_pair,
+    private_key,
+    snapshot,
+)
 
+from wgpy.device import Device
+from wgpy.errors import DropReason
 from wgpy.events import Endpoint
 
 ROAMED: Endpoint = ("198.51.100.7", 4000)
@@ -151,3 +165,18 @@ def test_an_empty_batch_changes_nothing() -> None:
     pair.b.receive_datagrams([], pair.net.now)
     assert _normalized(snapshot(pair.b)) == before
     assert ADDR_A  # the helpers' addresses are the pair's
+
+
+def test_a_device_that_wraps_receive_datagram_sees_every_datagram_of_a_batch() -> None:
+    seen: list[bytes] = []
+
+    class Watching(Device):
+        def receive_datagram(self, data: bytes, endpoint: Endpoint, now: float, wall_ns: int | None = None) -> None:
+            seen.append(data)
+            super().receive_datagram(data, endpoint, now, wall_ns)
+
+    device = Watching(private_key(9), rng=det_rng(9))
+    batch: list[tuple[bytes, Endpoint]] = [(b"\x04\x00\x00\x00" + bytes(28), ENDPOINT_A), (b"", ENDPOINT_A)]
+    device.receive_datagrams(batch, 1.0)
+    assert seen == [data for data, _ in batch]
+    assert device.stats.drops == {DropReason.UNKNOWN_INDEX: 1, DropReason.BAD_LENGTH: 1}
