@@ -43,12 +43,16 @@ verified in a network namespace by ``tests/tun/test_tun_offload_linux.py``):
 
 Costs (CPython 3.11 on the 2-core test machine, 45 segments of 1448 bytes): ``handle_gro`` about 1.2-1.6 us per
 segment, then one write of about 9-13 us, against 2.3-3.2 us for each single-segment write, which makes writes
-about 1.3x cheaper in the daemon and the receiving side of the kernel far cheaper. ``gso_split`` costs about
-2.8-3.3 us per segment, against about 1.1-2 us per plain read: it must compute every segment's TCP checksum in
-Python (``int.from_bytes`` + reduction is ~2 us per 1448 bytes), which the kernel would otherwise have done in C, so
-reading super-packets saves the sender's kernel work but costs the daemon more than the reads it saves. With
-``TUN_F_CSUM`` the same holds for every plain UDP packet read (its checksum is left partial too). That is why
-``LinuxTun`` also offers ``offload=True, tso=False``: glued writes, complete packets on reads.
+about 1.3x cheaper in the daemon and the receiving side of the kernel far cheaper. The pure-Python ``gso_split``
+loop costs about 2.5-3 us per segment, against about 1.1-2 us per plain read: it must compute every segment's TCP
+checksum in Python (``int.from_bytes`` + reduction is ~2 us per 1448 bytes), which the kernel would otherwise have
+done in C. A super-packet of more than ``VECTOR_MIN_SEGMENTS`` even-sized segments is therefore cut with numpy
+(``_split_tcp_vectorized``): one byte array with a row per segment, the per-segment header words computed as
+columns, and the payload sums as one row sum, about 25 us a call, 0.86 us per segment at 47 segments. Even so,
+reading super-packets did not pay end to end (the sending daemon spent more CPU per GB; why is not pinned down:
+super-packets of few segments, cut by the loop, are one suspect), and with ``TUN_F_CSUM`` every plain UDP packet read comes with its checksum left partial
+too. That is why ``LinuxTun`` also offers ``offload=True, tso=False`` (glued writes, complete packets on reads),
+which the daemon uses unless ``WGPY_TUN_TSO=1``.
 
 Checksums in Python: the one's-complement sum of 16-bit big-endian words of ``data`` is congruent to
 ``int.from_bytes(data, "big")`` modulo 0xFFFF (2**16 = 1 mod 0xFFFF), so a checksum is one ``int.from_bytes`` and
@@ -79,13 +83,21 @@ from __future__ import annotations
 
 import functools
 import struct
+import sys
 from collections.abc import Sequence
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
+
+try:
+    import numpy as _np
+except ImportError:  # numpy is optional: without it super-packets are split by the pure-Python loop
+    _np = None  # type: ignore[assignment]
 
 __all__ = [
     "IPPROTO_TCP",
     "IPPROTO_UDP",
     "MAX_PACKET_SIZE",
+    "VECTORIZED_SPLIT",
+    "VECTOR_MIN_SEGMENTS",
     "VIRTIO_NET_HDR_F_DATA_VALID",
     "VIRTIO_NET_HDR_F_NEEDS_CSUM",
     "VIRTIO_NET_HDR_GSO_ECN",
@@ -132,6 +144,16 @@ ZERO_VIRTIO_NET_HDR: Final = bytes(VIRTIO_NET_HDR_SIZE)  # gso_type NONE, no fla
 _VIRTIO_NET_HDR: Final = struct.Struct("=BBHHHH")  # native order: legacy TUN without TUNSETVNETLE/BE
 _U16: Final = struct.Struct("!H")
 _SEQ: Final = struct.Struct("!I")
+
+#: Whether ``gso_split`` cuts TCP super-packets with numpy (``_split_tcp_vectorized``); without numpy, reading
+#: super-packets costs more than it saves (see the module docstring) and ``tun.linux`` callers keep TSO off.
+VECTORIZED_SPLIT: Final = _np is not None
+#: Super-packets of more payload than this many segments take the vectorized path; smaller ones the loop, which
+#: is cheaper below it (numpy costs about 25 us a call; ``benchmarks/engine_micro.py`` puts the crossover near 10).
+VECTOR_MIN_SEGMENTS: Final = 10
+# A native 16-bit word sum times this is congruent to the big-endian sum modulo 0xFFFF (2**16 = 1 mod 0xFFFF, so
+# swapping a word's bytes multiplies it by 256).
+_NATIVE_TO_BIG: Final = 256 if sys.byteorder == "little" else 1
 
 
 class OffloadError(ValueError):
@@ -300,6 +322,8 @@ def _split_tcp(packet: bytes, hdr: VirtioNetHdr, version: int) -> list[bytes]:
     if tcp_len < 20 or hdr_len >= size:
         raise OffloadError(f"TCP GSO packet: data offset {tcp_len} leaves no payload in {size} bytes")
     gso_size = hdr.gso_size
+    if _np is not None and not gso_size & 1 and size - hdr_len > VECTOR_MIN_SEGMENTS * gso_size:
+        return _split_tcp_vectorized(packet, ip_len, hdr_len, gso_size, version)
     headers = packet[:hdr_len]
     flags = headers[ip_len + 13]
     (seq,) = _SEQ.unpack_from(headers, ip_len + 4)
@@ -437,6 +461,101 @@ def _split_tcp(packet: bytes, hdr: VirtioNetHdr, version: int) -> list[bytes]:
         + payload
     )
     return segments
+
+
+def _split_tcp_vectorized(packet: bytes, ip_len: int, hdr_len: int, gso_size: int, version: int) -> list[bytes]:
+    """``_split_tcp`` of a super-packet of several segments with an even ``gso_size``, in a few numpy operations.
+
+    The same segments, byte for byte (the tests compare the two), built as the rows of one ``(segments, hdr_len +
+    gso_size)`` byte array: every row gets the super-packet's headers and its slice of the payload, then the 16-bit
+    words that differ per segment (IPv4 total length, identification and header checksum, or the IPv6 payload
+    length; the TCP sequence number, the data offset/flags word and the checksum) are computed as columns and
+    written in one indexed assignment. The payload sums are one ``sum(axis=1)`` over the rows read as native
+    16-bit words: on a little-endian host that is the byte-swapped sum, which is 256 times the big-endian one
+    modulo 0xFFFF.
+    """
+    np = _np
+    if np is None:  # the caller checked
+        raise OffloadError("numpy is not installed")
+    payload_size = len(packet) - hdr_len
+    count = -(-payload_size // gso_size)
+    last_size = payload_size - (count - 1) * gso_size
+    row = hdr_len + gso_size
+    headers = packet[:hdr_len]
+    offset_flags = (headers[ip_len + 12] << 8) | headers[ip_len + 13]
+    (seq,) = _SEQ.unpack_from(headers, ip_len + 4)
+    offsets, lengths, word_terms = _split_plan(count, gso_size, last_size, offset_flags)
+    rows = np.empty((count, row), np.uint8)
+    rows[:, :hdr_len] = np.frombuffer(headers, np.uint8)
+    flat = np.frombuffer(packet, np.uint8, offset=hdr_len)
+    full = (count - 1) * gso_size
+    rows[: count - 1, hdr_len:] = flat[:full].reshape(count - 1, gso_size)
+    rows[count - 1, hdr_len : hdr_len + last_size] = flat[full:]
+    rows[count - 1, hdr_len + last_size :] = 0  # RFC 1071: an odd last byte is padded with zero
+    # uint32 cannot overflow: a row has at most 32767 words below 2**16.
+    payload_sums = (rows[:, hdr_len:].view(np.uint16).sum(axis=1, dtype=np.uint32) % 0xFFFF).astype(np.int64)
+    seqs = (offsets + seq) & 0xFFFFFFFF
+    seq_high = seqs >> 16
+    seq_low = seqs & 0xFFFF
+    # Everything of a segment's TCP checksum equation but its payload, seq, length and data offset/flags word: the
+    # pseudo-header's addresses and protocol, and the header words that every segment copies.
+    tcp_fixed = (
+        _address_sum(headers, version)
+        + IPPROTO_TCP
+        + (hdr_len - ip_len)
+        + _sum_mod(headers[ip_len:])
+        - (seq >> 16)
+        - (seq & 0xFFFF)
+        - offset_flags
+        - int.from_bytes(headers[ip_len + 16 : ip_len + 18], "big")
+    )
+    tcp_checksums = (-(payload_sums * _NATIVE_TO_BIG + seq_high + seq_low + word_terms + tcp_fixed)) % 0xFFFF
+    words = lengths + hdr_len  # IPv4 total length
+    if version == 4:
+        (ip_id,) = _U16.unpack_from(headers, 4)
+        ip_fixed = _sum_mod(headers[:ip_len]) - int.from_bytes(headers[2:6], "big") - _U16.unpack_from(headers, 10)[0]
+        ids = (offsets // gso_size + ip_id) & 0xFFFF
+        columns: tuple[Any, ...] = (words, ids, (-(words + ids + ip_fixed)) % 0xFFFF, seq_high, seq_low)
+    else:
+        columns = (words - _IPV6_HEADER_SIZE, seq_high, seq_low)
+    fields = np.column_stack((*columns, word_terms - lengths, tcp_checksums)).astype(">u2").view(np.uint8)
+    rows[:, _field_columns(version, ip_len)] = fields
+    data = rows.tobytes()
+    segments = [data[start : start + row] for start in range(0, full // gso_size * row, row)]
+    segments.append(data[(count - 1) * row : (count - 1) * row + hdr_len + last_size])
+    return segments
+
+
+@functools.lru_cache(maxsize=64)
+def _split_plan(count: int, gso_size: int, last_size: int, offset_flags: int) -> tuple[Any, Any, Any]:
+    """Per-segment constants of a split: payload offsets, payload lengths, and length + data offset/flags word
+    (tcp_gso_segment: FIN and PSH only on the last segment, CWR only on the first). Read-only arrays."""
+    np = _np
+    if np is None:
+        raise OffloadError("numpy is not installed")
+    offsets = np.arange(count, dtype=np.int64) * gso_size
+    lengths = np.full(count, gso_size, np.int64)
+    lengths[-1] = last_size
+    flags = np.full(count, offset_flags & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR), np.int64)
+    flags[0] = offset_flags & ~(_TCP_FIN | _TCP_PSH)
+    flags[-1] = offset_flags & ~_TCP_CWR
+    if count == 1:  # a single segment keeps its flags
+        flags[0] = offset_flags
+    word_terms = lengths + flags
+    for array in (offsets, lengths, word_terms):
+        array.setflags(write=False)
+    return offsets, lengths, word_terms
+
+
+@functools.lru_cache(maxsize=16)
+def _field_columns(version: int, ip_len: int) -> Any:
+    """The byte columns of the 16-bit words ``_split_tcp_vectorized`` writes, in the order it computes them."""
+    np = _np
+    if np is None:
+        raise OffloadError("numpy is not installed")
+    ip_words = (2, 4, 10) if version == 4 else (4,)
+    tcp_words = (ip_len + 4, ip_len + 6, ip_len + 12, ip_len + 16)
+    return np.array([at + byte for at in (*ip_words, *tcp_words) for byte in (0, 1)], np.intp)
 
 
 def _split_udp(packet: bytes, hdr: VirtioNetHdr) -> list[bytes]:

@@ -15,6 +15,11 @@ type, and hands the datagram to the consumer of its type. Every check is ordered
   first authenticated packet), keep-key-fresh on receive and the endpoint update; last the inner IP header, the
   cryptokey-routing source check and the plaintext filter.
 
+``receive_datagrams`` is the same for a batch (what one socket read brings): consecutive transport messages of one
+receiver index from one endpoint are one run, whose keypair is looked up and checked once, whose messages each get
+the counter, replay and AEAD checks, and whose bookkeeping (timers, key confirmation, keep-key-fresh, endpoint,
+counters) runs once with the result of running it per message; a single message is a run of one.
+
 Whatever fails is counted in ``stats.drops`` under one ``DropReason``. "Under load" is decided from the rate of
 handshake messages seen (a sans-I/O core has no queue to measure, which is what the kernel and wireguard-go look
 at): above ``handshake_load_threshold`` per second the device demands mac2, and stays under load for one more
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from . import crypto, ip, noise
@@ -63,6 +69,8 @@ _INITIATION: Final = int(MessageType.INITIATION)
 _RESPONSE: Final = int(MessageType.RESPONSE)
 _COOKIE_REPLY: Final = int(MessageType.COOKIE_REPLY)
 _TRANSPORT: Final = int(MessageType.TRANSPORT)
+_TRANSPORT_TYPE: Final = _TYPE.pack(_TRANSPORT)  # the first four bytes of every transport message
+_COUNTER: Final = struct.Struct("<Q")  # the transport message's counter, at offset 8
 
 
 class LoadMeter:
@@ -249,34 +257,98 @@ class Receiver(Sender):
 
     # --- transport ---------------------------------------------------------------------------------------------
 
-    def _receive_transport(self, data: bytes, endpoint: Endpoint, now: float) -> None:
-        _, receiver_index, counter = TRANSPORT_HEADER.unpack_from(data)
-        entry = self.index_table.lookup(receiver_index)
-        if entry is None:
-            self.stats.drop(DropReason.UNKNOWN_INDEX, now)
+    def receive_datagrams(
+        self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float, wall_ns: int | None = None
+    ) -> None:
+        """Process a batch of datagrams in order: the same as ``receive_datagram`` on each (and never raises).
+
+        Consecutive transport messages with one receiver index from one endpoint form a run (what one socket read
+        brings from a busy peer): the index and the keypair are checked once per run, each message then gets its
+        own counter, replay and AEAD checks, and the bookkeeping of an authenticated packet (timers, key
+        confirmation, keep-key-fresh, endpoint, byte counters) runs once per run with what the per-message path
+        would have left (``_after_transport``). Every other datagram goes to ``receive_datagram``.
+        """
+        if type(self).receive_datagram is not Receiver.receive_datagram:
+            # A subclass that wraps receive_datagram (tests, tools) still sees every datagram through it.
+            for data, endpoint in datagrams:
+                self.receive_datagram(data, endpoint, now, wall_ns)
             return
-        peer, keypair = entry
-        if not isinstance(keypair, Keypair):
-            self.stats.drop(DropReason.UNKNOWN_INDEX, now)
+        if wall_ns is not None:
+            self._note_wall(now, wall_ns)
+        run: list[bytes] = []
+        run_key = b""  # the receiver index bytes of the run (b"" matches none)
+        run_endpoint: Endpoint = ("", 0)
+        for data, endpoint in datagrams:
+            if len(data) >= MESSAGE_TRANSPORT_MIN_SIZE and data[:4] == _TRANSPORT_TYPE:
+                key = data[4:8]
+                if key == run_key and endpoint == run_endpoint:
+                    run.append(data)
+                    continue
+                if run:
+                    self._receive_transport_run(run, run_endpoint, now)
+                run, run_key, run_endpoint = [data], key, endpoint
+                continue
+            if run:
+                self._receive_transport_run(run, run_endpoint, now)
+                run, run_key = [], b""
+            self.receive_datagram(data, endpoint, now)
+        if run:
+            self._receive_transport_run(run, run_endpoint, now)
+
+    def _receive_transport(self, data: bytes, endpoint: Endpoint, now: float) -> None:
+        self._receive_transport_run([data], endpoint, now)
+
+    def _receive_transport_run(self, messages: list[bytes], endpoint: Endpoint, now: float) -> None:
+        """Transport messages of one receiver index from one endpoint (at least one; the size is checked)."""
+        stats = self.stats
+        receiver_index = TRANSPORT_HEADER.unpack_from(messages[0])[1]
+        entry = self.index_table.lookup(receiver_index)
+        keypair = entry[1] if entry is not None else None
+        if entry is None or not isinstance(keypair, Keypair):
+            for _ in messages:
+                stats.drop(DropReason.UNKNOWN_INDEX, now)
+            return
+        peer = entry[0]
+        if not keypair.valid or now - keypair.created_at >= REJECT_AFTER_TIME:
+            for _ in messages:
+                stats.drop(DropReason.KEYPAIR_EXPIRED, now)
             return
         replay = keypair.replay
-        if not keypair.valid or now - keypair.created_at >= REJECT_AFTER_TIME or counter >= self.reject_after_messages:
-            self.stats.drop(DropReason.KEYPAIR_EXPIRED, now)
-            return
-        if not replay.would_accept(counter):
-            top = replay.greatest
-            too_old = top is not None and counter + REPLAY_WINDOW_SIZE < top
-            self.stats.drop(DropReason.COUNTER_OUT_OF_WINDOW if too_old else DropReason.REPLAYED_COUNTER, now)
-            return
-        try:
-            plaintext = keypair.open(counter, data)
-        except crypto.InvalidTag:
-            self.stats.drop(DropReason.INVALID_AEAD_TAG, now)
-            return
-        replay.commit(counter)
-        # Authenticated from here on.
-        peer.rx_bytes += len(data)
-        self.stats.packets_received += 1
+        limit = self.reject_after_messages
+        unpack_counter = _COUNTER.unpack_from
+        opened: list[bytes] = []
+        received_bytes = 0
+        for data in messages:
+            (counter,) = unpack_counter(data, 8)
+            if counter >= limit:
+                stats.drop(DropReason.KEYPAIR_EXPIRED, now)
+                continue
+            if not replay.would_accept(counter):
+                top = replay.greatest
+                too_old = top is not None and counter + REPLAY_WINDOW_SIZE < top
+                stats.drop(DropReason.COUNTER_OUT_OF_WINDOW if too_old else DropReason.REPLAYED_COUNTER, now)
+                continue
+            try:
+                plaintext = keypair.open(counter, data)
+            except crypto.InvalidTag:
+                stats.drop(DropReason.INVALID_AEAD_TAG, now)
+                continue
+            replay.commit(counter)
+            received_bytes += len(data)
+            opened.append(plaintext)
+        if opened:
+            self._after_transport(peer, keypair, endpoint, opened, received_bytes, now)
+
+    def _after_transport(
+        self, peer: Peer, keypair: Keypair, endpoint: Endpoint, opened: list[bytes], received_bytes: int, now: float
+    ) -> None:
+        """What authenticated transport messages (``opened``, in order, at least one) leave behind, once for all of
+        them: each hook below gives for n messages at one ``now`` what n calls give (``on_data_received`` twice at
+        most: a second call only raises ``need_another_keepalive``, and so do all later ones); then each inner
+        packet is checked and delivered in order."""
+        peer.rx_bytes += received_bytes
+        stats = self.stats
+        stats.packets_received += len(opened)
         timers = peer.timers
         if keypair is peer.keypairs.next:
             self._confirm_keypair(peer, keypair, now)
@@ -287,22 +359,33 @@ class Receiver(Sender):
             timers.on_any_authenticated_packet_traversal(now)
         if peer.endpoint != endpoint:
             self._set_endpoint(peer, endpoint)
-        if not plaintext:
-            return  # keepalive
-        timers.on_data_received(now)
-        inner = ip.source_and_length(plaintext)
-        if inner is None:
-            self.stats.drop(DropReason.INVALID_IP_PACKET, now)
-            return
-        source, total_length = inner
-        if self.allowed_ips.lookup(source) is not peer:
-            self.stats.drop(DropReason.DISALLOWED_SOURCE_IP, now)
-            return
-        packet = plaintext if total_length == len(plaintext) else plaintext[:total_length]
-        if self.packet_filter is not None and not self.packet_filter.check_inbound(packet, peer.public_key, now):
-            self.stats.drop(DropReason.FILTERED, now)
-            return
-        self._packets.append(packet)
+        data_packets = 0
+        allowed_peer = self.allowed_ips.lookup
+        packet_filter = self.packet_filter
+        packets = self._packets
+        source_and_length = ip.source_and_length
+        checked_source: object = None  # the last inner source address found to be the peer's
+        for plaintext in opened:
+            if not plaintext:
+                continue  # keepalive
+            if data_packets < 2:
+                timers.on_data_received(now)
+            data_packets += 1
+            inner = source_and_length(plaintext)
+            if inner is None:
+                stats.drop(DropReason.INVALID_IP_PACKET, now)
+                continue
+            source, total_length = inner
+            if source != checked_source:
+                if allowed_peer(source) is not peer:
+                    stats.drop(DropReason.DISALLOWED_SOURCE_IP, now)
+                    continue
+                checked_source = source
+            packet = plaintext if total_length == len(plaintext) else plaintext[:total_length]
+            if packet_filter is not None and not packet_filter.check_inbound(packet, peer.public_key, now):
+                stats.drop(DropReason.FILTERED, now)
+                continue
+            packets.append(packet)
 
     def _confirm_keypair(self, peer: Peer, keypair: Keypair, now: float) -> None:
         """First data on a responder's ``next`` keypair: the initiator has the keys, so it becomes current."""

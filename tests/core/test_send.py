@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from support.helpers import ENDPOINT_B, make_device, make_pair, message_type, private_key
+from support.helpers import ENDPOINT_A, ENDPOINT_B, make_device, make_pair, message_type, private_key
 
 from wgpy.constants import REKEY_AFTER_TIME, REKEY_TIMEOUT
 from wgpy.errors import DropReason
-from wgpy.keypair import MESSAGE_PADDING_MULTIPLE
+from wgpy.keypair import MESSAGE_PADDING_MULTIPLE, padded_length
 from wgpy.messages import MessageType
 from wgpy.send import KeypairRetired, SealJob, pad
 
@@ -161,3 +161,39 @@ def test_the_offload_sealer_reports_retired_keypairs() -> None:
     assert keypair is not None
     pair.a.reset_sessions(pair.peer_b)
     assert pair.a.seal_jobs() == [KeypairRetired(keypair.local_index)]
+
+
+@pytest.mark.parametrize("sizes", [[1420] * 40 + [100], [0], [64, 1420, 0, 16, 1420, 1420, 32], []])
+def test_sealing_into_a_buffer_makes_the_messages_of_run(sizes: list[int]) -> None:
+    """``SealJob.run_into`` against ``SealJob.run`` (the core's ``seal_run``, what ``InlineSealer`` sends), byte for
+    byte, and the receiving device accepts what it wrote."""
+    pair = make_pair(seed=5)
+    pair.handshake()
+    pair.a.seal_offload = True
+    packets = [pair.a_to_b(bytes([n & 0xFF]) * max(0, size - 28)) for n, size in enumerate(sizes) if size]
+    pair.a.send_packets(packets, pair.net.now)
+    if 0 in sizes:
+        pair.a._send_keepalive(pair.peer_b, pair.net.now)  # an empty plaintext: a 32-byte message
+    jobs = [job for job in pair.a.seal_jobs() if isinstance(job, SealJob)]
+    assert len(jobs) == (1 if sizes else 0)
+    for job in jobs:
+        buffer = bytearray(b"\xaa" * (job.sealed_size() + 7))  # larger than needed: the tail is left alone
+        written = job.run_into(buffer)
+        messages = job.run()
+        assert written == [len(m) for m in messages]
+        assert sum(written) == job.sealed_size()
+        assert bytes(buffer[: job.sealed_size()]) == b"".join(messages)
+        assert buffer[job.sealed_size() :] == b"\xaa" * 7
+        at = 0
+        for size in written:
+            pair.b.receive_datagram(bytes(buffer[at : at + size]), ENDPOINT_A, pair.net.now)
+            at += size
+    assert pair.b.packets_to_tun() == packets
+    assert pair.b.stats.drops == {}
+
+
+@pytest.mark.parametrize("mtu", [1420, 1280, 1281, 65535, 17])
+def test_pad_gives_the_length_padded_length_gives(mtu: int) -> None:
+    # keypair.padded_length is the one rule of whitepaper §5.4.6 (pad to 16, never past the MTU); pad inlines it
+    for length in range(min(mtu + 40, 1500)):
+        assert len(pad(bytes(length), mtu)) == padded_length(length, mtu), (length, mtu)

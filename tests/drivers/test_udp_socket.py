@@ -108,3 +108,23 @@ def test_gro_and_plain_receive_agree(pair: tuple[UdpSocket, UdpSocket]) -> None:
     finally:
         plain_sender.close()
         plain.close()
+
+
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "no-gso"])
+def test_contiguous_datagrams_come_back_as_they_lie_in_the_buffer(gso: bool) -> None:
+    """``send_contiguous``: datagrams back to back in one buffer arrive as if each had been sent alone."""
+    a, b = _pair(gso=gso)
+    try:
+        sent: list[bytes] = []
+        for count, size in ((70, 1452), (1, 32), (3, 148), (5, 1452), (1, 1000), (2, 1452)):
+            sent += _datagrams(count, size)  # 70 > 64 segments, and shorter ones closing runs
+        buffer = bytearray(b"".join(sent) + b"tail that is not sent")
+        a.send_contiguous(buffer, [len(d) for d in sent], b.sock.getsockname())
+        got, _ = _drain(b, len(sent))
+        time.sleep(0.05)
+        assert got == sent
+        assert b.receive_batch(64) == []  # nothing more: the tail of the buffer stayed
+        assert a.send_errors == 0
+    finally:
+        a.close()
+        b.close()

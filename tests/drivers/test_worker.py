@@ -236,7 +236,7 @@ def test_losing_the_worker_falls_back_to_one_process() -> None:
             while pair.ta.worker_pid is not None and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             assert pair.ta.worker_pid is None and pair.ta.worker_failures == 1
-            assert not pair.a.seal_offload
+            assert pair.a.seal_offload == pair.ta.seal_in_place  # sealed in this process again (in place)
             await pair.exchange(50, b"after")
 
     _run(scenario())

@@ -90,11 +90,20 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _tso() -> bool:
+    """Whether to read TCP super-packets from the TUN device: only when asked, and where numpy cuts them."""
+    from tun.offload import VECTORIZED_SPLIT
+
+    return VECTORIZED_SPLIT and os.environ.get("WGPY_TUN_TSO", "0").strip().lower() not in _FALSE
+
+
 def _open_tun(name: str) -> TunDevice:
     """The interface's TUN device, with virtio-net header offloads where the kernel takes them.
 
-    Offload mode glues the TCP segments of one flow into one write (``tun.offload``); TSO on reads stays off, as
-    splitting super-packets in Python costs more than the reads it saves. ``WGPY_TUN_OFFLOAD=0`` turns it off.
+    Offload mode glues the TCP segments of one flow into one write (``tun.offload``); TSO on reads stays off unless
+    ``WGPY_TUN_TSO=1`` (and numpy is there to cut the super-packets): measured end to end it costs the sending
+    daemon more CPU per GB than the reads it saves (``benchmarks/results/engine-*.txt``). ``WGPY_TUN_OFFLOAD=0``
+    turns offloads off.
     """
     from tun import TunError, open_tun
 
@@ -102,7 +111,7 @@ def _open_tun(name: str) -> TunDevice:
         from tun.linux import LinuxTun
 
         try:
-            return LinuxTun(name, mtu=DEFAULT_MTU, offload=True, tso=False)
+            return LinuxTun(name, mtu=DEFAULT_MTU, offload=True, tso=_tso())
         except TunError as exc:
             if exc.errno in (errno.EPERM, errno.EACCES, errno.ENOENT):
                 raise  # no offload would not help: say why the device cannot be opened at all
@@ -195,7 +204,7 @@ def _start(
         if tun_fd is not None:
             from tun.linux import LinuxTun
 
-            tun = LinuxTun.from_fd(tun_fd, tso=False)
+            tun = LinuxTun.from_fd(tun_fd, tso=_tso())
         else:
             tun = _open_tun(args.interface)
     except ValueError as exc:

@@ -22,6 +22,11 @@ left alone for ``HANDSHAKE_PAUSE`` if it had more; and every handshake message i
 (``HANDSHAKE_SOURCE_RATE``) before the device computes a MAC, on an unsteered socket too. Sends all go out of the
 transport socket.
 
+Without a worker the device runs with ``seal_offload`` too, and the tunnel seals its jobs itself (``_SealInPlace``):
+every message is sealed with ``encrypt_into`` straight into one reused send buffer and runs of them go to the socket
+from there in one GSO ``sendmsg``, with no bytes object per message (``SealJob.run_into``, byte for byte
+``SealJob.run``). A socket read's datagrams go to the device in one ``receive_datagrams`` call.
+
 With ``worker=True`` the tunnel starts a data-plane worker process (``worker.py``) and turns on the device's
 ``seal_offload``: flushing then hands the sealing jobs and the decrypted packets to the worker, which encrypts, sends
 and writes to the TUN device on the second core. If the worker dies or stalls, the tunnel says so in the log and
@@ -57,6 +62,7 @@ logger = logging.getLogger("wgpy")
 
 TUN_READ_BATCH: Final = 64  # packets read per readiness callback, so that sockets and timers get their turn
 UDP_READ_BATCH: Final = 64  # datagrams read per readiness callback
+SEAL_BUFFER_SIZE: Final = 256 * 1024  # the send buffer messages are sealed into (grown for a larger job)
 HOUSEKEEPING_INTERVAL: Final = 1.0  # seconds between MTU refreshes
 # Handshake messages (issue #11 item 2): the kernel queues them apart from transport (``steering.py``).
 HANDSHAKE_READ_BUDGET: Final = 16  # datagrams read from one handshake socket per wake-up
@@ -116,6 +122,7 @@ class Tunnel:
         listen_port: int = 0,
         fwmark: int = 0,
         steer_handshakes: bool = True,
+        seal_in_place: bool = True,
     ) -> None:
         """
         Args:
@@ -130,6 +137,8 @@ class Tunnel:
             fwmark: the SO_MARK of the sockets (0: none).
             steer_handshakes: let the kernel queue handshake messages apart from transport, by source address
                 (``steering.py``; not with ``bind_address``, and only where the kernel can).
+            seal_in_place: without a worker, seal transport messages straight into one send buffer and hand runs
+                of them to the socket as they lie there (``_SealInPlace``), instead of a bytes object per message.
         """
         self.device = device
         self.tun = tun
@@ -156,6 +165,9 @@ class Tunnel:
         self.use_worker = worker
         self._worker: DataPlaneWorker | None = None
         self._worker_sink = _WorkerSink(self)
+        #: Whether transport messages are sealed into the send buffer here when no worker runs (``_SealInPlace``).
+        self.seal_in_place = seal_in_place
+        self._seal_sink = _SealInPlace(self)
         self.worker_failures = 0
         #: NAT hook (``wgpy.nat.io.handler.NatHandler``): sees each received datagram first and claims the STUN/TURN
         #: ones; may divert datagrams for relayed endpoints. ``None``: every datagram is the device's.
@@ -172,6 +184,7 @@ class Tunnel:
             os.set_blocking(self.tun.fileno(), False)
             self.device.mtu = self.tun.mtu
             self._loop.add_reader(self.tun.fileno(), self._on_tun_readable)
+        self.device.seal_offload = self.seal_in_place
         if self.use_worker:
             self._start_worker()
         self._schedule_housekeeping()
@@ -198,7 +211,7 @@ class Tunnel:
         worker, self._worker = self._worker, None
         if worker is None:
             return
-        self.device.seal_offload = False
+        self.device.seal_offload = self.seal_in_place
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(worker.fileno())
@@ -381,22 +394,16 @@ class Tunnel:
         if not batch:
             return
         now, wall = monotonic_now(), wall_ns()
-        receive = self.device.receive_datagram
         nat = self.nat
-        if steered:
-            for data, address in batch:
-                if nat is not None and nat.datagram_received(data, address):
-                    continue  # STUN on the WireGuard socket: the NAT layer's, never the device's
-                receive(data, address, now, wall)
-        else:
+        if nat is not None:  # STUN on the WireGuard socket: the NAT layer's, never the device's
+            batch = [(data, address) for data, address in batch if not nat.datagram_received(data, address)]
+        if not steered:
             allow = self._admission.allow
-            for data, address in batch:
-                if nat is not None and nat.datagram_received(data, address):
-                    continue
-                if data[:1] == b"\x04" or allow(address[0], now):
-                    receive(data, address, now, wall)
-                else:
-                    self.handshakes_refused += 1
+            admitted = [(data, address) for data, address in batch if data[:1] == b"\x04" or allow(address[0], now)]
+            self.handshakes_refused += len(batch) - len(admitted)
+            batch = admitted
+        # One call for the batch: runs of transport messages share the per-run work (``Receiver.receive_datagrams``).
+        self.device.receive_datagrams(batch, now, wall)
         self.flush()
 
     def _on_handshake_readable(self, udp: UdpSocket) -> None:
@@ -472,7 +479,7 @@ class Tunnel:
 
     def flush(self) -> None:
         """Send what the device wants sent, deliver its packets, re-arm its timer and log its events."""
-        drain(self.device, self, self, self._worker_sink if self._worker is not None else None)
+        drain(self.device, self, self, self._worker_sink if self._worker is not None else self._seal_sink)
         self._drain_events()
         self._arm_timer()
 
@@ -537,6 +544,38 @@ class NatHook(Protocol):
         """Whether datagrams to ``endpoint`` go through the NAT layer (a relayed endpoint): the worker must not
         send them from the socket itself (``worker.split_jobs``)."""
         ...
+
+
+class _SealInPlace:
+    """The ``transmit.SealJobSink`` of a tunnel without a worker: it seals each job straight into one reused send
+    buffer (``SealJob.run_into``, byte for byte ``SealJob.run``) and sends the messages from there
+    (``UdpSocket.send_contiguous``: runs of equal sizes in one GSO ``sendmsg``), so no bytes object is made per
+    message and none is copied again to be joined. With a NAT layer it takes nothing: the drain then seals the jobs
+    and ``Tunnel.send_datagrams`` diverts those to relayed endpoints."""
+
+    __slots__ = ("_buffer", "_tunnel")
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self._tunnel = tunnel
+        self._buffer = bytearray(SEAL_BUFFER_SIZE)
+
+    def submit(
+        self, jobs: list[SealJob | KeypairRetired], packets: list[bytes]
+    ) -> tuple[list[SealJob | KeypairRetired], list[bytes]]:
+        tunnel = self._tunnel
+        if tunnel.nat is not None or not jobs:
+            return jobs, packets
+        sockets = tunnel._sockets
+        for job in jobs:
+            if not isinstance(job, SealJob):
+                continue  # KeypairRetired: the key lives only in the jobs, which are gone once sent
+            udp = sockets.get(socket.AF_INET6 if endpoint_is_ipv6(job.endpoint) else socket.AF_INET)
+            if udp is None:
+                continue  # no socket of that family: dropped, as ``send_datagrams`` drops it
+            if job.sealed_size() > len(self._buffer):
+                self._buffer = bytearray(job.sealed_size())
+            udp.send_contiguous(self._buffer, job.run_into(self._buffer), job.endpoint)
+        return [], packets
 
 
 class _WorkerSink:

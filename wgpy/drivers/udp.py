@@ -161,7 +161,52 @@ class UdpSocket:
                 self._send_segmented(datagrams[start:end], size, endpoint)
             start = end
 
-    def _send_one(self, data: bytes, endpoint: Endpoint) -> None:
+    def send_contiguous(self, buffer: bytearray, sizes: Sequence[int], endpoint: Endpoint) -> None:
+        """Send datagrams that lie back to back in ``buffer`` (their ``sizes`` in order) to one endpoint.
+
+        ``send_batch`` without the join: runs of equal sizes (a shorter one may close a run) go out as one GSO
+        ``sendmsg`` of a slice of ``buffer`` itself, the others one ``sendto`` each.
+        """
+        view = memoryview(buffer)
+        count = len(sizes)
+        start = 0
+        offset = 0
+        while start < count:
+            size = sizes[start]
+            end = start + 1
+            total = size
+            if self.gso:
+                while end < count and end - start < GSO_MAX_SEGMENTS:
+                    next_size = sizes[end]
+                    if next_size > size or total + next_size > GSO_MAX_BYTES:
+                        break
+                    total += next_size
+                    end += 1
+                    if next_size < size:
+                        break
+            chunk = view[offset : offset + total]
+            if end - start == 1:
+                self._send_one(chunk, endpoint)
+            else:
+                self._send_view(chunk, size, end - start, endpoint)
+            offset += total
+            start = end
+
+    def _send_view(self, chunk: memoryview, size: int, count: int, endpoint: Endpoint) -> None:
+        """One GSO ``sendmsg`` of ``count`` datagrams of ``size`` bytes (the last may be shorter) in ``chunk``."""
+        try:
+            self.sock.sendmsg([chunk], [(SOL_UDP, UDP_SEGMENT, _SEGMENT_SIZE.pack(size))], 0, endpoint)
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                logger.info("UDP GSO refused by the kernel (%s): sending datagrams one by one", exc.strerror)
+                self.gso = False
+                for at in range(0, len(chunk), size):
+                    self._send_one(chunk[at : at + size], endpoint)
+            else:
+                self.send_errors += 1
+                logger.debug("send to %s failed: %s", endpoint[0], exc)
+
+    def _send_one(self, data: bytes | memoryview, endpoint: Endpoint) -> None:
         try:
             self.sock.sendto(data, endpoint)
         except (OSError, ValueError) as exc:  # a full buffer drops the datagram, as a router would

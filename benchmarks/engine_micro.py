@@ -1,0 +1,143 @@
+"""Micro-benchmarks of the engine levers of issue #12, each beside the path it replaces, in one process.
+
+Usage: ``python benchmarks/engine_micro.py [--rounds 7] [--out FILE]``
+
+- ``seal``: 64 padded 1420-byte plaintexts made into one GSO send buffer: ``SealJob.run`` and ``b"".join`` (what
+  the drain and ``UdpSocket.send_batch`` did) against ``SealJob.run_into`` (``encrypt_into`` into the buffer), and
+  ``encrypt`` alone as the floor.
+- ``receive``: 64 transport messages of 1420-byte packets into a device: ``receive_datagram`` on each against one
+  ``receive_datagrams``, and ``decrypt`` alone as the floor.
+- ``split``: a TCP super-packet of N segments of 1368 bytes (a 1420-byte MTU with timestamps) cut by the
+  pure-Python loop and by numpy.
+
+Every figure is the best of ``--rounds`` timeit repeats, in microseconds per packet (or per segment). The machine
+(CPU model, cores, kernel, Python, cryptography/OpenSSL) and the load average are printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import sys
+import timeit
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_transport
+from engine_ab import machine
+
+import tun.offload as offload
+from wgpy import crypto
+from wgpy.send import SealJob
+
+BATCH: Final = 64
+SIZE: Final = 1420
+MSS: Final = 1368
+
+
+def best(function: Callable[[], object], number: int, rounds: int) -> float:
+    """Seconds per call: the best of ``rounds`` repeats of ``number`` calls."""
+    return min(timeit.repeat(function, number=number, repeat=rounds)) / number
+
+
+def bench_seal(rounds: int) -> list[str]:
+    aead = crypto.Aead(os.urandom(32))
+    plaintexts = [os.urandom(SIZE) for _ in range(BATCH)]
+    job = SealJob(1, 2, 100, plaintexts, ("192.0.2.1", 51820), aead, b"")
+    buffer = bytearray(job.sealed_size())
+    job.run_into(buffer)
+    assert bytes(buffer) == b"".join(job.run())
+    nonce = bytes(12)
+    joined = best(lambda: b"".join(job.run()), 100, rounds) / BATCH
+    into = best(lambda: job.run_into(buffer), 100, rounds) / BATCH
+    floor = best(lambda: aead.encrypt(nonce, plaintexts[0], None), 5000, rounds)
+    return [
+        f"seal {BATCH} x {SIZE} B into one send buffer: run + join {joined * 1e6:.3f} us/packet, "
+        f"run_into {into * 1e6:.3f} us/packet ({into / joined:.3f}x), encrypt alone {floor * 1e6:.3f} us"
+    ]
+
+
+def bench_receive(rounds: int) -> list[str]:
+    session = bench_transport.make_session()
+    packet = bench_transport.ipv4_packet(SIZE)
+    number = 30
+    batches = iter([bench_transport.send_batch(session.a, packet, BATCH) for _ in range(2 * number * rounds + 2)])
+    device = session.b
+    now = bench_transport.NOW
+
+    def one_by_one() -> None:
+        receive = device.receive_datagram
+        for data, endpoint in next(batches):
+            receive(data, endpoint, now)
+        device.packets_to_tun()
+
+    def batched() -> None:
+        device.receive_datagrams(next(batches), now)
+        device.packets_to_tun()
+
+    single = best(one_by_one, number, rounds) / BATCH
+    many = best(batched, number, rounds) / BATCH
+    aead = crypto.Aead(os.urandom(32))
+    sealed = aead.encrypt(bytes(12), packet, None)
+    floor = best(lambda: aead.decrypt(bytes(12), sealed, None), 5000, rounds)
+    assert device.stats.drops == {}, device.stats.drops
+    return [
+        f"receive {BATCH} x {SIZE} B: receive_datagram each {single * 1e6:.3f} us/packet, receive_datagrams "
+        f"{many * 1e6:.3f} us/packet ({many / single:.3f}x), decrypt alone {floor * 1e6:.3f} us"
+    ]
+
+
+def _super_packet(segments: int) -> tuple[bytes, offload.VirtioNetHdr]:
+    """An IPv4 TCP super-packet with timestamps, as the kernel hands it (pseudo-header seed in the checksum)."""
+    payload = bytes(i & 0xFF for i in range(segments * MSS))
+    options = struct.pack("!BBBBII", 1, 1, 8, 10, 1, 2)
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 1, 1, 8 << 4, 0x10, 500, 0, 0) + options + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, bytes(4), bytes(4))
+    hdr = offload.VirtioNetHdr(1, offload.VIRTIO_NET_HDR_GSO_TCPV4, 52, MSS, 20, 16)
+    return ip + tcp, hdr
+
+
+def bench_split(rounds: int) -> list[str]:
+    lines = []
+    for segments in (4, 8, 16, 32, 47):
+        packet, hdr = _super_packet(segments)
+        number = max(50, 2000 // segments)
+        saved = offload.VECTOR_MIN_SEGMENTS
+        try:
+            offload.VECTOR_MIN_SEGMENTS = 10**9  # type: ignore[misc]
+            looped = best(lambda: offload.gso_split(packet, hdr), number, rounds) / segments  # noqa: B023
+            offload.VECTOR_MIN_SEGMENTS = 0  # type: ignore[misc]
+            vectorized = best(lambda: offload.gso_split(packet, hdr), number, rounds) / segments  # noqa: B023
+        finally:
+            offload.VECTOR_MIN_SEGMENTS = saved  # type: ignore[misc]
+        lines.append(
+            f"split {segments:2d} x {MSS} B: loop {looped * 1e6:.3f} us/segment, numpy {vectorized * 1e6:.3f} "
+            f"us/segment ({vectorized / looped:.3f}x)"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", type=Path, help="append the report to this text file")
+    args = parser.parse_args(argv)
+    lines = [f"engine_micro, best of {args.rounds}: {machine()}; load {os.getloadavg()[0]:.2f}"]
+    print(lines[0], flush=True)
+    for bench in (bench_seal, bench_receive, bench_split):
+        for line in bench(args.rounds):
+            lines.append(line)
+            print(line, flush=True)
+    lines.append(f"load after {os.getloadavg()[0]:.2f}")
+    if args.out is not None:
+        with args.out.open("a") as out:
+            out.write("\n".join(lines) + "\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

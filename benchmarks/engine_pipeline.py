@@ -1,0 +1,163 @@
+"""The daemon's send and receive paths in one process, old against new in alternating slices, on loopback.
+
+Usage: ``python benchmarks/engine_pipeline.py [--slices 40] [--out FILE]``
+
+End-to-end runs on a shared 2-core machine swing by 2x with the other work on it; this measures the same code
+paths a daemon runs, minus the TUN device and the event loop, with ``time.process_time`` (CPU time of this
+process: the system calls' kernel time included), alternating the two variants slice by slice so that load
+drifting hits both alike, and reports the medians of the slices:
+
+- ``send``: 64 TCP-sized (1420-byte) packets through ``Device.send_packets``, then the drain to a real UDP socket
+  on 127.0.0.1 (a GSO ``sendmsg``): ``inline`` (``InlineSealer``: a bytes object per message, then
+  ``UdpSocket.send_batch`` joins them) against ``in-place`` (``seal_offload`` and the tunnel's ``_SealInPlace``:
+  ``SealJob.run_into`` one buffer, ``UdpSocket.send_contiguous``). The receiving socket is drained between slices.
+- ``receive``: 64 transport messages through ``receive_datagram`` one by one against one ``receive_datagrams``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_transport
+from engine_ab import machine
+
+from wgpy.drivers.asyncio_udp import _SealInPlace
+from wgpy.drivers.udp import UdpSocket
+from wgpy.events import Endpoint
+from wgpy.transmit import drain
+
+BATCH: Final = 64
+SIZE: Final = 1420
+CALLS_PER_SLICE: Final = 40
+
+
+class _Sockets:
+    """What ``_SealInPlace`` reads of a tunnel, and the tunnel's ``send_datagrams`` for the inline path."""
+
+    def __init__(self, udp: UdpSocket) -> None:
+        self.nat = None
+        self._sockets = {socket.AF_INET: udp}
+        self._udp = udp
+
+    def send_datagrams(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> None:
+        self._udp.send_batch(datagrams)
+
+
+def _drain_socket(sock: socket.socket) -> None:
+    for _ in range(100_000):
+        try:
+            sock.recv(65535)
+        except BlockingIOError:
+            return
+
+
+def measure(variants: dict[str, Callable[[], None]], slices: int, between: Callable[[], None]) -> dict[str, float]:
+    """CPU seconds per call of each variant: the median over ``slices`` alternating slices."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for index in range(slices):
+        for name in names if index % 2 == 0 else reversed(names):
+            between()
+            start = time.process_time()
+            for _ in range(CALLS_PER_SLICE):
+                variants[name]()
+            samples[name].append((time.process_time() - start) / CALLS_PER_SLICE)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def bench_send(slices: int) -> str:
+    session = bench_transport.make_session()
+    device = session.a
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    udp = UdpSocket(sender)
+    target: Endpoint = receiver.getsockname()
+    (peer,) = device.peers.values()
+    peer.endpoint = target
+    tunnel: Any = _Sockets(udp)
+    in_place = _SealInPlace(tunnel)
+    packets = [bench_transport.ipv4_packet(SIZE) for _ in range(BATCH)]
+    now = bench_transport.NOW
+
+    def inline() -> None:
+        device.seal_offload = False
+        device.send_packets(packets, now)
+        drain(device, tunnel, None)
+
+    def sealed_in_place() -> None:
+        device.seal_offload = True
+        device.send_packets(packets, now)
+        drain(device, tunnel, None, in_place)
+
+    try:
+        result = measure({"inline": inline, "in-place": sealed_in_place}, slices, lambda: _drain_socket(receiver))
+    finally:
+        receiver.close()
+        udp.close()
+    ratio = result["in-place"] / result["inline"]
+    return (
+        f"send {BATCH} x {SIZE} B to a loopback UDP socket: inline {result['inline'] / BATCH * 1e6:.3f} us/packet, "
+        f"in-place {result['in-place'] / BATCH * 1e6:.3f} us/packet ({ratio:.3f}x); send errors {udp.send_errors}"
+    )
+
+
+def bench_receive(slices: int) -> str:
+    session = bench_transport.make_session()
+    packet = bench_transport.ipv4_packet(SIZE)
+    needed = 2 * slices * CALLS_PER_SLICE + 2
+    batches = iter([bench_transport.send_batch(session.a, packet, BATCH) for _ in range(needed)])
+    device = session.b
+    now = bench_transport.NOW
+
+    def one_by_one() -> None:
+        receive = device.receive_datagram
+        for data, endpoint in next(batches):
+            receive(data, endpoint, now)
+        device.packets_to_tun()
+
+    def batched() -> None:
+        device.receive_datagrams(next(batches), now)
+        device.packets_to_tun()
+
+    result = measure({"single": one_by_one, "batched": batched}, slices, lambda: None)
+    assert device.stats.drops == {}, device.stats.drops
+    ratio = result["batched"] / result["single"]
+    return (
+        f"receive {BATCH} x {SIZE} B: receive_datagram each {result['single'] / BATCH * 1e6:.3f} us/packet, "
+        f"receive_datagrams {result['batched'] / BATCH * 1e6:.3f} us/packet ({ratio:.3f}x)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--slices", type=int, default=40)
+    parser.add_argument("--out", type=Path, help="append the report to this text file")
+    args = parser.parse_args(argv)
+    lines = [f"engine_pipeline, medians of {args.slices} slices: {machine()}; load {os.getloadavg()[0]:.2f}"]
+    print(lines[0], flush=True)
+    for bench in (bench_send, bench_receive):
+        lines.append(bench(args.slices))
+        print(lines[-1], flush=True)
+    lines.append(f"load after {os.getloadavg()[0]:.2f}")
+    if args.out is not None:
+        with args.out.open("a") as out:
+            out.write("\n".join(lines) + "\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
