@@ -275,11 +275,15 @@ class UapiServer:
             logger.info("UAPI set refused: %s", exc)
             return exc.errno
         large = len(request.peers) >= LARGE_REQUEST_PEERS
-        for _ in uapi.apply_set_steps(tunnel.device, request, monotonic_now()):
-            tunnel.flush()
-            if large:
-                gc.freeze()
-            await asyncio.sleep(0)
+        try:
+            for _ in uapi.apply_set_steps(tunnel.device, request, monotonic_now()):
+                tunnel.flush()
+                if large:
+                    gc.freeze()
+                await asyncio.sleep(0)
+        except UapiError as exc:  # the device was configured otherwise while this was built: nothing changed
+            logger.info("UAPI set refused: %s", exc)
+            return exc.errno
         if self.mesh is not None:
             self.mesh.configuration_changed()
         self.tunnel.flush()
