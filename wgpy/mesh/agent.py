@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..crypto import Ed25519PublicKey
 from ..drivers.clock import monotonic_now
+from ..drivers.private_file import open_private_append
 from ..drivers.uapi_server import MeshApplyReply
 from ..errors import ConfigError
 from . import (
@@ -565,7 +566,9 @@ def open_audit_log(target: str) -> logging.Handler:
         handler = logging.StreamHandler(sys.stdout)
     else:
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            # The audit log is a security record: the same checks as the key log (no symbolic link, FIFO, hard
+            # link or file of another user; mode 0600).
+            fd, _created = open_private_append(target)
         except OSError as exc:
             raise ConfigError(f"cannot open the audit log {target}: {exc.strerror or exc}") from None
         handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="ascii", errors="replace", buffering=1))
