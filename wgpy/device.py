@@ -642,8 +642,10 @@ class ConfigurationChange:
         for peer in device.index_table.peers():
             if self.peers.get(peer.public_key) is not peer:
                 device._clear_sessions(peer)
-        device._touched.update(self._new)  # the heap looks at them (they are on the device now)
-        device._touched.update(self._settings)
+        # A new peer's deadlines were looked at while it was off the device (and found to be none); the only timer a
+        # change arms on a new peer is the persistent keepalive's, so those are the peers to look at again (not all
+        # 100,000 new ones: that look took 0.4 s in one step). A live peer's settings called its watcher above.
+        device._touched.update(self._keepalives)
         self._settings = {}
 
     def finish_steps(self, now: float, peers_per_step: int) -> Iterator[int]:
