@@ -122,8 +122,9 @@ class MeshApplyReply:
 class MeshExtension(Protocol):
     """What the server needs from the mesh daemon (``wgpy.mesh.agent.MeshAgent`` implements it)."""
 
-    def apply_document(self, document: bytes) -> MeshApplyReply:
-        """Verify and apply a signed network map document; never raises for bad input."""
+    async def apply_document(self, document: bytes) -> MeshApplyReply:
+        """Verify (off the event loop: a document may be 16 MiB) and apply a signed network map document; never
+        raises for bad input."""
         ...
 
     def configuration_changed(self) -> None:
@@ -199,7 +200,8 @@ class UapiServer:
                     document = await _read_long_line(reader, MAX_MESH_DOCUMENT)
                     if document is None or await reader.readline() != b"\n":
                         return  # too long, cut short or not followed by the blank line: apply nothing
-                    reply = self.mesh.apply_document(document)
+                    async with self._lock:  # not while a set is built beside the device (it would refuse its swap)
+                        reply = await self.mesh.apply_document(document)
                     self.tunnel.flush()
                     text = "".join(f"{key}={value}\n" for key, value in reply.fields)
                     writer.write((text + uapi.format_errno(reply.errno)).encode())
