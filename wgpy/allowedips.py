@@ -198,6 +198,20 @@ class AllowedIPs(Generic[P]):
         clone._count = self._count
         return clone
 
+    def release_copies(self) -> None:
+        """The table this one was copied from is gone (or will never change again): stop copying the sets shared
+        with it before changing them, and forget their 100,000 keys."""
+        self._shared = set()
+
+    def compact(self) -> None:
+        """Rebuild the dicts after many removals (a dict keeps the size it grew to; ``copy`` makes it fit)."""
+        for family in (self._v4, self._v6):
+            family.tables = {length: table.copy() for length, table in family.tables.items()}
+            family.rebuild_probes()
+        self._by_peer = self._by_peer.copy()
+        self._shared = set(self._shared)
+        self._cache = {}
+
     # --- queries ------------------------------------------------------------------------------------------
 
     def lookup(self, address: bytes) -> P | None:

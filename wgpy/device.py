@@ -353,6 +353,7 @@ class Device(Receiver):
             # which for a zeroing deadline is minutes away. Rebuild from the live deadlines instead.
             self._deadlines = [(deadline, id(peer), peer) for peer, deadline in self._deadline_of.items()]
             heapq.heapify(self._deadlines)
+            self._deadline_of = dict(self._deadline_of)  # it never shrinks by itself once its peers are gone
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -633,6 +634,13 @@ class ConfigurationChange:
                 self._note_keepalive(peer, interval)
         self._removed = removed
         self._old_table = device.allowed_ips
+        # The old table is never changed again (it goes in finish_steps), so the sets it shares are this one's.
+        self.allowed_ips.release_copies()
+        if len(removed) > len(self.peers):
+            # Copies that lost most of their entries keep the size they had (a dict never shrinks on deletion):
+            # after 100,000 peers were removed that was 10 MB of empty slots. Cheap here: few entries are left.
+            self.peers = dict(self.peers)
+            self.allowed_ips.compact()
         device.peers = self.peers
         device.allowed_ips = self.allowed_ips
         device._generation += 1

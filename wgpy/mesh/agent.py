@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Final
 from ..crypto import Ed25519PublicKey
 from ..drivers.clock import monotonic_now
 from ..drivers.private_file import open_private_append
-from ..drivers.uapi_server import MeshApplyReply
+from ..drivers.uapi_server import MeshApplyReply, thaw_collector
 from ..errors import ConfigError
 from . import (
     AUDIT_LOGGER_NAME,
@@ -387,6 +387,8 @@ class MeshAgent:
             if large:
                 gc.freeze()
             await asyncio.sleep(0)
+        if large:
+            thaw_collector()
         return self._applied(changes, document, now_wall, source)
 
     def _applied(self, changes: MapChanges, document: bytes, now_wall: float, source: str) -> MapChanges:
