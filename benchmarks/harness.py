@@ -29,7 +29,7 @@ RESULTS = REPO / "benchmarks" / "results"
 if str(REPO / "tests" / "interop") not in sys.path:
     sys.path.insert(0, str(REPO / "tests" / "interop"))
 
-__all__ = ["REPO", "RESULTS", "lab_session", "machine", "write_result"]
+__all__ = ["REPO", "RESULTS", "lab_session", "machine", "memory_map", "write_result"]
 
 
 def _cpu_model() -> str:
@@ -58,6 +58,31 @@ def machine() -> dict[str, Any]:
         "openssl": backend.openssl_version_text(),
         "load_average_1min": round(load[0], 2),
     }
+
+
+def memory_map(pid: int) -> dict[str, float]:
+    """MiB of RSS of process ``pid`` by kind of mapping (``/proc/PID/smaps``): ``libraries``, ``heap`` (glibc's
+    brk heap), ``anon 1 MiB`` (pymalloc arenas that stand alone), ``anon larger`` (mmapped blocks, and arenas the
+    kernel merged with their neighbours), ``other``."""
+    kinds: dict[str, int] = {}
+    kind = "other"
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                low, high = (int(part, 16) for part in fields[0].split("-"))
+                name = fields[5] if len(fields) > 5 else ""
+                if name == "[heap]":
+                    kind = "heap"
+                elif ".so" in name:
+                    kind = "libraries"
+                elif name:
+                    kind = "other"
+                else:
+                    kind = "anon 1 MiB" if high - low == 1 << 20 else "anon larger" if high - low > 1 << 20 else "other"
+            elif fields and fields[0] == "Rss:":
+                kinds[kind] = kinds.get(kind, 0) + int(fields[1])
+    return {name: round(kib / 1024, 1) for name, kib in sorted(kinds.items())}
 
 
 @contextlib.contextmanager
