@@ -11,8 +11,9 @@ kept) and may be at most ``MAX_SET_REQUEST`` bytes; past that nothing more is pa
 (EMSGSIZE) and the connection closes once the client has sent the rest (at most ``DISCARD_LIMIT`` bytes are read
 and dropped). The event loop runs every ``LINES_PER_YIELD`` lines while a body is read, between the steps of
 ``uapi.apply_set_steps`` while it is applied and between the chunks of ``uapi.format_get_chunks`` while a ``get``
-is written, so forwarding goes on. One ``set`` or ``get`` runs at a time (a lock), so a ``get`` never sees half of a
-``set``; the data plane does see a large ``set`` take effect step by step. After a request that touched at least
+is written, so forwarding goes on. One ``set``, ``get`` or ``mesh_apply`` runs at a time (a lock), so a ``get``
+never sees half of a ``set``; the data plane does not either: the steps build the new configuration beside the
+device and one step swaps it in (``device.ConfigurationChange``). After a request that touched at least
 ``LARGE_REQUEST_PEERS`` peers, free pages go back to the kernel (``memory.release_free_memory``).
 
 A large configuration is a million new objects, and CPython's cyclic collector scans every object it tracks each
