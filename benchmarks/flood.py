@@ -13,59 +13,28 @@ written to ``<out>/flood-<date>.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "interop"))
-
-import flood_lab  # type: ignore[import-not-found,unused-ignore]  # noqa: E402 - helpers of the interop tests
-from interop_lab import Lab, missing_prerequisites  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
-
-
-def _cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+from harness import RESULTS, lab_session, write_result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    missing = missing_prerequisites()
-    if missing:
-        print("flood: needs " + ", ".join(missing), file=sys.stderr)
-        return 1
+    import flood_lab  # type: ignore[import-not-found,unused-ignore]  # tests/interop, on the path once harness is imported
+
     runs = []
     for _ in range(args.repeat):
-        with tempfile.TemporaryDirectory(prefix="wgpy-flood-") as tmp:
-            lab = Lab(Path(tmp))
-            try:
-                result = flood_lab.run(lab)
-            finally:
-                lab.close()
+        with lab_session("wgpy-flood-", "flood") as lab:
+            if lab is None:
+                return 1
+            result = flood_lab.run(lab)
         print(flood_lab.describe(result))
         runs.append(flood_lab.as_dict(result))
-    date = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    document = {
-        "date": date,
-        "machine": {"cpu": _cpu_model(), "nproc": os.cpu_count(), "python": platform.python_version()},
-        "runs": runs,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"flood-{date}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"written to {path}")
+    write_result(args.out, "flood", {"runs": runs})
     return 0
 
 

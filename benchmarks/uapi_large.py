@@ -7,73 +7,47 @@ torn down by ``tests/interop/interop_lab.py``; names unique to the run, only pro
 wireguard-go pings wgpy through the tunnel every 20 ms while the wgpy daemon gets, over its UAPI socket, a ``set=1``
 adding ``--peers`` peers (random keys, one /32 each), two ``get=1`` and a ``set=1`` removing them
 (``tests/interop/large_config.py``). Printed and written to ``<out>/uapi-large-<date>.json``: per phase the time of
-the request, the pings sent during it, how many were answered, the largest round trip, and the daemon's RSS after it.
+the request, the pings sent during it, how many were answered, the largest round trip, and the daemon's RSS after it;
+then the RSS ``SETTLE`` seconds after the removal, by kind of mapping (``harness.memory_map``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "interop"))
+from harness import RESULTS, lab_session, memory_map, write_result
 
-import large_config  # type: ignore[import-not-found,unused-ignore]  # noqa: E402 - helpers of the interop tests
-from interop_lab import Lab, missing_prerequisites  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return platform.processor()
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+SETTLE = 2.0  # seconds after the removal's answer at which RSS is read again, with its breakdown
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", type=int, default=100_000)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    missing = missing_prerequisites()
-    if missing:
-        print("uapi_large: needs " + ", ".join(missing), file=sys.stderr)
-        return 1
-    with tempfile.TemporaryDirectory(prefix="wgpy-uapi-large-") as tmp:
-        lab = Lab(Path(tmp))
-        try:
-            a, b = lab.pair("wgpy", "wireguard-go")
-            lab.wait_for_ping(b, a.inner)
-            phases = large_config.measure(lab, a, b, args.peers)
-        finally:
-            lab.close()
+    import large_config  # type: ignore[import-not-found,unused-ignore]  # tests/interop, on the path once harness is imported
+
+    with lab_session("wgpy-uapi-large-", "uapi_large") as lab:
+        if lab is None:
+            return 1
+        a, b = lab.pair("wgpy", "wireguard-go")
+        lab.wait_for_ping(b, a.inner)
+        phases = large_config.measure(lab, a, b, args.peers)
+        time.sleep(SETTLE)
+        settled = {"seconds_after_removal": SETTLE, "rss_mib": large_config.rss_kib(a.pid) / 1024}
+        settled["by_mapping_mib"] = memory_map(a.pid)
     print(f"{'phase':<10} {'seconds':>8} {'pings':>9} {'max RTT ms':>11} {'RSS MiB':>8}  answer")
     for phase in phases:
         print(
             f"{phase.name:<10} {phase.seconds:>8.2f} {phase.pings_answered:>4}/{phase.pings_sent:<4} "
             f"{phase.max_rtt_ms:>11.1f} {phase.rss_kib_after / 1024:>8.1f}  {phase.errno_line}"
         )
-    date = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    document = {
-        "date": date,
-        "peers": args.peers,
-        "machine": {"cpu": _cpu_model(), "nproc": os.cpu_count(), "python": platform.python_version()},
-        "phases": large_config.as_dicts(phases),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"uapi-large-{date}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"written to {path}")
+    print(f"{SETTLE:.0f} s after the removal: RSS {settled['rss_mib']:.1f} MiB, {settled['by_mapping_mib']}")
+    document = {"peers": args.peers, "phases": large_config.as_dicts(phases), "settled": settled}
+    write_result(args.out, "uapi-large", document)
     return 0
 
 

@@ -33,6 +33,10 @@ class IndexTable(Generic[P, E]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def peers(self) -> list[P]:
+        """The peers that have at least one index (each once): those with a handshake or a session."""
+        return list({id(peer): peer for peer, _ in self._entries.values()}.values())
+
     def insert(self, peer: P, entry: E) -> int:
         """Register ``entry`` under a new random index and return the index."""
         while True:

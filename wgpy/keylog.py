@@ -6,8 +6,8 @@ decrypt every transport message of the session, just as wgpy does. The device ca
 right after it created an initiation or a response, while the ephemeral private key still exists; the writer hands
 the lines to a ``sink``. Nothing is written unless the user asked for a key log (``--keylog FILE``, which the daemon
 opens with mode 0600 and appends to; it refuses a symbolic link, a hard link, anything that is not a regular file
-and a file owned by another user, see ``wgpy.cli.daemon._open_keylog``). The key log is never used by logging, and no log record, exception or
-``repr`` ever carries these keys.
+and a file owned by another user, see ``wgpy.drivers.private_file``, which opens ``--audit-log`` too). The key log is
+never used by logging, and no log record, exception or ``repr`` ever carries these keys.
 
 The format is the one read by ``wg_keylog_read`` / ``wg_keylog_process_lines`` in Wireshark's
 ``epan/dissectors/packet-wireguard.c`` (wireshark/wireshark, read at commit 5aba5772e9cb; tshark 4.0 reads it the

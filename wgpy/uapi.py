@@ -12,9 +12,10 @@ lives in ``drivers/uapi_server.py``):
   reads them and can leave half a change behind, a request that fails validation changes nothing.
 
 A server serves large configurations (100,000 peers) without stopping its data plane for seconds: ``SetParser``
-validates a body line by line as it arrives, ``apply_set_steps`` applies a validated request ``PEERS_PER_STEP``
-peers at a time and ``format_get_chunks`` writes the answer ``PEERS_PER_STEP`` peers at a time, each a generator the
-driver resumes between turns of its event loop. ``parse_set``, ``apply_set`` and ``format_get`` are the same
+validates a body line by line as it arrives, ``apply_set_steps`` builds the new configuration beside the device
+``PEERS_PER_STEP`` peers at a time and swaps it in at once (``device.ConfigurationChange``: the data plane sees the
+old configuration or the new one, never half of it), and ``format_get_chunks`` writes the answer
+``PEERS_PER_STEP`` peers at a time, each a generator the driver resumes between turns of its event loop. ``parse_set``, ``apply_set`` and ``format_get`` are the same
 operations in one go.
 
 ``listen_port`` and ``fwmark`` are socket state, which the device does not have: they belong to the driver, which
@@ -30,11 +31,11 @@ from __future__ import annotations
 
 import errno as _errno
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-from .device import Device, IPNetwork
+from .device import ConfigurationChange, Device, IPNetwork
 from .errors import ConfigError, UapiError
 from .events import Endpoint, endpoint_is_ipv6
 from .keys import PresharedKey, PrivateKey, PublicKey
@@ -322,11 +323,17 @@ def apply_set_steps(
     now: float,
     sockets: SocketSettings | None = None,
     peers_per_step: int = PEERS_PER_STEP,
-) -> Iterator[int]:
-    """``apply_set`` in steps: a generator that applies ``peers_per_step`` peer changes at a time and yields the
-    number applied so far, so that a driver can let its data plane run between steps (a 100,000-peer request
-    takes seconds). The request was validated whole before the first step; a driver must not start another
-    request on the device before the generator is exhausted. ``now`` is the time of the request.
+) -> Generator[int, None, None]:
+    """``apply_set`` in steps: a generator that yields between slices of ``peers_per_step`` peers, so that a driver
+    can let its data plane run between them (a 100,000-peer request takes seconds).
+
+    The change is built beside the device (``Device.begin_change``) and swapped in by one step: until then the
+    device, and so the data plane, sees the old configuration whole, and from that step on the new one whole. The
+    steps after the swap only finish off removed peers and send the keepalives of new persistent keepalives. A
+    generator closed before the swap (or failing) leaves the device as it was. The request was validated whole
+    before the first step; a driver must not configure the device otherwise before the generator is exhausted
+    (the swap then raises ``UapiError`` EBUSY and changes nothing). ``now`` is the time of the request. Yields the
+    number of peer changes applied so far, then that of the peers finished after the swap.
     """
     if sockets is not None:
         if request.listen_port is not None:
@@ -334,40 +341,49 @@ def apply_set_steps(
         if request.fwmark is not None:
             sockets.fwmark = request.fwmark
     if request.clear_private_key:
-        device.set_private_key(None)
+        change = device.begin_change(private_key=None, replace_peers=request.replace_peers)
     elif request.private_key is not None:
-        device.set_private_key(request.private_key)
-    if request.replace_peers:
-        device.clear_peers()
-    own = device.public_key
-    for done, change in enumerate(request.peers, start=1):
-        _apply_peer(device, change, own, now)
-        if done % peers_per_step == 0:
-            yield done
-    yield len(request.peers)
+        change = device.begin_change(private_key=request.private_key, replace_peers=request.replace_peers)
+    else:
+        change = device.begin_change(replace_peers=request.replace_peers)
+    try:
+        own = change.public_key
+        done = 0
+        for done, item in enumerate(request.peers, start=1):
+            _apply_peer(change, item, own)
+            if done % peers_per_step == 0:
+                yield done
+        try:
+            change.commit(now)
+        except ConfigError as exc:
+            raise UapiError(_errno.EBUSY, str(exc)) from None
+    finally:
+        change.abandon()  # does nothing once committed
+    yield done
+    yield from change.finish_steps(now, peers_per_step)
 
 
-def _apply_peer(device: Device, change: PeerChange, own: PublicKey | None, now: float) -> None:
-    if change.remove:
-        device.remove_peer(change.public_key)
+def _apply_peer(change: ConfigurationChange, item: PeerChange, own: PublicKey | None) -> None:
+    if item.remove:
+        change.remove_peer(item.public_key)
         return
-    peer = device.peer(change.public_key)
+    peer = change.peer(item.public_key)
     if peer is None:
-        if change.update_only or (own is not None and change.public_key == own):
+        if item.update_only or (own is not None and item.public_key == own):
             return  # wireguard-go ignores a peer with our own key
-        peer = device.add_peer(change.public_key, now=now)
-    if change.preshared_key is not None:
-        device.set_preshared_key(peer, change.preshared_key)
-    if change.endpoint is not None:
-        peer.endpoint = change.endpoint
-    networks = change.allowed_ips
-    if change.replace_allowed_ips:
-        device.set_allowed_ips(peer, networks)
+        peer = change.add_peer(item.public_key)
+    if item.preshared_key is not None:
+        change.set_preshared_key(peer, item.preshared_key)
+    if item.endpoint is not None:
+        change.set_endpoint(peer, item.endpoint)
+    networks = item.allowed_ips
+    if item.replace_allowed_ips:
+        change.set_allowed_ips(peer, networks)
     else:
         for network in networks:
-            device.allowed_ips.insert(network, peer)
-    if change.persistent_keepalive_interval is not None:
-        device.set_persistent_keepalive(peer, change.persistent_keepalive_interval, now)
+            change.insert_allowed_ip(network, peer)
+    if item.persistent_keepalive_interval is not None:
+        change.set_persistent_keepalive(peer, item.persistent_keepalive_interval)
 
 
 def format_get(device: Device, sockets: SocketSettings | None = None) -> str:

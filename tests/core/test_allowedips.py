@@ -356,3 +356,31 @@ def test_any_hashable_peer_type() -> None:
     peer = "peer-1"
     t.insert(net("10.0.0.0/8"), peer)
     assert t.lookup(v4("10.9.9.9")) is peer
+
+
+def test_a_copy_is_independent_of_its_original_both_ways() -> None:
+    """``copy`` shares the per-peer sets copy-on-write (``device.ConfigurationChange`` builds on a copy while the
+    original routes): a change to either table must not show in the other. Expected answers are the prefixes
+    inserted, by hand."""
+    a, b, c = object(), object(), object()
+    original: AllowedIPs[object] = AllowedIPs()
+    original.insert(ipaddress.ip_network("10.0.0.0/24"), a)
+    original.insert(ipaddress.ip_network("10.0.1.0/24"), a)
+    original.insert(ipaddress.ip_network("10.1.0.0/16"), b)
+    clone = original.copy()
+    clone.insert(ipaddress.ip_network("10.0.2.0/24"), a)  # a's set in the clone grows
+    clone.remove(ipaddress.ip_network("10.0.0.0/24"), a)
+    clone.insert(ipaddress.ip_network("10.1.0.0/16"), c)  # moves from b to c in the clone only
+    assert [str(n) for n in original.entries_for_peer(a)] == ["10.0.0.0/24", "10.0.1.0/24"]
+    assert [str(n) for n in clone.entries_for_peer(a)] == ["10.0.1.0/24", "10.0.2.0/24"]
+    assert original.lookup_ip("10.1.2.3") is b and clone.lookup_ip("10.1.2.3") is c
+    assert original.lookup_ip("10.0.2.1") is None and clone.lookup_ip("10.0.0.1") is None
+    original.remove_by_peer(b)
+    original.insert(ipaddress.ip_network("10.0.3.0/24"), a)  # the original changes its own copy of a's set
+    assert [str(n) for n in clone.entries_for_peer(a)] == ["10.0.1.0/24", "10.0.2.0/24"]
+    assert [str(n) for n in original.entries_for_peer(a)] == ["10.0.0.0/24", "10.0.1.0/24", "10.0.3.0/24"]
+    assert clone.entries_for_peer(b) == [] and len(clone) == 3 and len(original) == 3
+    clone.release_copies()
+    clone.compact()
+    assert [str(n) for n in clone.entries_for_peer(c)] == ["10.1.0.0/16"]
+    assert clone.lookup_ip("10.0.1.9") is a

@@ -461,7 +461,7 @@ def test_apply_set_steps_yields_between_slices_and_ends_where_apply_set_does() -
     request = uapi.parse_set(lines)
     stepped, whole = Device(), Device()
     progress = list(uapi.apply_set_steps(stepped, request, NOW, peers_per_step=500))
-    assert progress == [500, 1000, 1200]
+    assert progress[:3] == [500, 1000, 1200]  # built in slices of 500, then swapped in
     uapi.apply_set(whole, uapi.parse_set(lines), NOW)
     assert uapi.format_get(stepped) == uapi.format_get(whole)
     assert len(stepped.peers) == 1200
@@ -483,3 +483,111 @@ def test_set_parser_fed_line_by_line_equals_parse_set() -> None:
     for line in lines:
         parser.feed(line)
     assert parser.finish() == uapi.parse_set(lines)
+
+
+# -- built beside the device, swapped in at once (issue #11 item 3) ------------------------------------------------
+
+
+def _view(device: Device) -> tuple[frozenset[PublicKey], tuple[tuple[str, PublicKey | None], ...]]:
+    """What the data plane sees: the peer keys, and which peer each probed address routes to."""
+    probes = {}
+    for address in ("10.0.0.1", "10.0.1.1", "10.0.2.1", "10.1.0.1", "10.1.3.1", "192.168.7.7"):
+        peer = device.allowed_ips.lookup_ip(address)
+        probes[address] = peer.public_key if peer is not None else None
+    return frozenset(device.peers), tuple(probes.items())
+
+
+def _body(count: int, second_octet: int, *, replace: bool = False) -> tuple[list[str], list[PublicKey]]:
+    keys = [PrivateKey.generate().public_key() for _ in range(count)]
+    lines = ["replace_peers=true"] if replace else []
+    for i, key in enumerate(keys):
+        lines += [f"public_key={key.to_hex()}", f"allowed_ip=10.{second_octet}.{i}.0/24", "endpoint=192.0.2.1:9"]
+    return lines, keys
+
+
+def test_a_reader_between_the_steps_of_a_large_set_sees_the_old_or_the_new_configuration_never_half() -> None:
+    """Before the change was built beside the device, a reader between two steps saw some new peers and some old
+    ones (replace_peers removed them all at the first step). The expected views come from two devices configured
+    in one go, independently of the stepping."""
+    old_lines, old_keys = _body(250, 0)
+    new_lines, _new_keys = _body(250, 1, replace=True)
+    new_lines += [f"public_key={old_keys[5].to_hex()}", "allowed_ip=192.168.7.0/24"]  # one old key comes back
+    old_only, new_only = Device(), Device()
+    uapi.apply_set(old_only, uapi.parse_set(old_lines), NOW)
+    uapi.apply_set(new_only, uapi.parse_set(old_lines), NOW)
+    uapi.apply_set(new_only, uapi.parse_set(new_lines), NOW)
+    old_view, new_view = _view(old_only), _view(new_only)
+    assert old_view != new_view
+
+    device = Device()
+    uapi.apply_set(device, uapi.parse_set(old_lines), NOW)
+    seen = []
+    for _ in uapi.apply_set_steps(device, uapi.parse_set(new_lines), NOW, peers_per_step=7):
+        seen.append(_view(device))
+    assert all(view in (old_view, new_view) for view in seen), "a reader saw a partial configuration"
+    assert seen.count(old_view) >= 250 // 7  # the change was built over many steps while the old one served
+    assert seen[-1] == new_view == _view(device)
+    assert uapi.format_get(device) == uapi.format_get(new_only)
+
+
+def test_settings_of_live_peers_and_a_new_private_key_wait_for_the_swap() -> None:
+    device = Device()
+    _set(device, f"private_key={_key(1).to_hex()}\npublic_key={_pub(2).to_hex()}\nendpoint=192.0.2.1:1\n")
+    psk = PresharedKey(bytes(range(32)))
+    lines = [f"private_key={_key(3).to_hex()}", f"public_key={_pub(2).to_hex()}", "endpoint=192.0.2.2:2"]
+    lines += [f"preshared_key={psk.to_hex()}", "persistent_keepalive_interval=25", "allowed_ip=10.9.0.0/16"]
+    lines += [f"public_key={_pub(4).to_hex()}"]
+    for _ in range(200):
+        lines += [f"public_key={PrivateKey.generate().public_key().to_hex()}", "remove=true"]  # padding steps
+    steps = uapi.apply_set_steps(device, uapi.parse_set(lines), NOW, peers_per_step=10)
+    next(steps)
+    next(steps)
+    peer = device.peer(_pub(2))
+    assert peer is not None
+    assert peer.endpoint == ("192.0.2.1", 1)
+    assert peer.preshared_key == PresharedKey.zero()
+    assert peer.persistent_keepalive_interval == 0
+    assert device.public_key == _pub(1)
+    assert device.peer(_pub(4)) is None
+    assert device.allowed_ips.lookup_ip("10.9.1.1") is None
+    for _ in steps:
+        pass
+    assert device.peer(_pub(2)) is peer  # the same object: its sessions and counters carry over
+    assert peer.endpoint == ("192.0.2.2", 2)
+    assert peer.preshared_key == psk
+    assert peer.persistent_keepalive_interval == 25
+    assert device.public_key == _pub(3)
+    assert device.peer(_pub(4)) is not None
+    assert device.allowed_ips.lookup_ip("10.9.1.1") is peer
+    assert device.datagrams_to_send()  # the new keepalive started a handshake (after the swap)
+
+
+def test_a_set_dropped_half_way_leaves_the_old_configuration_as_it_was() -> None:
+    old_lines, _ = _body(50, 0)
+    device = Device()
+    uapi.apply_set(device, uapi.parse_set([f"private_key={_key(1).to_hex()}", *old_lines]), NOW)
+    before = uapi.format_get(device)
+    new_lines, _ = _body(100, 1, replace=True)
+    steps = uapi.apply_set_steps(
+        device, uapi.parse_set([f"private_key={_key(3).to_hex()}", *new_lines]), NOW, peers_per_step=10
+    )
+    for _ in range(5):
+        next(steps)
+    steps.close()  # the driver gave up (connection lost, exception in a step)
+    assert uapi.format_get(device) == before
+
+
+def test_a_change_made_through_the_device_while_a_set_is_built_refuses_the_swap() -> None:
+    """The copies would overwrite it: the request fails with EBUSY and the device keeps the other change."""
+    lines, _ = _body(30, 1)
+    device = Device()
+    steps = uapi.apply_set_steps(device, uapi.parse_set(lines), NOW, peers_per_step=10)
+    next(steps)
+    device.add_peer(_pub(9), allowed_ips=["10.200.0.0/16"])
+    with pytest.raises(UapiError) as info:
+        for _ in steps:
+            pass
+    assert info.value.errno == errno.EBUSY
+    assert set(device.peers) == {_pub(9)}
+    assert device.allowed_ips.lookup_ip("10.200.1.1") is device.peer(_pub(9))
+    assert device.allowed_ips.lookup_ip("10.1.0.1") is None

@@ -84,3 +84,26 @@ def test_source_admission_charges_each_address() -> None:
     assert not admission.allow("not an address", now)
     # IPv6 is keyed by its /64.
     assert [admission.allow(f"fd00::{i}", now) for i in range(1, 7)] == [True] * 5 + [False]
+
+
+def test_a_flooding_host_does_not_spend_the_admission_of_a_host_in_its_steering_bucket() -> None:
+    """Issue #11: the BPF program queues 192.0.2.1 and 192.0.2.9 on the same handshake socket (equal low bits
+    of the source address, ``HANDSHAKE_SOCKETS`` = 8), but what a source may cost is charged per address, as the
+    kernel's ratelimiter.c (an exact IPv4 address or IPv6 /64 per entry) and wireguard-go's ratelimiter.go (one
+    map entry per address) do: 10 s of a 10,000/s flood (40 times the admitted rate) from one never refuse the other, which sends one
+    initiation per REKEY_TIMEOUT (5 s). The two still share that socket's kernel queue, which this cannot see."""
+    from wgpy.drivers.asyncio_udp import HANDSHAKE_SOURCE_BURST, HANDSHAKE_SOURCE_RATE
+
+    flooder, honest = "192.0.2.1", "192.0.2.9"
+    assert int(flooder.rsplit(".")[-1]) % HANDSHAKE_SOCKETS == int(honest.rsplit(".")[-1]) % HANDSHAKE_SOCKETS
+    admission = SourceAdmission(HANDSHAKE_SOURCE_RATE, HANDSHAKE_SOURCE_BURST)
+    flood_admitted = 0
+    honest_answers = []
+    for step in range(1000):  # 10 ms steps, 100 flood messages each
+        now = 1000.0 + step / 100
+        flood_admitted += sum(admission.allow(flooder, now) for _ in range(100))
+        if step % 500 == 0:
+            honest_answers.append(admission.allow(honest, now))
+    assert honest_answers == [True, True]
+    # The flooder got its burst and its rate, not more (the kernel's bucket arithmetic, ratelimiter.c).
+    assert flood_admitted <= HANDSHAKE_SOURCE_BURST + HANDSHAKE_SOURCE_RATE * 10 + 1

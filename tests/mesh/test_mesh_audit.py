@@ -226,3 +226,69 @@ def test_a_whole_scenario_logs_no_secret(capture: Capture) -> None:
         assert form not in text
     # Public keys, on the other hand, name the peers.
     assert pair.pub_b.to_base64() in text
+
+
+# -- --audit-log is opened like --keylog (issue #11): no symbolic link, FIFO or file of another user ---------------
+
+
+@pytest.fixture
+def audit_logger() -> Any:
+    """Restore the ``wgpy.audit`` logger that ``open_audit_log`` reconfigures."""
+    from wgpy.mesh import AUDIT_LOGGER_NAME
+
+    audit = logging.getLogger(AUDIT_LOGGER_NAME)
+    saved = (audit.handlers[:], audit.level, audit.propagate)
+    yield audit
+    for handler in audit.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    audit.handlers[:], audit.level, audit.propagate = saved[0], saved[1], saved[2]
+
+
+def test_the_audit_log_refuses_a_symbolic_link_and_leaves_its_target_alone(tmp_path: Any, audit_logger: Any) -> None:
+    """Before, ``os.open`` followed the link: a root daemon appended its audit lines to the link's target."""
+    import os
+
+    from wgpy.errors import ConfigError
+    from wgpy.mesh.agent import open_audit_log
+
+    target = tmp_path / "victim"
+    target.write_text("untouched\n")
+    os.chmod(target, 0o644)
+    link = tmp_path / "audit.log"
+    link.symlink_to(target)
+    with pytest.raises(ConfigError, match="symbolic link") as info:
+        open_audit_log(str(link))
+    assert "\n" not in str(info.value)
+    assert target.read_text() == "untouched\n"
+    assert target.stat().st_mode & 0o777 == 0o644
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        open_audit_log(str(fifo))
+
+
+def test_the_audit_log_is_our_own_0600_file(tmp_path: Any, audit_logger: Any) -> None:
+    import os
+
+    from wgpy.errors import ConfigError
+    from wgpy.mesh.agent import open_audit_log
+
+    existing = tmp_path / "audit.log"
+    existing.write_text("")
+    os.chmod(existing, 0o644)
+    handler = open_audit_log(str(existing))
+    audit_logger.info('{"kind":"test"}')
+    handler.flush()
+    assert existing.read_text() == '{"kind":"test"}\n'
+    assert existing.stat().st_mode & 0o777 == 0o600
+    linked = tmp_path / "second-name"
+    os.link(existing, linked)
+    with pytest.raises(ConfigError, match="hard links"):
+        open_audit_log(str(linked))
+    if os.geteuid() == 0:  # only root can give a file to another user; the check itself needs no root
+        foreign = tmp_path / "foreign.log"
+        foreign.write_text("")
+        os.chown(foreign, 65534, 65534)
+        with pytest.raises(ConfigError, match="owned by uid 65534"):
+            open_audit_log(str(foreign))

@@ -18,13 +18,13 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..device import DEFAULT_MTU, Device
+from ..drivers.private_file import open_private_append
 from ..errors import ConfigError
 from ..mesh.agent import prepare_daemon
 
@@ -277,43 +277,15 @@ class _KeyLog:
 
 
 def _open_keylog(path: str) -> _KeyLog:
-    """Open the key log for appending, readable by its owner only (it holds session secrets).
-
-    A root daemon may be pointed at a path in a folder others can write to, so the file is opened without following
-    a symbolic link in its last component (``O_NOFOLLOW``) and without blocking on a FIFO (``O_NONBLOCK``), and it is
-    refused unless it is a regular file with one link, owned by the daemon's effective user. Only then is its mode
-    set to 0600. The folders above it are trusted: keep the key log in a folder only that user can write to.
+    """Open the key log for appending, readable by its owner only (it holds session secrets): no symbolic link,
+    FIFO, hard link or file of another user (``drivers.private_file.open_private_append``, shared with
+    ``--audit-log``).
 
     Raises:
         OSError: the file cannot be opened or is refused (``strerror`` says why, in one line).
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-    existed = os.path.lexists(path)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP and os.path.islink(path):
-            raise OSError(errno.ELOOP, "it is a symbolic link (refused)") from None
-        if exc.errno == errno.ENXIO:  # a FIFO nobody reads, or a socket
-            raise OSError(errno.ENXIO, "it is not a regular file (refused)") from None
-        raise
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "it is not a regular file (refused)")
-        if info.st_uid != os.geteuid():
-            raise OSError(
-                errno.EPERM,
-                f"it is owned by uid {info.st_uid}, not by this daemon's user (uid {os.geteuid()}) (refused)",
-            )
-        if info.st_nlink != 1:
-            raise OSError(errno.EMLINK, f"it has {info.st_nlink} hard links (refused)")
-        os.fchmod(fd, 0o600)
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return _KeyLog(fd, path, created=not existed)
+    fd, created = open_private_append(path)
+    return _KeyLog(fd, path, created=created)
 
 
 def _keylog_sink(fd: int) -> Callable[[str], None]:

@@ -11,17 +11,22 @@ kept) and may be at most ``MAX_SET_REQUEST`` bytes; past that nothing more is pa
 (EMSGSIZE) and the connection closes once the client has sent the rest (at most ``DISCARD_LIMIT`` bytes are read
 and dropped). The event loop runs every ``LINES_PER_YIELD`` lines while a body is read, between the steps of
 ``uapi.apply_set_steps`` while it is applied and between the chunks of ``uapi.format_get_chunks`` while a ``get``
-is written, so forwarding goes on. One ``set`` or ``get`` runs at a time (a lock), so a ``get`` never sees half of a
-``set``; the data plane does see a large ``set`` take effect step by step. After a request that touched at least
+is written, so forwarding goes on. One ``set``, ``get`` or ``mesh_apply`` runs at a time (a lock), so a ``get``
+never sees half of a ``set``; the data plane does not either: the steps build the new configuration beside the
+device and one step swaps it in (``device.ConfigurationChange``). After a request that touched at least
 ``LARGE_REQUEST_PEERS`` peers, free pages go back to the kernel (``memory.release_free_memory``).
 
 A large configuration is a million new objects, and CPython's cyclic collector scans every object it tracks each
 time the old generation grew by a quarter: with 100,000 peers those full collections held the loop for up to
 0.8 s at a time, in the middle of a step. While a large request is read and applied, the server therefore calls
-``gc.freeze()`` at every step, which moves everything allocated so far out of the collector's generations (and
-leaves it there): a step then costs tens of milliseconds. Frozen objects are still freed by reference counting
-(a removed peer holds no reference cycle, see ``Device.remove_peer``); what the collector no longer finds is a
-reference cycle among objects that existed at a freeze.
+``gc.freeze()`` at every step, which moves everything allocated so far out of the collector's generations: a step
+then costs tens of milliseconds. Frozen objects are still freed by reference counting (a removed peer holds no
+reference cycle, see ``Device.remove_peer``); what the collector no longer finds is a reference cycle among
+objects that existed at a freeze. So after each large request ``thaw_collector`` gives the frozen objects back to
+the collector when there are few of them (``UNFREEZE_BELOW``: after 100,000 peers were removed, about 25,000,
+whose next full collection costs about 10 ms), and keeps them frozen while a large configuration is in place
+(1.3 million objects for 100,000 peers: unfrozen, the next full collection would stop the loop for most of a
+second, and then again whenever the old generation grew by a quarter).
 
 A wgpy extension, served only when the daemon runs in mesh mode (a ``MeshExtension`` is given; ``wg`` never sends
 it, and without the extension it is an unknown operation that closes the connection as before)::
@@ -66,6 +71,7 @@ __all__ = [
     "UapiServer",
     "bind_uapi_socket",
     "socket_path",
+    "thaw_collector",
 ]
 
 logger = logging.getLogger("wgpy.uapi")
@@ -78,6 +84,14 @@ LINES_PER_YIELD: Final = 1000  # set=1 lines parsed between two turns of the eve
 LARGE_REQUEST_PEERS: Final = 1000  # after a set or get of this many peers, free pages go back to the kernel
 FREEZE_AFTER_LINES: Final = 20_000  # set=1 lines after which what was allocated is moved out of the collector's way
 MAX_MESH_DOCUMENT: Final = 16 * 1024 * 1024  # bytes of the mesh_apply document line (= wgpy.mesh MAX_DOCUMENT_SIZE)
+UNFREEZE_BELOW: Final = 200_000  # frozen objects given back to the collector after a large request (ours: ~50 ms)
+
+
+def thaw_collector() -> None:
+    """After a large request: give the objects that ``gc.freeze()`` set aside back to the cyclic collector, unless
+    there are so many that its next full collection would stop the event loop (see the module docstring)."""
+    if 0 < gc.get_freeze_count() <= UNFREEZE_BELOW:
+        gc.unfreeze()
 
 
 def socket_path(ifname: str, directory: Path = SOCKET_DIRECTORY) -> Path:
@@ -122,8 +136,9 @@ class MeshApplyReply:
 class MeshExtension(Protocol):
     """What the server needs from the mesh daemon (``wgpy.mesh.agent.MeshAgent`` implements it)."""
 
-    def apply_document(self, document: bytes) -> MeshApplyReply:
-        """Verify and apply a signed network map document; never raises for bad input."""
+    async def apply_document(self, document: bytes) -> MeshApplyReply:
+        """Verify (off the event loop: a document may be 16 MiB) and apply a signed network map document; never
+        raises for bad input."""
         ...
 
     def configuration_changed(self) -> None:
@@ -181,25 +196,29 @@ class UapiServer:
                         logger.info("UAPI set refused: larger than %d bytes", MAX_SET_REQUEST)
                         writer.write(uapi.format_errno(errno.EMSGSIZE).encode())
                         await writer.drain()
+                        thaw_collector()
                         release_free_memory()
                         await _discard(reader, DISCARD_LIMIT)
                         return  # the rest of the connection cannot be trusted to be in step
                     if isinstance(parsed, UapiError):
                         logger.info("UAPI set refused: %s", parsed)
                         code = parsed.errno
+                        thaw_collector()  # reading may have frozen what the refused request had allocated
                     else:
                         large = len(parsed.peers) >= LARGE_REQUEST_PEERS or parsed.replace_peers
                         async with self._lock:
                             code = await self._set(parsed)
                         parsed = None  # the request's objects go before the trim
                         if large:
+                            thaw_collector()
                             release_free_memory()
                     writer.write(uapi.format_errno(code).encode())
                 elif line == b"mesh_apply=1\n" and self.mesh is not None:
                     document = await _read_long_line(reader, MAX_MESH_DOCUMENT)
                     if document is None or await reader.readline() != b"\n":
                         return  # too long, cut short or not followed by the blank line: apply nothing
-                    reply = self.mesh.apply_document(document)
+                    async with self._lock:  # not while a set is built beside the device (it would refuse its swap)
+                        reply = await self.mesh.apply_document(document)
                     self.tunnel.flush()
                     text = "".join(f"{key}={value}\n" for key, value in reply.fields)
                     writer.write((text + uapi.format_errno(reply.errno)).encode())
@@ -275,11 +294,15 @@ class UapiServer:
             logger.info("UAPI set refused: %s", exc)
             return exc.errno
         large = len(request.peers) >= LARGE_REQUEST_PEERS
-        for _ in uapi.apply_set_steps(tunnel.device, request, monotonic_now()):
-            tunnel.flush()
-            if large:
-                gc.freeze()
-            await asyncio.sleep(0)
+        try:
+            for _ in uapi.apply_set_steps(tunnel.device, request, monotonic_now()):
+                tunnel.flush()
+                if large:
+                    gc.freeze()
+                await asyncio.sleep(0)
+        except UapiError as exc:  # the device was configured otherwise while this was built: nothing changed
+            logger.info("UAPI set refused: %s", exc)
+            return exc.errno
         if self.mesh is not None:
             self.mesh.configuration_changed()
         self.tunnel.flush()

@@ -55,6 +55,7 @@ from __future__ import annotations
 import bisect
 import collections
 import struct
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, Protocol
 
@@ -92,6 +93,7 @@ __all__ = [
     "FilterStats",
     "PacketFilter",
     "PacketFilterHook",
+    "PreparedMap",
     "Verdict",
 ]
 
@@ -172,6 +174,15 @@ _Compiled = tuple[_PortTable, _PortTable, _PortTable, _PortTable]  # indexed by 
 _FragmentKey = tuple[int, int, bytes, bytes, int]  # (direction, proto, src, dst, identification)
 # (src_groups, src has "*", dst_groups, dst has "*", kinds the protocol covers, compiled rule)
 _RuleMatcher = tuple[frozenset[str], bool, frozenset[str], bool, tuple[int, ...], _CompiledRule]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedMap:
+    """A map whose owner table ``PacketFilter.prepare`` built, ready for ``PacketFilter.install``."""
+
+    netmap: NetworkMap | None
+    owners: AllowedIPs[_Owner]
+    signature_of: dict[frozenset[str], int]
 
 
 class PacketFilterHook(Protocol):
@@ -392,14 +403,32 @@ class PacketFilter:
         Returns:
             The number of flows removed.
         """
+        steps = self.prepare(netmap)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                prepared: PreparedMap = done.value
+                return self.install(prepared)
+
+    def prepare(self, netmap: NetworkMap | None, peers_per_step: int = 500) -> Generator[int, None, PreparedMap]:
+        """Build the owner table of ``netmap`` in steps of ``peers_per_step`` peers, beside the table in force (a
+        65,535-peer map takes a second): a generator whose return value ``install`` puts in force at once."""
         owners: AllowedIPs[_Owner] = AllowedIPs()
         signature_of: dict[frozenset[str], int] = {frozenset(): 0}
         if netmap is not None:
-            for peer in netmap.peers:
+            for done, peer in enumerate(netmap.peers, start=1):
                 signature = signature_of.setdefault(peer.groups, len(signature_of))
                 owner = _Owner(peer.public_key, signature)
                 for network in peer.allowed_ips:
                     owners.insert(network, owner)
+                if done % peers_per_step == 0:
+                    yield done
+        return PreparedMap(netmap, owners, signature_of)
+
+    def install(self, prepared: PreparedMap) -> int:
+        """Put a ``prepare``d map in force; returns the number of tracked flows removed (see ``load``)."""
+        netmap, owners, signature_of = prepared.netmap, prepared.owners, prepared.signature_of
         compiled: list[_RuleMatcher] = []
         for rule in netmap.rules if netmap is not None else ():
             compiled.append(

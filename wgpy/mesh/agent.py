@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import json
 import logging
 import os
@@ -55,7 +56,8 @@ from typing import TYPE_CHECKING, Final
 
 from ..crypto import Ed25519PublicKey
 from ..drivers.clock import monotonic_now
-from ..drivers.uapi_server import MeshApplyReply
+from ..drivers.private_file import open_private_append
+from ..drivers.uapi_server import MeshApplyReply, thaw_collector
 from ..errors import ConfigError
 from . import (
     AUDIT_LOGGER_NAME,
@@ -67,7 +69,7 @@ from . import (
     load_management_public_key,
     verify_and_parse,
 )
-from .netmap import MAX_DOCUMENT_SIZE
+from .netmap import MAX_DOCUMENT_SIZE, NetworkMap
 
 if TYPE_CHECKING:
     from ..drivers.asyncio_udp import Tunnel
@@ -89,6 +91,8 @@ logger = logging.getLogger("wgpy.mesh")
 
 POLL_INTERVAL: Final = 1.0  # seconds between looks at the map file and the clocks (ours)
 STATE_VERSION: Final = 1  # the "version" field of the state file (ours)
+LARGE_DOCUMENT: Final = 1024 * 1024  # bytes of a mesh_apply document above which the collector is kept away (ours)
+FREEZE_INTERVAL: Final = 0.05  # seconds between two gc.freeze() while a large document is verified (ours)
 NO_PRIVATE_KEY: Final = "no_private_key"  # the UAPI reason when the device cannot find itself in any map yet
 
 
@@ -285,17 +289,38 @@ class MeshAgent:
 
     # --- inputs ---------------------------------------------------------------------------------------------------
 
-    def apply_document(self, document: bytes) -> MeshApplyReply:
-        """The ``mesh_apply=1`` UAPI extension: apply a signed map, answer with what happened (never raises)."""
+    async def apply_document(self, document: bytes) -> MeshApplyReply:
+        """The ``mesh_apply=1`` UAPI extension: apply a signed map, answer with what happened (never raises).
+
+        A document may be 16 MiB, whose verification (JSON, canonical form, signature, every peer's fields) took
+        5.9 s for 65,535 peers: it runs in a worker thread (``MeshController.verifier``, which reads no state),
+        and the event loop, and so the data plane, keeps running meanwhile. The apply (2.6 s for those peers) runs
+        on the loop in steps, built beside the device and swapped in at once, the serial checked again at the swap.
+        """
         if self.tunnel.device.public_key is None:
-            return MeshApplyReply(
-                errno.EINVAL, (("reason", NO_PRIVATE_KEY), ("detail", "the device has no private key"))
-            )
+            return _no_private_key()
+        now_wall = self.wall_clock()
+        self.controller.note_clock(now_wall, monotonic_now())
+        verify = self.controller.verifier(now_wall)
+        large = len(document) >= LARGE_DOCUMENT
         try:
-            changes = self._apply(document, "the UAPI socket")
+            verifying = asyncio.ensure_future(asyncio.to_thread(verify, document))
+            while large and not verifying.done():
+                # The worker allocates millions of objects; CPython's full collections over them (up to 1.5 s, GIL
+                # held) would stop the loop as surely as verifying on it. As for a large UAPI set (see
+                # drivers/uapi_server.py), move what exists out of the collector's way now and then.
+                gc.freeze()
+                await asyncio.wait((verifying,), timeout=FREEZE_INTERVAL)
+            netmap = await verifying
         except MapRejected as exc:
-            self._log_rejected("the UAPI socket", exc)
-            return MeshApplyReply(errno.EINVAL, (("reason", exc.reason.value), ("detail", _printable(exc.detail))))
+            self.controller.map_rejected(exc, monotonic_now())
+            return self._refused("the UAPI socket", exc)
+        if self.tunnel.device.public_key is None:
+            return _no_private_key()  # removed while the document was verified
+        try:
+            changes = await self._apply_verified(netmap, document, now_wall, "the UAPI socket")
+        except MapRejected as exc:
+            return self._refused("the UAPI socket", exc)
         return MeshApplyReply(
             0,
             (
@@ -305,6 +330,10 @@ class MeshAgent:
                 ("changed", str(len(set(changes.allowed_ips_changed) | set(changes.endpoints_changed)))),
             ),
         )
+
+    def _refused(self, source: str, exc: MapRejected) -> MeshApplyReply:
+        self._log_rejected(source, exc)
+        return MeshApplyReply(errno.EINVAL, (("reason", exc.reason.value), ("detail", _printable(exc.detail))))
 
     def configuration_changed(self) -> None:
         """After a UAPI ``set``: a private key may have arrived, so apply what was waiting for one (and look at the
@@ -341,6 +370,28 @@ class MeshAgent:
         """Apply a document now (the device has its private key). Raises ``MapRejected``; saves the state."""
         now_wall = self.wall_clock()
         changes = self.controller.apply_network_map(self.tunnel.device, document, now_wall, monotonic_now())
+        return self._applied(changes, document, now_wall, source)
+
+    async def _apply_verified(self, netmap: NetworkMap, document: bytes, now_wall: float, source: str) -> MapChanges:
+        """``_apply`` for a document verified already (in a worker thread), in steps between which the event loop
+        runs (``MeshController.apply_verified_steps``). Raises ``MapRejected``."""
+        steps = self.controller.apply_verified_steps(self.tunnel.device, netmap, now_wall, monotonic_now())
+        large = len(document) >= LARGE_DOCUMENT
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                changes: MapChanges = done.value
+                break
+            self.tunnel.flush()
+            if large:
+                gc.freeze()
+            await asyncio.sleep(0)
+        if large:
+            thaw_collector()
+        return self._applied(changes, document, now_wall, source)
+
+    def _applied(self, changes: MapChanges, document: bytes, now_wall: float, source: str) -> MapChanges:
         logger.info(
             "network map serial %d from %s applied: %d peers added, %d removed, %d changed, %d connections cut",
             changes.serial,
@@ -461,6 +512,10 @@ class MeshAgent:
             )
 
 
+def _no_private_key() -> MeshApplyReply:
+    return MeshApplyReply(errno.EINVAL, (("reason", NO_PRIVATE_KEY), ("detail", "the device has no private key")))
+
+
 def _printable(text: str) -> str:
     """``text`` made safe for one ``key=value`` line of the UAPI answer."""
     return "".join(char if " " <= char <= "~" else "?" for char in text)
@@ -565,7 +620,9 @@ def open_audit_log(target: str) -> logging.Handler:
         handler = logging.StreamHandler(sys.stdout)
     else:
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            # The audit log is a security record: the same checks as the key log (no symbolic link, FIFO, hard
+            # link or file of another user; mode 0600).
+            fd, _created = open_private_append(target)
         except OSError as exc:
             raise ConfigError(f"cannot open the audit log {target}: {exc.strerror or exc}") from None
         handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="ascii", errors="replace", buffering=1))
