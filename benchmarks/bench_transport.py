@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -84,6 +85,27 @@ def send_batch(a: Device, packet: bytes, count: int, now: float = NOW) -> list[t
     for _ in range(count):
         send(packet, now)
     return a.datagrams_to_send()
+
+
+def receive_variants(size: int, batch: int, batches: int) -> tuple[Device, Callable[[], None], Callable[[], None]]:
+    """B of a new session, with ``batches`` batches of ``batch`` datagrams of ``size``-byte packets from A, and two
+    ways to take the next batch: one ``receive_datagram`` call a datagram, or one ``receive_datagrams`` call."""
+    session = make_session()
+    packet = ipv4_packet(size)
+    queued = iter([send_batch(session.a, packet, batch) for _ in range(batches)])
+    device = session.b
+
+    def one_by_one() -> None:
+        receive = device.receive_datagram
+        for data, endpoint in next(queued):
+            receive(data, endpoint, NOW)
+        device.packets_to_tun()
+
+    def batched() -> None:
+        device.receive_datagrams(next(queued), NOW)
+        device.packets_to_tun()
+
+    return device, one_by_one, batched
 
 
 def round_trip(a: Device, b: Device, packet: bytes, count: int, now: float = NOW) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,27 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import machineinfo
+
 HERE: Final = Path(__file__).resolve().parent
-
-
-def machine() -> str:
-    """CPU model, cores, kernel, Python, cryptography and OpenSSL versions, as one line."""
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import cryptography
-        from cryptography.hazmat.backends.openssl.backend import backend
-
-        crypto = f"cryptography {cryptography.__version__}, {backend.openssl_version_text()}"
-    except ImportError:
-        crypto = "cryptography missing"
-    return f"{model}, {os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}, {crypto}"
 
 
 def parse_variant(text: str) -> tuple[str, Path, dict[str, str]]:
@@ -93,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     tests = args.tests.split(",")
     variants = [parse_variant(v) for v in args.variant]
     rows: dict[str, dict[str, list[tuple[float, float, float, float, float]]]] = {v[0]: {} for v in variants}
-    lines = [f"engine_ab {args.variant}: {args.rounds} rounds of {args.seconds} s, tests {args.tests}", machine()]
+    lines = [
+        f"engine_ab {args.variant}: {args.rounds} rounds of {args.seconds} s, tests {args.tests}",
+        machineinfo.one_line(),
+    ]
     print("\n".join(lines), flush=True)
     for round_number in range(args.rounds):
         shift = round_number % len(variants)
@@ -125,9 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{median[2]:.2f} (sender {median[3]:.2f}, receiver {median[4]:.2f})"
                 )
                 print(lines[-1])
-    if args.out is not None:
-        with args.out.open("a") as out:
-            out.write("\n".join(lines) + "\n\n")
+    machineinfo.append_report(args.out, lines)
     return 0
 
 

@@ -28,7 +28,7 @@ from typing import Final
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_transport
-from engine_ab import machine
+import machineinfo
 
 import tun.offload as offload
 from wgpy import crypto
@@ -62,23 +62,9 @@ def bench_seal(rounds: int) -> list[str]:
 
 
 def bench_receive(rounds: int) -> list[str]:
-    session = bench_transport.make_session()
-    packet = bench_transport.ipv4_packet(SIZE)
     number = 30
-    batches = iter([bench_transport.send_batch(session.a, packet, BATCH) for _ in range(2 * number * rounds + 2)])
-    device = session.b
-    now = bench_transport.NOW
-
-    def one_by_one() -> None:
-        receive = device.receive_datagram
-        for data, endpoint in next(batches):
-            receive(data, endpoint, now)
-        device.packets_to_tun()
-
-    def batched() -> None:
-        device.receive_datagrams(next(batches), now)
-        device.packets_to_tun()
-
+    device, one_by_one, batched = bench_transport.receive_variants(SIZE, BATCH, 2 * number * rounds + 2)
+    packet = bench_transport.ipv4_packet(SIZE)
     single = best(one_by_one, number, rounds) / BATCH
     many = best(batched, number, rounds) / BATCH
     aead = crypto.Aead(os.urandom(32))
@@ -126,16 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, help="append the report to this text file")
     args = parser.parse_args(argv)
-    lines = [f"engine_micro, best of {args.rounds}: {machine()}; load {os.getloadavg()[0]:.2f}"]
+    lines = [f"engine_micro, best of {args.rounds}: {machineinfo.one_line()}"]
     print(lines[0], flush=True)
     for bench in (bench_seal, bench_receive, bench_split):
         for line in bench(args.rounds):
             lines.append(line)
             print(line, flush=True)
     lines.append(f"load after {os.getloadavg()[0]:.2f}")
-    if args.out is not None:
-        with args.out.open("a") as out:
-            out.write("\n".join(lines) + "\n\n")
+    machineinfo.append_report(args.out, lines)
     return 0
 
 

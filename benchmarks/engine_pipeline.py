@@ -29,7 +29,7 @@ from typing import Any, Final
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_transport
-from engine_ab import machine
+import machineinfo
 
 from wgpy.drivers.asyncio_udp import _SealInPlace
 from wgpy.drivers.udp import UdpSocket
@@ -116,23 +116,7 @@ def bench_send(slices: int) -> str:
 
 
 def bench_receive(slices: int) -> str:
-    session = bench_transport.make_session()
-    packet = bench_transport.ipv4_packet(SIZE)
-    needed = 2 * slices * CALLS_PER_SLICE + 2
-    batches = iter([bench_transport.send_batch(session.a, packet, BATCH) for _ in range(needed)])
-    device = session.b
-    now = bench_transport.NOW
-
-    def one_by_one() -> None:
-        receive = device.receive_datagram
-        for data, endpoint in next(batches):
-            receive(data, endpoint, now)
-        device.packets_to_tun()
-
-    def batched() -> None:
-        device.receive_datagrams(next(batches), now)
-        device.packets_to_tun()
-
+    device, one_by_one, batched = bench_transport.receive_variants(SIZE, BATCH, 2 * slices * CALLS_PER_SLICE + 2)
     result = measure({"single": one_by_one, "batched": batched}, slices, lambda: None)
     assert device.stats.drops == {}, device.stats.drops
     ratio = result["batched"] / result["single"]
@@ -147,15 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=40)
     parser.add_argument("--out", type=Path, help="append the report to this text file")
     args = parser.parse_args(argv)
-    lines = [f"engine_pipeline, medians of {args.slices} slices: {machine()}; load {os.getloadavg()[0]:.2f}"]
+    lines = [f"engine_pipeline, medians of {args.slices} slices: {machineinfo.one_line()}"]
     print(lines[0], flush=True)
     for bench in (bench_send, bench_receive):
         lines.append(bench(args.slices))
         print(lines[-1], flush=True)
     lines.append(f"load after {os.getloadavg()[0]:.2f}")
-    if args.out is not None:
-        with args.out.open("a") as out:
-            out.write("\n".join(lines) + "\n\n")
+    machineinfo.append_report(args.out, lines)
     return 0
 
 

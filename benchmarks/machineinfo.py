@@ -63,5 +63,12 @@ def one_line(info: dict[str, Any] | None = None) -> str:
     )
 
 
+def append_report(path: Path | None, lines: list[str]) -> None:
+    """Append a printed report's lines to ``path`` (a results file kept across runs), if one was given."""
+    if path is not None:
+        with path.open("a") as out:
+            out.write("\n".join(lines) + "\n\n")
+
+
 if __name__ == "__main__":
     print(one_line())
