@@ -9,7 +9,7 @@ A variant is ``NAME=TREE[:ENV=VALUE,...]``: ``TREE/benchmarks/e2e.py --repeat 1`
 wgpy of that tree, so an exported older commit is the baseline) with those environment variables, which the
 daemons inherit (``wgpy/cli/daemon.py`` reads ``WGPY_TUN_TSO``). Each round runs every variant once, in an order
 rotated every round so that a drift in background load hits all alike, and every run has wireguard-go ->
-wireguard-go beside wgpy -> wgpy: what is compared is the wgpy / wireguard-go ratio of each run, and the medians
+wireguard-go beside wgpy -> wgpy (``--reference``: bookworm's ``go-go`` or trixie's ``trixie-trixie``): what is compared is the wgpy / wireguard-go ratio of each run, and the medians
 over the rounds. The machine (CPU model, cores, kernel, Python, cryptography and OpenSSL versions) and the load
 average before and after every run go into the report, a text file.
 """
@@ -52,12 +52,14 @@ def run_once(tree: Path, extra_env: dict[str, str], args: argparse.Namespace) ->
             "--seconds",
             str(args.seconds),
             "--configs",
-            "go-go,wgpy-wgpy",
+            f"{args.reference},wgpy-wgpy",
             "--tests",
             args.tests,
             "--out",
             out,
         ]
+        if args.trixie_wireguard_go is not None:
+            command += ["--trixie-wireguard-go", str(args.trixie_wireguard_go)]
         subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
         report: dict[str, Any] = json.loads((Path(out) / "latest.json").read_text())
         return report
@@ -70,12 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--tests", default="tcp1")
     parser.add_argument("--out", type=Path, help="append the report to this text file")
+    parser.add_argument(
+        "--reference", default="go-go", help="the wireguard-go configuration beside wgpy-wgpy (go-go, trixie-trixie)"
+    )
+    parser.add_argument("--trixie-wireguard-go", type=Path, help="passed on to e2e.py (trixie's binary)")
     args = parser.parse_args(argv)
     tests = args.tests.split(",")
     variants = [parse_variant(v) for v in args.variant]
     rows: dict[str, dict[str, list[tuple[float, float, float, float, float]]]] = {v[0]: {} for v in variants}
     lines = [
-        f"engine_ab {args.variant}: {args.rounds} rounds of {args.seconds} s, tests {args.tests}",
+        f"engine_ab {args.variant}: {args.rounds} rounds of {args.seconds} s, tests {args.tests}, "
+        f"reference ('go' below) {args.reference}",
         machineinfo.one_line(),
     ]
     print("\n".join(lines), flush=True)
@@ -86,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = run_once(tree, env, args)
             after = os.getloadavg()[0]
             for test in tests:
-                go = report["results"]["go-go"]["median"][test]
+                go = report["results"][args.reference]["median"][test]
                 py = report["results"]["wgpy-wgpy"]["median"][test]
                 key = "mbit_per_second" if test.startswith("tcp") else "packets_per_second"
                 go_value, py_value = float(go[key]), float(py[key])
@@ -105,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if samples:
                 median = [statistics.median(s[i] for s in samples) for i in range(5)]
                 lines.append(
-                    f"median {name} {test}: wgpy {median[0]:.0f}, ratio to go-go {median[1]:.3f}, CPU s/GB wgpy "
+                    f"median {name} {test}: wgpy {median[0]:.0f}, ratio to {args.reference} {median[1]:.3f}, CPU s/GB wgpy "
                     f"{median[2]:.2f} (sender {median[3]:.2f}, receiver {median[4]:.2f})"
                 )
                 print(lines[-1])

@@ -7,8 +7,10 @@ Usage: ``python benchmarks/engine_micro.py [--rounds 7] [--out FILE]``
   ``encrypt`` alone as the floor.
 - ``receive``: 64 transport messages of 1420-byte packets into a device: ``receive_datagram`` on each against one
   ``receive_datagrams``, and ``decrypt`` alone as the floor.
-- ``split``: a TCP super-packet of N segments of 1368 bytes (a 1420-byte MTU with timestamps) cut by the
-  pure-Python loop and by numpy.
+- ``split``: a TCP super-packet of N segments of 1368 bytes (a 1420-byte MTU with timestamps) cut by
+  ``gso_split`` (payload sums from one numpy row sum), by it with numpy hidden, and (``--baseline TREE``) by that
+  tree's ``gso_split``.
+- ``checksum``: ``gso_none_checksum`` of one 1420-byte TCP packet (here, and in ``--baseline TREE``).
 
 Every figure is the best of ``--rounds`` timeit repeats, in microseconds per packet (or per segment). The machine
 (CPU model, cores, kernel, Python, cryptography/OpenSSL) and the load average are printed with them.
@@ -17,12 +19,14 @@ Every figure is the best of ``--rounds`` timeit repeats, in microseconds per pac
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import struct
 import sys
 import timeit
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -87,35 +91,74 @@ def _super_packet(segments: int) -> tuple[bytes, offload.VirtioNetHdr]:
     return ip + tcp, hdr
 
 
-def bench_split(rounds: int) -> list[str]:
+def _load_offload(tree: Path) -> ModuleType:
+    """``tun/offload.py`` of another tree (an exported older commit), imported under another name."""
+    spec = importlib.util.spec_from_file_location("baseline_offload", tree / "tun" / "offload.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no tun/offload.py in {tree}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_split(rounds: int, baseline: Path | None = None) -> list[str]:
+    """Per segment: the loop (numpy row sums), the loop without numpy (hidden), and ``baseline``'s split."""
+    old = _load_offload(baseline) if baseline is not None else None
+    names = vars(offload)
     lines = []
-    for segments in (4, 8, 16, 32, 47):
+    for segments in (2, 4, 8, 16, 32, 47):
         packet, hdr = _super_packet(segments)
         number = max(50, 2000 // segments)
-        saved = offload.VECTOR_MIN_SEGMENTS
+        expected = offload.gso_split(packet, hdr)
+        numpy = names["_np"]
+        figures = [("here", best(lambda: offload.gso_split(packet, hdr), number, rounds))]  # noqa: B023
         try:
-            offload.VECTOR_MIN_SEGMENTS = 10**9  # type: ignore[misc]
-            looped = best(lambda: offload.gso_split(packet, hdr), number, rounds) / segments  # noqa: B023
-            offload.VECTOR_MIN_SEGMENTS = 0  # type: ignore[misc]
-            vectorized = best(lambda: offload.gso_split(packet, hdr), number, rounds) / segments  # noqa: B023
+            names["_np"] = None
+            assert offload.gso_split(packet, hdr) == expected
+            figures.append(("here without numpy", best(lambda: offload.gso_split(packet, hdr), number, rounds)))  # noqa: B023
         finally:
-            offload.VECTOR_MIN_SEGMENTS = saved  # type: ignore[misc]
+            names["_np"] = numpy
+        if old is not None:  # as it runs there (numpy rows from VECTOR_MIN_SEGMENTS on, if it has them)
+            assert old.gso_split(packet, hdr) == expected
+            figures.append(("baseline", best(lambda: old.gso_split(packet, hdr), number, rounds)))  # noqa: B023
         lines.append(
-            f"split {segments:2d} x {MSS} B: loop {looped * 1e6:.3f} us/segment, numpy {vectorized * 1e6:.3f} "
-            f"us/segment ({vectorized / looped:.3f}x)"
+            f"split {segments:2d} x {MSS} B, us/segment: "
+            + ", ".join(f"{label} {seconds / segments * 1e6:.3f}" for label, seconds in figures)
         )
     return lines
+
+
+def bench_checksum(rounds: int, baseline: Path | None = None) -> list[str]:
+    """``gso_none_checksum`` of one TCP packet (a NEEDS_CSUM read without GSO), here and in ``baseline``."""
+    old = _load_offload(baseline) if baseline is not None else None
+    packet, _hdr = _super_packet(1)
+    figures = [("here", best(lambda: offload.gso_none_checksum(bytearray(packet), 20, 16), 5000, rounds))]
+    if old is not None:
+        figures.append(("baseline", best(lambda: old.gso_none_checksum(bytearray(packet), 20, 16), 5000, rounds)))
+    return [
+        f"gso_none_checksum of a {len(packet)}-byte TCP packet, us: "
+        + ", ".join(f"{label} {seconds * 1e6:.3f}" for label, seconds in figures)
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, help="append the report to this text file")
+    parser.add_argument("--baseline", type=Path, help="also time tun/offload.py of this tree (an older commit)")
+    parser.add_argument("--only", help="comma-separated subset of: seal,receive,split,checksum")
     args = parser.parse_args(argv)
     lines = [f"engine_micro, best of {args.rounds}: {machineinfo.one_line()}"]
     print(lines[0], flush=True)
-    for bench in (bench_seal, bench_receive, bench_split):
-        for line in bench(args.rounds):
+    benches: dict[str, Callable[[], list[str]]] = {
+        "seal": lambda: bench_seal(args.rounds),
+        "receive": lambda: bench_receive(args.rounds),
+        "split": lambda: bench_split(args.rounds, args.baseline),
+        "checksum": lambda: bench_checksum(args.rounds, args.baseline),
+    }
+    chosen = args.only.split(",") if args.only else list(benches)
+    for name in chosen:
+        for line in benches[name]():
             lines.append(line)
             print(line, flush=True)
     lines.append(f"load after {os.getloadavg()[0]:.2f}")

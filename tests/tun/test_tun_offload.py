@@ -276,35 +276,34 @@ def test_split_property(
         assert_valid(segment)
 
 
-def test_numpy_is_there_so_super_packets_are_cut_vectorized() -> None:
+def test_numpy_is_there_for_the_row_sums() -> None:
     # numpy is a dev dependency: without it TSO stays off in the daemon, and this test says so.
-    pytest.importorskip("numpy", reason="numpy is not installed: gso_split has only its pure-Python loop")
+    pytest.importorskip("numpy", reason="numpy is not installed: gso_split has only its pure-Python sums")
     assert tun.offload.VECTORIZED_SPLIT
 
 
 def _split_both_ways(packet: bytes, mss: int, monkeypatch: pytest.MonkeyPatch) -> tuple[list[bytes], list[bytes]]:
-    """``handle_virtio_read`` of the TSO record with the vectorized path forced on, then forced off."""
+    """``handle_virtio_read`` of the TSO record with numpy's row sums, then with numpy hidden (int.from_bytes)."""
     record = tso_record(packet, mss)
-    monkeypatch.setattr(tun.offload, "VECTOR_MIN_SEGMENTS", 0)
-    vectorized = handle_virtio_read(record)
-    monkeypatch.setattr(tun.offload, "VECTOR_MIN_SEGMENTS", 10**9)
-    looped = handle_virtio_read(record)
-    return vectorized, looped
+    with_numpy = handle_virtio_read(record)
+    monkeypatch.setattr(tun.offload, "_np", None)
+    without_numpy = handle_virtio_read(record)
+    return with_numpy, without_numpy
 
 
 @pytest.mark.parametrize("version", [4, 6])
 @pytest.mark.parametrize("options", [b"", TIMESTAMPS], ids=["no-options", "timestamps"])
 @pytest.mark.parametrize("flags", [ACK, ACK | PSH | FIN, ACK | CWR | PSH | FIN], ids=["A", "APF", "ACPF"])
-def test_vectorized_split_of_a_full_super_packet(
+def test_full_super_packet_split_with_and_without_numpy(
     version: int, options: bytes, flags: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What a 1420-byte-MTU tunnel reads: 47 segments of 1368 bytes and a short odd one, seq and id wrapping."""
-    pytest.importorskip("numpy", reason="numpy is not installed: there is no vectorized path to test")
+    pytest.importorskip("numpy", reason="numpy is not installed: there are no row sums to test")
     payload = random.Random(7).randbytes(47 * 1368 + 1001)
     packet = tcp_packet(version, payload=payload, options=options, flags=flags, seq=0xFFFF0000, ip_id=0xFFF0, seed=True)
-    vectorized, looped = _split_both_ways(packet, 1368, monkeypatch)
-    assert vectorized == reference_split(packet, 1368) == looped
-    for segment in vectorized:
+    with_numpy, without_numpy = _split_both_ways(packet, 1368, monkeypatch)
+    assert with_numpy == reference_split(packet, 1368) == without_numpy
+    for segment in with_numpy:
         assert_valid(segment)  # RFC 1071, computed by the test's own routine
 
 
@@ -319,22 +318,78 @@ def test_vectorized_split_of_a_full_super_packet(
     ip_id=st.integers(0, 0xFFFF),
     seed=st.integers(0, 2**32),
 )
-def test_vectorized_split_property(
+def test_split_with_numpy_row_sums_property(
     version: int, size: int, half_mss: int, flags: int, options: bytes, seq: int, ip_id: int, seed: int
 ) -> None:
-    """Any even MSS and payload (a short or odd-length last segment, one segment only...): the vectorized cut is
-    the reference's, byte for byte, and every segment checks out under RFC 1071."""
-    pytest.importorskip("numpy", reason="numpy is not installed: there is no vectorized path to test")
+    """Any even MSS and payload (a short or odd-length last segment, one segment only...): the cut with numpy's row
+    sums is the reference's, byte for byte, and every segment checks out under RFC 1071."""
+    pytest.importorskip("numpy", reason="numpy is not installed: there are no row sums to test")
     mss = 2 * max(half_mss, -(-size // 400))  # at most 200 segments, to keep the example fast
     header_room = 60 + 20 + len(options)
     size = min(size, MAX_PACKET_SIZE - header_room)
     payload = random.Random(seed).randbytes(size)
     packet = tcp_packet(version, payload=payload, options=options, flags=flags, seq=seq, ip_id=ip_id, seed=True)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        vectorized, looped = _split_both_ways(packet, mss, monkeypatch)
-    assert vectorized == reference_split(packet, mss) == looped
-    for segment in vectorized:
+        with_numpy, without_numpy = _split_both_ways(packet, mss, monkeypatch)
+    assert with_numpy == reference_split(packet, mss) == without_numpy
+    for segment in with_numpy:
         assert_valid(segment)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    version=st.sampled_from([4, 6]),
+    segments=st.integers(1, 48),
+    mss=st.sampled_from([1, 2, 3, 536, 1367, 1368, 1348, 1448, 9000]),
+    short=st.integers(0, 1500),
+    flags=st.sampled_from([ACK, ACK | PSH | FIN, ACK | CWR | PSH]),
+    options=st.sampled_from([b"", TIMESTAMPS]),
+    seq=st.integers(0, 2**32 - 1),
+    seed=st.integers(0, 2**32),
+    numpy=st.booleans(),
+)
+def test_split_with_and_without_numpy_row_sums(
+    version: int,
+    segments: int,
+    mss: int,
+    short: int,
+    flags: int,
+    options: bytes,
+    seq: int,
+    seed: int,
+    numpy: bool,
+) -> None:
+    """The loop takes its payload sums from one numpy row sum (even MSS, two full segments or more) or from
+    int.from_bytes per segment (odd MSS, or numpy absent: forced here by hiding it); a full-size last segment shares
+    the row sum. Either way the segments are the reference's, byte for byte, and valid under the test's RFC 1071."""
+    if numpy:
+        pytest.importorskip("numpy", reason="numpy is not installed: there is no row-sum path to test")
+    size = min(segments * mss + short % mss, MAX_PACKET_SIZE - 60 - 20 - len(options))
+    payload = random.Random(seed).randbytes(max(size, 1))
+    packet = tcp_packet(version, payload=payload, options=options, flags=flags, seq=seq, seed=True)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        if not numpy:
+            monkeypatch.setattr(tun.offload, "_np", None)
+        segments_cut = handle_virtio_read(tso_record(packet, mss))
+    assert segments_cut == reference_split(packet, mss)
+    for segment in segments_cut:
+        assert_valid(segment)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 767, 768, 769, 1400, 1401, 65535])
+def test_needs_csum_with_and_without_numpy_sums(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gso_none_checksum over packets either side of the size where its sum moves to numpy, odd and even, against
+    the test's own RFC 1071 routine, with numpy and with it hidden."""
+    payload = random.Random(size).randbytes(size)
+    partial = udp_packet(4, payload, seed=True) if size <= 65507 else udp_packet(6, payload[:65000], seed=True)
+    ip_len = ip_header_length(partial)
+    for hide in (False, True):
+        if hide:
+            monkeypatch.setattr(tun.offload, "_np", None)
+        packet = bytearray(partial)
+        gso_none_checksum(packet, ip_len, 6)
+        assert transport_checksum_ok(bytes(packet))
+        assert packet == udp_packet(4 if size <= 65507 else 6, payload if size <= 65507 else payload[:65000])
 
 
 @settings(max_examples=150, deadline=None)
