@@ -10,6 +10,7 @@ Usage: ``python benchmarks/engine_micro.py [--rounds 7] [--out FILE]``
 - ``split``: a TCP super-packet of N segments of 1368 bytes (a 1420-byte MTU with timestamps) cut by
   ``gso_split`` (payload sums from one numpy row sum), by it with numpy hidden, and (``--baseline TREE``) by that
   tree's ``gso_split``.
+- ``gro``: ``handle_gro`` of 64 segments of one flow (a UDP GRO read's worth), here and in ``--baseline TREE``.
 - ``checksum``: ``gso_none_checksum`` of one 1420-byte TCP packet (here, and in ``--baseline TREE``).
 
 Every figure is the best of ``--rounds`` timeit repeats, in microseconds per packet (or per segment). The machine
@@ -81,11 +82,11 @@ def bench_receive(rounds: int) -> list[str]:
     ]
 
 
-def _super_packet(segments: int) -> tuple[bytes, offload.VirtioNetHdr]:
+def _super_packet(segments: int, seq: int = 1) -> tuple[bytes, offload.VirtioNetHdr]:
     """An IPv4 TCP super-packet with timestamps, as the kernel hands it (pseudo-header seed in the checksum)."""
     payload = bytes(i & 0xFF for i in range(segments * MSS))
     options = struct.pack("!BBBBII", 1, 1, 8, 10, 1, 2)
-    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 1, 1, 8 << 4, 0x10, 500, 0, 0) + options + payload
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, 8 << 4, 0x10, 500, 0, 0) + options + payload
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, bytes(4), bytes(4))
     hdr = offload.VirtioNetHdr(1, offload.VIRTIO_NET_HDR_GSO_TCPV4, 52, MSS, 20, 16)
     return ip + tcp, hdr
@@ -128,6 +129,24 @@ def bench_split(rounds: int, baseline: Path | None = None) -> list[str]:
     return lines
 
 
+def bench_gro(rounds: int, baseline: Path | None = None) -> list[str]:
+    """``handle_gro`` of 64 decrypted segments of one flow (what one UDP GRO read brings), here and in ``baseline``;
+    the segments are those the kernel's super-packets are cut into (two of them: 47 and 17 segments)."""
+    old = _load_offload(baseline) if baseline is not None else None
+    first, hdr = _super_packet(47)
+    second, hdr2 = _super_packet(17, seq=1 + 47 * MSS)
+    segments = offload.gso_split(first, hdr) + offload.gso_split(second, hdr2)
+    records = offload.handle_gro(segments)
+    figures = [("here", best(lambda: offload.handle_gro(segments), 200, rounds))]
+    if old is not None:
+        assert old.handle_gro(segments) == records
+        figures.append(("baseline", best(lambda: old.handle_gro(segments), 200, rounds)))
+    return [
+        f"handle_gro of {len(segments)} segments of {MSS} B into {len(records)} records, us/segment: "
+        + ", ".join(f"{label} {seconds / len(segments) * 1e6:.3f}" for label, seconds in figures)
+    ]
+
+
 def bench_checksum(rounds: int, baseline: Path | None = None) -> list[str]:
     """``gso_none_checksum`` of one TCP packet (a NEEDS_CSUM read without GSO), here and in ``baseline``."""
     old = _load_offload(baseline) if baseline is not None else None
@@ -146,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, help="append the report to this text file")
     parser.add_argument("--baseline", type=Path, help="also time tun/offload.py of this tree (an older commit)")
-    parser.add_argument("--only", help="comma-separated subset of: seal,receive,split,checksum")
+    parser.add_argument("--only", help="comma-separated subset of: seal,receive,split,checksum,gro")
     args = parser.parse_args(argv)
     lines = [f"engine_micro, best of {args.rounds}: {machineinfo.one_line()}"]
     print(lines[0], flush=True)
@@ -155,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "receive": lambda: bench_receive(args.rounds),
         "split": lambda: bench_split(args.rounds, args.baseline),
         "checksum": lambda: bench_checksum(args.rounds, args.baseline),
+        "gro": lambda: bench_gro(args.rounds, args.baseline),
     }
     chosen = args.only.split(",") if args.only else list(benches)
     for name in chosen:
