@@ -44,6 +44,7 @@ _V6_PAYLOAD_LENGTH_OFFSET: Final = 4  # RFC 8200 §3
 _V6_SRC_OFFSET: Final = 8  # RFC 8200 §3
 _V6_DST_OFFSET: Final = 24  # RFC 8200 §3
 _MIN_IHL: Final = 5  # RFC 791 §3.1: IHL counts 32-bit words and is at least 5
+_V4_NO_OPTIONS: Final = 0x45  # RFC 791 §3.1: version 4, IHL 5 (the first byte of nearly every IPv4 packet)
 
 
 def _total_length(packet: bytes | bytearray | memoryview, size: int) -> tuple[int, int]:
@@ -99,7 +100,11 @@ def parse_header(packet: bytes | bytearray | memoryview) -> tuple[int, int, byte
 
 def destination(packet: bytes | bytearray | memoryview) -> bytes | None:
     """The destination address of a valid IP header, or ``None`` exactly when :func:`parse_header` is."""
-    version, _total = _total_length(packet, len(packet))
+    size = len(packet)
+    if size >= IPV4_HEADER_SIZE and packet[0] == _V4_NO_OPTIONS:  # the common case, without a second call
+        total = (packet[_V4_TOTAL_LENGTH_OFFSET] << 8) | packet[_V4_TOTAL_LENGTH_OFFSET + 1]
+        return bytes(packet[_V4_DST_OFFSET:IPV4_HEADER_SIZE]) if IPV4_HEADER_SIZE <= total <= size else None
+    version, _total = _total_length(packet, size)
     if version == 4:
         return bytes(packet[_V4_DST_OFFSET:IPV4_HEADER_SIZE])
     if version == 6:
@@ -112,7 +117,13 @@ def source_and_length(packet: bytes | bytearray | memoryview) -> tuple[bytes, in
 
     The receive path needs only these two fields, once per packet.
     """
-    version, total = _total_length(packet, len(packet))
+    size = len(packet)
+    if size >= IPV4_HEADER_SIZE and packet[0] == _V4_NO_OPTIONS:  # the common case, without a second call
+        total = (packet[_V4_TOTAL_LENGTH_OFFSET] << 8) | packet[_V4_TOTAL_LENGTH_OFFSET + 1]
+        if IPV4_HEADER_SIZE <= total <= size:
+            return bytes(packet[_V4_SRC_OFFSET:_V4_DST_OFFSET]), total
+        return None
+    version, total = _total_length(packet, size)
     if version == 4:
         return bytes(packet[_V4_SRC_OFFSET:_V4_DST_OFFSET]), total
     if version == 6:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wgpy.ip import IPV4_HEADER_SIZE, IPV6_HEADER_SIZE, destination, parse_header, source
+from wgpy.ip import IPV4_HEADER_SIZE, IPV6_HEADER_SIZE, destination, parse_header, source, source_and_length
 
 V4_SRC = bytes([192, 0, 2, 1])
 V4_DST = bytes([198, 51, 100, 2])
@@ -117,6 +117,8 @@ def test_buffers_other_than_bytes(kind: type[bytearray] | type[memoryview]) -> N
         assert all(type(field) is bytes for field in result[2:])
         assert type(source(buffer)) is bytes
         assert type(destination(buffer)) is bytes
+        inner = source_and_length(buffer)
+        assert inner is not None and type(inner[0]) is bytes
 
 
 def test_addresses_are_copies_of_header_bytes() -> None:
@@ -180,6 +182,7 @@ def test_parse_header_never_raises(packet: bytes) -> None:
     # The fast helpers agree with parse_header on every input.
     assert source(packet) == (None if result is None else result[2])
     assert destination(packet) == (None if result is None else result[3])
+    assert source_and_length(packet) == (None if result is None else (result[2], result[1]))
 
 
 @given(
@@ -196,6 +199,9 @@ def test_header_fields_fuzzed(version: int, ihl: int, total_length: int, rest: b
     if version == 4:
         valid = size >= 20 and ihl >= 5 and ihl * 4 <= total_length <= size
         assert (result is not None) == valid
+        # The IPv4 fast paths (first byte 0x45) of destination and source_and_length follow the same rules.
+        assert (destination(packet) is not None) == valid
+        assert source_and_length(packet) == ((packet[12:16], total_length) if valid else None)
         if result is not None:
             assert result[:2] == (4, total_length)
             assert result[2:] == (packet[12:16], packet[16:20])
