@@ -616,9 +616,10 @@ def handle_gro(packets: Sequence[bytes], *, needs_csum: bool = False) -> list[by
     # packet is looked at: bulk TCP is long runs of one flow, and this path does about half the work per segment.
     hot: _Flow | None = None
     hot_key = b""
-    hot_match: tuple[int, int, bytes] = (0, 0, b"")
+    hot_tail = b""
     hot_glued: list[bytes] = []
-    hot_next = hot_gso = hot_length = hot_terms = 0
+    hot_next = hot_gso = hot_length = hot_terms = hot_head = hot_fields = hot_word = hot_tcp_len = 0
+    not_psh = ~_PSH_IN_WORD
     for packet in packets:
         size = len(packet)
         if size >= 40 and packet[0] == 0x45 and packet[9] == IPPROTO_TCP:
@@ -626,17 +627,23 @@ def handle_gro(packets: Sequence[bytes], *, needs_csum: bool = False) -> list[by
             if hot is not None and key == hot_key:
                 hdr_len = 20 + ((word >> 26) & 0x3C)
                 payload_size = size - hdr_len
-                # Equal match => the same data offset and flags but PSH (ACK), and no fragment (the flow's first
-                # packet had none); the rest is the general path's gluing condition.
+                # The flow's match, compared field by field (IP words, the ack|offset|flags|window word but PSH,
+                # urgent pointer and options): equal => the same data offset, flags ACK (PSH allowed) and no
+                # fragment, as the flow's first packet; the rest is the general path's gluing condition.
                 if (
                     seq == hot_next
                     and total == size
                     and 0 < payload_size <= hot_gso
                     and hot_length + payload_size <= MAX_PACKET_SIZE
-                    and ((head << 32) | fields, word & ~_PSH_IN_WORD, packet[38:hdr_len]) == hot_match
+                    and fields == hot_fields
+                    and word & not_psh == hot_word
+                    and head == hot_head
+                    and packet[38:hdr_len] == hot_tail
                 ):
                     flags = (word >> 16) & 0xFF
-                    hot_terms += payload_size + hdr_len - 20 + (seq >> 16) + (seq & 0xFFFF) + flags + csum
+                    # The general path's terms modulo 0xFFFF, which is all _finish uses: seq = (seq >> 16) +
+                    # (seq & 0xFFFF) there (2**16 = 1), and the TCP header length is the flow's.
+                    hot_terms += payload_size + hot_tcp_len + seq + flags + csum
                     hot_glued.append(packet)
                     hot_length += payload_size
                     hot_next = (seq + payload_size) & 0xFFFFFFFF
@@ -723,8 +730,10 @@ def handle_gro(packets: Sequence[bytes], *, needs_csum: bool = False) -> list[by
                 flow.open = False
                 continue
         if ip_len == 20 and not flow.gso_size & 1:  # open, IPv4, even: the next segment may take the fast path
-            hot, hot_key, hot_match, hot_glued = flow, key, flow.match, flow.glued
+            hot, hot_key, hot_glued = flow, key, flow.glued
             hot_next, hot_gso, hot_length, hot_terms = flow.next_seq, flow.gso_size, flow.length, flow.terms
+            first_head, hot_word, hot_tail = flow.match
+            hot_head, hot_fields, hot_tcp_len = first_head >> 32, first_head & 0xFFFFFFFF, flow.hdr_len - 20
     if hot is not None:
         hot.spill(hot_next, hot_length, hot_terms)
     return [_finish(item, needs_csum) if isinstance(item, _Flow) else item for item in out]
