@@ -44,7 +44,8 @@ verified in a network namespace by ``tests/tun/test_tun_offload_linux.py``):
 Costs (CPython 3.11 on the 2-core test machine): ``handle_gro`` about 0.8 us per segment (64 segments of 1368 bytes,
 ``benchmarks/engine_micro.py``: a segment continuing the previous packet's flow takes a fast path with the flow's
 fields in locals), then one write of about 9-13 us for 45 segments, against 2.3-3.2 us for each single-segment
-write, which makes writes cheaper in the daemon and the receiving side of the kernel far cheaper. The read side needs every segment's TCP checksum, which the kernel would otherwise have computed in C. In pure Python
+write, which makes writes cheaper in the daemon and the receiving side of the kernel far cheaper. The read side
+needs every segment's TCP checksum, which the kernel would otherwise have computed in C. In pure Python
 (``int.from_bytes`` and a reduction, ~2 us per 1448 bytes) the cut cost about 2.5 us per segment, against about
 1.1-2 us per plain read. So ``gso_split`` takes the payload sums of all full segments from one numpy row sum over
 the super-packet read in place as 16-bit words (``_payload_sums``, about 6 us for 47 segments) and builds each
