@@ -101,9 +101,9 @@ def _open_tun(name: str) -> TunDevice:
     """The interface's TUN device, with virtio-net header offloads where the kernel takes them.
 
     Offload mode glues the TCP segments of one flow into one write (``tun.offload``); TSO on reads stays off unless
-    ``WGPY_TUN_TSO=1`` (and numpy is there to cut the super-packets): measured end to end it costs the sending
-    daemon more CPU per GB than the reads it saves (``benchmarks/results/engine-*.txt``). ``WGPY_TUN_OFFLOAD=0``
-    turns offloads off.
+    ``WGPY_TUN_TSO=1`` (and numpy is there for the segments' payload sums): measured end to end, cutting the
+    super-packets costs the sending daemon about what the reads it saves did, so it gains nothing yet
+    (``benchmarks/results/engine-*.txt``, ``engine2-*.txt``). ``WGPY_TUN_OFFLOAD=0`` turns offloads off.
     """
     from tun import TunError, open_tun
 
