@@ -303,7 +303,7 @@ class ManagementServer:
         self.hub.tick_hooks.append(self.sweep)
         self._verify_key = keys.verify_keys()
         #: NAT traversal's frames on the stream (``wgpy.nat.io.server``): candidate forwarding, TURN credentials.
-        self.nat = NatSignal(self.maps, self.hub, clock=clock)
+        self.nat = NatSignal(self.hub, clock=clock)
         #: Path reports (``pathreport.py``): accepted, and what was dropped, ignored or refused, for operators.
         self.path_reports: collections.Counter[str] = collections.Counter()
         self.dashboard: Dashboard | None = None  # mounted by ``app()``
@@ -719,11 +719,10 @@ class ManagementServer:
         if not ws.can_prepare(request).ok:
             raise ApiError(400, "not_websocket", "this route needs a WebSocket upgrade")
         await ws.prepare(request)
-        stream = self.hub.attach(auth.row.id, ws)
+        stream = self.hub.attach(auth.row.id, ws, auth.row.public_key)
         if stream is None:
             await ws.close(code=1013, message=b"too many connections")
             return ws
-        stream.own_key = auth.row.public_key
         try:
             async for message in ws:
                 if message.type != WSMsgType.TEXT:
@@ -743,7 +742,7 @@ class ManagementServer:
                     if isinstance(serial, int) and not isinstance(serial, bool) and serial <= stream.sent_serial:
                         stream.acked_serial = max(stream.acked_serial, serial)
                 elif kind in NAT_FRAMES:
-                    if not await self.nat.handle(auth.row.id, data, request.remote):
+                    if not self.nat.handle(stream, data, request.remote):
                         break
                 elif kind == "paths":
                     await self._path_report(stream, data)
