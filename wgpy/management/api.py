@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -45,6 +46,7 @@ from .pathreport import PathReportError, parse_path_report, summary
 from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid_name
 from .proof import HEADER_KEY, NonceCache, ProofError, verify_proof
 from .push import Change, MapService, PeerStream, PushHub
+from .ratelimit import RateLimits, SourceLimiter, route_class, source_of
 from .store import AdminToken, AuditRow, GroupRow, PeerRow, PolicyRow, RefreshTokenRow, SetupKeyRow, secret_hash
 
 if TYPE_CHECKING:
@@ -288,6 +290,7 @@ class ManagementServer:
         network: str = enrolment.DEFAULT_NETWORK,
         clock: Callable[[], float] = time.time,
         max_streams: int = 20000,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.sessions = sessions
         self.writers = sessions
@@ -306,6 +309,9 @@ class ManagementServer:
         self.nat = NatSignal(self.hub, clock=clock)
         #: Path reports (``pathreport.py``): accepted, and what was dropped, ignored or refused, for operators.
         self.path_reports: collections.Counter[str] = collections.Counter()
+        #: Per-source limits of the enrolment, login and signed peer routes (``ratelimit.py``); ``limiter.refused``
+        #: counts the requests answered 429.
+        self.limiter = SourceLimiter(rate_limits)
         self.dashboard: Dashboard | None = None  # mounted by ``app()``
 
     def __repr__(self) -> str:
@@ -314,7 +320,7 @@ class ManagementServer:
     # --- application -------------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors], client_max_size=MAX_POLICY_SIZE + 1)
+        app = web.Application(middlewares=[_errors, self._rate_limit], client_max_size=MAX_POLICY_SIZE + 1)
         r = app.router
         r.add_get("/api/v1/info", self.info)
         r.add_post("/api/v1/enrol", self.enrol)
@@ -358,6 +364,22 @@ class ManagementServer:
                 audit.drop_pending(session)
                 raise
             audit.emit_pending(session)
+
+    @web.middleware
+    async def _rate_limit(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Refuse a source over its budget before the body is read or anything checked (``ratelimit.py``)."""
+        kind = route_class(request.method, request.path)
+        if kind is not None:
+            limiter = self.limiter
+            source = source_of(request.remote, request.headers.get("X-Forwarded-For"), limiter.config.trusted_proxies)
+            wait = limiter.allow(kind, source)
+            if wait > 0:  # not logged: a flood would flood the log; counted in limiter.refused
+                response = _error_response(429, "rate_limited", "too many requests from this address; try again later")
+                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                return response
+        return await handler(request)
 
     # --- input ---------------------------------------------------------------------------------------------------
 
