@@ -69,6 +69,7 @@ WS_HEARTBEAT: Final = 30.0  # seconds between WebSocket pings (ours)
 MAX_AUDIT_PAGE: Final = 1000  # events in one audit answer (ours)
 MAX_LIST: Final = 100_000  # setup keys or peers in one list answer (ours)
 ENROL_RETRIES: Final = 5  # attempts when two enrolments race for one address (ours)
+ADDRESS_PROBE_BATCH: Final = 256  # pool addresses looked up in one query when allocating (ours)
 SETUP_KEY_PREFIX: Final = "wgsk_"  # (ours) lets secret scanners and operators recognise a setup key
 ADMIN_TOKEN_PREFIX: Final = "wgat_"  # noqa: S105 (ours: a prefix, not a secret)
 _PEER_ENROL_FIELDS: Final = frozenset({"setup_key", "public_key", "name", "endpoint"})
@@ -312,6 +313,7 @@ class ManagementServer:
         #: Per-source limits of the enrolment, login and signed peer routes (``ratelimit.py``); ``limiter.refused``
         #: counts the requests answered 429.
         self.limiter = SourceLimiter(rate_limits)
+        self._address_floor = 0  # every pool address below it is held by a peer row (``_allocate_address``)
         self.dashboard: Dashboard | None = None  # mounted by ``app()``
 
     def __repr__(self) -> str:
@@ -554,23 +556,8 @@ class ManagementServer:
                 existing.public_key = f"deleted:{existing.id}"  # frees the unique key for the new peer
                 await session.flush()
             await store.lock_address_pool(session)
-            taken: set[int] = set()
-            stale: list[str] = []
-            for held, released_at in (
-                await session.execute(select(PeerRow.address, PeerRow.released_at).where(PeerRow.address.is_not(None)))
-            ).all():
-                if held is None:
-                    continue
-                value = int(ipaddress.IPv4Address(held))
-                if released_at is None or enrolment.quarantined(released_at, now):
-                    taken.add(value)
-                else:
-                    stale.append(held)
-            try:
-                address = enrolment.allocate_address(self.network, taken)
-            except EnrolmentError as exc:
-                raise ApiError(exc.status, exc.code, exc.detail) from None
-            if address in stale:
+            address, stale = await self._allocate_address(session, now)
+            if stale:  # its old peer's quarantine is over: that row lets go of it
                 await session.execute(update(PeerRow).where(PeerRow.address == address).values(address=None))
             peer_id = _new_id()
             peer = PeerRow(
@@ -612,6 +599,48 @@ class ManagementServer:
                 },
             )
         return peer, pair
+
+    async def _allocate_address(self, session: AsyncSession, now: float) -> tuple[str, bool]:
+        """The lowest free address of the pool, reading only what it needs; ``True`` if a released peer's row still
+        holds it (its quarantine over). Called under ``store.lock_address_pool``.
+
+        An address is free when no row holds it, or when the row holding it was released before the quarantine.
+        Rows are never deleted and a row lets go of its address only in the transaction that gives it to another
+        (below), so an address held once stays held: every address below ``_address_floor`` was seen held, and
+        stays so, whichever replica enrols. The free ones below it are then only the released rows' addresses whose
+        quarantine is over (one query over the released rows); from the floor up, the pool is probed in batches of
+        ``ADDRESS_PROBE_BATCH`` through the unique index. One enrolment after the floor is known reads a few rows,
+        not every peer; the first after a start walks the held addresses once.
+        """
+        first = int(self.network.network_address) + 1
+        last = int(self.network.broadcast_address) - 1
+        released = (
+            await session.execute(
+                select(PeerRow.address).where(
+                    PeerRow.released_at.is_not(None),
+                    PeerRow.released_at <= now - enrolment.ADDRESS_QUARANTINE,
+                    PeerRow.address.is_not(None),
+                )
+            )
+        ).scalars()
+        stale = min(
+            (v for v in (int(ipaddress.IPv4Address(a)) for a in released if a) if first <= v <= last), default=None
+        )
+        free: int | None = None
+        value = max(self._address_floor, first)
+        while value <= last and (stale is None or value < stale):
+            end = min(last, value + ADDRESS_PROBE_BATCH - 1)
+            batch = [str(ipaddress.IPv4Address(v)) for v in range(value, end + 1)]
+            held = set((await session.execute(select(PeerRow.address).where(PeerRow.address.in_(batch)))).scalars())
+            free = next((value + n for n, text in enumerate(batch) if text not in held), None)
+            self._address_floor = max(self._address_floor, end + 1 if free is None else free)
+            if free is not None:
+                break
+            value = end + 1
+        choice = min((v for v in (free, stale) if v is not None), default=None)
+        if choice is None:
+            raise ApiError(409, "address_pool_exhausted", "no free address is left in the pool")
+        return str(ipaddress.IPv4Address(choice)), choice == stale
 
     async def refresh(self, request: web.Request) -> web.Response:
         now = self.clock()
