@@ -400,12 +400,14 @@ async def _seeded_server(
     count: int, state: pathlib.Path, tree: pathlib.Path
 ) -> AsyncIterator[tuple[str, str, subprocess.Popen[str], list[Peer]]]:
     """``count`` seeded peers and ``wgpy management serve`` running from ``tree``: (url, admin token, process, peers)."""
+    tree = tree.resolve()
     env = {**os.environ, "PYTHONPATH": str(tree)}
     init = subprocess.run(
         [sys.executable, "-m", "wgpy", "management", "init", "--state-dir", str(state)],
         capture_output=True,
         text=True,
         env=env,
+        cwd=tree,  # `python -m` puts the working directory first on sys.path, before PYTHONPATH
         check=True,
         timeout=120,
     )
@@ -419,6 +421,7 @@ async def _seeded_server(
         ],
         stdout=subprocess.PIPE,
         env=env,
+        cwd=tree,
         text=True,
     )
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import pathlib
 
 import aiohttp
@@ -85,7 +86,11 @@ def _other_address() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
 
 
-def test_a_flood_of_bad_setup_keys_is_refused_429_and_another_address_still_enrols(tmp_path: pathlib.Path) -> None:
+def test_a_flood_of_bad_setup_keys_is_refused_429_and_another_address_still_enrols(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="wgpy.management")
+
     async def body(h: Harness) -> None:
         server = h.running.server
         server.limiter.clock = Frozen()
@@ -108,6 +113,11 @@ def test_a_flood_of_bad_setup_keys_is_refused_429_and_another_address_still_enro
         # the audit shows the one enrolment: the refused ones changed nothing
         events = await h.admin("GET", "/api/v1/audit?kind=enrol")
         assert len(events.body) == 1
+        # the periodic sweep says once what was refused (and the next one, with nothing new, says nothing)
+        await server.sweep()
+        await server.sweep()
+        lines = [r.getMessage() for r in caplog.records if "since the last tick" in r.getMessage()]
+        assert lines == [f'refused or dropped since the last tick: {{"http_credentials": {flood - BURST + 1}}}']
 
     with_harness(tmp_path, body, rate_limits=SMALL)
 

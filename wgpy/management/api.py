@@ -314,6 +314,7 @@ class ManagementServer:
         #: counts the requests answered 429.
         self.limiter = SourceLimiter(rate_limits)
         self._address_floor = 0  # every pool address below it is held by a peer row (``_allocate_address``)
+        self._reported: collections.Counter[str] = collections.Counter()  # what the last tick's log line counted
         self.dashboard: Dashboard | None = None  # mounted by ``app()``
 
     def __repr__(self) -> str:
@@ -1083,9 +1084,23 @@ class ManagementServer:
         for peer_id in expired:
             self.hub.notify(Change("peer_left", peer_id))
         self.nonces.expire(now)
+        self._report_drops()
         if self._shared_nonces:
             async with self.writers() as session, session.begin():
                 await store.forget_expired_nonces(session, now)
+
+    def _report_drops(self) -> None:
+        """One log line per tick saying what the flood defences refused since the last one (never per request)."""
+        totals: collections.Counter[str] = collections.Counter()
+        for kind, count in self.limiter.refused.items():
+            totals[f"http_{kind}"] = count
+        for reason, count in self.nat.dropped.items():
+            totals[f"nat_{reason}"] = count
+        totals["nat_refused"] = self.nat.refused
+        fresh = {name: count - self._reported[name] for name, count in totals.items() if count > self._reported[name]}
+        self._reported = totals
+        if fresh:
+            logger.warning("refused or dropped since the last tick: %s", json.dumps(fresh, sort_keys=True))
 
     # --- first admin token -----------------------------------------------------------------------------------------
 
