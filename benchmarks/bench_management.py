@@ -572,7 +572,7 @@ def main() -> None:
         machine = _machine()
         runs = []
         for count in args.peers or [1000]:
-            for tree in args.tree or [ROOT]:
+            for tree in [t.resolve() for t in args.tree or [ROOT]]:
                 with tempfile.TemporaryDirectory() as directory:
                     state = pathlib.Path(directory) / "state"
                     if args.candidates is not None:

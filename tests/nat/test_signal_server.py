@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import pathlib
 import sys
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "management
 
 from management_helpers import Clock, Harness, next_message, with_harness
 
-from wgpy.management.push import PeerStream
+from wgpy.management.push import IssuedMap, PeerStream
 from wgpy.nat.credentials import turn_credentials
 from wgpy.nat.io.server import NAT_BUDGET_BASE, NAT_BUDGET_PER_PEER, NAT_REFILL_TIME, NatSignal
 
@@ -164,7 +165,7 @@ def test_a_flooding_peer_is_held_to_its_budget_and_the_others_candidates_still_p
 def test_the_budget_fills_again_over_time_and_grows_with_the_map() -> None:
     async def body() -> None:
         clock = Clock()
-        nat = NatSignal(SimpleNamespace(by_key={}), clock=clock)  # type: ignore[arg-type]  # no peer is connected
+        nat = NatSignal(SimpleNamespace(by_key={}, offered=[]), clock=clock)  # type: ignore[arg-type]  # no peer
         keys = [base64.b64encode(n.to_bytes(32, "big")).decode() for n in range(501)]
         sender = PeerStream("a" * 32, _Socket(), keys[0])  # type: ignore[arg-type]
         frame = {"type": "candidates", "peer": keys[1], "candidates": CANDIDATES}
@@ -188,11 +189,51 @@ def test_the_budget_fills_again_over_time_and_grows_with_the_map() -> None:
     asyncio.run(body())
 
 
+def test_candidates_sent_before_the_streams_first_map_wait_for_it() -> None:
+    """An agent asks for TURN as its stream opens and sends candidates once answered, which can be before the push
+    worker hands the stream its first map: those frames are kept (newest per target) and forwarded with that map."""
+
+    async def body() -> None:
+        clock = Clock()
+        keys = [base64.b64encode(n.to_bytes(32, "big")).decode() for n in range(1, 4)]
+        target_socket = _Socket()
+        sender = PeerStream("a" * 32, _Socket(), keys[0])  # type: ignore[arg-type]
+        target = PeerStream("b" * 32, target_socket, keys[1])  # type: ignore[arg-type]
+        hub = SimpleNamespace(by_key={keys[1]: target}, offered=[])
+        nat = NatSignal(hub, clock=clock)  # type: ignore[arg-type]
+        try:
+            target.offer(IssuedMap(1, "{}", 0, b"", frozenset(keys[:2])))
+            older = [{"kind": "host", "host": "192.168.1.2", "port": 1}]
+            for candidates in (older, CANDIDATES):
+                assert nat.handle(sender, {"type": "candidates", "peer": keys[1], "candidates": candidates}, None)
+            assert nat.forwarded == 0 and nat.refused == 0
+            sender.offer(IssuedMap(1, "{}", 0, b"", frozenset(keys[:2]), {keys[0]: "203.0.113.9"}))
+            for hook in hub.offered:  # as PushHub.recompute does after each offer
+                hook(sender)
+            assert nat.forwarded == 1 and not sender.nat_waiting
+            for _ in range(100):  # bounded: the target's writer task runs
+                if any('"candidates"' in text for text in target_socket.sent):
+                    break
+                await asyncio.sleep(0.01)
+            forwarded = [json.loads(text) for text in target_socket.sent if '"candidates"' in text]
+            assert forwarded == [
+                {"type": "candidates", "peer": keys[0], "candidates": CANDIDATES, "announced": ["203.0.113.9"]}
+            ]
+        finally:
+            await sender.stop()
+            await target.stop()
+
+    asyncio.run(body())
+
+
 class _Socket:
     closed = False
 
-    async def send_str(self, _text: str) -> None:
-        return None
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send_str(self, text: str) -> None:
+        self.sent.append(text)
 
     async def close(self, **_kwargs: object) -> None:
         return None

@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 from sqlalchemy import func, select, update
@@ -40,6 +40,9 @@ from .. import crypto
 from . import audit
 from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, canonical_body, compile_view, compile_views, parse_policy
 from .store import PeerRow, PolicyRow, lock_map_serials, readonly, write_slot
+
+if TYPE_CHECKING:
+    from ..nat.signal import CandidatesFrame
 
 __all__ = [
     "CLOSE_REPLACED",
@@ -267,6 +270,8 @@ class PeerStream:
         # a flooding peer can fill for the others).
         self.nat_tokens: float | None = None
         self.nat_at = 0.0
+        # Candidates frames read before this stream was offered its first map, newest per target (replayed then).
+        self.nat_waiting: dict[str, tuple[CandidatesFrame, str | None]] = {}
         self._candidates: dict[str, str] = {}
         self.paths: dict[str, str] = {}  # the agent's last path report: peer public key -> direct/relayed/checking
         self.paths_at: float | None = None  # when it was accepted (the server's clock)
@@ -374,6 +379,7 @@ class PushHub:
         self.idle.set()
         self.tick_hooks: list[Callable[[], object]] = []
         self.publishers: list[Callable[[Change], None]] = []  # told of each local change (replica fan-out)
+        self.offered: list[Callable[[PeerStream], None]] = []  # told of each map handed to a stream (NAT signalling)
         # Told of every change, this replica's or another's, and of streams coming and going: the dashboard's live
         # feed (no polling). Called synchronously: a watcher only notes the change and wakes its own task.
         self.watchers: list[Callable[[Change], None]] = []
@@ -509,6 +515,8 @@ class PushHub:
             target = self.streams.get(peer_id)
             if target is not None:
                 target.offer(issued_map)
+                for hook in self.offered:
+                    hook(target)
                 self._forced.discard(peer_id)  # it has its current map: a queued connect push would repeat it
                 self.pushes += 1
         return len(issued)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..candidates import CandidateError
 from ..credentials import TURN_CREDENTIAL_LIFETIME, turn_credentials
-from ..signal import forwarded_candidates, parse_candidates_frame, turn_frame
+from ..signal import CandidatesFrame, forwarded_candidates, parse_candidates_frame, turn_frame
 
 if TYPE_CHECKING:
     from ...management.push import PeerStream, PushHub
@@ -65,6 +65,7 @@ class NatSignal:
         clock: Callable[[], float],
     ) -> None:
         self.hub = hub
+        hub.offered.append(self.map_offered)
         self.turn_secret = turn_secret
         self.turn_servers = list(turn_servers)
         self.turn_lifetime = TURN_CREDENTIAL_LIFETIME
@@ -114,17 +115,37 @@ class NatSignal:
         except CandidateError as exc:
             logger.info("peer %s: bad candidates frame: %s", stream.peer_id[:8], exc)
             return False
+        if not stream.map_keys:
+            # No map offered to this stream yet (an agent asks for TURN as its stream opens and sends its candidates
+            # as soon as the answer comes, which may be before the push worker's first map): the frame waits for
+            # that map, newest per target, at most NAT_BUDGET_BASE targets.
+            if frame.peer not in stream.nat_waiting and len(stream.nat_waiting) >= NAT_BUDGET_BASE:
+                self.dropped["waiting_full"] += 1
+            else:
+                stream.nat_waiting[frame.peer] = (frame, remote)
+            return True
+        self._forward(stream, frame, remote)
+        return True
+
+    def map_offered(self, stream: PeerStream) -> None:
+        """The hub handed ``stream`` a map: forward what waited for it (``PushHub.offered``)."""
+        if stream.nat_waiting:
+            waiting, stream.nat_waiting = stream.nat_waiting, {}
+            for frame, remote in waiting.values():
+                self._forward(stream, frame, remote)
+
+    def _forward(self, stream: PeerStream, frame: CandidatesFrame, remote: str | None) -> None:
         me = stream.own_key
         if me is None or frame.peer == me or frame.peer not in stream.map_keys:
             self.refused += 1
-            return True
+            return
         other = self.hub.by_key.get(frame.peer)
         if other is None:
             self.dropped["target_offline"] += 1
-            return True
+            return
         if me not in other.map_keys:  # the target's map does not list the sender (yet, or any more)
             self.refused += 1
-            return True
+            return
         announced = {h for h, _ in self.turn_servers}
         if remote:
             announced.add(remote)
@@ -134,4 +155,3 @@ class NatSignal:
         if not other.send_candidates(me, forwarded_candidates(me, frame.candidates, announced)):
             self.dropped["replaced"] += 1
         self.forwarded += 1
-        return True
