@@ -15,6 +15,7 @@ from management_helpers import Agent, Harness, with_harness
 
 from wgpy.management import enrolment
 from wgpy.management.ratelimit import Limit, RateLimits
+from wgpy.management.store import PeerRow
 
 NO_LIMITS = RateLimits({"credentials": Limit(0.0, 0), "peer": Limit(0.0, 0)})  # hundreds of enrolments at once
 ALL = b"acls:\n  - {name: all, src: ['*'], dst: ['*'], action: accept}\n"
@@ -62,16 +63,45 @@ def test_allocation_matches_a_model_of_the_pool_through_enrolments_releases_and_
 
 
 def test_a_restarted_server_finds_the_lowest_free_address_past_the_held_ones(tmp_path: pathlib.Path) -> None:
-    """A fresh process has no floor: it walks the held addresses (more than one probe batch) to the first free."""
+    """A fresh process has no floor: it walks the held addresses (more than one probe batch) to the first free one.
+    The held rows are written straight into the store (as 260 enrolments would have: fields of ``_enrol_once``)."""
 
     async def body(h: Harness) -> None:
-        key = await h.setup_key(reusable=True, usage_limit=1000)
+        key = await h.setup_key(reusable=True, usage_limit=10, expires_in=30 * 86400)
         server = h.running.server
-        for _ in range(260):  # more than one probe batch (ADDRESS_PROBE_BATCH = 256)
-            assert (await h.agent().enrol(key)).status == 201
-        server._address_floor = 0  # as after a restart
+        base = int(ipaddress.IPv4Address("100.64.0.0"))
+        async with server.transaction() as session:
+            for n in range(1, 261):  # more than one probe batch (ADDRESS_PROBE_BATCH = 256)
+                session.add(
+                    PeerRow(
+                        id=f"{n:032x}",
+                        name=f"held-{n}",
+                        public_key=f"held-{n}",
+                        address=str(ipaddress.IPv4Address(base + n)),
+                        groups=[],
+                        approved=True,
+                        revoked=n == 7,  # a released address within its quarantine is held too
+                        deleted=False,
+                        released_at=h.clock() if n == 7 else None,
+                        ephemeral=False,
+                        ephemeral_timeout=0,
+                        setup_key_id=None,
+                        endpoint_host=None,
+                        endpoint_port=None,
+                        created_at=h.clock(),
+                        last_seen=h.clock(),
+                        map_serial=0,
+                        acked_serial=0,
+                    )
+                )
+        assert server._address_floor == 0  # as after a restart: nothing was allocated by this process yet
         answer = await h.agent().enrol(key)
-        assert answer.body["peer"]["address"] == str(ipaddress.IPv4Address("100.64.0.0") + 261)
-        assert server._address_floor == int(ipaddress.IPv4Address("100.64.0.0")) + 261
+        assert answer.status == 201, answer.text
+        assert answer.body["peer"]["address"] == str(ipaddress.IPv4Address(base + 261))
+        assert server._address_floor == base + 261
+        # once the quarantine is over, the released address is the lowest free one, below the floor
+        h.clock.now += enrolment.ADDRESS_QUARANTINE
+        assert (await h.agent().enrol(key)).body["peer"]["address"] == str(ipaddress.IPv4Address(base + 7))
+        assert (await h.agent().enrol(key)).body["peer"]["address"] == str(ipaddress.IPv4Address(base + 262))
 
     with_harness(tmp_path, body, rate_limits=NO_LIMITS)

@@ -12,11 +12,13 @@ import dataclasses
 import json
 import logging
 import pathlib
+from typing import Any
 
 import aiohttp
 import pytest
 from management_helpers import Harness, with_harness
 
+from wgpy.management import tokens
 from wgpy.management.ratelimit import Limit, RateLimits, SourceLimiter, route_class, source_of
 
 BURST = 20
@@ -122,7 +124,18 @@ def test_a_flood_of_bad_setup_keys_is_refused_429_and_another_address_still_enro
     with_harness(tmp_path, body, rate_limits=SMALL)
 
 
-def test_forged_refresh_tokens_and_dashboard_logins_are_limited_per_address(tmp_path: pathlib.Path) -> None:
+def test_forged_refresh_tokens_and_dashboard_logins_are_limited_per_address(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    verify = tokens.verify_token
+
+    def counting(token: str, *args: Any, **kwargs: Any) -> tokens.TokenClaims:
+        checked.append(token)
+        return verify(token, *args, **kwargs)
+
+    monkeypatch.setattr(tokens, "verify_token", counting)
+
     async def body(h: Harness) -> None:
         server = h.running.server
         server.limiter.clock = Frozen()
@@ -133,6 +146,8 @@ def test_forged_refresh_tokens_and_dashboard_logins_are_limited_per_address(tmp_
             forger = h.agent()
             statuses = [(await forger.refresh("e30.e30.forged")).status for _ in range(BURST + 30)]
             assert statuses[:BURST] == [401] * BURST and statuses[BURST:] == [429] * 30
+            # the refused ones never reached the token's signature check
+            assert checked.count("e30.e30.forged") == BURST
             logins = []
             for _ in range(BURST + 10):
                 async with h.http.post(h.url + "/login", data={"token": "wgat_guess", "next": "/peers"}) as response:
