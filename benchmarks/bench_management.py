@@ -13,8 +13,8 @@ The last two forms measure the server's CPU per NAT ``candidates`` frame (``run_
 What is seeded and what goes through the real server:
 
 * ``wgpy management init`` (the real command) creates the state directory: keys, migrated SQLite database, admin token.
-* Seeded, straight into that database before ``wgpy management serve`` starts (enrolling through the API reads every
-  peer per enrolment, ~250 peers a minute at 10,000): 100 setup keys (one per team; ``auto_groups`` = the peer's
+* Seeded, straight into that database before ``wgpy management serve`` starts (enrolling through the API loads every
+  active peer per enrolment for the map in its answer, ~110 ms each at 10,000: ``--enrol``): 100 setup keys (one per team; ``auto_groups`` = the peer's
   "servers"/``g*`` group and its team ``t*``; fields as ``POST /api/v1/setup-keys`` writes them, ``used`` set to the
   peers seeded with each) and, per peer, exactly the rows ``ManagementServer._enrol_once`` writes: a ``peers`` row
   (address from ``enrolment.allocate_address`` over the default pool with the addresses taken so far, groups the
