@@ -221,7 +221,7 @@ async def _build(
     )
     app = server.app()
     # PostgreSQL: other replicas may share the database; their changes reach our peers through LISTEN/NOTIFY.
-    fanout = PgFanout(engine, server.hub) if engine.dialect.name == "postgresql" else None
+    fanout = PgFanout(engine, server.hub, nat=server.nat) if engine.dialect.name == "postgresql" else None
 
     async def start_fanout(_app: web.Application) -> None:
         if fanout is not None:

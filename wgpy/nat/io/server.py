@@ -18,14 +18,16 @@ outside the sender's map is dropped and counted too (``refused``): it may be a r
 target's stream keeps the newest frame per sender (``PeerStream.send_candidates``), so no sender can crowd out
 the others' candidates.
 
-Candidates are forwarded only to a peer connected to this replica: with several replicas, two peers whose
-streams are on different replicas exchange none (counted as ``dropped["target_offline"]``), and fall back to the
-endpoints of their maps and to TURN.
+With several replicas (PostgreSQL), a frame for a peer not connected here goes to the ``relays``
+(``notify.PgFanout``: NOTIFY on its own channel) after the sender's side is checked here; the replica the target is
+connected to checks the target's side and the frame itself again (``deliver``). Without relays it is dropped and
+counted (``dropped["target_offline"]``).
 """
 
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
@@ -71,6 +73,10 @@ class NatSignal:
         self.turn_lifetime = TURN_CREDENTIAL_LIFETIME
         self.clock = clock
         self.forwarded = 0
+        self.relayed = 0  # forwarded to another replica, for a peer not connected here (``relays``)
+        #: Carriers to the other replicas (PostgreSQL: ``notify.PgFanout``), each called with (sender key, target key,
+        #: the frame for the target) for a target not connected here.
+        self.relays: list[Callable[[str, str, dict[str, object]], None]] = []
         self.refused = 0  # candidates for a peer the sender does not see, or that does not see it
         #: Frames dropped without closing the stream: ``rate_limited`` (over the stream's budget),
         #: ``target_offline`` (no stream on this replica), ``replaced`` (a newer frame of the sender took its place
@@ -140,10 +146,10 @@ class NatSignal:
             self.refused += 1
             return
         other = self.hub.by_key.get(frame.peer)
-        if other is None:
+        if other is None and not self.relays:
             self.dropped["target_offline"] += 1
             return
-        if me not in other.map_keys:  # the target's map does not list the sender (yet, or any more)
+        if other is not None and me not in other.map_keys:  # the target's map does not list the sender
             self.refused += 1
             return
         announced = {h for h, _ in self.turn_servers}
@@ -152,6 +158,38 @@ class NatSignal:
         host = stream.map_hosts.get(me)
         if host is not None:
             announced.add(host)
-        if not other.send_candidates(me, forwarded_candidates(me, frame.candidates, announced)):
+        message = forwarded_candidates(me, frame.candidates, announced)
+        if other is None:  # perhaps connected to another replica: that one checks the target's map
+            for relay in self.relays:
+                relay(me, frame.peer, message)
+            self.relayed += 1
+            return
+        if not other.send_candidates(me, message):
+            self.dropped["replaced"] += 1
+        self.forwarded += 1
+
+    def deliver(self, sender: str, target: str, message: object) -> None:
+        """A frame another replica forwards for ``target`` (whose map it could not see): sent if ``target`` is
+        connected here and its map lists ``sender``; the frame is checked again (anyone with database access may
+        NOTIFY)."""
+        other = self.hub.by_key.get(target)
+        if other is None:
+            self.dropped["target_offline"] += 1
+            return
+        if sender not in other.map_keys or sender == target:
+            self.refused += 1
+            return
+        try:
+            if not isinstance(message, dict) or set(message) != {"type", "peer", "candidates", "announced"}:
+                raise CandidateError("a forwarded candidates frame")
+            parsed = parse_candidates_frame({"type": "candidates", "peer": sender, "candidates": message["candidates"]})
+            announced = message["announced"]
+            if not isinstance(announced, list) or len(announced) > 16:
+                raise CandidateError("announced: a list of IPs")
+            hosts = {str(ipaddress.ip_address(str(a))) for a in announced}
+        except (CandidateError, ValueError):
+            self.dropped["bad_relayed"] += 1
+            return
+        if not other.send_candidates(sender, forwarded_candidates(sender, parsed.candidates, hosts)):
             self.dropped["replaced"] += 1
         self.forwarded += 1
