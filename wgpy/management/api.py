@@ -312,7 +312,7 @@ class ManagementServer:
         self.path_reports: collections.Counter[str] = collections.Counter()
         #: Per-source limits of the enrolment, login and signed peer routes (``ratelimit.py``); ``limiter.refused``
         #: counts the requests answered 429.
-        self.limiter = SourceLimiter(rate_limits)
+        self.limiter = SourceLimiter(rate_limits, clock=time.monotonic)
         self._address_floor = 0  # every pool address below it is held by a peer row (``_allocate_address``)
         self._reported: collections.Counter[str] = collections.Counter()  # what the last tick's log line counted
         self.dashboard: Dashboard | None = None  # mounted by ``app()``

@@ -15,14 +15,14 @@ bucket for every client: list the proxy in ``trusted_proxies`` and the right-mos
 that is not a trusted proxy is taken instead. ``X-Forwarded-For`` is never read from anyone else (a client could
 write any address in it).
 
-The clock is monotonic seconds (``time.monotonic``), not the server's wall clock: a limit must not jump with it.
+Pure (no I/O): the clock is injected, monotonic seconds (the server passes ``time.monotonic``), not the server's
+wall clock: a limit must not jump with it.
 """
 
 from __future__ import annotations
 
 import collections
 import ipaddress
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -117,7 +117,7 @@ class SourceLimiter:
         config: RateLimits | None = None,
         *,
         max_sources: int = MAX_SOURCES,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float],
     ) -> None:
         self.config = config if config is not None else RateLimits()
         self.max_sources = max_sources
