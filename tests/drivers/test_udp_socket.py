@@ -5,6 +5,7 @@ No root needed: two sockets on 127.0.0.1 in this process.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -126,5 +127,49 @@ def test_contiguous_datagrams_come_back_as_they_lie_in_the_buffer(gso: bool) -> 
         assert b.receive_batch(64) == []  # nothing more: the tail of the buffer stayed
         assert a.send_errors == 0
     finally:
+        a.close()
+        b.close()
+
+
+class _GsoRefused:
+    """A socket whose ``sendmsg`` fails as on a kernel or device without UDP GSO (EIO); everything else is the real
+    socket's."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.refusals = 0
+
+    def sendmsg(self, *args: object) -> int:
+        self.refusals += 1
+        raise OSError(errno.EIO, "Input/output error")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+@pytest.mark.parametrize("contiguous", [False, True])
+def test_a_kernel_refusing_gso_gets_the_datagrams_one_by_one(contiguous: bool) -> None:
+    """The first refused GSO send turns GSO off and sends that run's datagrams singly: nothing is lost, in order,
+    with the shorter last one intact; later sends go one by one without trying GSO again."""
+    a, b = _pair()
+    try:
+        if not a.gso:
+            pytest.skip("this kernel offers no UDP GSO (needs Linux 5.0+)")
+        refusing = _GsoRefused(a.sock)
+        a.sock = refusing  # type: ignore[assignment]
+        sent = [*_datagrams(10, 900), os.urandom(200)]
+        endpoint = b.sock.getsockname()
+        if contiguous:
+            a.send_contiguous(bytearray(b"".join(sent)), [len(d) for d in sent], endpoint)
+        else:
+            a.send_batch([(d, endpoint) for d in sent])
+        assert refusing.refusals == 1 and not a.gso and a.send_errors == 0
+        again = _datagrams(5, 900)
+        a.send_batch([(d, endpoint) for d in again])
+        assert refusing.refusals == 1
+        got, _ = _drain(b, len(sent) + len(again))
+        assert got == sent + again
+    finally:
+        a.sock = a.sock._sock if isinstance(a.sock, _GsoRefused) else a.sock
         a.close()
         b.close()

@@ -214,15 +214,5 @@ class UdpSocket:
             logger.debug("send to %s failed: %s", endpoint[0], exc)
 
     def _send_segmented(self, run: Sequence[tuple[bytes, Endpoint]], size: int, endpoint: Endpoint) -> None:
-        buffer = b"".join(data for data, _ in run)
-        try:
-            self.sock.sendmsg([buffer], [(SOL_UDP, UDP_SEGMENT, _SEGMENT_SIZE.pack(size))], 0, endpoint)
-        except OSError as exc:
-            if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-                logger.info("UDP GSO refused by the kernel (%s): sending datagrams one by one", exc.strerror)
-                self.gso = False
-                for data, _ in run:
-                    self._send_one(data, endpoint)
-            else:
-                self.send_errors += 1
-                logger.debug("send to %s failed: %s", endpoint[0], exc)
+        """One GSO ``sendmsg`` of the datagrams of ``run`` (all ``size`` bytes but the last, which may be shorter)."""
+        self._send_view(memoryview(b"".join(data for data, _ in run)), size, len(run), endpoint)
