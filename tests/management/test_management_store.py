@@ -17,7 +17,7 @@ def test_migrations_create_exactly_the_models(tmp_path: pathlib.Path) -> None:
         engine = store.create_engine(store.default_url(tmp_path))
         try:
             await store.upgrade(engine)
-            assert await store.current_revision(engine) == "0003"
+            assert await store.current_revision(engine) == "0004"
 
             def diff(connection: Connection) -> list[object]:
                 context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -37,7 +37,7 @@ def test_upgrade_twice_is_a_no_op(tmp_path: pathlib.Path) -> None:
         try:
             await store.upgrade(engine)
             await store.upgrade(engine)
-            assert await store.current_revision(engine) == "0003"
+            assert await store.current_revision(engine) == "0004"
         finally:
             await engine.dispose()
 
@@ -98,6 +98,29 @@ def test_a_0002_database_upgrades_to_dashboard_sessions_and_back(tmp_path: pathl
             assert "dashboard_sessions" in names
             await store.downgrade(engine, "0002")
             assert await store.current_revision(engine) == "0002"
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def test_a_0003_database_gets_the_released_at_index_and_loses_it_on_downgrade(tmp_path: pathlib.Path) -> None:
+    async def run() -> None:
+        engine = store.create_engine(store.default_url(tmp_path))
+
+        def indexes(connection: Connection) -> set[str]:
+            return {str(index["name"]) for index in inspect(connection).get_indexes("peers")}
+
+        try:
+            await store.upgrade(engine, "0003")
+            async with engine.connect() as connection:
+                assert "ix_peers_released_at" not in await connection.run_sync(indexes)
+            await store.upgrade(engine)
+            async with engine.connect() as connection:
+                assert "ix_peers_released_at" in await connection.run_sync(indexes)
+            await store.downgrade(engine, "0003")
+            async with engine.connect() as connection:
+                assert "ix_peers_released_at" not in await connection.run_sync(indexes)
         finally:
             await engine.dispose()
 

@@ -132,7 +132,7 @@ class PeerRow(Base):
     approved: Mapped[bool] = mapped_column(Boolean)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
-    released_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # revoked or deleted at
+    released_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)  # revoked or deleted at
     ephemeral: Mapped[bool] = mapped_column(Boolean, default=False)
     ephemeral_timeout: Mapped[int] = mapped_column(Integer, default=0)
     setup_key_id: Mapped[str | None] = mapped_column(ForeignKey("setup_keys.id"), nullable=True)
