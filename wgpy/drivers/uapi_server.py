@@ -11,10 +11,11 @@ kept) and may be at most ``MAX_SET_REQUEST`` bytes; past that nothing more is pa
 (EMSGSIZE) and the connection closes once the client has sent the rest (at most ``DISCARD_LIMIT`` bytes are read
 and dropped). The event loop runs every ``LINES_PER_YIELD`` lines while a body is read, between the steps of
 ``uapi.apply_set_steps`` while it is applied and between the chunks of ``uapi.format_get_chunks`` while a ``get``
-is written, so forwarding goes on. One ``set``, ``get`` or ``mesh_apply`` runs at a time (a lock), so a ``get``
-never sees half of a ``set``; the data plane does not either: the steps build the new configuration beside the
-device and one step swaps it in (``device.ConfigurationChange``). After a request that touched at least
-``LARGE_REQUEST_PEERS`` peers, free pages go back to the kernel (``memory.release_free_memory``).
+is written, so forwarding goes on. One ``set``, ``get`` or ``mesh_apply`` runs at a time (a lock; in mesh mode
+the daemon's own lock, ``MeshExtension.apply_lock``, which its map file takes too), so a ``get`` never sees half of
+a ``set``; the data plane does not either: the steps build the new configuration beside the device and one step
+swaps it in (``device.ConfigurationChange``). After a request that touched at least ``LARGE_REQUEST_PEERS`` peers,
+free pages go back to the kernel (``memory.release_free_memory``).
 
 A large configuration is a million new objects, and CPython's cyclic collector scans every object it tracks each
 time the old generation grew by a quarter: with 100,000 peers those full collections held the loop for up to
@@ -136,13 +137,17 @@ class MeshApplyReply:
 class MeshExtension(Protocol):
     """What the server needs from the mesh daemon (``wgpy.mesh.agent.MeshAgent`` implements it)."""
 
+    apply_lock: asyncio.Lock
+    """The server's one-request-at-a-time lock: the daemon holds it too while it applies a map of its own."""
+
     async def apply_document(self, document: bytes) -> MeshApplyReply:
         """Verify (off the event loop: a document may be 16 MiB) and apply a signed network map document; never
         raises for bad input."""
         ...
 
     def configuration_changed(self) -> None:
-        """Called after every successful ``set=1`` (a private key may just have arrived)."""
+        """Called after every successful ``set=1`` (a private key may just have arrived), the lock still held and
+        the set swapped in."""
         ...
 
 
@@ -162,7 +167,9 @@ class UapiServer:
         self.mesh = mesh
         self.path = sock.getsockname()
         self._server: asyncio.base_events.Server | None = None
-        self._lock = asyncio.Lock()  # one set or get at a time: a get never sees half of a set
+        # One set, get or mesh_apply at a time (a get never sees half of a set); in mesh mode the daemon's map file
+        # takes part too.
+        self._lock = mesh.apply_lock if mesh is not None else asyncio.Lock()
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, sock=self.sock, limit=MAX_LINE)

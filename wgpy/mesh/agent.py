@@ -14,6 +14,13 @@ the audit log (``Tunnel.on_event``), and feeds the controller signed network map
   is only refused as ``malformed`` and retried when it changes again;
 * the UAPI socket (``wgpy mesh apply IFNAME FILE``, the ``mesh_apply=1`` extension of ``uapi_server.py``).
 
+Both, and the saved map of a restart, take the same path once a document is larger than ``INLINE_DOCUMENT``:
+verified in a worker thread, then applied in steps on the event loop, built beside the device and swapped in at
+once (the serial checked again at the swap), so forwarding goes on while a 16 MiB map is taken in. One apply runs
+at a time: the UAPI server serialises ``set``, ``get`` and ``mesh_apply`` with the agent's ``apply_lock``, and the
+file and saved maps take that lock too (``_apply_queued``). A smaller document is verified and applied at once
+(tens of milliseconds) when that cannot come between another apply's steps.
+
 A refused map is logged as one line (``network map ... rejected (reason): detail``) and changes nothing. A map can
 only be applied once the device has its private key (it finds itself in the map by its public key); a daemon
 started with ``--mesh-map`` and configured with ``wg set ... private-key`` afterwards applies the file as soon as
@@ -93,6 +100,7 @@ POLL_INTERVAL: Final = 1.0  # seconds between looks at the map file and the cloc
 STATE_VERSION: Final = 1  # the "version" field of the state file (ours)
 LARGE_DOCUMENT: Final = 1024 * 1024  # bytes of a mesh_apply document above which the collector is kept away (ours)
 FREEZE_INTERVAL: Final = 0.05  # seconds between two gc.freeze() while a large document is verified (ours)
+INLINE_DOCUMENT: Final = 64 * 1024  # bytes of a file or saved map still verified and applied at once (ours: ~30 ms)
 NO_PRIVATE_KEY: Final = "no_private_key"  # the UAPI reason when the device cannot find itself in any map yet
 
 
@@ -234,6 +242,10 @@ class MeshAgent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        # One map (or UAPI set) applied at a time: the UAPI server takes this lock around set, get and mesh_apply,
+        # and the file and saved maps take it too, so two applies never build beside the device at once.
+        self.apply_lock = asyncio.Lock()
+        self._applying: asyncio.Task[None] | None = None  # the task applying the file or saved map off the loop
 
     @classmethod
     def create(
@@ -286,6 +298,13 @@ class MeshAgent:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._applying is not None:
+            self._applying.cancel()  # nothing is swapped in by a cancelled apply
+
+    async def settled(self) -> None:
+        """Wait until the file or saved map being applied (if any) has been applied or refused."""
+        while self._applying is not None and not self._applying.done():
+            await asyncio.wait((self._applying,))
 
     # --- inputs ---------------------------------------------------------------------------------------------------
 
@@ -297,8 +316,31 @@ class MeshAgent:
         and the event loop, and so the data plane, keeps running meanwhile. The apply (2.6 s for those peers) runs
         on the loop in steps, built beside the device and swapped in at once, the serial checked again at the swap.
         """
-        if self.tunnel.device.public_key is None:
+        try:
+            changes = await self._verify_and_apply(document, "the UAPI socket")
+        except MapRejected as exc:
+            return self._refused("the UAPI socket", exc)
+        if changes is None:
             return _no_private_key()
+        return MeshApplyReply(
+            0,
+            (
+                ("serial", str(changes.serial)),
+                ("added", str(len(changes.added))),
+                ("removed", str(len(changes.removed))),
+                ("changed", str(len(set(changes.allowed_ips_changed) | set(changes.endpoints_changed)))),
+            ),
+        )
+
+    async def _verify_and_apply(self, document: bytes, source: str) -> MapChanges | None:
+        """Verify ``document`` in a worker thread, then apply it in steps on the loop (``_apply_verified``); the
+        caller holds ``apply_lock``. ``None`` when the device has no private key (before or after the verification).
+
+        Raises:
+            MapRejected: The map was refused (audited, not logged); nothing changed.
+        """
+        if self.tunnel.device.public_key is None:
+            return None
         now_wall = self.wall_clock()
         self.controller.note_clock(now_wall, monotonic_now())
         verify = self.controller.verifier(now_wall)
@@ -313,23 +355,13 @@ class MeshAgent:
                 await asyncio.wait((verifying,), timeout=FREEZE_INTERVAL)
             netmap = await verifying
         except MapRejected as exc:
+            if large:
+                thaw_collector()
             self.controller.map_rejected(exc, monotonic_now())
-            return self._refused("the UAPI socket", exc)
+            raise
         if self.tunnel.device.public_key is None:
-            return _no_private_key()  # removed while the document was verified
-        try:
-            changes = await self._apply_verified(netmap, document, now_wall, "the UAPI socket")
-        except MapRejected as exc:
-            return self._refused("the UAPI socket", exc)
-        return MeshApplyReply(
-            0,
-            (
-                ("serial", str(changes.serial)),
-                ("added", str(len(changes.added))),
-                ("removed", str(len(changes.removed))),
-                ("changed", str(len(set(changes.allowed_ips_changed) | set(changes.endpoints_changed)))),
-            ),
-        )
+            return None  # removed while the document was verified
+        return await self._apply_verified(netmap, document, now_wall, source)
 
     def _refused(self, source: str, exc: MapRejected) -> MeshApplyReply:
         self._log_rejected(source, exc)
@@ -339,8 +371,8 @@ class MeshAgent:
         """After a UAPI ``set``: a private key may have arrived, so apply what was waiting for one (and look at the
         map file now rather than at the next poll)."""
         if not self._closed:
-            self._apply_pending()
-            self._check_file()
+            self._apply_pending(lock_holder_done=True)
+            self._check_file(lock_holder_done=True)
             self._check_traffic(self.wall_clock())
 
     def poll(self) -> None:
@@ -425,11 +457,28 @@ class MeshAgent:
             return
         logger.error("network map from %s rejected (%s): %s", source, exc.reason.value, exc.detail)
 
-    def _apply_pending(self) -> None:
+    def _apply_pending(self, *, lock_holder_done: bool = False) -> None:
+        """Apply the saved map, then the new file version, if the device has its private key.
+
+        Small documents (up to ``INLINE_DOCUMENT`` bytes) are verified and applied at once, when that cannot come
+        between the steps of another apply: nobody holds ``apply_lock``, or its holder is done (a UAPI ``set`` calls
+        ``configuration_changed`` after its swap). Otherwise a task takes the lock and applies them as
+        ``mesh_apply`` does (``_verify_and_apply``), the event loop running meanwhile.
+        """
         if self.tunnel.device.public_key is None:
             if (self._resume_document is not None or self._file_pending is not None) and not self._waiting_logged:
                 self._waiting_logged = True
                 logger.info("the network map waits for the device's private key (wg set IFNAME private-key FILE)")
+            return
+        if self._resume_document is None and self._file_pending is None:
+            return
+        if self._applying is not None and not self._applying.done():
+            return  # the running task takes what is pending before it ends
+        inline = (lock_holder_done or not self.apply_lock.locked()) and all(
+            len(document) <= INLINE_DOCUMENT for document in (self._resume_document, self._file_pending) if document
+        )
+        if not inline and self._loop is not None:
+            self._applying = self._loop.create_task(self._apply_queued())
             return
         resume, self._resume_document = self._resume_document, None
         if resume is not None:
@@ -444,7 +493,31 @@ class MeshAgent:
             except MapRejected as exc:
                 self._log_rejected(str(self.map_path), exc)
 
-    def _check_file(self) -> None:
+    async def _apply_queued(self) -> None:
+        """The task of ``_apply_pending``: under ``apply_lock``, the saved map then the file's, one at a time."""
+        async with self.apply_lock:
+            while not self._closed:
+                if self._resume_document is not None:
+                    document, source, resumed = self._resume_document, "the saved state", True
+                    self._resume_document = None
+                elif self._file_pending is not None and self.map_path is not None:
+                    document, source, resumed = self._file_pending, str(self.map_path), False
+                    self._file_pending = None
+                else:
+                    return
+                try:
+                    changes = await self._verify_and_apply(document, source)
+                except MapRejected as exc:
+                    self._log_rejected(source, exc)
+                    continue
+                if changes is None:  # the private key went away: wait for the next one
+                    if resumed:
+                        self._resume_document = document
+                    elif self._file_pending is None:
+                        self._file_pending = document
+                    return
+
+    def _check_file(self, *, lock_holder_done: bool = False) -> None:
         path = self.map_path
         if path is None:
             return
@@ -472,7 +545,7 @@ class MeshAgent:
         self._file_stamp = stamp
         self._file_problem = None
         self._file_pending = data
-        self._apply_pending()
+        self._apply_pending(lock_holder_done=lock_holder_done)
 
     def _file_problem_once(self, message: str) -> None:
         if message != self._file_problem:
