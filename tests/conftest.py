@@ -7,7 +7,10 @@ makes it hold under ``--import-mode=importlib`` as well) so that test modules in
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +34,14 @@ def connected() -> Pair:
     p = make_pair()
     p.handshake()
     return p
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short private directory for unix sockets: a socket path must fit in 108 bytes, which tmp_path does not
+    promise."""
+    path = Path(tempfile.mkdtemp(prefix="wgpys"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -14,12 +14,10 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,16 +202,6 @@ def test_daemon_refuses_an_unreadable_state_file(tmp_path: Path) -> None:
 
 
 # -- the agent and the UAPI extension ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short private directory: a unix socket path must fit in 108 bytes, which tmp_path does not promise."""
-    path = Path(tempfile.mkdtemp(prefix="wgpym"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass

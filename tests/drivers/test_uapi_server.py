@@ -12,11 +12,9 @@ import contextlib
 import errno
 import gc
 import os
-import shutil
 import socket
 import struct
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,16 +29,6 @@ from wgpy.keys import PresharedKey, PrivateKey
 from wgpy.tools.demo import ipv4_udp_packet
 
 REPLY_TIMEOUT = 5.0
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short private directory: a unix socket path must fit in 108 bytes, which tmp_path does not promise."""
-    path = Path(tempfile.mkdtemp(prefix="wgpyu"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass

@@ -14,10 +14,8 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,16 +65,6 @@ class Node:
     agent: MeshAgent
     path: Path
     private_key: PrivateKey
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short private directory: a unix socket path must fit in 108 bytes, which tmp_path does not promise."""
-    path = Path(tempfile.mkdtemp(prefix="wgpyma"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
