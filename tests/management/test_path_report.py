@@ -39,6 +39,13 @@ def test_a_report_keeps_only_peers_of_the_map_and_known_states() -> None:
     assert report.ignored_fields == 1
 
 
+def test_a_report_about_the_reporter_itself_is_dropped() -> None:
+    # A map lists its own peer too: the reporter's own key is in the map's keys, but it has no path to itself.
+    report = parse_path_report({"type": "paths", "paths": {KEY_A: "direct", KEY_B: "direct"}}, {KEY_A, KEY_B}, KEY_A)
+    assert dict(report.paths) == {KEY_B: "direct"}
+    assert report.dropped == 1
+
+
 @pytest.mark.parametrize("paths", [None, [], "direct", {f"{n:043d}=": "direct" for n in range(MAX_PATH_PEERS + 1)}])
 def test_what_is_not_a_report_is_refused_whole(paths: object) -> None:
     with pytest.raises(PathReportError):

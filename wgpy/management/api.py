@@ -833,9 +833,8 @@ class ManagementServer:
             counts["too_frequent"] += 1
             return
         # The peers of the map this stream was last sent (the agent's own key aside): what the agent may speak of.
-        allowed = stream.map_keys - {stream.own_key} if stream.own_key is not None else stream.map_keys
         try:
-            report = parse_path_report(data, allowed)
+            report = parse_path_report(data, stream.map_keys, stream.own_key)
         except PathReportError:
             counts["refused"] += 1
             return

@@ -36,8 +36,9 @@ class PathReport:
     ignored_fields: int  # top-level fields other than type and paths
 
 
-def parse_path_report(data: Mapping[str, object], allowed: Collection[str]) -> PathReport:
-    """Validate ``data`` (the decoded frame) against ``allowed``, the public keys in the reporter's map.
+def parse_path_report(data: Mapping[str, object], allowed: Collection[str], own: str | None = None) -> PathReport:
+    """Validate ``data`` (the decoded frame) against ``allowed``, the public keys in the reporter's map, less its
+    own key ``own`` (a map lists its own peer too).
 
     Raises:
         PathReportError: ``paths`` is missing, is not a JSON object, or names more than ``MAX_PATH_PEERS`` peers.
@@ -50,7 +51,8 @@ def parse_path_report(data: Mapping[str, object], allowed: Collection[str]) -> P
     kept: dict[str, str] = {}
     dropped = 0
     for key, state in raw.items():
-        if not isinstance(key, str) or len(key) != _KEY_SIZE or key not in allowed or state not in PATH_STATES:
+        unknown = not isinstance(key, str) or len(key) != _KEY_SIZE or key == own or key not in allowed
+        if unknown or state not in PATH_STATES:
             dropped += 1
             continue
         kept[key] = str(state)
