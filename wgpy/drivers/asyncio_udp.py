@@ -25,7 +25,8 @@ transport socket.
 Without a worker the device runs with ``seal_offload`` too, and the tunnel seals its jobs itself (``_SealInPlace``):
 every message is sealed with ``encrypt_into`` straight into one reused send buffer and runs of them go to the socket
 from there in one GSO ``sendmsg``, with no bytes object per message (``SealJob.run_into``, byte for byte
-``SealJob.run``). A socket read's datagrams go to the device in one ``receive_datagrams`` call.
+``SealJob.run``); with a NAT layer, the jobs of endpoints it relays are left to it. A socket read's datagrams go
+to the device in one ``receive_datagrams`` call.
 
 With ``worker=True`` the tunnel starts a data-plane worker process (``worker.py``) and turns on the device's
 ``seal_offload``: flushing then hands the sealing jobs and the decrypted packets to the worker, which encrypts, sends
@@ -541,8 +542,8 @@ class NatHook(Protocol):
         ...
 
     def relays(self, endpoint: Endpoint) -> bool:
-        """Whether datagrams to ``endpoint`` go through the NAT layer (a relayed endpoint): the worker must not
-        send them from the socket itself (``worker.split_jobs``)."""
+        """Whether datagrams to ``endpoint`` go through the NAT layer (a relayed endpoint): neither the worker
+        (``worker.split_jobs``) nor the in-place sealer (``_SealInPlace``) may send them from the socket itself."""
         ...
 
 
@@ -550,8 +551,13 @@ class _SealInPlace:
     """The ``transmit.SealJobSink`` of a tunnel without a worker: it seals each job straight into one reused send
     buffer (``SealJob.run_into``, byte for byte ``SealJob.run``) and sends the messages from there
     (``UdpSocket.send_contiguous``: runs of equal sizes in one GSO ``sendmsg``), so no bytes object is made per
-    message and none is copied again to be joined. With a NAT layer it takes nothing: the drain then seals the jobs
-    and ``Tunnel.send_datagrams`` diverts those to relayed endpoints."""
+    message and none is copied again to be joined.
+
+    With a NAT layer it takes the jobs of every endpoint the layer does not relay (``NatHook.relays``) and leaves
+    the relayed ones, in order, to the drain, which seals them and hands them to ``Tunnel.send_datagrams`` and so
+    to ``NatHook.divert`` (the TURN allocation, and the occasional direct probe copy). ``divert`` sends a transport
+    message to any other endpoint as it is, out of the socket, so nothing it does is skipped here; the initiation
+    copies it makes are handshake datagrams, never seal jobs."""
 
     __slots__ = ("_buffer", "_tunnel")
 
@@ -563,19 +569,25 @@ class _SealInPlace:
         self, jobs: list[SealJob | KeypairRetired], packets: list[bytes]
     ) -> tuple[list[SealJob | KeypairRetired], list[bytes]]:
         tunnel = self._tunnel
-        if tunnel.nat is not None or not jobs:
+        if not jobs:
             return jobs, packets
+        nat = tunnel.nat
+        relays = nat.relays if nat is not None else None
+        kept: list[SealJob | KeypairRetired] = []
         sockets = tunnel._sockets
         for job in jobs:
             if not isinstance(job, SealJob):
                 continue  # KeypairRetired: the key lives only in the jobs, which are gone once sent
+            if relays is not None and relays(job.endpoint):
+                kept.append(job)  # through the TURN allocation: ``run_seal_jobs`` and ``NatHook.divert``
+                continue
             udp = sockets.get(socket.AF_INET6 if endpoint_is_ipv6(job.endpoint) else socket.AF_INET)
             if udp is None:
                 continue  # no socket of that family: dropped, as ``send_datagrams`` drops it
             if job.sealed_size() > len(self._buffer):
                 self._buffer = bytearray(job.sealed_size())
             udp.send_contiguous(self._buffer, job.run_into(self._buffer), job.endpoint)
-        return [], packets
+        return kept, packets
 
 
 class _WorkerSink:

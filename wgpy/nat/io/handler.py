@@ -130,8 +130,9 @@ class NatHandler:
         return direct
 
     def relays(self, endpoint: Endpoint) -> bool:
-        """Whether datagrams to ``endpoint`` must go through ``divert`` (a peer's relayed address): with a
-        data-plane worker, the tunnel keeps their seal jobs in this process (``worker.split_jobs``)."""
+        """Whether datagrams to ``endpoint`` must go through ``divert`` (a peer's relayed address): their seal jobs
+        reach ``divert`` as datagrams, kept from the data-plane worker (``worker.split_jobs``) and from the tunnel's
+        in-place sealer (``_SealInPlace``); ``divert`` passes a transport message to any other endpoint unchanged."""
         relayed = self.relayed
         return bool(relayed) and (str(endpoint[0]), int(endpoint[1])) in relayed
 
