@@ -41,8 +41,6 @@ KINDS: Final = frozenset(
         "map_push",
         "stream_connected",
         "stream_closed",
-        "dashboard_login",
-        "dashboard_logout",
     }
 )
 
