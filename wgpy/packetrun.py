@@ -1,0 +1,111 @@
+"""Runs of IP packets laid out at a fixed stride in one buffer, so that the bulk paths make no object per packet.
+
+Theory of operation: a TCP flow in bulk moves as runs of equal-sized packets. A TUN read with TSO brings a
+super-packet that cuts into up to 64 KiB / MSS segments of one flow; one UDP GRO read brings up to 64 datagrams of
+one size from one sender. Turning each of them into a ``bytes`` object, and handing the engine a list of them,
+costs more Python per packet than the sealing itself. A ``PacketRun`` keeps such a run where it lies: packet ``i``
+starts at ``i * stride`` in ``buffer`` and is ``size`` bytes long, except the last, which is ``last_size`` (at most
+``size``). The bytes between a packet's end and the next stride are zeros when the producer promises so
+(``zero_padded``): the send path then seals a padded plaintext (whitepaper §5.4.6) straight from the buffer.
+
+It is a ``Sequence[bytes]``, so whatever takes a list of packets also takes a run (indexing copies that packet
+out); the fast paths (``Sender.send_packets``, ``SealJob.run_into``, the TUN driver) read ``buffer`` through
+``memoryview`` slices instead, and numpy can view the whole run as a ``(packets_in, stride)`` array. Nothing here does
+I/O, and a run owns nothing but its buffer reference: whoever made it must not change the buffer while the run is
+in use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import overload
+
+__all__ = ["PacketRun"]
+
+
+class PacketRun(Sequence[bytes]):
+    """``packets_in`` IP packets at ``stride`` bytes from each other in ``buffer`` (see the module docstring)."""
+
+    __slots__ = ("buffer", "last_size", "packets_in", "size", "stride", "zero_padded")
+
+    def __init__(
+        self,
+        buffer: bytes | bytearray | memoryview,
+        packets_in: int,
+        stride: int,
+        size: int,
+        last_size: int | None = None,
+        *,
+        zero_padded: bool = False,
+    ) -> None:
+        """
+        Args:
+            buffer: the packets; at least ``(packets_in - 1) * stride + last_size`` bytes.
+            packets_in: how many packets (at least one).
+            stride: the distance from one packet's first byte to the next one's (at least ``size``).
+            size: the length of every packet but the last.
+            last_size: the last packet's length (``size`` when omitted); 1 to ``size``.
+            zero_padded: every byte from a packet's end to its next stride (or, for the last, to ``packets_in *
+                stride`` where the buffer reaches that far) is zero.
+
+        Raises:
+            ValueError: the shape does not fit the buffer.
+        """
+        if last_size is None:
+            last_size = size
+        if packets_in < 1 or size < 1 or stride < size or not 1 <= last_size <= size:
+            raise ValueError(f"bad packet run: {packets_in} packets of {size} (last {last_size}) every {stride} bytes")
+        if len(buffer) < (packets_in - 1) * stride + last_size:
+            raise ValueError(f"a {len(buffer)}-byte buffer cannot hold {packets_in} packets every {stride} bytes")
+        self.buffer = buffer
+        self.packets_in = packets_in
+        self.stride = stride
+        self.size = size
+        self.last_size = last_size
+        self.zero_padded = zero_padded
+
+    def __repr__(self) -> str:
+        return f"PacketRun({self.packets_in} x {self.size} B, last {self.last_size} B, stride {self.stride})"
+
+    def __len__(self) -> int:
+        return self.packets_in
+
+    def length(self, index: int) -> int:
+        """The length of packet ``index`` (0 <= index < packets_in)."""
+        return self.last_size if index == self.packets_in - 1 else self.size
+
+    def total_bytes(self) -> int:
+        """The bytes of all packets together (strides not counted)."""
+        return (self.packets_in - 1) * self.size + self.last_size
+
+    def view(self, index: int) -> memoryview:
+        """Packet ``index`` as a memoryview into the buffer (no copy)."""
+        start = index * self.stride
+        return memoryview(self.buffer)[start : start + self.length(index)]
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.packets_in))]
+        if index < 0:
+            index += self.packets_in
+        if not 0 <= index < self.packets_in:
+            raise IndexError("packet run index out of range")
+        start = index * self.stride
+        return bytes(self.buffer[start : start + self.length(index)])
+
+    def __iter__(self) -> Iterator[bytes]:
+        buffer, stride, size = self.buffer, self.stride, self.size
+        last = self.packets_in - 1
+        for i in range(last):
+            yield bytes(buffer[i * stride : i * stride + size])
+        yield bytes(buffer[last * stride : last * stride + self.last_size])
+
+    def packets(self) -> list[bytes]:
+        """Every packet as its own ``bytes`` (what the per-packet paths take)."""
+        return list(self)
