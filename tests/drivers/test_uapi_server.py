@@ -14,7 +14,7 @@ import gc
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,6 +254,41 @@ def test_listen_port_in_use_is_eaddrinuse_and_changes_nothing(socket_dir: Path) 
             new_port = free_udp_port()
             assert await request(served.path, f"set=1\nlisten_port={new_port}\n\n") == "errno=0\n\n"
             assert served.tunnel.local_port == new_port
+
+    asyncio.run(main())
+
+
+def test_a_set_overtaken_by_another_change_gets_ebusy_and_keeps_the_old_port(
+    socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose device half is refused (EBUSY: the device was changed while the request was built) also
+    gives back the port and fwmark it had already moved to, so that the refusal changes nothing."""
+
+    async def main() -> None:
+        async with serving(socket_dir) as served:
+            tunnel = served.tunnel
+            port_before = tunnel.local_port
+            original = uapi.apply_set_steps
+
+            def overtaken(
+                device: Device, request: uapi.SetRequest, now: float, sockets: object = None, peers_per_step: int = 0
+            ) -> Iterator[int]:
+                steps = original(device, request, now, peers_per_step=1)
+                yield next(steps)
+                # Another change reaches the device between two steps (the mesh agent applying a map, say).
+                tunnel.device.add_peer(PrivateKey.generate().public_key(), allowed_ips=["10.200.0.0/16"])
+                yield from steps
+
+            monkeypatch.setattr(uapi, "apply_set_steps", overtaken)
+            new_port = free_udp_port()
+            peers = "".join(f"public_key={PrivateKey.generate().public_key().to_hex()}\n" for _ in range(3))
+            mark = "fwmark=5\n" if os.geteuid() == 0 else ""  # SO_MARK needs CAP_NET_ADMIN
+            reply = await request(served.path, f"set=1\nlisten_port={new_port}\n{mark}{peers}\n")
+            assert reply == errno_line(errno.EBUSY)
+            assert tunnel.local_port == port_before and tunnel.fwmark == 0
+            assert len(tunnel.device.peers) == 1  # the other change, and nothing of the refused request
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.bind(("127.0.0.1", new_port))  # the refused request's port was released
 
     asyncio.run(main())
 

@@ -290,6 +290,7 @@ class UapiServer:
         flushing and letting the data plane run between them. The server's lock keeps other requests out until
         the last step."""
         tunnel = self.tunnel
+        old_port, old_fwmark = tunnel.listen_port, tunnel.fwmark
         try:
             if request.listen_port is not None:
                 await tunnel.rebind(request.listen_port, fwmark=request.fwmark)
@@ -309,11 +310,24 @@ class UapiServer:
                 await asyncio.sleep(0)
         except UapiError as exc:  # the device was configured otherwise while this was built: nothing changed
             logger.info("UAPI set refused: %s", exc)
+            await self._restore_sockets(old_port, old_fwmark)
             return exc.errno
         if self.mesh is not None:
             self.mesh.configuration_changed()
         self.tunnel.flush()
         return 0
+
+    async def _restore_sockets(self, port: int, fwmark: int) -> None:
+        """Undo the socket half of a refused request, so that a refusal changes nothing (the port it bound is
+        released, and the old one bound again with the old fwmark)."""
+        tunnel = self.tunnel
+        try:
+            if tunnel.listen_port != port:
+                await tunnel.rebind(port, fwmark=fwmark)
+            if tunnel.fwmark != fwmark:
+                tunnel.set_fwmark(fwmark)
+        except UapiError as exc:  # the old port was taken meanwhile: the new one stays, and the log says so
+            logger.warning("UAPI set refused, but listen-port %d could not be bound again: %s", port, exc)
 
 
 class _Oversized:
