@@ -110,11 +110,14 @@ __all__ = [
     "VIRTIO_NET_HDR_SIZE",
     "ZERO_VIRTIO_NET_HDR",
     "OffloadError",
+    "SplitRun",
     "VirtioNetHdr",
     "gso_none_checksum",
     "gso_split",
+    "gso_split_into",
     "handle_gro",
     "handle_virtio_read",
+    "handle_virtio_read_run",
 ]
 
 VIRTIO_NET_HDR_SIZE: Final = 10  # sizeof(struct virtio_net_hdr), <linux/virtio_net.h>
@@ -460,6 +463,128 @@ def _split_tcp(packet: bytes, hdr: VirtioNetHdr, version: int) -> list[bytes]:
         + payload
     )
     return segments
+
+
+#: A TCP super-packet cut into one buffer (``gso_split_into``): (buffer, count, stride, size, last_size). Segment
+#: ``i`` starts at ``i * stride`` and is ``size`` bytes (the last ``last_size``); the bytes between are zeros.
+SplitRun = tuple[bytearray, int, int, int, int]
+
+_RUN_STRIDE_MULTIPLE: Final = 16  # a segment's slot: its length rounded up to this (the WireGuard padding, §5.4.6)
+
+
+def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) -> SplitRun | None:
+    """``gso_split`` of a TCP super-packet into one zero-filled buffer at a fixed stride, without a Python object
+    per segment; ``None`` when this shape is not handled here (no numpy, UDP_L4, an odd ``gso_size``): the caller
+    then uses ``gso_split``. The segments are byte for byte those of ``gso_split`` (the tests compare them).
+
+    The stride is the full segment length rounded up to 16, so that each segment followed by its zeros is already
+    its WireGuard-padded plaintext. Every segment's headers are one broadcast copy of the super-packet's; the
+    fields that differ (TCP seq and flags and checksum, IPv4 total length, id and header checksum, IPv6 payload
+    length) are computed for all rows at once as numpy arrays and written as big-endian columns; the payload sums
+    are one row sum, as in ``gso_split``.
+
+    Raises:
+        OffloadError: as ``gso_split`` (a malformed super-packet).
+    """
+    np = _np
+    gso_type = hdr.gso_type & ~VIRTIO_NET_HDR_GSO_ECN
+    if np is None or gso_type not in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6) or hdr.gso_size & 1:
+        return None
+    version = 4 if gso_type == VIRTIO_NET_HDR_GSO_TCPV4 else 6
+    packet = bytes(packet)
+    ip_len = _check_gso_headers(packet, hdr, version, IPPROTO_TCP)
+    size = len(packet)
+    if hdr.csum_offset != _TCP_CSUM_OFFSET or size < ip_len + 20:
+        raise OffloadError("TCP GSO packet: bad csum_offset or no room for a TCP header")
+    tcp_len = (packet[ip_len + 12] >> 4) * 4
+    hdr_len = ip_len + tcp_len
+    if tcp_len < 20 or hdr_len >= size:
+        raise OffloadError(f"TCP GSO packet: data offset {tcp_len} leaves no payload in {size} bytes")
+    if hdr_len & 1:  # odd IPv4 options cannot happen (IHL counts words); keep the row sums on word boundaries
+        return None
+    gso_size = hdr.gso_size
+    payload_total = size - hdr_len
+    count = -(-payload_total // gso_size)
+    full = payload_total // gso_size  # segments of exactly gso_size bytes of payload
+    last_payload = payload_total - (count - 1) * gso_size
+    headers = packet[:hdr_len]
+    flags = headers[ip_len + 13]
+    (seq0,) = _SEQ.unpack_from(headers, ip_len + 4)
+    tcp_fixed = (
+        _address_sum(headers, version)
+        + IPPROTO_TCP
+        + tcp_len
+        + _sum_mod(headers[ip_len:])
+        - (seq0 >> 16)
+        - (seq0 & 0xFFFF)
+        - flags
+        - int.from_bytes(headers[ip_len + 16 : ip_len + 18], "big")
+    )
+    seg_size = hdr_len + gso_size
+    stride = -(-seg_size // _RUN_STRIDE_MULTIPLE) * _RUN_STRIDE_MULTIPLE
+    buffer = bytearray(count * stride)
+    rows = np.frombuffer(buffer, np.uint8).reshape(count, stride)
+    rows[:, :hdr_len] = np.frombuffer(headers, np.uint8)
+    source = np.frombuffer(packet, np.uint8)
+    if full:
+        rows[:full, hdr_len:seg_size] = source[hdr_len : hdr_len + full * gso_size].reshape(full, gso_size)
+    if full < count:
+        rows[count - 1, hdr_len : hdr_len + last_payload] = source[hdr_len + full * gso_size :]
+    # Payload sums (mod 0xFFFF, as big-endian word sums): one row sum over the full payloads read as native words.
+    sums = np.empty(count, np.int64)
+    if full:
+        words = np.frombuffer(packet, np.uint16, full * gso_size // 2, hdr_len).reshape(full, gso_size // 2)
+        sums[:full] = words.sum(axis=1, dtype=np.int64) * _NATIVE_TO_BIG
+    if full < count:
+        sums[count - 1] = _sum_mod(packet[hdr_len + full * gso_size :])
+    index = np.arange(count, dtype=np.int64)
+    payloads = np.full(count, gso_size, np.int64)
+    payloads[count - 1] = last_payload
+    seqs = (seq0 + index * gso_size) & 0xFFFFFFFF
+    # tcp_gso_segment: FIN and PSH only on the last segment, CWR only on the first (a single one keeps its flags).
+    seg_flags = np.full(count, flags & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR), np.int64)
+    if count == 1:
+        seg_flags[0] = flags
+    else:
+        seg_flags[0] = flags & ~(_TCP_FIN | _TCP_PSH)
+        seg_flags[count - 1] = flags & ~_TCP_CWR
+    tcp_csum = (-(sums + tcp_fixed + payloads + (seqs >> 16) + (seqs & 0xFFFF) + seg_flags)) % 0xFFFF
+    _put_column(rows, ip_len + 4, seqs, ">u4")
+    rows[:, ip_len + 13] = seg_flags
+    _put_column(rows, ip_len + 16, tcp_csum, ">u2")
+    if version == 4:
+        (ip_id0,) = _U16.unpack_from(headers, 4)
+        ip_fixed = _sum_mod(headers[:ip_len]) - int.from_bytes(headers[2:6], "big") - _U16.unpack_from(headers, 10)[0]
+        totals = payloads + hdr_len
+        ids = (ip_id0 + index) & 0xFFFF
+        _put_column(rows, 2, totals, ">u2")
+        _put_column(rows, 4, ids, ">u2")
+        _put_column(rows, 10, (-(ip_fixed + totals + ids)) % 0xFFFF, ">u2")
+    else:
+        _put_column(rows, 4, payloads + (hdr_len - _IPV6_HEADER_SIZE), ">u2")
+    return buffer, count, stride, seg_size, hdr_len + last_payload
+
+
+def _put_column(rows: object, at: int, values: object, dtype: str) -> None:
+    """Write ``values`` (one per row) big-endian at byte ``at`` of every row of the uint8 matrix ``rows``."""
+    np = _np
+    column = np.ascontiguousarray(values, dtype=dtype)
+    width = column.itemsize
+    rows[:, at : at + width] = column.view(np.uint8).reshape(-1, width)  # type: ignore[index]
+
+
+def handle_virtio_read_run(record: bytes | bytearray | memoryview) -> SplitRun | list[bytes]:
+    """``handle_virtio_read``, but a TCP super-packet comes back as one ``gso_split_into`` run where it can.
+
+    Raises:
+        OffloadError: as ``handle_virtio_read``.
+    """
+    if len(record) > VIRTIO_NET_HDR_SIZE and record[1]:
+        fields = _VIRTIO_NET_HDR.unpack_from(record)
+        run = gso_split_into(memoryview(record)[VIRTIO_NET_HDR_SIZE:], VirtioNetHdr(*fields))
+        if run is not None:
+            return run
+    return handle_virtio_read(record)
 
 
 def _payload_sums(packet: bytes, start: int, size: int, count: int) -> tuple[list[int], int]:
