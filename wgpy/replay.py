@@ -79,3 +79,22 @@ class ReplayWindow:
                         ring[i % _RING_WORDS] = 0
             self._top = slot
         ring[word % _RING_WORDS] |= 1 << (slot & (_WORD_BITS - 1))
+
+    def ahead(self, first: int, count: int) -> bool:
+        """Whether the ``count`` consecutive counters from ``first`` are all ahead of everything accepted (so each
+        one alone would be accepted), and fit in one window (1 <= count <= REPLAY_WINDOW_SIZE)."""
+        return 1 <= count <= REPLAY_WINDOW_SIZE and first + 1 > self._top and first + count <= REJECT_AFTER_MESSAGES
+
+    def commit_run(self, first: int, count: int) -> None:
+        """Record the counters ``first`` .. ``first + count - 1`` that ``ahead`` has just approved: the same window
+        as ``commit`` on each in order, with one slide and one mask per ring word."""
+        last_slot = first + count  # the slot of the last counter
+        self.commit(last_slot - 1)  # slides the window and sets the last bit
+        ring = self._ring
+        slot = first + 1
+        while slot < last_slot:
+            word = slot >> 6
+            end = min(last_slot, (word + 1) << 6)  # one past the last slot of this run in this word
+            low = slot & (_WORD_BITS - 1)
+            ring[word % _RING_WORDS] |= ((1 << (end - slot)) - 1) << low
+            slot = end
