@@ -324,7 +324,11 @@ def _check_gso_headers(packet: bytes, hdr: VirtioNetHdr, version: int, protocol:
     return ip_len
 
 
-def _split_tcp(packet: bytes, hdr: VirtioNetHdr, version: int) -> list[bytes]:
+def _tcp_gso_headers(packet: bytes, hdr: VirtioNetHdr, version: int) -> tuple[int, int, int, bytes, int, int, int]:
+    """Validate a TCP GSO super-packet's headers; return what both splits start from: the IP header length, the
+    TCP header length, both together, the headers, the TCP flags and seq, and everything of a segment's TCP
+    checksum equation except its payload, seq and flags (the pseudo-header of a full-size segment and the header
+    words that every segment copies)."""
     ip_len = _check_gso_headers(packet, hdr, version, IPPROTO_TCP)
     size = len(packet)
     if hdr.csum_offset != _TCP_CSUM_OFFSET or size < ip_len + 20:
@@ -333,12 +337,9 @@ def _split_tcp(packet: bytes, hdr: VirtioNetHdr, version: int) -> list[bytes]:
     hdr_len = ip_len + tcp_len
     if tcp_len < 20 or hdr_len >= size:
         raise OffloadError(f"TCP GSO packet: data offset {tcp_len} leaves no payload in {size} bytes")
-    gso_size = hdr.gso_size
     headers = packet[:hdr_len]
     flags = headers[ip_len + 13]
     (seq,) = _SEQ.unpack_from(headers, ip_len + 4)
-    # Everything of a segment's TCP checksum equation except its payload, seq and flags: the pseudo-header (for a
-    # full-size segment) and the header words that every segment copies.
     tcp_fixed = (
         _address_sum(headers, version)
         + IPPROTO_TCP
@@ -349,6 +350,13 @@ def _split_tcp(packet: bytes, hdr: VirtioNetHdr, version: int) -> list[bytes]:
         - flags
         - int.from_bytes(headers[ip_len + 16 : ip_len + 18], "big")
     )
+    return ip_len, tcp_len, hdr_len, headers, flags, seq, tcp_fixed
+
+
+def _split_tcp(packet: bytes, hdr: VirtioNetHdr, version: int) -> list[bytes]:
+    ip_len, tcp_len, hdr_len, headers, flags, seq, tcp_fixed = _tcp_gso_headers(packet, hdr, version)
+    size = len(packet)
+    gso_size = hdr.gso_size
     # tcp_gso_segment: FIN and PSH only on the last segment, CWR only on the first.
     last_start = hdr_len + (size - hdr_len - 1) // gso_size * gso_size
     last_size = size - last_start
@@ -492,14 +500,8 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
         return None
     version = 4 if gso_type == VIRTIO_NET_HDR_GSO_TCPV4 else 6
     packet = bytes(packet)
-    ip_len = _check_gso_headers(packet, hdr, version, IPPROTO_TCP)
+    ip_len, _tcp_len, hdr_len, headers, flags, seq0, tcp_fixed = _tcp_gso_headers(packet, hdr, version)
     size = len(packet)
-    if hdr.csum_offset != _TCP_CSUM_OFFSET or size < ip_len + 20:
-        raise OffloadError("TCP GSO packet: bad csum_offset or no room for a TCP header")
-    tcp_len = (packet[ip_len + 12] >> 4) * 4
-    hdr_len = ip_len + tcp_len
-    if tcp_len < 20 or hdr_len >= size:
-        raise OffloadError(f"TCP GSO packet: data offset {tcp_len} leaves no payload in {size} bytes")
     if hdr_len & 1:  # odd IPv4 options cannot happen (IHL counts words); keep the row sums on word boundaries
         return None
     gso_size = hdr.gso_size
@@ -507,19 +509,6 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
     count = -(-payload_total // gso_size)
     full = payload_total // gso_size  # segments of exactly gso_size bytes of payload
     last_payload = payload_total - (count - 1) * gso_size
-    headers = packet[:hdr_len]
-    flags = headers[ip_len + 13]
-    (seq0,) = _SEQ.unpack_from(headers, ip_len + 4)
-    tcp_fixed = (
-        _address_sum(headers, version)
-        + IPPROTO_TCP
-        + tcp_len
-        + _sum_mod(headers[ip_len:])
-        - (seq0 >> 16)
-        - (seq0 & 0xFFFF)
-        - flags
-        - int.from_bytes(headers[ip_len + 16 : ip_len + 18], "big")
-    )
     seg_size = hdr_len + gso_size
     stride = -(-seg_size // _RUN_STRIDE_MULTIPLE) * _RUN_STRIDE_MULTIPLE
     buffer = bytearray(count * stride)
