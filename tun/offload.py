@@ -86,7 +86,7 @@ import functools
 import struct
 import sys
 from collections.abc import Sequence
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 try:
     import numpy as _np
@@ -522,8 +522,8 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
     # Payload sums (mod 0xFFFF, as big-endian word sums): one row sum over the full payloads read as native words.
     sums = np.empty(count, np.int64)
     if full:
-        words = np.frombuffer(packet, np.uint16, full * gso_size // 2, hdr_len).reshape(full, gso_size // 2)
-        sums[:full] = words.sum(axis=1, dtype=np.int64) * _NATIVE_TO_BIG
+        sums[:full] = _native_row_sums(packet, hdr_len, gso_size, full)  # into int64 before the scaling
+        sums[:full] *= _NATIVE_TO_BIG
     if full < count:
         sums[count - 1] = _sum_mod(packet[hdr_len + full * gso_size :])
     index = np.arange(count, dtype=np.int64)
@@ -576,6 +576,15 @@ def handle_virtio_read_run(record: bytes | bytearray | memoryview) -> SplitRun |
     return handle_virtio_read(record)
 
 
+def _native_row_sums(packet: bytes, start: int, size: int, count: int) -> Any:
+    """numpy's one row sum over ``count`` payloads of an even ``size`` from an even ``start``, read in place as
+    native 16-bit words (times ``_NATIVE_TO_BIG``, congruent to each payload's big-endian word sum; see
+    ``_payload_sums``): a uint32 array, which cannot overflow (a row has at most 32767 words below 2**16)."""
+    np = _np
+    words = np.frombuffer(packet, np.uint16, count * size // 2, start).reshape(count, size // 2)
+    return words.sum(axis=1, dtype=np.uint32)
+
+
 def _payload_sums(packet: bytes, start: int, size: int, count: int) -> tuple[list[int], int]:
     """The word sums of ``count`` payloads of ``size`` bytes from ``packet[start:]``, and the factor that makes
     each congruent (mod 0xFFFF) to its big-endian 16-bit word sum (RFC 1071; an odd size is padded with zero).
@@ -589,8 +598,7 @@ def _payload_sums(packet: bytes, start: int, size: int, count: int) -> tuple[lis
         return [], 1
     np = _np
     if np is not None and not size & 1 and not start & 1 and count >= VECTOR_SUM_MIN_SEGMENTS:
-        words = np.frombuffer(packet, np.uint16, count * size // 2, start).reshape(count, size // 2)
-        return words.sum(axis=1, dtype=np.uint32).tolist(), _NATIVE_TO_BIG
+        return _native_row_sums(packet, start, size, count).tolist(), _NATIVE_TO_BIG
     plan = _fold_plan(size)
     odd = size & 1
     from_bytes = int.from_bytes
