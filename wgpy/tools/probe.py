@@ -1146,6 +1146,27 @@ class Probe:
                 fastest = min(fastest, exchange.response.at - exchange.sent_at)
         return fastest
 
+    def _await_ours(self, index: int, ours: bytes, sent_at: list[float], seconds: float) -> None:
+        """Wait up to ``seconds`` for the answer to our initiation ``index``, sent during or after a burst.
+
+        A full handshake queue drops ours silently; an endpoint that has caught up with the burst stays under load
+        for its tail (1 s in wireguard-go and the kernel) and then answers with a response. So the first silence of
+        ``QUIET_AFTER_BURST`` with ours unanswered (the queue has drained) sends ours once more, inside that tail.
+        Every copy's send time goes to ``sent_at``.
+        """
+        deadline = self.real() + seconds
+        resent = False
+        while self.real() < deadline:
+            got = self.wait(min(QUIET_AFTER_BURST, max(deadline - self.real(), 0.0)), lambda r: True)
+            if got is not None:
+                if got.reply_index == index and got.kind in (_RESPONSE, _COOKIE_REPLY):
+                    return
+                continue
+            if not resent:
+                self.send_raw(ours)
+                sent_at.append(self.last_initiation_at)
+                resent = True
+
     def check_cookie_under_load(self) -> tuple[str, dict[str, object]]:
         self.ensure_session()
         burst = self.config.burst
@@ -1178,7 +1199,7 @@ class Probe:
                 # burst made the endpoint.
                 self.send_raw(ours)
                 sent_at.append(self.last_initiation_at)
-            self.answer_to(initiation.index, max(self.config.timeout, 2.0))
+            self._await_ours(initiation.index, ours, sent_at, max(self.config.timeout, 2.0))
             # Let the burst drain (cookie replies stop coming).
             quiet_deadline = self.real() + max(self.config.timeout, 2.0)
             while self.real() < quiet_deadline and self.wait(QUIET_AFTER_BURST, lambda r: True) is not None:
