@@ -62,7 +62,15 @@ from types import TracebackType
 from typing import Final, Self
 
 from tun import TunError
-from tun.offload import VIRTIO_NET_HDR_SIZE, ZERO_VIRTIO_NET_HDR, OffloadError, handle_gro, handle_virtio_read
+from tun.offload import (
+    VIRTIO_NET_HDR_SIZE,
+    ZERO_VIRTIO_NET_HDR,
+    OffloadError,
+    SplitRun,
+    handle_gro,
+    handle_virtio_read,
+    handle_virtio_read_run,
+)
 
 __all__ = [
     "DEVICE_PATH",
@@ -541,6 +549,31 @@ class LinuxTun:
             return [record[VIRTIO_NET_HDR_SIZE:]]  # a plain complete packet, the common case: skip the call
         try:
             return handle_virtio_read(record)
+        except OffloadError:
+            self.malformed_reads += 1
+            return []
+
+    def read_run(self) -> SplitRun | list[bytes]:
+        """``read_packets``, except that a TCP super-packet (TSO) comes back as one ``tun.offload.SplitRun``:
+        ``(buffer, count, stride, size, last_size)``, its segments at a 16-rounded stride in one zero-filled buffer
+        (``gso_split_into``), where the caller can seal them without a ``bytes`` object each. Every other read is
+        ``read_packets``'s list. A malformed record is counted in ``malformed_reads`` and gives an empty list.
+
+        Raises:
+            BlockingIOError: in non-blocking mode, when nothing is waiting.
+            OSError: other read errors.
+            ValueError: the device is closed.
+        """
+        fd = self._fd
+        if fd < 0:
+            raise ValueError("I/O operation on closed TUN device")
+        if not self._offload:
+            return [os.read(fd, READ_SIZE)]
+        record = os.read(fd, OFFLOAD_READ_SIZE)
+        if len(record) > VIRTIO_NET_HDR_SIZE and not record[0] and not record[1]:
+            return [record[VIRTIO_NET_HDR_SIZE:]]
+        try:
+            return handle_virtio_read_run(record)
         except OffloadError:
             self.malformed_reads += 1
             return []

@@ -20,7 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import overload
 
-__all__ = ["PacketRun"]
+from . import ip
+
+__all__ = ["PacketRun", "uniform_destination"]
+
+_V4_NO_OPTIONS = 0x45  # RFC 791 §3.1: version 4, IHL 5
 
 
 class PacketRun(Sequence[bytes]):
@@ -106,6 +110,58 @@ class PacketRun(Sequence[bytes]):
             yield bytes(buffer[i * stride : i * stride + size])
         yield bytes(buffer[last * stride : last * stride + self.last_size])
 
+    def head(self, count: int) -> PacketRun:
+        """The first ``count`` packets (1 to ``packets_in``) as a run over the same buffer."""
+        if not 1 <= count <= self.packets_in:
+            raise ValueError(f"a run of {self.packets_in} packets has no head of {count}")
+        if count == self.packets_in:
+            return self
+        return PacketRun(self.buffer, count, self.stride, self.size, zero_padded=self.zero_padded)
+
+    def with_lengths(self, size: int, last_size: int) -> PacketRun:
+        """The same slots with other lengths (a padded run of a ``zero_padded`` one: the added bytes are zeros)."""
+        return PacketRun(self.buffer, self.packets_in, self.stride, size, last_size, zero_padded=self.zero_padded)
+
     def packets(self) -> list[bytes]:
         """Every packet as its own ``bytes`` (what the per-packet paths take)."""
         return list(self)
+
+
+def uniform_destination(run: PacketRun) -> bytes | None:
+    """The destination address every packet of ``run`` has, each with a header ``ip.destination`` accepts; ``None``
+    when that is not so, or not shown cheaply (the caller then takes the packets one by one).
+
+    The packets before the last must each fill their ``size`` exactly (total length = ``size``), with the first
+    row's version byte (IPv4: 0x45, no options) and destination; the last is read with ``ip.destination``. Each
+    column of those bytes is compared as one strided slice of the buffer, so the check is a few C calls per run
+    whatever its length: what lets the send path route a whole TSO read once, on its first packet, without ever
+    sending a packet to a peer its own destination would not pick.
+    """
+    first = ip.destination(run.view(0))
+    if first is None:
+        return None
+    count = run.packets_in
+    if count == 1:
+        return first
+    if ip.destination(run.view(count - 1)) != first:
+        return None
+    buffer = memoryview(run.buffer)
+    stride, size = run.stride, run.size
+    end = (count - 1) * stride  # the rows before the last
+    rows = count - 1
+    version = buffer[0]
+    if len(first) == 4:
+        if version != _V4_NO_OPTIONS:
+            return None
+        expected = {0: version, 2: size >> 8, 3: size & 0xFF}
+        expected.update((16 + i, first[i]) for i in range(4))
+    else:
+        payload = size - ip.IPV6_HEADER_SIZE
+        if payload < 0:
+            return None
+        expected = {0: version, 4: payload >> 8, 5: payload & 0xFF}
+        expected.update((24 + i, first[i]) for i in range(16))
+    for offset, value in expected.items():
+        if buffer[offset:end:stride] != bytes((value,)) * rows:
+            return None
+    return first

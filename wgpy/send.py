@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -36,9 +36,10 @@ from . import crypto, ip, noise
 from .constants import REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
 from .errors import DropReason
 from .events import Endpoint, Event
-from .keypair import MESSAGE_PADDING_MULTIPLE, Keypair, seal_run
+from .keypair import MESSAGE_PADDING_MULTIPLE, Keypair, padded_length, seal_run
 from .messages import MESSAGE_TRANSPORT_HEADER_SIZE, TRANSPORT_HEADER, MessageType
 from .noise import HandshakeRejected
+from .packetrun import PacketRun, uniform_destination
 
 if TYPE_CHECKING:
     import collections
@@ -72,7 +73,7 @@ class SealJob:
     local_index: int  # which keypair (stable while it lives; a ``KeypairRetired`` with it ends its use)
     remote_index: int
     first_counter: int
-    plaintexts: list[bytes]  # padded; an empty one is a keepalive
+    plaintexts: list[bytes] | PacketRun  # padded; an empty one is a keepalive (never in a run)
     endpoint: Endpoint
     aead: crypto.Aead = field(repr=False)
     send_key: bytes = field(repr=False)
@@ -83,7 +84,9 @@ class SealJob:
 
     def sealed_size(self) -> int:
         """The bytes of all the job's messages together (``run_into`` needs a buffer at least this large)."""
-        return sum(map(len, self.plaintexts)) + len(self.plaintexts) * _TRANSPORT_OVERHEAD
+        plaintexts = self.plaintexts
+        size = plaintexts.total_bytes() if isinstance(plaintexts, PacketRun) else sum(map(len, plaintexts))
+        return size + len(plaintexts) * _TRANSPORT_OVERHEAD
 
     def run_into(self, buffer: bytearray) -> list[int]:
         """``run()``, written back to back into ``buffer`` from its start: returns the messages' sizes.
@@ -92,7 +95,10 @@ class SealJob:
         message: each header is packed in place and ChaCha20-Poly1305 seals the plaintext straight behind it
         (``encrypt_into``; the nonce is the counter, little-endian after four zero bytes, and there is no associated
         data: whitepaper §5.4.6), so that a driver can hand runs of them to one UDP GSO ``sendmsg`` as they are.
+        A run's plaintexts are read where they lie in its buffer.
         """
+        if isinstance(self.plaintexts, PacketRun):
+            return self._run_into_from_run(buffer, self.plaintexts)
         view = memoryview(buffer)
         encrypt_into = self.aead.encrypt_into
         pack_header = TRANSPORT_HEADER.pack_into
@@ -106,6 +112,32 @@ class SealJob:
             encrypt_into(nonce(counter), plaintext, None, view[at + MESSAGE_TRANSPORT_HEADER_SIZE : at + size])
             sizes.append(size)
             at += size
+        return sizes
+
+    def _run_into_from_run(self, buffer: bytearray, run: PacketRun) -> list[int]:
+        """``run_into`` for plaintexts that are a ``PacketRun``: every message but the last has one size."""
+        view = memoryview(buffer)
+        source = memoryview(run.buffer)
+        encrypt_into = self.aead.encrypt_into
+        pack_header = TRANSPORT_HEADER.pack_into
+        nonce = _NONCE.pack
+        remote_index = self.remote_index
+        stride, size = run.stride, run.size
+        sealed = size + _TRANSPORT_OVERHEAD
+        last = run.packets_in - 1
+        at = start = 0
+        counter = self.first_counter
+        for _ in range(last):
+            pack_header(buffer, at, _TRANSPORT_TYPE, remote_index, counter)
+            encrypt_into(nonce(counter), source[start : start + size], None, view[at + 16 : at + sealed])
+            counter += 1
+            at += sealed
+            start += stride
+        last_sealed = run.last_size + _TRANSPORT_OVERHEAD
+        pack_header(buffer, at, _TRANSPORT_TYPE, remote_index, counter)
+        encrypt_into(nonce(counter), source[start : start + run.last_size], None, view[at + 16 : at + last_sealed])
+        sizes = [sealed] * last
+        sizes.append(last_sealed)
         return sizes
 
 
@@ -132,7 +164,7 @@ class PlaintextFilter(Protocol):
 class Sealer(Protocol):
     """Turns padded plaintexts into transport messages on their way out (inline, or handed to a worker)."""
 
-    def seal(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: list[bytes], limit: int) -> int:
+    def seal(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: Sequence[bytes], limit: int) -> int:
         """Take as many of ``padded`` as the keypair's counter allows below ``limit``; return how many it took.
 
         What it took is on its way to ``endpoint`` (the counters are spent) and counted in ``peer.tx_bytes``.
@@ -156,7 +188,7 @@ class InlineSealer:
     def __init__(self, datagrams: list[tuple[bytes, Endpoint]]) -> None:
         self._datagrams = datagrams
 
-    def seal(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: list[bytes], limit: int) -> int:
+    def seal(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: Sequence[bytes], limit: int) -> int:
         messages = keypair.seal_many(padded, limit)
         if messages:
             self._datagrams.extend([(message, endpoint) for message in messages])
@@ -183,15 +215,23 @@ class OffloadSealer:
     def __init__(self, jobs: list[SealJob | KeypairRetired]) -> None:
         self._jobs = jobs
 
-    def seal(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: list[bytes], limit: int) -> int:
+    def seal(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: Sequence[bytes], limit: int) -> int:
         first, count = keypair.reserve(len(padded), limit)
         if not count:
             return 0
-        taken = padded if count == len(padded) else padded[:count]
+        taken: list[bytes] | PacketRun
+        if isinstance(padded, PacketRun):
+            taken = padded if count == len(padded) else padded.head(count)
+            size = taken.total_bytes()
+        else:
+            taken = list(padded) if count == len(padded) else list(padded[:count])
+            size = sum(map(len, taken))
         jobs = self._jobs
         last = jobs[-1] if jobs else None
         if (
             isinstance(last, SealJob)
+            and isinstance(last.plaintexts, list)
+            and isinstance(taken, list)
             and last.local_index == keypair.local_index
             and last.endpoint == endpoint
             and last.first_counter + len(last.plaintexts) == first
@@ -203,13 +243,13 @@ class OffloadSealer:
                     keypair.local_index,
                     keypair.remote_index,
                     first,
-                    list(taken),
+                    taken,
                     endpoint,
                     keypair.send_aead,
                     keypair.export_send_key(),
                 )
             )
-        peer.tx_bytes += sum(map(len, taken)) + count * _TRANSPORT_OVERHEAD  # the bytes the messages will have
+        peer.tx_bytes += size + count * _TRANSPORT_OVERHEAD  # the bytes the messages will have
         return count
 
     def seal_one(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: bytes, limit: int) -> bool:
@@ -304,6 +344,41 @@ class Sender:
         if run_peer is not None and run_keypair is not None:
             self._send_run(run_peer, run_keypair, run, now)
 
+    def send_run(self, run: PacketRun, now: float, wall_ns: int | None = None) -> None:
+        """``send_packets(run)``: the packets of one TSO read, sealed where they lie in the run's buffer.
+
+        The outputs are those of ``send_packets(run.packets())`` (the tests compare two devices). The fast path
+        takes a run whose packets share one destination (``uniform_destination``), a peer with a usable session
+        and no plaintext filter, and a ``zero_padded`` layout whose stride holds each padded packet: the whole run
+        is then routed once, on its first packet, and handed to the sealer as one padded ``PacketRun``
+        (``SealJob.run_into`` seals it from the buffer). Anything else goes packet by packet through
+        ``send_packets``, which makes every decision (and counts every drop) for each one.
+        """
+        if wall_ns is not None:
+            self._note_wall(now, wall_ns)
+        padded = self._padded_run(run)
+        peer = None
+        if padded is not None and self.identity is not None:
+            destination = uniform_destination(run)
+            peer = self.allowed_ips.lookup(destination) if destination is not None else None
+        keypair = self._sending_keypair(peer, now) if peer is not None and not peer.staged else None
+        if peer is None or keypair is None or padded is None:
+            self.send_packets(run.packets(), now)
+            return
+        self._send_run(peer, keypair, padded, now)
+
+    def _padded_run(self, run: PacketRun) -> PacketRun | None:
+        """``run`` with each packet padded as ``pad`` pads it, over the same buffer, when the run's layout already
+        holds that padding (zeros up to each padded length) and no filter must see the packets one by one."""
+        if not run.zero_padded or self.packet_filter is not None:
+            return None
+        mtu = self.mtu
+        size = padded_length(run.size, mtu)
+        last = padded_length(run.last_size, mtu)
+        if size > run.stride or (run.packets_in - 1) * run.stride + last > len(run.buffer):
+            return None
+        return run.with_lengths(size, last)
+
     def _route(self, ip_packet: bytes, now: float) -> Peer | None:
         """The peer an outgoing packet goes to, or ``None`` after counting why it cannot be sent."""
         destination = ip.destination(ip_packet)
@@ -339,7 +414,7 @@ class Sender:
             return None
         return keypair
 
-    def _send_run(self, peer: Peer, keypair: Keypair, padded: list[bytes], now: float) -> None:
+    def _send_run(self, peer: Peer, keypair: Keypair, padded: Sequence[bytes], now: float) -> None:
         """Seal padded packets (none of them a keepalive) on ``keypair``; stage what the counter could not take."""
         endpoint = peer.endpoint
         if endpoint is None:  # unreachable: ``_sending_keypair`` checked it

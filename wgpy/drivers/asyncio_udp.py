@@ -50,6 +50,7 @@ from tun import TunDevice
 from ..device import Device
 from ..errors import UapiError
 from ..events import Endpoint, EndpointChanged, Event, HandshakeCompleted, KeypairExpired, endpoint_is_ipv6
+from ..packetrun import PacketRun
 from ..send import KeypairRetired, SealJob
 from ..transmit import drain
 from .clock import monotonic_now, wall_ns
@@ -444,10 +445,16 @@ class Tunnel:
         tun = self.tun
         if tun is None:
             return
+        # A TSO read comes back as a run (``LinuxTun.read_run``): it goes to the device as it lies in its buffer,
+        # after the packets read before it, so the order of the reads is the order of the sends.
+        read = getattr(tun, "read_run", None) or tun.read_packets
+        device = self.device
         packets: list[bytes] = []
-        while len(packets) < TUN_READ_BATCH:  # packets, not reads: one offload read can carry ~45 segments
+        taken = 0
+        clock: tuple[float, int] | None = None
+        while taken < TUN_READ_BATCH:  # packets, not reads: one offload read can carry ~45 segments
             try:
-                packets += tun.read_packets()
+                got = read()
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -456,8 +463,19 @@ class Tunnel:
                 logger.error("TUN device %s failed (%s): shutting down", tun.name, exc.strerror or exc)
                 self.close()
                 return
+            if isinstance(got, list):
+                packets += got
+                taken += len(got)
+                continue
+            buffer, count, stride, size, last_size = got
+            clock = clock or (monotonic_now(), wall_ns())
+            if packets:
+                device.send_packets(packets, *clock)
+                packets = []
+            device.send_run(PacketRun(buffer, count, stride, size, last_size, zero_padded=True), *clock)
+            taken += count
         if packets:
-            self.device.send_packets(packets, monotonic_now(), wall_ns())
+            device.send_packets(packets, *(clock or (monotonic_now(), wall_ns())))
         self.flush()
 
     def _on_timer(self) -> None:
