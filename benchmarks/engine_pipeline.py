@@ -11,6 +11,10 @@ drifting hits both alike, and reports the medians of the slices:
   on 127.0.0.1 (a GSO ``sendmsg``): ``inline`` (``InlineSealer``: a bytes object per message, then
   ``UdpSocket.send_batch`` joins them) against ``in-place`` (``seal_offload`` and the tunnel's ``_SealInPlace``:
   ``SealJob.run_into`` one buffer, ``UdpSocket.send_contiguous``). The receiving socket is drained between slices.
+- ``tso``: one TSO read of a 47-segment TCP super-packet (1,368 bytes of payload each, the size a daemon reads)
+  three ways: its segments as ``bytes`` already (what 47 plain reads give, without the reads' own cost) through
+  ``send_packets``; cut by ``handle_virtio_read`` (a ``bytes`` object per segment) through ``send_packets``; cut by
+  ``handle_virtio_read_run`` into one buffer through ``send_run``. All three seal in place and send as above.
 - ``receive``: 64 transport messages through ``receive_datagram`` one by one against one ``receive_datagrams``.
 """
 
@@ -20,6 +24,7 @@ import argparse
 import os
 import socket
 import statistics
+import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_transport
 import machineinfo
+
+from tun.offload import handle_virtio_read, handle_virtio_read_run
+from wgpy.packetrun import PacketRun
 
 from wgpy.drivers.asyncio_udp import _SealInPlace
 from wgpy.drivers.udp import UdpSocket
@@ -115,6 +123,72 @@ def bench_send(slices: int) -> str:
     )
 
 
+TSO_SEGMENTS: Final = 47
+TSO_MSS: Final = 1368
+
+
+def tso_record(segments: int = TSO_SEGMENTS, mss: int = TSO_MSS) -> bytes:
+    """An offload TUN read: a virtio_net_hdr (NEEDS_CSUM, TCPV4, the MSS) and an IPv4 TCP super-packet from A to B
+    with 12 bytes of timestamp options, its checksum left partial as the kernel leaves it."""
+    payload = bytes(i & 0xFF for i in range(segments * mss))
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 1000, 1, 8 << 4, 0x18, 502, 0, 0) + bytes(12) + payload
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 7, 0x4000, 64, 6, 0, bench_transport.ADDR_A, bench_transport.ADDR_B
+    )
+    return struct.pack("<BBHHHH", 1, 1, 52, mss, 20, 16) + header + tcp
+
+
+def bench_tso(slices: int) -> str:
+    session = bench_transport.make_session()
+    device = session.a
+    device.seal_offload = True
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    udp = UdpSocket(sender)
+    (peer,) = device.peers.values()
+    peer.endpoint = receiver.getsockname()
+    tunnel: Any = _Sockets(udp)
+    in_place = _SealInPlace(tunnel)
+    record = tso_record()
+    segments = handle_virtio_read(record)
+    assert len(segments) == TSO_SEGMENTS
+    now = bench_transport.NOW
+
+    def as_packets() -> None:
+        device.send_packets(segments, now)
+        drain(device, tunnel, None, in_place)
+
+    def split_list() -> None:
+        device.send_packets(handle_virtio_read(record), now)
+        drain(device, tunnel, None, in_place)
+
+    def split_run() -> None:
+        split = handle_virtio_read_run(record)
+        assert isinstance(split, tuple)
+        buffer, count, stride, size, last_size = split
+        device.send_run(PacketRun(buffer, count, stride, size, last_size, zero_padded=True), now)
+        drain(device, tunnel, None, in_place)
+
+    variants = {"packets": as_packets, "split": split_list, "run": split_run}
+    try:
+        result = measure(variants, slices, lambda: _drain_socket(receiver))
+    finally:
+        receiver.close()
+        udp.close()
+    per = {name: value / TSO_SEGMENTS * 1e6 for name, value in result.items()}
+    return (
+        f"tso {TSO_SEGMENTS} x {TSO_MSS} B of payload, sealed in place to loopback: segments as bytes through "
+        f"send_packets {per['packets']:.3f} us/segment; handle_virtio_read + send_packets {per['split']:.3f} "
+        f"({per['split'] / per['packets']:.3f}x); handle_virtio_read_run + send_run {per['run']:.3f} "
+        f"({per['run'] / per['packets']:.3f}x, {per['run'] / per['split']:.3f}x the split list); send errors "
+        f"{udp.send_errors}"
+    )
+
+
 def bench_receive(slices: int) -> str:
     device, one_by_one, batched = bench_transport.receive_variants(SIZE, BATCH, 2 * slices * CALLS_PER_SLICE + 2)
     result = measure({"single": one_by_one, "batched": batched}, slices, lambda: None)
@@ -133,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     lines = [f"engine_pipeline, medians of {args.slices} slices: {machineinfo.one_line()}"]
     print(lines[0], flush=True)
-    for bench in (bench_send, bench_receive):
+    for bench in (bench_send, bench_tso, bench_receive):
         lines.append(bench(args.slices))
         print(lines[-1], flush=True)
     lines.append(f"load after {os.getloadavg()[0]:.2f}")

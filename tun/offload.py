@@ -537,29 +537,37 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
     else:
         seg_flags[0] = flags & ~(_TCP_FIN | _TCP_PSH)
         seg_flags[count - 1] = flags & ~_TCP_CWR
-    tcp_csum = (-(sums + tcp_fixed + payloads + (seqs >> 16) + (seqs & 0xFFFF) + seg_flags)) % 0xFFFF
-    _put_column(rows, ip_len + 4, seqs, ">u4")
-    rows[:, ip_len + 13] = seg_flags
-    _put_column(rows, ip_len + 16, tcp_csum, ">u2")
+    columns = np.frombuffer(buffer, _split_columns(version, ip_len, stride))  # one record per segment, in place
+    columns["seq"] = seqs
+    columns["flags"] = seg_flags
+    columns["tcp_csum"] = (-(sums + tcp_fixed + payloads + (seqs >> 16) + (seqs & 0xFFFF) + seg_flags)) % 0xFFFF
     if version == 4:
         (ip_id0,) = _U16.unpack_from(headers, 4)
         ip_fixed = _sum_mod(headers[:ip_len]) - int.from_bytes(headers[2:6], "big") - _U16.unpack_from(headers, 10)[0]
         totals = payloads + hdr_len
         ids = (ip_id0 + index) & 0xFFFF
-        _put_column(rows, 2, totals, ">u2")
-        _put_column(rows, 4, ids, ">u2")
-        _put_column(rows, 10, (-(ip_fixed + totals + ids)) % 0xFFFF, ">u2")
+        columns["total"] = totals
+        columns["id"] = ids
+        columns["ip_csum"] = (-(ip_fixed + totals + ids)) % 0xFFFF
     else:
-        _put_column(rows, 4, payloads + (hdr_len - _IPV6_HEADER_SIZE), ">u2")
+        columns["total"] = payloads + (hdr_len - _IPV6_HEADER_SIZE)
     return buffer, count, stride, seg_size, hdr_len + last_payload
 
 
-def _put_column(rows: object, at: int, values: object, dtype: str) -> None:
-    """Write ``values`` (one per row) big-endian at byte ``at`` of every row of the uint8 matrix ``rows``."""
+@functools.lru_cache(maxsize=64)
+def _split_columns(version: int, ip_len: int, stride: int) -> Any:
+    """The numpy record type of one ``gso_split_into`` row: the header fields that differ between segments, as
+    big-endian numbers at their offsets (IPv4 total length, id and header checksum, or the IPv6 payload length as
+    ``total``; TCP seq, flags and checksum), ``stride`` bytes a record, so that one assignment fills a column."""
     np = _np
-    column = np.ascontiguousarray(values, dtype=dtype)
-    width = column.itemsize
-    rows[:, at : at + width] = column.view(np.uint8).reshape(-1, width)  # type: ignore[index]
+    names = ["seq", "flags", "tcp_csum", "total"]
+    formats = [">u4", "u1", ">u2", ">u2"]
+    offsets = [ip_len + 4, ip_len + 13, ip_len + _TCP_CSUM_OFFSET, 2 if version == 4 else 4]
+    if version == 4:
+        names += ["id", "ip_csum"]
+        formats += [">u2", ">u2"]
+        offsets += [4, 10]
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": stride})
 
 
 def handle_virtio_read_run(record: bytes | bytearray | memoryview) -> SplitRun | list[bytes]:
