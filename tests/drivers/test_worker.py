@@ -19,6 +19,7 @@ from wgpy.drivers.asyncio_udp import Tunnel
 from wgpy.drivers.worker import MESSAGE_LIMIT, _Worker, encode
 from wgpy.events import Endpoint
 from wgpy.keypair import Keypair
+from wgpy.packetrun import PacketRun
 
 # --- the channel format, in process ----------------------------------------------------------------------------
 
@@ -87,6 +88,27 @@ def test_worker_seals_what_the_job_would_seal() -> None:
     assert tun.written == packets
     assert installed == {7, 9}
     assert worker.bad_records == 0
+
+
+def test_a_job_holding_a_packet_run_is_sealed_as_its_list_would_be() -> None:
+    """``Device.send_run`` hands out jobs whose plaintexts are a ``PacketRun`` (a TSO read): the worker's records
+    carry them as they carry a list, and what the worker sends is ``job.run()``, byte for byte."""
+    worker, udp4, _, _ = _worker()
+    k1 = _keypair(5)
+    listed = _job(k1, 47, ENDPOINT_B, 1408)
+    stride = 1424
+    buffer = bytearray(47 * stride)
+    for i, plaintext in enumerate(listed.plaintexts):
+        buffer[i * stride : i * stride + len(plaintext)] = plaintext
+    run = PacketRun(buffer, 47, stride, 1408, zero_padded=False)
+    first, granted = k1.reserve(47)
+    assert granted == 47
+    job = SealJob(k1.local_index, k1.remote_index, first, run, ENDPOINT_B, k1.send_aead, k1.export_send_key())
+    _deliver(worker, encode([job], [], set()))
+    assert udp4.sent == [(m, ENDPOINT_B) for m in job.run()]
+    as_list = SealJob(k1.local_index, k1.remote_index, first, run.packets(), ENDPOINT_B, k1.send_aead, b"")
+    assert job.run() == as_list.run()
+    assert len(udp4.sent) == 47 and worker.bad_records == 0
 
 
 def test_forget_drops_the_key_and_keys_are_sent_once() -> None:
