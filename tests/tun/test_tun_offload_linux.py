@@ -48,6 +48,7 @@ from tun.offload import (
     VirtioNetHdr,
     handle_gro,
     handle_virtio_read,
+    handle_virtio_read_run,
 )
 
 TUN_NAME = "wgpyo0"  # the namespace is ours, so a fixed name inside it cannot clash
@@ -191,6 +192,7 @@ class _RemoteTcp:
         self.ts_echo = 0
         self.ip_id = random.getrandbits(16)
         self.partial_checksums = 0  # plain records whose checksum the kernel left to us (NEEDS_CSUM)
+        self.runs = 0  # super-packets that handle_virtio_read_run also cut into one buffer (compared below)
 
     def segment(
         self, flags: int, payload: bytes = b"", *, seq: int | None = None, options: bytes | None = None
@@ -230,7 +232,17 @@ class _RemoteTcp:
         fd = self.device.fileno()
         while select.select([fd], [], [], timeout)[0]:
             record = os.read(fd, OFFLOAD_READ_SIZE)
-            packets = [p for p in handle_virtio_read(record) if self.is_from_local(p)]
+            every = handle_virtio_read(record)
+            run = handle_virtio_read_run(record)  # what LinuxTun.read_run returns for the same record
+            if isinstance(run, tuple):
+                buffer, count, stride, size, last_size = run
+                cut = [bytes(buffer[i * stride : i * stride + size]) for i in range(count - 1)]
+                cut.append(bytes(buffer[(count - 1) * stride : (count - 1) * stride + last_size]))
+                assert cut == every, "gso_split_into cut a kernel super-packet otherwise than gso_split"
+                self.runs += 1
+            else:
+                assert run == every
+            packets = [p for p in every if self.is_from_local(p)]
             if packets:
                 hdr = VirtioNetHdr.unpack(record)
                 if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE and hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
@@ -398,6 +410,8 @@ def _read_side(remote: _RemoteTcp, conn: socket.socket, gso_type: int | None) ->
         assert super_packets == remote.partial_checksums == 0, "TSO off: the kernel must send complete packets"
         return
     assert super_packets >= 1, "the kernel sent no TSO super-packet into the offload TUN device"
+    if vars(tun.offload)["_np"] is not None:
+        assert remote.runs >= super_packets, "handle_virtio_read_run did not cut the super-packets into runs"
     # With TUN_F_CSUM the kernel leaves the checksum of plain packets (SYN-ACK, pure ACKs) to us too; every packet
     # above was checked, so gso_none_checksum is verified against the kernel's pseudo-header seed.
     assert remote.partial_checksums >= 1, "no NEEDS_CSUM record without GSO was seen"
