@@ -91,19 +91,20 @@ def _truthy(value: str | None) -> bool:
 
 
 def _tso() -> bool:
-    """Whether to read TCP super-packets from the TUN device: only when asked, and where numpy cuts them."""
+    """Whether to read TCP super-packets from the TUN device: by default, where numpy cuts them into one buffer
+    (``WGPY_TUN_TSO=0`` turns it off)."""
     from tun.offload import VECTORIZED_SPLIT
 
-    return VECTORIZED_SPLIT and os.environ.get("WGPY_TUN_TSO", "0").strip().lower() not in _FALSE
+    return VECTORIZED_SPLIT and os.environ.get("WGPY_TUN_TSO", "1").strip().lower() not in _FALSE
 
 
 def _open_tun(name: str) -> TunDevice:
     """The interface's TUN device, with virtio-net header offloads where the kernel takes them.
 
-    Offload mode glues the TCP segments of one flow into one write (``tun.offload``); TSO on reads stays off unless
-    ``WGPY_TUN_TSO=1`` (and numpy is there for the segments' payload sums): measured end to end, cutting the
-    super-packets costs the sending daemon about what the reads it saves did, so it gains nothing yet
-    (``benchmarks/results/engine-*.txt``, ``engine2-*.txt``). ``WGPY_TUN_OFFLOAD=0`` turns offloads off.
+    Offload mode glues the TCP segments of one flow into one write (``tun.offload``) and reads TCP super-packets
+    (TSO) of up to 64 KiB, which ``LinuxTun.read_run`` cuts into one buffer that ``Device.send_run`` seals from
+    where the segments lie: one read instead of one per segment (``WGPY_TUN_TSO=0`` reads single packets).
+    ``WGPY_TUN_OFFLOAD=0`` turns offloads off.
     """
     from tun import TunError, open_tun
 
