@@ -68,6 +68,7 @@ from tun.offload import (
     OffloadError,
     SplitRun,
     handle_gro,
+    handle_gro_run,
     handle_virtio_read,
     handle_virtio_read_run,
 )
@@ -593,7 +594,32 @@ class LinuxTun:
         fd = self._fd
         if fd < 0:
             raise ValueError("I/O operation on closed TUN device")
-        records = handle_gro(packets) if self._offload else packets
+        self._write_records(fd, handle_gro(packets) if self._offload else packets)
+
+    def write_run(
+        self, buffer: bytes | bytearray | memoryview, count: int, stride: int, size: int, last_size: int
+    ) -> None:
+        """``write_packets`` of the ``count`` packets of a run: packet ``i`` at ``i * stride`` in ``buffer``,
+        ``size`` bytes long, the last ``last_size``. In offload mode ``tun.offload.handle_gro_run`` glues them from
+        the buffer (byte for byte ``handle_gro`` of the packets), with no ``bytes`` object per packet.
+
+        Raises:
+            OSError: the first write error, after all records were attempted.
+            ValueError: the device is closed.
+        """
+        fd = self._fd
+        if fd < 0:
+            raise ValueError("I/O operation on closed TUN device")
+        if self._offload:
+            self._write_records(fd, handle_gro_run(buffer, count, stride, size, last_size))
+            return
+        view = memoryview(buffer)
+        lengths = [size] * (count - 1) + [last_size]
+        self._write_records(fd, [view[i * stride : i * stride + n] for i, n in enumerate(lengths)])
+
+    @staticmethod
+    def _write_records(fd: int, records: Sequence[bytes | memoryview]) -> None:
+        """One ``write()`` per record, every one attempted; the first error is raised after the last."""
         error: OSError | None = None
         write = os.write
         for record in records:
