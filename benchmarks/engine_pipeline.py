@@ -37,11 +37,10 @@ import bench_transport
 import machineinfo
 
 from tun.offload import handle_virtio_read, handle_virtio_read_run
-from wgpy.packetrun import PacketRun
-
 from wgpy.drivers.asyncio_udp import _SealInPlace
 from wgpy.drivers.udp import UdpSocket
 from wgpy.events import Endpoint
+from wgpy.packetrun import PacketRun
 from wgpy.transmit import drain
 
 BATCH: Final = 64
