@@ -31,7 +31,7 @@ import heapq
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -45,6 +45,7 @@ from .keylog import KeyLogWriter
 from .keypair import Keypair
 from .keys import PresharedKey, PrivateKey, PublicKey
 from .noise import Handshake, StaticIdentity
+from .packetrun import PacketRun
 from .peer import Peer
 from .ratelimiter import RateLimiter
 from .receive import HANDSHAKE_LOAD_THRESHOLD, LoadMeter, Receiver, endpoint_bytes
@@ -146,6 +147,8 @@ class Device(Receiver):
         self._wall_offset_ns = 0
         self._datagrams: list[tuple[bytes, Endpoint]] = []
         self._packets: list[bytes] = []
+        #: Runs of decrypted packets kept in their buffer (``receive_gro``), each with its place in ``_packets``.
+        self._runs: list[tuple[int, PacketRun]] = []
         self._jobs: list[SealJob | KeypairRetired] = []
         self._events: collections.deque[Event] = collections.deque(maxlen=MAX_EVENTS)
         self._inline_sealer = InlineSealer(self._datagrams)
@@ -318,6 +321,24 @@ class Device(Receiver):
     def packets_to_tun(self) -> list[bytes]:
         """Decrypted IP packets to write to the TUN device, since the last call."""
         out, self._packets = self._packets, []
+        if self._runs:
+            runs, self._runs = self._runs, []
+            return [packet for item in _spliced(out, runs) for packet in _as_packets(item)]
+        return out
+
+    @property
+    def runs_pending(self) -> bool:
+        """Whether the packets waiting for ``packet_items_to_tun`` include a ``PacketRun``."""
+        return bool(self._runs)
+
+    def packet_items_to_tun(self) -> Sequence[bytes | PacketRun]:
+        """``packets_to_tun``, except that a run of packets decrypted into one buffer (``receive_gro``) stays a
+        ``PacketRun``, in its place among the others, for a sink that writes it from the buffer (``transmit.drain``
+        hands it to ``write_run``)."""
+        out, self._packets = self._packets, []
+        if self._runs:
+            runs, self._runs = self._runs, []
+            return _spliced(out, runs)
         return out
 
     def seal_jobs(self) -> list[SealJob | KeypairRetired]:
@@ -704,3 +725,19 @@ def _network(value: IPNetwork | str) -> IPNetwork:
         return ipaddress.ip_network(value.strip(), strict=False)
     except (ValueError, AttributeError):
         raise ConfigError(f"not an IP network: {value!r}") from None
+
+
+def _spliced(packets: list[bytes], runs: list[tuple[int, PacketRun]]) -> list[bytes | PacketRun]:
+    """``packets`` with each run put back at its place (the number of packets before it)."""
+    out: list[bytes | PacketRun] = []
+    at = 0
+    for place, run in runs:
+        out += packets[at:place]
+        out.append(run)
+        at = place
+    out += packets[at:]
+    return out
+
+
+def _as_packets(item: bytes | PacketRun) -> Sequence[bytes]:
+    return item.packets() if isinstance(item, PacketRun) else (item,)

@@ -15,12 +15,22 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .events import Endpoint
+from .packetrun import PacketRun
 from .send import KeypairRetired, SealJob
 
 if TYPE_CHECKING:
     from .device import Device
 
-__all__ = ["DatagramSink", "PacketSink", "SealJobSink", "drain", "run_seal_jobs"]
+__all__ = [
+    "DatagramSink",
+    "PacketSink",
+    "RunSink",
+    "SealJobSink",
+    "drain",
+    "flat_packets",
+    "run_seal_jobs",
+    "write_items",
+]
 
 
 class DatagramSink(Protocol):
@@ -39,13 +49,23 @@ class PacketSink(Protocol):
         ...
 
 
+class RunSink(PacketSink, Protocol):
+    """A ``PacketSink`` that also takes a run of packets as it lies in its buffer (the tunnel: ``LinuxTun.write_run``
+    glues it without a ``bytes`` object per packet). ``drain`` hands runs to ``write_run`` when the sink has it."""
+
+    def write_run(self, run: PacketRun) -> None:
+        """Deliver the packets of ``run`` in order."""
+        ...
+
+
 class SealJobSink(Protocol):
     """Who runs the offloaded sealing (a worker process): it may take the jobs and the packets, or leave them."""
 
     def submit(
-        self, jobs: list[SealJob | KeypairRetired], packets: list[bytes]
-    ) -> tuple[list[SealJob | KeypairRetired], list[bytes]]:
-        """Take what it can; return the jobs and the packets it did not take (the drain does them here)."""
+        self, jobs: list[SealJob | KeypairRetired], packets: Sequence[bytes | PacketRun]
+    ) -> tuple[list[SealJob | KeypairRetired], Sequence[bytes | PacketRun]]:
+        """Take what it can; return the jobs and the packets it did not take (the drain does them here). A
+        ``PacketRun`` among the packets stands for its packets, in its place."""
         ...
 
 
@@ -74,10 +94,45 @@ def drain(
     if out:
         datagrams.send_datagrams(out)
     jobs = device.seal_jobs()
-    delivered = device.packets_to_tun()
+    runs = device.runs_pending
+    delivered = device.packet_items_to_tun()
     if offload is not None and (jobs or delivered):
         jobs, delivered = offload.submit(jobs, delivered)
     if jobs:
         run_seal_jobs(jobs, datagrams)
     if delivered and packets is not None:
-        packets.write_packets(delivered)
+        if runs:
+            write_items(delivered, packets)
+        else:
+            packets.write_packets(delivered)  # type: ignore[arg-type]  # no run among them: all bytes
+
+
+def write_items(items: Sequence[bytes | PacketRun], sink: PacketSink) -> None:
+    """Hand ``items`` to ``sink`` in order: packets to ``write_packets``, runs to ``write_run`` when the sink has
+    it (``RunSink``), else as their packets."""
+    write_run = getattr(sink, "write_run", None)
+    pending: list[bytes] = []
+    for item in items:
+        if isinstance(item, PacketRun):
+            if write_run is None:
+                pending += item.packets()
+                continue
+            if pending:
+                sink.write_packets(pending)
+                pending = []
+            write_run(item)
+        else:
+            pending.append(item)
+    if pending:
+        sink.write_packets(pending)
+
+
+def flat_packets(items: Sequence[bytes | PacketRun]) -> list[bytes]:
+    """``items`` with every run replaced by its packets."""
+    out: list[bytes] = []
+    for item in items:
+        if isinstance(item, PacketRun):
+            out += item.packets()
+        else:
+            out.append(item)
+    return out

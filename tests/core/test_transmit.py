@@ -9,8 +9,9 @@ from support.helpers import ENDPOINT_B, make_pair, message_type
 
 from wgpy.events import Endpoint
 from wgpy.messages import MessageType
+from wgpy.packetrun import PacketRun
 from wgpy.send import KeypairRetired, SealJob
-from wgpy.transmit import drain, run_seal_jobs
+from wgpy.transmit import drain, flat_packets, run_seal_jobs
 
 
 class Wire:
@@ -36,12 +37,12 @@ class Worker:
         self.packets: list[bytes] = []
 
     def submit(
-        self, jobs: list[SealJob | KeypairRetired], packets: list[bytes]
-    ) -> tuple[list[SealJob | KeypairRetired], list[bytes]]:
+        self, jobs: list[SealJob | KeypairRetired], packets: Sequence[bytes | PacketRun]
+    ) -> tuple[list[SealJob | KeypairRetired], Sequence[bytes | PacketRun]]:
         if not self.take:
             return jobs, packets
         self.jobs += jobs
-        self.packets += packets
+        self.packets += flat_packets(packets)
         return [], []
 
 
@@ -93,3 +94,62 @@ def test_no_packet_sink_discards_the_packets() -> None:
     pair.b._packets.append(b"left over")
     drain(pair.b, Wire(), None)
     assert pair.b.packets_to_tun() == []
+
+
+class RunTun(Tun):
+    """A sink that takes runs whole (as the tunnel does) and records what came in which form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, list[bytes]]] = []
+
+    def write_packets(self, packets: Sequence[bytes]) -> None:
+        super().write_packets(packets)
+        self.calls.append(("packets", list(packets)))
+
+    def write_run(self, run: PacketRun) -> None:
+        self.packets += run.packets()
+        self.calls.append(("run", run.packets()))
+
+
+def _with_runs() -> tuple[object, list[bytes], PacketRun, PacketRun]:
+    """A device whose output holds two packets, a run, a packet and a run at the end (as ``receive_gro`` leaves
+    them: each run at its place among the packets)."""
+    pair = make_pair()
+    device = pair.b
+    first = PacketRun(b"AAAAaaaaAAxx", 3, 4, 4, 2)
+    second = PacketRun(b"BBBBbbbb", 2, 4, 4)
+    device._packets += [b"p1", b"p2"]
+    device._runs.append((2, first))
+    device._packets.append(b"p3")
+    device._runs.append((3, second))
+    return device, [b"p1", b"p2", b"AAAA", b"aaaa", b"AA", b"p3", b"BBBB", b"bbbb"], first, second
+
+
+def test_runs_stay_whole_for_a_sink_that_takes_them_and_keep_their_place() -> None:
+    device, expected, first, second = _with_runs()
+    tun = RunTun()
+    assert device.runs_pending  # type: ignore[attr-defined]
+    drain(device, Wire(), tun)  # type: ignore[arg-type]
+    assert tun.packets == expected
+    assert tun.calls == [
+        ("packets", [b"p1", b"p2"]),
+        ("run", first.packets()),
+        ("packets", [b"p3"]),
+        ("run", second.packets()),
+    ]
+    assert not device.runs_pending and device.packets_to_tun() == []  # type: ignore[attr-defined]
+
+
+def test_runs_become_packets_for_a_plain_sink_a_worker_and_packets_to_tun() -> None:
+    device, expected, _, _ = _with_runs()
+    tun = Tun()
+    drain(device, Wire(), tun)  # type: ignore[arg-type]
+    assert tun.packets == expected
+    device, expected, _, _ = _with_runs()
+    worker = Worker(take=True)
+    drain(device, Wire(), Tun(), worker)  # type: ignore[arg-type]
+    assert worker.packets == expected
+    device, expected, _, _ = _with_runs()
+    assert device.packets_to_tun() == expected  # type: ignore[attr-defined]
+    assert flat_packets([b"x", PacketRun(b"yz", 2, 1, 1)]) == [b"x", b"y", b"z"]

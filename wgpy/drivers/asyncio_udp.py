@@ -52,7 +52,7 @@ from ..errors import UapiError
 from ..events import Endpoint, EndpointChanged, Event, HandshakeCompleted, KeypairExpired, endpoint_is_ipv6
 from ..packetrun import PacketRun
 from ..send import KeypairRetired, SealJob
-from ..transmit import drain
+from ..transmit import drain, flat_packets
 from .clock import monotonic_now, wall_ns
 from .steering import SourceAdmission, SteeringUnavailable, bind_steered
 from .udp import UdpSocket
@@ -525,6 +525,18 @@ class Tunnel:
             for packet in packets:
                 self.on_packet(packet)
 
+    def write_run(self, run: PacketRun) -> None:
+        """``write_packets`` of a run of decrypted packets in one buffer (``transmit.RunSink``): a TUN device with
+        ``write_run`` (``LinuxTun``) glues it from the buffer."""
+        write_run = getattr(self.tun, "write_run", None)
+        if write_run is None:
+            self.write_packets(run.packets())
+            return
+        try:
+            write_run(run.buffer, run.packets_in, run.stride, run.size, run.last_size)
+        except OSError:
+            self.tun_errors += 1
+
     def _arm_timer(self) -> None:
         deadline = self.device.get_timer()
         if deadline == self._timer_at or self._loop is None:
@@ -584,8 +596,8 @@ class _SealInPlace:
         self._buffer = bytearray(SEAL_BUFFER_SIZE)
 
     def submit(
-        self, jobs: list[SealJob | KeypairRetired], packets: list[bytes]
-    ) -> tuple[list[SealJob | KeypairRetired], list[bytes]]:
+        self, jobs: list[SealJob | KeypairRetired], packets: Sequence[bytes | PacketRun]
+    ) -> tuple[list[SealJob | KeypairRetired], Sequence[bytes | PacketRun]]:
         tunnel = self._tunnel
         if not jobs:
             return jobs, packets
@@ -618,13 +630,13 @@ class _WorkerSink:
         self._tunnel = tunnel
 
     def submit(
-        self, jobs: list[SealJob | KeypairRetired], packets: list[bytes]
-    ) -> tuple[list[SealJob | KeypairRetired], list[bytes]]:
+        self, jobs: list[SealJob | KeypairRetired], packets: Sequence[bytes | PacketRun]
+    ) -> tuple[list[SealJob | KeypairRetired], Sequence[bytes | PacketRun]]:
         tunnel = self._tunnel
         worker = tunnel._worker
         if worker is None:
             return jobs, packets
-        to_tun = packets if worker.has_tun and tunnel.tun is not None else []
+        to_tun = flat_packets(packets) if worker.has_tun and tunnel.tun is not None else []
         offered, kept = jobs, list[SealJob | KeypairRetired]()
         if tunnel.nat is not None and jobs:  # relayed endpoints: sealed here, sent through the relay
             offered, kept = split_jobs(jobs, tunnel.nat.relays)
