@@ -276,3 +276,13 @@ def test_a_burst_between_two_tunnels_goes_through_receive_gro() -> None:
             tb.close()
 
     asyncio.run(scenario())
+
+
+def test_a_socket_read_the_filters_take_whole_still_gives_the_device_the_clock() -> None:
+    device = _Recording()
+    tunnel = _tunnel(device)
+    stun = b"\x01\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)
+    tunnel.nat = _Nat({stun})
+    tunnel._on_socket_readable(_Reads([(stun, 0, SENDER)]))  # type: ignore[arg-type]
+    assert device.calls == [("datagrams", [])]  # as before receive_runs: one call, with the wall clock
+    assert device._wall_offset_ns != 0

@@ -407,6 +407,7 @@ class Tunnel:
         nat = self.nat  # STUN on the WireGuard socket: the NAT layer's, never the device's
         allow = None if steered else self._admission.allow
         batch: list[tuple[bytes, Endpoint]] = []
+        handed = False  # whether a read went to receive_gro
         for data, segment, address in runs:
             if not segment:
                 datagrams = [data]
@@ -424,6 +425,7 @@ class Tunnel:
                             device.receive_datagrams(batch, now, wall)
                             batch = []
                         device.receive_gro(data, segment, address, now, wall)
+                        handed = True
                         continue
                     start = segment  # the NAT layer took the first datagram: the rest one by one
                 datagrams = [data[i : i + segment] for i in range(start, len(data), segment)]
@@ -434,7 +436,7 @@ class Tunnel:
                     self.handshakes_refused += 1
                     continue
                 batch.append((datagram, address))
-        if batch:
+        if batch or not handed:  # the device sees the clock even when the filters took everything
             device.receive_datagrams(batch, now, wall)
         self.flush()
 
