@@ -346,9 +346,10 @@ class Receiver(Sender):
 
         Then no row can fail a counter or replay check, so each is only opened, from a view of the read, and the
         window takes the counters at once (``commit_run``). (``decrypt`` of a view beats ``decrypt_into`` one
-        buffer here: the device hands on one bytes object per packet anyway, and copying it out costs more.) From the first row whose tag fails, the rest of the run (and the
-        short last datagram when it belongs to the run) goes through ``_open_each`` on the same keypair: the result
-        is one run, as ``receive_datagrams`` makes of the read, with one ``_after_transport``.
+        buffer here: the device hands on one bytes object per packet anyway, and copying it out costs more.) From
+        the first row whose tag fails, the rest of the run (and the short last datagram when it belongs to the run)
+        goes through ``_open_each`` on the same keypair: the result is one run, as ``receive_datagrams`` makes of
+        the read, with one ``_after_transport``.
         """
         if data[:4] != _TRANSPORT_TYPE:
             return False
@@ -388,7 +389,7 @@ class Receiver(Sender):
         good = len(opened)
         if good:
             replay.commit_run(first, good)
-        rest = [data[start : start + segment] for start in range(good * segment, rows * segment, segment)]
+        rest = [data[at : at + segment] for at in range(good * segment, rows * segment, segment)]
         tail = data[rows * segment :]
         after = b""  # the short last datagram when it is not part of the run
         if len(tail) >= MESSAGE_TRANSPORT_MIN_SIZE and tail[:8] == data[:8]:
