@@ -20,6 +20,13 @@ receiver index from one endpoint are one run, whose keypair is looked up and che
 the counter, replay and AEAD checks, and whose bookkeeping (timers, key confirmation, keep-key-fresh, endpoint,
 counters) runs once with the result of running it per message; a single message is a run of one.
 
+``receive_gro`` is the same for one UDP GRO read (up to 64 datagrams of one sender at one segment size in one
+buffer). When the full-size rows are one receiver index's consecutive counters ahead of the replay window, the
+per-message work is done once for the read: the headers and counters are compared as strided arrays, the replay
+window is checked and committed for the whole range (``ReplayWindow.ahead`` / ``commit_run``) and each row is
+opened where it lies in the read (a memoryview: no bytes object per message); any other read is cut into datagrams
+for ``receive_datagrams``.
+
 Whatever fails is counted in ``stats.drops`` under one ``DropReason``. "Under load" is decided from the rate of
 handshake messages seen (a sans-I/O core has no queue to measure, which is what the kernel and wireguard-go look
 at): above ``handshake_load_threshold`` per second the device demands mac2, and stays under load for one more
@@ -33,6 +40,8 @@ import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
+import numpy as np
+
 from . import crypto, ip, noise
 from .constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT, REPLAY_WINDOW_SIZE
 from .cookie import CookieChecker, MacState
@@ -43,6 +52,7 @@ from .messages import (
     MESSAGE_COOKIE_REPLY_SIZE,
     MESSAGE_INITIATION_SIZE,
     MESSAGE_RESPONSE_SIZE,
+    MESSAGE_TRANSPORT_HEADER_SIZE,
     MESSAGE_TRANSPORT_MIN_SIZE,
     TRANSPORT_HEADER,
     CookieReply,
@@ -71,6 +81,8 @@ _COOKIE_REPLY: Final = int(MessageType.COOKIE_REPLY)
 _TRANSPORT: Final = int(MessageType.TRANSPORT)
 _TRANSPORT_TYPE: Final = _TYPE.pack(_TRANSPORT)  # the first four bytes of every transport message
 _COUNTER: Final = struct.Struct("<Q")  # the transport message's counter, at offset 8
+_NONCE: Final = struct.Struct("<4xQ")  # the AEAD nonce of a counter (as in keypair.py)
+_LE64: Final = np.dtype("<u8")
 
 
 class LoadMeter:
@@ -295,6 +307,104 @@ class Receiver(Sender):
         if run:
             self._receive_transport_run(run, run_endpoint, now)
 
+    def receive_gro(
+        self, data: bytes, segment: int, endpoint: Endpoint, now: float, wall_ns: int | None = None
+    ) -> None:
+        """Process one UDP GRO read from ``endpoint``: the datagrams ``data[i : i + segment]`` (the last may be
+        shorter), with what ``receive_datagrams`` on them leaves (and never raises). A ``segment`` of 0 or of at
+        least ``len(data)`` means one datagram.
+
+        The common read, a run of full-size transport messages of one receiver index with consecutive counters
+        ahead of the replay window, is checked as a whole (``_receive_rows``) and opened in place; every
+        other read is cut into datagrams for ``receive_datagrams``.
+        """
+        length = len(data)
+        if segment <= 0 or segment >= length:
+            self.receive_datagrams(((data, endpoint),), now, wall_ns)
+            return
+        if type(self).receive_datagram is not Receiver.receive_datagram:
+            for start in range(0, length, segment):  # a wrapping subclass sees every datagram (receive_datagrams)
+                self.receive_datagram(data[start : start + segment], endpoint, now, wall_ns)
+            return
+        if wall_ns is not None:
+            self._note_wall(now, wall_ns)
+        rows = length // segment
+        if (
+            rows < 2
+            or segment < MESSAGE_TRANSPORT_MIN_SIZE
+            or not self._receive_rows(data, segment, rows, endpoint, now)
+        ):
+            self.receive_datagrams(
+                [(data[start : start + segment], endpoint) for start in range(0, length, segment)], now
+            )
+
+    def _receive_rows(self, data: bytes, segment: int, rows: int, endpoint: Endpoint, now: float) -> bool:
+        """The run path of ``receive_gro`` for the ``rows`` full datagrams of ``data`` (at least two) and the shorter
+        one after them, if any. Returns ``False``, having changed nothing, unless every row starts with the first
+        row's type and receiver index, that index is a usable keypair, and the counters run ``first`` ..
+        ``first + rows - 1`` below the limit and ahead of the replay window (``ReplayWindow.ahead``).
+
+        Then no row can fail a counter or replay check, so each is only opened, from a view of the read, and the
+        window takes the counters at once (``commit_run``). (``decrypt`` of a view beats ``decrypt_into`` one
+        buffer here: the device hands on one bytes object per packet anyway, and copying it out costs more.) From
+        the first row whose tag fails, the rest of the run (and the short last datagram when it belongs to the run)
+        goes through ``_open_each`` on the same keypair: the result is one run, as ``receive_datagrams`` makes of
+        the read, with one ``_after_transport``.
+        """
+        if data[:4] != _TRANSPORT_TYPE:
+            return False
+        heads = np.ndarray((rows,), _LE64, data, 0, (segment,))  # type and receiver index of every row
+        if not (heads == heads[0]).all():
+            return False
+        counters = np.ndarray((rows,), _LE64, data, 8, (segment,))
+        first = int(counters[0])
+        if first + rows > self.reject_after_messages:
+            return False
+        # Modulo 2**64, and first + rows - 1 < 2**64: equal means counters[i] == first + i.
+        if not (counters - counters[0] == np.arange(rows, dtype=np.uint64)).all():
+            return False
+        entry = self.index_table.lookup(TRANSPORT_HEADER.unpack_from(data)[1])
+        if entry is None:
+            return False
+        peer, keypair = entry
+        if not isinstance(keypair, Keypair) or not keypair.valid or now - keypair.created_at >= REJECT_AFTER_TIME:
+            return False
+        replay = keypair.replay
+        if not replay.ahead(first, rows):
+            return False
+        source = memoryview(data)
+        decrypt = keypair._recv_aead.decrypt  # Keypair.open, on a view of the row: no copy of the message
+        nonce = _NONCE.pack
+        opened: list[bytes] = []
+        append = opened.append
+        start = MESSAGE_TRANSPORT_HEADER_SIZE
+        end = segment
+        try:
+            for counter in range(first, first + rows):
+                append(decrypt(nonce(counter), source[start:end], None))
+                start += segment
+                end += segment
+        except crypto.InvalidTag:
+            pass  # this row and the ones after it go one by one (below)
+        good = len(opened)
+        if good:
+            replay.commit_run(first, good)
+        rest = [data[at : at + segment] for at in range(good * segment, rows * segment, segment)]
+        tail = data[rows * segment :]
+        after = b""  # the short last datagram when it is not part of the run
+        if len(tail) >= MESSAGE_TRANSPORT_MIN_SIZE and tail[:8] == data[:8]:
+            rest.append(tail)
+        else:
+            after = tail
+        received_bytes = good * segment
+        if rest:
+            received_bytes += self._open_each(keypair, rest, opened, now)
+        if opened:
+            self._after_transport(peer, keypair, endpoint, opened, received_bytes, now)
+        if after:
+            self.receive_datagrams(((after, endpoint),), now)
+        return True
+
     def _receive_transport(self, data: bytes, endpoint: Endpoint, now: float) -> None:
         self._receive_transport_run([data], endpoint, now)
 
@@ -313,10 +423,18 @@ class Receiver(Sender):
             for _ in messages:
                 stats.drop(DropReason.KEYPAIR_EXPIRED, now)
             return
+        opened: list[bytes] = []
+        received_bytes = self._open_each(keypair, messages, opened, now)
+        if opened:
+            self._after_transport(peer, keypair, endpoint, opened, received_bytes, now)
+
+    def _open_each(self, keypair: Keypair, messages: Iterable[bytes], opened: list[bytes], now: float) -> int:
+        """The counter, replay and AEAD checks of each transport message of a run in order (the keypair is checked):
+        appends the plaintexts to ``opened``; returns the bytes of the messages opened."""
+        stats = self.stats
         replay = keypair.replay
         limit = self.reject_after_messages
         unpack_counter = _COUNTER.unpack_from
-        opened: list[bytes] = []
         received_bytes = 0
         for data in messages:
             (counter,) = unpack_counter(data, 8)
@@ -336,8 +454,7 @@ class Receiver(Sender):
             replay.commit(counter)
             received_bytes += len(data)
             opened.append(plaintext)
-        if opened:
-            self._after_transport(peer, keypair, endpoint, opened, received_bytes, now)
+        return received_bytes
 
     def _after_transport(
         self, peer: Peer, keypair: Keypair, endpoint: Endpoint, opened: list[bytes], received_bytes: int, now: float

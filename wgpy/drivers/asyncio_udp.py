@@ -391,21 +391,54 @@ class Tunnel:
 
     def _on_socket_readable(self, udp: UdpSocket, steered: bool = False) -> None:
         """A transport socket is readable. ``steered``: the kernel queues only transport messages here; otherwise
-        handshake messages come too, and each is charged to its source before the device sees it."""
-        batch = udp.receive_batch(UDP_READ_BATCH)
-        if not batch:
+        handshake messages come too, and each is charged to its source before the device sees it.
+
+        A GRO read whose datagrams all begin with the same 8 bytes, a transport message's type and receiver index,
+        goes to the device whole (``Device.receive_gro``, which opens a run of them as one): none of its datagrams
+        is charged (they are transport messages), and the NAT layer looks at the first one only, as it tells STUN
+        from WireGuard by the first 8 bytes (``stun.classify``). Every other datagram goes through the NAT filter
+        and the admission check one by one, and consecutive ones to the device in one ``receive_datagrams`` call
+        (runs of transport messages share the per-run work there), all in the order they came.
+        """
+        runs = udp.receive_runs(UDP_READ_BATCH)
+        if not runs:
             return
         now, wall = monotonic_now(), wall_ns()
-        nat = self.nat
-        if nat is not None:  # STUN on the WireGuard socket: the NAT layer's, never the device's
-            batch = [(data, address) for data, address in batch if not nat.datagram_received(data, address)]
-        if not steered:
-            allow = self._admission.allow
-            admitted = [(data, address) for data, address in batch if data[:1] == b"\x04" or allow(address[0], now)]
-            self.handshakes_refused += len(batch) - len(admitted)
-            batch = admitted
-        # One call for the batch: runs of transport messages share the per-run work (``Receiver.receive_datagrams``).
-        self.device.receive_datagrams(batch, now, wall)
+        device = self.device
+        nat = self.nat  # STUN on the WireGuard socket: the NAT layer's, never the device's
+        allow = None if steered else self._admission.allow
+        batch: list[tuple[bytes, Endpoint]] = []
+        handed = False  # whether a read went to receive_gro
+        for data, segment, address in runs:
+            if not segment:
+                datagrams = [data]
+            else:
+                start = 0
+                full = len(data) - len(data) % segment  # the bytes of the full-size datagrams
+                head = data[:8]
+                if (
+                    head[:1] == b"\x04"
+                    and all(data[j:full:segment] == head[j : j + 1] * (full // segment) for j in range(8))
+                    and (full == len(data) or data[full : full + 8] == head)
+                ):
+                    if nat is None or not nat.datagram_received(data[:segment], address):
+                        if batch:
+                            device.receive_datagrams(batch, now, wall)
+                            batch = []
+                        device.receive_gro(data, segment, address, now, wall)
+                        handed = True
+                        continue
+                    start = segment  # the NAT layer took the first datagram: the rest one by one
+                datagrams = [data[i : i + segment] for i in range(start, len(data), segment)]
+            for datagram in datagrams:
+                if nat is not None and nat.datagram_received(datagram, address):
+                    continue
+                if allow is not None and datagram[:1] != b"\x04" and not allow(address[0], now):
+                    self.handshakes_refused += 1
+                    continue
+                batch.append((datagram, address))
+        if batch or not handed:  # the device sees the clock even when the filters took everything
+            device.receive_datagrams(batch, now, wall)
         self.flush()
 
     def _on_handshake_readable(self, udp: UdpSocket) -> None:

@@ -10,8 +10,9 @@ whose device cannot checksum), the socket falls back to one ``sendto`` per datag
 Receiving reads every datagram that is waiting, up to a bound, in one readiness callback. The socket asks for UDP
 generic receive offload (``UDP_GRO``, Linux 5.0+), the mirror of GSO: a run of same-size datagrams of one flow (a
 GSO send from a peer on the same host or across a veth, or datagrams the NIC's GRO merged) arrives as one buffer with
-a ``UDP_GRO`` control message giving the segment size, and ``receive_batch`` cuts it back into datagrams. One
-``recvmsg`` then brings up to 64 datagrams, where a plain ``recvfrom`` brings one. Nothing here knows WireGuard: the
+a ``UDP_GRO`` control message giving the segment size. ``receive_runs`` hands such a read on whole with its segment
+size (for ``Device.receive_gro``, which opens a run of transport messages as one), ``receive_batch`` cuts it back
+into datagrams. One ``recvmsg`` then brings up to 64 datagrams, where a plain ``recvfrom`` brings one. Nothing here knows WireGuard: the
 driver hands the datagrams to the ``Device`` and the device's output back to ``send_batch``.
 """
 
@@ -108,10 +109,17 @@ class UdpSocket:
             received.append((data, address))
         return received
 
-    def _receive_gro(self, limit: int) -> list[tuple[bytes, Endpoint]]:
-        received: list[tuple[bytes, Endpoint]] = []
+    def receive_runs(self, limit: int) -> list[tuple[bytes, int, Endpoint]]:
+        """The reads waiting on the socket, each as it came: ``(data, segment, address)``. With GRO ``data`` holds
+        the datagrams ``data[i : i + segment]`` (the last may be shorter) of one sender; ``segment`` is 0 when the
+        read is one datagram (always so without GRO). Reads stop once ``limit`` datagrams are in, as in
+        ``receive_batch``."""
+        if not self.gro:
+            return [(data, 0, address) for data, address in self.receive_batch(limit)]
+        runs: list[tuple[bytes, int, Endpoint]] = []
         recvmsg = self.sock.recvmsg
-        while len(received) < limit:
+        count = 0
+        while count < limit:
             try:
                 data, ancillary, flags, address = recvmsg(RECEIVE_SIZE, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
@@ -127,9 +135,20 @@ class UdpSocket:
                 if level == SOL_UDP and kind == UDP_GRO and len(value) >= _GRO_SIZE.size:
                     segment = _GRO_SIZE.unpack_from(value)[0]
             if segment <= 0 or segment >= len(data):
-                received.append((data, address))
+                runs.append((data, 0, address))
+                count += 1
             else:
+                runs.append((data, segment, address))
+                count += -(-len(data) // segment)
+        return runs
+
+    def _receive_gro(self, limit: int) -> list[tuple[bytes, Endpoint]]:
+        received: list[tuple[bytes, Endpoint]] = []
+        for data, segment, address in self.receive_runs(limit):
+            if segment:
                 received += [(data[i : i + segment], address) for i in range(0, len(data), segment)]
+            else:
+                received.append((data, address))
         return received
 
     def send_batch(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> None:
