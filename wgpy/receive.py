@@ -62,6 +62,7 @@ from .messages import (
     unpack,
 )
 from .noise import Handshake, HandshakeRejected, StaticIdentity
+from .packetrun import PacketRun, uniform_source
 from .send import Sender
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ _TRANSPORT_TYPE: Final = _TYPE.pack(_TRANSPORT)  # the first four bytes of every
 _COUNTER: Final = struct.Struct("<Q")  # the transport message's counter, at offset 8
 _NONCE: Final = struct.Struct("<4xQ")  # the AEAD nonce of a counter (as in keypair.py)
 _LE64: Final = np.dtype("<u8")
+_TRANSPORT_OVERHEAD: Final = MESSAGE_TRANSPORT_HEADER_SIZE + 16  # header and Poly1305 tag around a plaintext
 
 
 class LoadMeter:
@@ -132,6 +134,7 @@ class Receiver(Sender):
     ratelimiter: RateLimiter
     _load: LoadMeter
     _packets: list[bytes]
+    _runs: list[tuple[int, PacketRun]]
 
     def receive_datagram(self, data: bytes, endpoint: Endpoint, now: float, wall_ns: int | None = None) -> None:
         """Process one UDP datagram from ``endpoint``. Never raises for any ``data``; bad input is counted."""
@@ -373,20 +376,27 @@ class Receiver(Sender):
         if not replay.ahead(first, rows):
             return False
         source = memoryview(data)
-        decrypt = keypair._recv_aead.decrypt  # Keypair.open, on a view of the row: no copy of the message
         nonce = _NONCE.pack
         opened: list[bytes] = []
-        append = opened.append
         start = MESSAGE_TRANSPORT_HEADER_SIZE
         end = segment
-        try:
-            for counter in range(first, first + rows):
-                append(decrypt(nonce(counter), source[start:end], None))
-                start += segment
-                end += segment
-        except crypto.InvalidTag:
-            pass  # this row and the ones after it go one by one (below)
-        good = len(opened)
+        run = None
+        if self.packet_filter is None and segment - _TRANSPORT_OVERHEAD >= ip.IPV4_HEADER_SIZE:
+            out, good, run = self._open_rows_into(peer, keypair, source, segment, rows, first)
+            if run is None:  # not a run of one inner source and length: the packets one by one, as below
+                size = segment - _TRANSPORT_OVERHEAD
+                opened = [bytes(out[at : at + size]) for at in range(0, good * size, size)]
+        else:
+            decrypt = keypair._recv_aead.decrypt  # Keypair.open, on a view of the row: no copy of the message
+            append = opened.append
+            try:
+                for counter in range(first, first + rows):
+                    append(decrypt(nonce(counter), source[start:end], None))
+                    start += segment
+                    end += segment
+            except crypto.InvalidTag:
+                pass  # this row and the ones after it go one by one (below)
+            good = len(opened)
         if good:
             replay.commit_run(first, good)
         rest = [data[at : at + segment] for at in range(good * segment, rows * segment, segment)]
@@ -399,11 +409,48 @@ class Receiver(Sender):
         received_bytes = good * segment
         if rest:
             received_bytes += self._open_each(keypair, rest, opened, now)
-        if opened:
+        if run is not None:
+            # Every row a data packet from one allowed source, none filtered: the run goes on whole, then the rest.
+            self._authenticated(peer, keypair, endpoint, run.packets_in + len(opened), received_bytes, now)
+            peer.timers.on_data_received(now)
+            peer.timers.on_data_received(now)  # twice, as for the first two of the run's packets
+            self._runs.append((len(self._packets), run))
+            self._deliver(peer, opened, run.packets_in, now)
+        elif opened:
             self._after_transport(peer, keypair, endpoint, opened, received_bytes, now)
         if after:
             self.receive_datagrams(((after, endpoint),), now)
         return True
+
+    def _open_rows_into(
+        self, peer: Peer, keypair: Keypair, source: memoryview, segment: int, rows: int, first: int
+    ) -> tuple[bytearray, int, PacketRun | None]:
+        """Open the ``rows`` messages of a GRO read (counters ``first``...) into one buffer, each plaintext in a slot
+        of ``segment - 32`` bytes (``decrypt_into``): returns the buffer, how many opened (the first that fails
+        ends it) and the run of their inner packets, ``None`` unless all opened and every one is an IP packet of
+        one length from one source ``peer`` may use (``uniform_source``). A run goes to the TUN device as it lies
+        (``LinuxTun.write_run`` glues it from the buffer)."""
+        size = segment - _TRANSPORT_OVERHEAD
+        out = bytearray(rows * size)
+        target = memoryview(out)
+        decrypt_into = keypair._recv_aead.decrypt_into
+        nonce = _NONCE.pack
+        start = MESSAGE_TRANSPORT_HEADER_SIZE
+        sealed = segment - MESSAGE_TRANSPORT_HEADER_SIZE  # ciphertext and tag
+        at = 0
+        good = 0
+        try:
+            for counter in range(first, first + rows):
+                decrypt_into(nonce(counter), source[start : start + sealed], None, target[at : at + size])
+                good += 1
+                start += segment
+                at += size
+        except crypto.InvalidTag:
+            return out, good, None
+        inner = uniform_source(out, rows, size)
+        if inner is None or self.allowed_ips.lookup(inner[0]) is not peer:
+            return out, good, None
+        return out, good, PacketRun(out, rows, size, inner[1])
 
     def _receive_transport(self, data: bytes, endpoint: Endpoint, now: float) -> None:
         self._receive_transport_run([data], endpoint, now)
@@ -459,13 +506,19 @@ class Receiver(Sender):
     def _after_transport(
         self, peer: Peer, keypair: Keypair, endpoint: Endpoint, opened: list[bytes], received_bytes: int, now: float
     ) -> None:
-        """What authenticated transport messages (``opened``, in order, at least one) leave behind, once for all of
-        them: each hook below gives for n messages at one ``now`` what n calls give (``on_data_received`` twice at
-        most: a second call only raises ``need_another_keepalive``, and so do all later ones); then each inner
-        packet is checked and delivered in order."""
+        """What authenticated transport messages (``opened``, in order, at least one) leave behind: the bookkeeping
+        once for all of them (``_authenticated``), then each inner packet checked and delivered in order."""
+        self._authenticated(peer, keypair, endpoint, len(opened), received_bytes, now)
+        self._deliver(peer, opened, 0, now)
+
+    def _authenticated(
+        self, peer: Peer, keypair: Keypair, endpoint: Endpoint, count: int, received_bytes: int, now: float
+    ) -> None:
+        """The bookkeeping of ``count`` authenticated transport messages at one ``now``: each hook gives for n
+        messages what n calls give (``on_data_received``, called per data packet by ``_deliver``, only twice at
+        most: a second call only raises ``need_another_keepalive``, and so do all later ones)."""
         peer.rx_bytes += received_bytes
-        stats = self.stats
-        stats.packets_received += len(opened)
+        self.stats.packets_received += count
         timers = peer.timers
         if keypair is peer.keypairs.next:
             self._confirm_keypair(peer, keypair, now)
@@ -476,7 +529,12 @@ class Receiver(Sender):
             timers.on_any_authenticated_packet_traversal(now)
         if peer.endpoint != endpoint:
             self._set_endpoint(peer, endpoint)
-        data_packets = 0
+
+    def _deliver(self, peer: Peer, opened: list[bytes], data_packets: int, now: float) -> None:
+        """Check each inner packet of ``opened`` (keepalives skipped) and queue it for the TUN device, in order;
+        ``data_packets`` data packets of the same messages came before (``on_data_received`` is due for two)."""
+        stats = self.stats
+        timers = peer.timers
         allowed_peer = self.allowed_ips.lookup
         packet_filter = self.packet_filter
         packets = self._packets

@@ -42,6 +42,8 @@ from wgpy.device import Device
 from wgpy.errors import DropReason
 from wgpy.events import Endpoint
 from wgpy.keypair import Keypair
+from wgpy.packetrun import PacketRun
+from wgpy.send import pad
 
 ROAMED: Endpoint = ("198.51.100.7", 4000)
 GRO_MAX_BYTES = 65535
@@ -372,3 +374,31 @@ def test_a_device_that_wraps_receive_datagram_sees_every_datagram_of_a_read() ->
     assert seen == [*rows, b"\x04"]
     assert device.stats.drops == {DropReason.UNKNOWN_INDEX: 3, DropReason.BAD_LENGTH: 1}
     assert device._wall_offset_ns == 5 * 10**18 - 10**9
+
+
+@pytest.mark.parametrize("size", [1392, 1000])
+def test_a_clean_read_of_one_inner_flow_is_handed_on_as_one_run(size: int) -> None:
+    """The read's plaintexts stay in one buffer: the device's output holds one ``PacketRun`` of the inner packets
+    (a 1,000-byte packet sits in a 1,008-byte padded slot), which ``packets_to_tun`` gives as those packets."""
+    pair, keypair, _ = _session()
+    reference, _, _ = _session()
+    rng = random.Random(size)
+    packets = [ipv4_packet(ADDR_A, ADDR_B, rng.randbytes(size - 20)) for _ in range(20)]
+    data = b"".join(_seal(keypair, pad(p, 1420)) for p in packets)
+    segment = len(data) // 20
+    pair.b.receive_gro(data, segment, ENDPOINT_A, pair.net.now)
+    reference.b.receive_datagrams(_datagrams(data, segment, ENDPOINT_A), pair.net.now)
+    assert pair.b.runs_pending
+    (run,) = pair.b.packet_items_to_tun()
+    assert isinstance(run, PacketRun) and (run.packets_in, run.stride, run.size) == (20, segment - 32, size)
+    assert run.packets() == packets
+    assert reference.b.packets_to_tun() == packets
+
+
+def test_a_read_from_a_source_the_peer_may_not_use_is_not_a_run() -> None:
+    pair, keypair, _ = _session()
+    packets = [ipv4_packet("10.9.9.9", ADDR_B, bytes(100)) for _ in range(5)]
+    data = b"".join(_seal(keypair, p) for p in packets)
+    pair.b.receive_gro(data, len(data) // 5, ENDPOINT_A, pair.net.now)
+    assert not pair.b.runs_pending and pair.b.packets_to_tun() == []
+    assert pair.b.stats.drops == {DropReason.DISALLOWED_SOURCE_IP: 5}
