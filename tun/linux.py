@@ -57,9 +57,9 @@ import platform
 import socket
 import struct
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 from tun import TunError
 from tun.offload import (
@@ -67,8 +67,8 @@ from tun.offload import (
     ZERO_VIRTIO_NET_HDR,
     OffloadError,
     SplitRun,
+    gro_run_parts,
     handle_gro,
-    handle_gro_run,
     handle_virtio_read,
     handle_virtio_read_run,
 )
@@ -610,18 +610,18 @@ class LinuxTun:
         fd = self._fd
         if fd < 0:
             raise ValueError("I/O operation on closed TUN device")
-        if self._offload:
-            self._write_records(fd, handle_gro_run(buffer, count, stride, size, last_size))
+        if self._offload:  # one writev a record: the kernel gathers the payloads from the buffer
+            self._write_records(fd, gro_run_parts(buffer, count, stride, size, last_size), os.writev)
             return
         view = memoryview(buffer)
         lengths = [size] * (count - 1) + [last_size]
         self._write_records(fd, [view[i * stride : i * stride + n] for i, n in enumerate(lengths)])
 
     @staticmethod
-    def _write_records(fd: int, records: Sequence[bytes | memoryview]) -> None:
-        """One ``write()`` per record, every one attempted; the first error is raised after the last."""
+    def _write_records(fd: int, records: Sequence[Any], write: Callable[[int, Any], int] = os.write) -> None:
+        """One ``write`` per record (``os.write``, or ``os.writev`` of a record's parts), every one attempted; the
+        first error is raised after the last."""
         error: OSError | None = None
-        write = os.write
         for record in records:
             try:
                 write(fd, record)

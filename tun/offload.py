@@ -112,6 +112,7 @@ __all__ = [
     "OffloadError",
     "SplitRun",
     "VirtioNetHdr",
+    "gro_run_parts",
     "gso_none_checksum",
     "gso_split",
     "gso_split_into",
@@ -306,7 +307,7 @@ def gso_split(packet: bytes, hdr: VirtioNetHdr) -> list[bytes]:
     raise OffloadError(f"unsupported virtio_net_hdr gso_type {hdr.gso_type:#x}")
 
 
-def _check_gso_headers(packet: bytes, hdr: VirtioNetHdr, version: int, protocol: int) -> int:
+def _check_gso_headers(packet: bytes | memoryview, hdr: VirtioNetHdr, version: int, protocol: int) -> int:
     """Validate the IP part of a GSO super-packet; return the IP header length (``csum_start``)."""
     ip_len = hdr.csum_start
     if len(packet) > MAX_PACKET_SIZE + _IPV6_HEADER_SIZE:
@@ -325,7 +326,9 @@ def _check_gso_headers(packet: bytes, hdr: VirtioNetHdr, version: int, protocol:
     return ip_len
 
 
-def _tcp_gso_headers(packet: bytes, hdr: VirtioNetHdr, version: int) -> tuple[int, int, int, bytes, int, int, int]:
+def _tcp_gso_headers(
+    packet: bytes | memoryview, hdr: VirtioNetHdr, version: int
+) -> tuple[int, int, int, bytes, int, int, int]:
     """Validate a TCP GSO super-packet's headers; return what both splits start from: the IP header length, the
     TCP header length, both together, the headers, the TCP flags and seq, and everything of a segment's TCP
     checksum equation except its payload, seq and flags (the pseudo-header of a full-size segment and the header
@@ -338,7 +341,7 @@ def _tcp_gso_headers(packet: bytes, hdr: VirtioNetHdr, version: int) -> tuple[in
     hdr_len = ip_len + tcp_len
     if tcp_len < 20 or hdr_len >= size:
         raise OffloadError(f"TCP GSO packet: data offset {tcp_len} leaves no payload in {size} bytes")
-    headers = packet[:hdr_len]
+    headers = bytes(packet[:hdr_len])
     flags = headers[ip_len + 13]
     (seq,) = _SEQ.unpack_from(headers, ip_len + 4)
     tcp_fixed = (
@@ -500,7 +503,7 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
     if np is None or gso_type not in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6) or hdr.gso_size & 1:
         return None
     version = 4 if gso_type == VIRTIO_NET_HDR_GSO_TCPV4 else 6
-    packet = bytes(packet)
+    packet = memoryview(packet)  # read in place: the payloads are copied once, into the rows
     ip_len, _tcp_len, hdr_len, headers, flags, seq0, tcp_fixed = _tcp_gso_headers(packet, hdr, version)
     size = len(packet)
     if hdr_len & 1:  # odd IPv4 options cannot happen (IHL counts words); keep the row sums on word boundaries
@@ -585,7 +588,7 @@ def handle_virtio_read_run(record: bytes | bytearray | memoryview) -> SplitRun |
     return handle_virtio_read(record)
 
 
-def _native_row_sums(packet: bytes, start: int, size: int, count: int) -> Any:
+def _native_row_sums(packet: bytes | memoryview, start: int, size: int, count: int) -> Any:
     """numpy's one row sum over ``count`` payloads of an even ``size`` from an even ``start``, read in place as
     native 16-bit words (times ``_NATIVE_TO_BIG``, congruent to each payload's big-endian word sum; see
     ``_payload_sums``): a uint32 array, which cannot overflow (a row has at most 32767 words below 2**16)."""
@@ -888,14 +891,29 @@ def handle_gro_run(
     needs_csum: bool = False,
 ) -> list[bytes]:
     """``handle_gro`` of the ``count`` packets of a run (packet ``i`` at ``i * stride`` in ``buffer``, ``size``
-    bytes long, the last ``last_size``), byte for byte (the tests compare the two), without a ``bytes`` object per
-    packet where it can.
+    bytes long, the last ``last_size``), byte for byte (the tests compare the two): each record of
+    ``gro_run_parts`` joined."""
+    return [b"".join(parts) for parts in gro_run_parts(buffer, count, stride, size, last_size, needs_csum=needs_csum)]
+
+
+def gro_run_parts(
+    buffer: bytes | bytearray | memoryview,
+    count: int,
+    stride: int,
+    size: int,
+    last_size: int,
+    *,
+    needs_csum: bool = False,
+) -> list[list[bytes | memoryview]]:
+    """The records of ``handle_gro_run``, each as the parts that make it, for one ``writev`` each: a glued
+    super-packet is its virtio_net_hdr and headers, then each segment's payload as a view of the buffer, so the
+    kernel gathers the payloads where they lie and nothing is copied here.
 
     The case taken here is bulk TCP over IPv4: every packet a segment of one flow (no IP options, no fragment,
     flags ACK or ACK|PSH, consecutive sequence numbers, an even segment size, every header byte of the match
     equal), checked for all rows at once with numpy. The super-packets are cut where ``handle_gro`` cuts them
     (after a PSH or a short segment, and before 64 KiB), each one's checksum made from its segments' own, and the
-    payloads are joined straight from the buffer. Anything else goes to ``handle_gro`` packet by packet.
+    payloads are never copied. Anything else goes to ``handle_gro`` packet by packet (one part a record).
     """
     np = _np
     view = memoryview(buffer)
@@ -907,11 +925,11 @@ def handle_gro_run(
         or view[0] != 0x45
         or view[9] != IPPROTO_TCP
     ):
-        return _gro_rows(view, count, stride, size, last_size, needs_csum)
+        return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
     hdr_len = 20 + ((view[32] >> 2) & 0x3C)
     gso_size = size - hdr_len
     if hdr_len < 40 or gso_size <= 0 or gso_size & 1 or last_size <= hdr_len or (view[6] << 8 | view[7]) & 0x3FFF:
-        return _gro_rows(view, count, stride, size, last_size, needs_csum)
+        return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
     rows = np.frombuffer(view, np.uint8, count * stride).reshape(count, stride)
     equal = rows[:, [2, 3, *_RUN_EQUAL_V4, *range(38, hdr_len)]]  # the IP total length first: not the last row's
     last = (count - 1) * stride
@@ -923,16 +941,16 @@ def handle_gro_run(
         or not (equal[:-1] == equal[0]).all()
         or not (equal[-1, 2:] == equal[0, 2:]).all()
     ):
-        return _gro_rows(view, count, stride, size, last_size, needs_csum)
+        return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
     seqs = np.ndarray((count,), ">u4", view, 24, (stride,)).astype(np.int64)
     if not (((seqs[1:] - seqs[:-1]) & 0xFFFFFFFF) == gso_size).all():
-        return _gro_rows(view, count, stride, size, last_size, needs_csum)
+        return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
     # A segment's checksum terms (``handle_gro``) modulo 0xFFFF, where seq counts as (seq >> 16) + (seq & 0xFFFF):
     # its payload size, the TCP header length and flags added per super-packet below, seq and checksum summed here.
     sums = np.cumsum(seqs + np.ndarray((count,), ">u2", view, 36, (stride,))).tolist()
     more = (MAX_PACKET_SIZE - size) // gso_size  # full segments a super-packet takes after its first (64 KiB)
     tcp_len = hdr_len - 20
-    records: list[bytes] = []
+    records: list[list[bytes | memoryview]] = []
     start = 0
     while start < count:
         end = start + 1
@@ -945,7 +963,7 @@ def handle_gro_run(
                 end = pushed + 1
         at = start * stride
         if end - start == 1:
-            records.append(ZERO_VIRTIO_NET_HDR + bytes(view[at : at + (size if start < count - 1 else last_size)]))
+            records.append([ZERO_VIRTIO_NET_HDR, view[at : at + (size if start < count - 1 else last_size)]])
             start = end
             continue
         full = end - start if end < count else end - start - 1  # segments of ``size`` bytes
@@ -955,10 +973,11 @@ def handle_gro_run(
         front = _glued_front(
             view[at : at + hdr_len], 20, hdr_len, hdr_len + payload, gso_size, psh, end - start, terms, 0, needs_csum
         )
-        parts: list[bytes | memoryview] = [front, rows[start : start + full, hdr_len:size].tobytes()]
+        parts: list[bytes | memoryview] = [front]
+        parts += [view[row + hdr_len : row + size] for row in range(at, at + full * stride, stride)]
         if full < end - start:
             parts.append(view[last + hdr_len : last + last_size])
-        records.append(b"".join(parts))
+        records.append(parts)
         start = end
     return records
 
