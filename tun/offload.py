@@ -930,24 +930,26 @@ def gro_run_parts(
     gso_size = size - hdr_len
     if hdr_len < 40 or gso_size <= 0 or gso_size & 1 or last_size <= hdr_len or (view[6] << 8 | view[7]) & 0x3FFF:
         return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
-    rows = np.frombuffer(view, np.uint8, count * stride).reshape(count, stride)
-    equal = rows[:, [2, 3, *_RUN_EQUAL_V4, *range(38, hdr_len)]]  # the IP total length first: not the last row's
     last = (count - 1) * stride
     flags = bytes(view[33 : count * stride : stride])
     if (
-        (view[2] << 8 | view[3]) != size
+        stride & 7
+        or (view[2] << 8 | view[3]) != size
         or (view[last + 2] << 8 | view[last + 3]) != last_size
+        or view[2:last:stride] != bytes((view[2],)) * (count - 1)  # every full row's total length: ``size``
+        or view[3:last:stride] != bytes((view[3],)) * (count - 1)
         or flags.translate(None, _ACK_OR_PSH)  # a flag but ACK and PSH: not a GRO candidate
-        or not (equal[:-1] == equal[0]).all()
-        or not (equal[-1, 2:] == equal[0, 2:]).all()
     ):
         return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
-    seqs = np.ndarray((count,), ">u4", view, 24, (stride,)).astype(np.int64)
-    if not (((seqs[1:] - seqs[:-1]) & 0xFFFFFFFF) == gso_size).all():
+    # Every header byte of the match equal to the first row's: the headers as 64-bit words, XOR the first, masked.
+    words, mask = _match_mask(hdr_len)
+    headers = np.ndarray((count, words), np.uint64, view, 0, (stride, 8))
+    seqs = np.ndarray((count,), ">u4", view, 24, (stride,))
+    if ((headers ^ headers[0]) & mask).any() or (np.diff(seqs) != gso_size).any():  # uint32 differences wrap
         return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
     # A segment's checksum terms (``handle_gro``) modulo 0xFFFF, where seq counts as (seq >> 16) + (seq & 0xFFFF):
     # its payload size, the TCP header length and flags added per super-packet below, seq and checksum summed here.
-    sums = np.cumsum(seqs + np.ndarray((count,), ">u2", view, 36, (stride,))).tolist()
+    sums = np.cumsum(seqs.astype(np.int64) + np.ndarray((count,), ">u2", view, 36, (stride,))).tolist()
     more = (MAX_PACKET_SIZE - size) // gso_size  # full segments a super-packet takes after its first (64 KiB)
     tcp_len = hdr_len - 20
     records: list[list[bytes | memoryview]] = []
@@ -980,6 +982,18 @@ def gro_run_parts(
         records.append(parts)
         start = end
     return records
+
+
+@functools.lru_cache(maxsize=16)
+def _match_mask(hdr_len: int) -> tuple[int, Any]:
+    """The 64-bit words that hold an IPv4 TCP header of ``hdr_len`` bytes, and a mask (native byte order, as the
+    words are read) that keeps the bytes of ``_RUN_EQUAL_V4`` and the urgent pointer and options."""
+    np = _np
+    words = -(-hdr_len // 8)
+    keep = bytearray(words * 8)
+    for offset in (*_RUN_EQUAL_V4, *range(38, hdr_len)):
+        keep[offset] = 0xFF
+    return words, np.frombuffer(bytes(keep), np.uint64)
 
 
 def _gro_rows(view: memoryview, count: int, stride: int, size: int, last_size: int, needs_csum: bool) -> list[bytes]:

@@ -43,6 +43,7 @@ from wgpy.errors import DropReason
 from wgpy.events import Endpoint
 from wgpy.keypair import Keypair
 from wgpy.packetrun import PacketRun
+from wgpy.receive import RUN_MIN_ROWS
 from wgpy.send import pad
 
 ROAMED: Endpoint = ("198.51.100.7", 4000)
@@ -134,6 +135,7 @@ _read = st.fixed_dictionaries(
         "dt": st.sampled_from([0.0, 0.0, 0.0, 0.001, 1.0, REJECT_AFTER_TIME]),
         "limit": st.sampled_from([None, None, None, None, None, 0, 1, 5, 40]),
         "wall": st.booleans(),
+        "inner": st.sampled_from(["mixed", "flow", "flow", "flow6"]),
     }
 )
 
@@ -158,7 +160,20 @@ CLEAN_READ: dict[str, Any] = {
     "dt": 0.0,
     "limit": None,
     "wall": False,
+    "inner": "mixed",
 }
+
+
+def _inner(rng: random.Random, read: dict[str, Any]) -> bytes:
+    """A row's plaintext: ``_plaintext``'s mix, or for an ``inner`` "flow" ("flow6") read packets from A of one
+    length (the read's size, less 8 bytes of padding unless ``exact``), which the run path hands on as a run."""
+    size = read["size"]
+    if read["inner"] == "mixed" or size < 48:
+        return _plaintext(rng, size, read["exact"])
+    length = size if read["exact"] else size - 8
+    if read["inner"] == "flow6":
+        return ipv6_packet("fd00::1", ADDR_B6, rng.randbytes(length - 40)) + bytes(size - length)
+    return ipv4_packet(ADDR_A, ADDR_B, rng.randbytes(length - 20)) + bytes(size - length)
 
 
 def _build(read: dict[str, Any], keypair: Keypair, response: bytes, rng: random.Random) -> tuple[bytes, int]:
@@ -166,7 +181,7 @@ def _build(read: dict[str, Any], keypair: Keypair, response: bytes, rng: random.
     keypair.reserve(read["gap"])
     segment = read["size"] + TRANSPORT_OVERHEAD
     count = min(read["count"], GRO_MAX_BYTES // segment)
-    rows = [_seal(keypair, _plaintext(rng, read["size"], read["exact"])) for _ in range(count)]
+    rows = [_seal(keypair, _inner(rng, read)) for _ in range(count)]
     for fault, i, j in read["faults"]:
         i, j = i % len(rows), j % len(rows)
         if fault == "swap":
@@ -397,8 +412,16 @@ def test_a_clean_read_of_one_inner_flow_is_handed_on_as_one_run(size: int) -> No
 
 def test_a_read_from_a_source_the_peer_may_not_use_is_not_a_run() -> None:
     pair, keypair, _ = _session()
-    packets = [ipv4_packet("10.9.9.9", ADDR_B, bytes(100)) for _ in range(5)]
+    packets = [ipv4_packet("10.9.9.9", ADDR_B, bytes(100)) for _ in range(RUN_MIN_ROWS)]
     data = b"".join(_seal(keypair, p) for p in packets)
-    pair.b.receive_gro(data, len(data) // 5, ENDPOINT_A, pair.net.now)
+    pair.b.receive_gro(data, len(data) // RUN_MIN_ROWS, ENDPOINT_A, pair.net.now)
     assert not pair.b.runs_pending and pair.b.packets_to_tun() == []
-    assert pair.b.stats.drops == {DropReason.DISALLOWED_SOURCE_IP: 5}
+    assert pair.b.stats.drops == {DropReason.DISALLOWED_SOURCE_IP: RUN_MIN_ROWS}
+
+
+def test_a_read_of_fewer_rows_than_run_min_rows_is_handed_on_as_packets() -> None:
+    pair, keypair, _ = _session()
+    packets = [ipv4_packet(ADDR_A, ADDR_B, bytes(100)) for _ in range(RUN_MIN_ROWS - 1)]
+    data = b"".join(_seal(keypair, p) for p in packets)
+    pair.b.receive_gro(data, len(data) // len(packets), ENDPOINT_A, pair.net.now)
+    assert not pair.b.runs_pending and pair.b.packets_to_tun() == packets
