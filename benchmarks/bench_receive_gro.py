@@ -74,7 +74,7 @@ def decrypt_only(b: Device, data: bytes, segment: int) -> int:
     peer = next(iter(b.peers.values()))
     keypair = peer.keypairs.current
     assert keypair is not None
-    decrypt = keypair._recv_aead.decrypt
+    decrypt = keypair.recv_aead.decrypt
     view = memoryview(data)
     opened = 0
     for start in range(0, len(data), segment):

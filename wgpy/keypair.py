@@ -146,6 +146,12 @@ class Keypair:
         """The sending cipher (for a ``seal_run`` done later, after the counters were reserved)."""
         return self._send_aead
 
+    @property
+    def recv_aead(self) -> crypto.Aead:
+        """The receiving cipher, for the receive path's run of messages opened in place (``Keypair.open`` of each,
+        without the slicing); the caller checks the counters and the replay window, as ``open``'s callers do."""
+        return self._recv_aead
+
     def export_send_key(self) -> bytes:
         """The raw sending key, for a worker process that seals on another core; empty once zeroed. Secret."""
         return self._send_key

@@ -391,7 +391,7 @@ class Receiver(Sender):
                 size = segment - _TRANSPORT_OVERHEAD
                 opened = [bytes(out[at : at + size]) for at in range(0, good * size, size)]
         else:
-            decrypt = keypair._recv_aead.decrypt  # Keypair.open, on a view of the row: no copy of the message
+            decrypt = keypair.recv_aead.decrypt  # Keypair.open, on a view of the row: no copy of the message
             append = opened.append
             try:
                 for counter in range(first, first + rows):
@@ -437,7 +437,7 @@ class Receiver(Sender):
         size = segment - _TRANSPORT_OVERHEAD
         out = bytearray(rows * size)
         target = memoryview(out)
-        decrypt_into = keypair._recv_aead.decrypt_into
+        decrypt_into = keypair.recv_aead.decrypt_into
         nonce = _NONCE.pack
         start = MESSAGE_TRANSPORT_HEADER_SIZE
         sealed = segment - MESSAGE_TRANSPORT_HEADER_SIZE  # ciphertext and tag

@@ -25,8 +25,11 @@ transport socket.
 Without a worker the device runs with ``seal_offload`` too, and the tunnel seals its jobs itself (``_SealInPlace``):
 every message is sealed with ``encrypt_into`` straight into one reused send buffer and runs of them go to the socket
 from there in one GSO ``sendmsg``, with no bytes object per message (``SealJob.run_into``, byte for byte
-``SealJob.run``); with a NAT layer, the jobs of endpoints it relays are left to it. A socket read's datagrams go
-to the device in one ``receive_datagrams`` call.
+``SealJob.run``); with a NAT layer, the jobs of endpoints it relays are left to it. A TSO read from the TUN device
+goes to ``Device.send_run`` as it lies in its buffer (``LinuxTun.read_run``). A UDP GRO read of one sender's
+transport messages goes whole to ``Device.receive_gro`` (``UdpSocket.receive_runs``), whose decrypted run comes
+back to ``write_run`` and is glued from its buffer (``LinuxTun.write_run``); the other datagrams of a socket read
+go to the device in one ``receive_datagrams`` call.
 
 With ``worker=True`` the tunnel starts a data-plane worker process (``worker.py``) and turns on the device's
 ``seal_offload``: flushing then hands the sealing jobs and the decrypted packets to the worker, which encrypts, sends
