@@ -68,6 +68,17 @@ def _drain_socket(sock: socket.socket) -> None:
             return
 
 
+def _loopback() -> tuple[socket.socket, UdpSocket]:
+    """A non-blocking receiving socket with a 16 MiB buffer on 127.0.0.1, and a ``UdpSocket`` to send to it."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    return receiver, UdpSocket(sender)
+
+
 def measure(variants: dict[str, Callable[[], None]], slices: int, between: Callable[[], None]) -> dict[str, float]:
     """CPU seconds per call of each variant: the median over ``slices`` alternating slices."""
     samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -85,13 +96,7 @@ def measure(variants: dict[str, Callable[[], None]], slices: int, between: Calla
 def bench_send(slices: int) -> str:
     session = bench_transport.make_session()
     device = session.a
-    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.bind(("127.0.0.1", 0))
-    receiver.setblocking(False)
-    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.bind(("127.0.0.1", 0))
-    udp = UdpSocket(sender)
+    receiver, udp = _loopback()
     target: Endpoint = receiver.getsockname()
     (peer,) = device.peers.values()
     peer.endpoint = target
@@ -141,13 +146,7 @@ def bench_tso(slices: int) -> str:
     session = bench_transport.make_session()
     device = session.a
     device.seal_offload = True
-    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.bind(("127.0.0.1", 0))
-    receiver.setblocking(False)
-    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.bind(("127.0.0.1", 0))
-    udp = UdpSocket(sender)
+    receiver, udp = _loopback()
     (peer,) = device.peers.values()
     peer.endpoint = receiver.getsockname()
     tunnel: Any = _Sockets(udp)

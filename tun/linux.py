@@ -59,7 +59,7 @@ import struct
 import weakref
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from tun import TunError
 from tun.offload import (
@@ -72,6 +72,8 @@ from tun.offload import (
     handle_virtio_read,
     handle_virtio_read_run,
 )
+
+_Read = TypeVar("_Read", list[bytes], SplitRun | list[bytes])  # what a read's split gives
 
 __all__ = [
     "DEVICE_PATH",
@@ -540,19 +542,7 @@ class LinuxTun:
             OSError: other read errors.
             ValueError: the device is closed.
         """
-        fd = self._fd
-        if fd < 0:
-            raise ValueError("I/O operation on closed TUN device")
-        if not self._offload:
-            return [os.read(fd, READ_SIZE)]
-        record = os.read(fd, OFFLOAD_READ_SIZE)
-        if len(record) > VIRTIO_NET_HDR_SIZE and not record[0] and not record[1]:
-            return [record[VIRTIO_NET_HDR_SIZE:]]  # a plain complete packet, the common case: skip the call
-        try:
-            return handle_virtio_read(record)
-        except OffloadError:
-            self.malformed_reads += 1
-            return []
+        return self._read_record(handle_virtio_read)
 
     def read_run(self) -> SplitRun | list[bytes]:
         """``read_packets``, except that a TCP super-packet (TSO) comes back as one ``tun.offload.SplitRun``:
@@ -565,6 +555,11 @@ class LinuxTun:
             OSError: other read errors.
             ValueError: the device is closed.
         """
+        return self._read_record(handle_virtio_read_run)
+
+    def _read_record(self, split: Callable[[bytes], _Read]) -> _Read | list[bytes]:
+        """One read: ``[packet]`` without offload or for a plain complete record, else ``split(record)``, with a
+        malformed record counted in ``malformed_reads`` (an empty list)."""
         fd = self._fd
         if fd < 0:
             raise ValueError("I/O operation on closed TUN device")
@@ -572,9 +567,9 @@ class LinuxTun:
             return [os.read(fd, READ_SIZE)]
         record = os.read(fd, OFFLOAD_READ_SIZE)
         if len(record) > VIRTIO_NET_HDR_SIZE and not record[0] and not record[1]:
-            return [record[VIRTIO_NET_HDR_SIZE:]]
+            return [record[VIRTIO_NET_HDR_SIZE:]]  # a plain complete packet, the common case: skip the call
         try:
-            return handle_virtio_read_run(record)
+            return split(record)
         except OffloadError:
             self.malformed_reads += 1
             return []

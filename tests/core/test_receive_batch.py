@@ -28,7 +28,7 @@ from support.helpers import (
     ipv6_packet,
     make_pair,
     private_key,
-    snapshot,
+    twin_state,
 )
 
 from wgpy.device import Device
@@ -52,17 +52,6 @@ def _session(persistent_keepalive: int) -> tuple[Pair, bytes]:
     if persistent_keepalive:
         pair.b.set_persistent_keepalive(pair.peer_a, persistent_keepalive, now)
     return pair, response
-
-
-def _normalized(device_snapshot: dict[str, Any]) -> dict[str, Any]:
-    """``support.helpers.snapshot`` without object identities (two devices never share them)."""
-    peers = {}
-    for key, peer in device_snapshot["peers"].items():
-        peer = dict(peer)
-        peer["keypairs"] = tuple(None if k is None else k[1:] for k in peer["keypairs"])
-        peer["timers"] = peer["timers"][1:]  # the first slot is the device's change callback
-        peers[key] = peer
-    return {**device_snapshot, "peers": peers, "index_table": sorted(device_snapshot["index_table"])}
 
 
 def _traffic(pair: Pair, response: bytes, rng: random.Random) -> list[tuple[bytes, Endpoint]]:
@@ -121,7 +110,7 @@ def _outputs(pair: Pair) -> dict[str, Any]:
         "datagrams": b.datagrams_to_send(),
         "events": pair.events(b),
         "drops": dict(b.stats.drops),
-        "state": _normalized(snapshot(b)),
+        "state": twin_state(b),
     }
 
 
@@ -161,9 +150,9 @@ def test_a_run_is_delivered_in_order_and_counted() -> None:
 
 def test_an_empty_batch_changes_nothing() -> None:
     pair, _ = _session(0)
-    before = _normalized(snapshot(pair.b))
+    before = twin_state(pair.b)
     pair.b.receive_datagrams([], pair.net.now)
-    assert _normalized(snapshot(pair.b)) == before
+    assert twin_state(pair.b) == before
     assert ADDR_A  # the helpers' addresses are the pair's
 
 

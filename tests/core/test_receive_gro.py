@@ -34,7 +34,7 @@ from support.helpers import (
     ipv6_packet,
     make_pair,
     private_key,
-    snapshot,
+    twin_state,
 )
 
 from wgpy.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
@@ -68,17 +68,6 @@ def _session() -> tuple[Pair, Keypair, bytes]:
     return pair, keypair, response
 
 
-def _normalized(device_snapshot: dict[str, Any]) -> dict[str, Any]:
-    """``support.helpers.snapshot`` without object identities (two devices never share them)."""
-    peers = {}
-    for key, peer in device_snapshot["peers"].items():
-        peer = dict(peer)
-        peer["keypairs"] = tuple(None if k is None else k[1:] for k in peer["keypairs"])
-        peer["timers"] = peer["timers"][1:]  # the first slot is the device's change callback
-        peers[key] = peer
-    return {**device_snapshot, "peers": peers, "index_table": sorted(device_snapshot["index_table"])}
-
-
 def _outputs(device: Device) -> dict[str, Any]:
     events = []
     while (event := device.next_event()) is not None:
@@ -89,7 +78,7 @@ def _outputs(device: Device) -> dict[str, Any]:
         "events": events,
         "drops": dict(device.stats.drops),
         "wall": device._wall_offset_ns,
-        "state": _normalized(snapshot(device)),
+        "state": twin_state(device),
     }
 
 

@@ -18,7 +18,17 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.helpers import ADDR_A, ADDR_A6, ADDR_B, ADDR_B6, Pair, ipv4_packet, ipv6_packet, make_pair, snapshot
+from support.helpers import (
+    ADDR_A,
+    ADDR_A6,
+    ADDR_B,
+    ADDR_B6,
+    Pair,
+    ipv4_packet,
+    ipv6_packet,
+    make_pair,
+    twin_state,
+)
 
 from tun.offload import VirtioNetHdr, gso_split_into
 from wgpy.device import Device
@@ -28,22 +38,6 @@ from wgpy.packetrun import PacketRun, uniform_destination
 from wgpy.send import SealJob
 
 pytest.importorskip("numpy", reason="TSO runs need numpy")
-
-
-def _normalized(device_snapshot: dict[str, Any]) -> dict[str, Any]:
-    """``support.helpers.snapshot`` without object identities (two devices never share them)."""
-    peers = {}
-    for key, peer in device_snapshot["peers"].items():
-        peer = dict(peer)
-        peer["keypairs"] = tuple(None if k is None else k[1:] for k in peer["keypairs"])
-        peer["timers"] = peer["timers"][1:]  # the first slot is the device's change callback
-        peers[key] = peer
-    return {
-        **device_snapshot,
-        "peers": peers,
-        "index_table": sorted(device_snapshot["index_table"]),
-        "pending_datagrams": (),  # compared as the messages below
-    }
 
 
 _HANDSHAKE_PACKETS = 1  # ``Pair.handshake`` sends one packet from A
@@ -79,7 +73,7 @@ def _outputs(device: Device) -> dict[str, Any]:
         "messages": _messages(device),
         "drops": dict(device.stats.drops),
         "sent": device.stats.packets_sent,
-        "state": _normalized(snapshot(device)),
+        "state": {**twin_state(device), "pending_datagrams": ()},  # compared as the messages
     }
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "pub",
     "snapshot",
     "transport_header",
+    "twin_state",
 ]
 
 ENDPOINT_A: Endpoint = ("192.0.2.1", 51820)
@@ -293,3 +294,15 @@ def snapshot(device: Device) -> dict[str, object]:
         "pending_packets": tuple(device._packets),
         "pending_events": tuple(device._events),
     }
+
+
+def twin_state(device: Device) -> dict[str, object]:
+    """``snapshot`` without object identities, so that two devices built from the same seeds compare equal."""
+    state = snapshot(device)
+    peers: dict[str, object] = {}
+    for key, peer in state["peers"].items():  # type: ignore[attr-defined]
+        peer = dict(peer)
+        peer["keypairs"] = tuple(None if k is None else k[1:] for k in peer["keypairs"])
+        peer["timers"] = peer["timers"][1:]  # the first slot is the device's change callback
+        peers[key] = peer
+    return {**state, "peers": peers, "index_table": sorted(state["index_table"])}  # type: ignore[call-overload]
