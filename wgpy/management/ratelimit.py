@@ -27,9 +27,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["DEFAULT_LIMITS", "Limit", "RateLimits", "SourceLimiter", "route_class", "source_of"]
+__all__ = ["DEFAULT_LIMITS", "Limit", "RateLimits", "SourceLimiter", "route_class", "source_of", "take_token"]
 
 MAX_SOURCES: Final = 65536  # buckets kept at once (ours: ~10 MB at most)
+
+
+def take_token(tokens: float, at: float, now: float, *, rate: float, burst: float) -> tuple[bool, float]:
+    """One token from a bucket that held ``tokens`` at time ``at`` and refills at ``rate`` a second up to ``burst``:
+    whether there was one, and what the bucket holds at ``now`` after it. A clock stepped back refills nothing."""
+    if now > at:
+        tokens = min(burst, tokens + (now - at) * rate)
+    if tokens >= 1.0:
+        return True, tokens - 1.0
+    return False, tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +148,10 @@ class SourceLimiter:
         now = self.clock()
         key = (kind, source)
         tokens, at = self._buckets.pop(key, (float(limit.burst), now))
-        if now > at:
-            tokens = min(float(limit.burst), tokens + (now - at) * limit.rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            wait = 0.0
-        else:
-            self._buckets[key] = (tokens, now)
+        allowed, tokens = take_token(tokens, at, now, rate=limit.rate, burst=float(limit.burst))
+        self._buckets[key] = (tokens, now)
+        wait = 0.0
+        if not allowed:
             self.refused[kind] += 1
             wait = (1.0 - tokens) / limit.rate
         while len(self._buckets) > self.max_sources:

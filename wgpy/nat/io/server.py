@@ -32,6 +32,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
+from ...management.ratelimit import take_token
 from ..candidates import CandidateError
 from ..credentials import TURN_CREDENTIAL_LIFETIME, turn_credentials
 from ..signal import CandidatesFrame, forwarded_candidates, parse_candidates_frame, turn_frame
@@ -94,15 +95,9 @@ class NatSignal:
         now = self.clock()
         size = self.budget(stream)
         tokens = size if stream.nat_tokens is None else stream.nat_tokens
-        elapsed = now - stream.nat_at
-        if elapsed > 0:  # a clock stepped back refills nothing
-            tokens = min(size, tokens + elapsed * size / NAT_REFILL_TIME)
+        allowed, stream.nat_tokens = take_token(tokens, stream.nat_at, now, rate=size / NAT_REFILL_TIME, burst=size)
         stream.nat_at = now
-        if tokens < 1.0:
-            stream.nat_tokens = tokens
-            return False
-        stream.nat_tokens = tokens - 1.0
-        return True
+        return allowed
 
     def handle(self, stream: PeerStream, data: dict[str, object], remote: str | None) -> bool:
         """One NAT frame of ``stream``'s peer; ``False`` if the stream must close (a malformed frame)."""
