@@ -226,6 +226,52 @@ def test_candidates_sent_before_the_streams_first_map_wait_for_it() -> None:
     asyncio.run(body())
 
 
+def test_a_frame_for_a_target_whose_map_does_not_list_the_sender_yet_goes_with_its_next_map() -> None:
+    """The target's stream has just opened (no map yet): the sender's frame waits on it and is written after the
+    target's first map, which lists the sender, and not before it (the agent drops candidates of a peer not in its
+    map). A sender the new map does not list is refused then. Refused at once, the frame was lost for good: the
+    sender sends the same candidates again only when they change."""
+
+    async def body() -> None:
+        clock = Clock()
+        keys = [base64.b64encode(n.to_bytes(32, "big")).decode() for n in range(1, 4)]
+        target_socket = _Socket()
+        sender = PeerStream("a" * 32, _Socket(), keys[0])  # type: ignore[arg-type]
+        target = PeerStream("b" * 32, target_socket, keys[1])  # type: ignore[arg-type]
+        stranger = PeerStream("c" * 32, _Socket(), keys[2])  # type: ignore[arg-type]
+        hub = SimpleNamespace(by_key={keys[0]: sender, keys[1]: target, keys[2]: stranger}, offered=[])
+        nat = NatSignal(hub, clock=clock)  # type: ignore[arg-type]
+        try:
+            sender.offer(IssuedMap(1, "{}", 0, b"", frozenset(keys[:2]), {keys[0]: "203.0.113.9"}))
+            stranger.offer(IssuedMap(1, "{}", 0, b"", frozenset(keys[1:])))  # it sees the target; not the reverse
+            for _ in range(100):  # bounded: their writers send the maps and go idle
+                if all(stream.ws.sent for stream in (sender, stranger)):  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.01)
+            for stream in (sender, stranger):
+                frame: dict[str, object] = {"type": "candidates", "peer": keys[1], "candidates": CANDIDATES}
+                assert nat.handle(stream, frame, None)
+            assert nat.forwarded == 0 and nat.refused == 0 and nat.parked == 2
+            target.offer(IssuedMap(2, "{}", 0, b"", frozenset(keys[:2])))
+            for hook in hub.offered:  # as PushHub.recompute does after each offer
+                hook(target)
+            assert nat.forwarded == 1 and nat.refused == 1 and not target.nat_parked
+            for _ in range(100):  # bounded: the target's writer task runs
+                if len(target_socket.sent) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            written = [json.loads(text) for text in target_socket.sent]
+            assert written == [
+                {"type": "map", "serial": 2, "document": {}},
+                {"type": "candidates", "peer": keys[0], "candidates": CANDIDATES, "announced": ["203.0.113.9"]},
+            ]
+        finally:
+            for stream in (sender, target, stranger):
+                await stream.stop()
+
+    asyncio.run(body())
+
+
 class _Socket:
     closed = False
 

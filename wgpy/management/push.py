@@ -272,6 +272,8 @@ class PeerStream:
         self.nat_at = 0.0
         # Candidates frames read before this stream was offered its first map, newest per target (replayed then).
         self.nat_waiting: dict[str, tuple[CandidatesFrame, str | None]] = {}
+        # Frames for this peer from senders its last map did not list, newest per sender (sent with its next map).
+        self.nat_parked: dict[str, dict[str, object]] = {}
         self._candidates: dict[str, str] = {}
         self.paths: dict[str, str] = {}  # the agent's last path report: peer public key -> direct/relayed/checking
         self.paths_at: float | None = None  # when it was accepted (the server's clock)
@@ -329,15 +331,18 @@ class PeerStream:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while (self._control or self._candidates) and not self.ws.closed:
+                # Replies first, then the map, then candidates: a peer's candidates may need the map that lists the
+                # peer (the agent drops candidates of a peer not in its map), so none goes ahead of a pending map.
+                while not self.ws.closed:
                     if self._control:
                         frame = self._control.popleft()
-                    else:
+                    elif self._pending is not None:
+                        frame, self._pending = self._pending, None
+                    elif self._candidates and self._close is None:
                         frame = self._candidates.pop(next(iter(self._candidates)))
+                    else:
+                        break
                     await asyncio.wait_for(self.ws.send_str(frame), SEND_TIMEOUT)
-                text, self._pending = self._pending, None
-                if text is not None and not self.ws.closed:
-                    await asyncio.wait_for(self.ws.send_str(text), SEND_TIMEOUT)
                 if self._close is not None:
                     code, reason = self._close
                     await self.ws.close(code=code, message=reason)

@@ -14,9 +14,12 @@ frames (a token bucket, ``NAT_BUDGET_BASE`` + ``NAT_BUDGET_PER_PEER`` per peer o
 ``NAT_REFILL_TIME``): an agent sends one ``candidates`` frame per peer when its candidates change, so a legitimate
 burst for a large map passes, and a flooding peer's excess frames are dropped and counted (``dropped``), the
 stream kept (closing it would only make the peer reconnect, which costs the server more). A frame about a peer
-outside the sender's map is dropped and counted too (``refused``): it may be a race with a map just pushed. The
-target's stream keeps the newest frame per sender (``PeerStream.send_candidates``), so no sender can crowd out
-the others' candidates.
+outside the sender's map is dropped and counted too (``refused``): it may be a race with a map just pushed. A
+frame whose target's map does not list the sender yet (the target's stream has just opened, say, or its new map is
+being pushed) waits on the target's stream, newest per sender, and goes with the target's next map if that one
+lists the sender (``parked``; else ``refused`` then): an agent sends its candidates again only when they change, so
+a frame refused here would be lost for good. The target's stream keeps the newest frame per sender
+(``PeerStream.send_candidates``), so no sender can crowd out the others' candidates.
 
 With several replicas (PostgreSQL), a frame for a peer not connected here goes to the ``relays``
 (``notify.PgFanout``: NOTIFY on its own channel) after the sender's side is checked here; the replica the target is
@@ -79,6 +82,7 @@ class NatSignal:
         #: the frame for the target) for a target not connected here.
         self.relays: list[Callable[[str, str, dict[str, object]], None]] = []
         self.refused = 0  # candidates for a peer the sender does not see, or that does not see it
+        self.parked = 0  # frames that waited for their target's next map (its last one did not list the sender)
         #: Frames dropped without closing the stream: ``rate_limited`` (over the stream's budget),
         #: ``target_offline`` (no stream on this replica), ``replaced`` (a newer frame of the sender took its place
         #: before it was written).
@@ -129,7 +133,21 @@ class NatSignal:
         return True
 
     def map_offered(self, stream: PeerStream) -> None:
-        """The hub handed ``stream`` a map: forward what waited for it (``PushHub.offered``)."""
+        """The hub handed ``stream`` a map: forward what waited for it (``PushHub.offered``): its own frames sent
+        before its first map, and the frames for it whose sender its previous map did not list, if this one does
+        and the sender (connected here) still lists it. The map goes out before them (``PeerStream._write``)."""
+        if stream.nat_parked:
+            parked, stream.nat_parked = stream.nat_parked, {}
+            for sender, message in parked.items():
+                sender_stream = self.hub.by_key.get(sender)
+                if sender not in stream.map_keys or (
+                    sender_stream is not None and stream.own_key not in sender_stream.map_keys
+                ):
+                    self.refused += 1
+                    continue
+                if not stream.send_candidates(sender, message):
+                    self.dropped["replaced"] += 1
+                self.forwarded += 1
         if stream.nat_waiting:
             waiting, stream.nat_waiting = stream.nat_waiting, {}
             for frame, remote in waiting.values():
@@ -144,16 +162,17 @@ class NatSignal:
         if other is None and not self.relays:
             self.dropped["target_offline"] += 1
             return
-        if other is not None and me not in other.map_keys:  # the target's map does not list the sender
-            self.refused += 1
+        if other is not None and me not in other.map_keys:
+            # The target's map does not list the sender (yet): a map being pushed to it may, as when its stream has
+            # just opened and has no map so far, and the sender would not send the same candidates again. The frame
+            # waits on the target's stream, newest per sender, until that stream's next map (``map_offered``).
+            if me not in other.nat_parked and len(other.nat_parked) >= NAT_BUDGET_BASE:
+                self.refused += 1
+            else:
+                other.nat_parked[me] = self._message(me, stream, frame, remote)
+                self.parked += 1
             return
-        announced = {h for h, _ in self.turn_servers}
-        if remote:
-            announced.add(remote)
-        host = stream.map_hosts.get(me)
-        if host is not None:
-            announced.add(host)
-        message = forwarded_candidates(me, frame.candidates, announced)
+        message = self._message(me, stream, frame, remote)
         if other is None:  # perhaps connected to another replica: that one checks the target's map
             for relay in self.relays:
                 relay(me, frame.peer, message)
@@ -162,6 +181,16 @@ class NatSignal:
         if not other.send_candidates(me, message):
             self.dropped["replaced"] += 1
         self.forwarded += 1
+
+    def _message(self, me: str, stream: PeerStream, frame: CandidatesFrame, remote: str | None) -> dict[str, object]:
+        """The frame as the target gets it: the sender's (``me``) candidates and the hosts the server vouches for."""
+        announced = {h for h, _ in self.turn_servers}
+        if remote:
+            announced.add(remote)
+        host = stream.map_hosts.get(me)
+        if host is not None:
+            announced.add(host)
+        return forwarded_candidates(me, frame.candidates, announced)
 
     def deliver(self, sender: str, target: str, message: object) -> None:
         """A frame another replica forwards for ``target`` (whose map it could not see): sent if ``target`` is
