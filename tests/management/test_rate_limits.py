@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import logging
 import pathlib
@@ -16,10 +17,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from management_helpers import Harness, with_harness
 
 from wgpy.management import tokens
 from wgpy.management.ratelimit import Limit, RateLimits, SourceLimiter, route_class, source_of
+from wgpy.ratelimiter import RateLimiter
 
 BURST = 20
 SMALL = RateLimits({"credentials": Limit(5.0, BURST), "peer": Limit(5.0, BURST)})
@@ -66,6 +70,33 @@ def test_the_source_is_the_tcp_peer_unless_it_is_a_trusted_proxy() -> None:
     assert source_of("2001:db8:1:3::1", None, ()) != source_of("2001:db8:1:2::1", None, ())
     assert source_of("::ffff:192.0.2.7", None, ()) == "192.0.2.7"
     assert source_of(None, None, ()) == "unknown"
+
+
+# Addresses that often share a /64 or a /32 with each other: a few prefixes, any low bits; some IPv4-mapped.
+_V6_PREFIXES = [0x20010DB8_00000001, 0x20010DB8_00000002, 0xFE800000_00000000]
+_ADDRESSES = st.one_of(
+    st.builds(lambda low: ipaddress.IPv4Address(0xC0000200 | low), st.integers(0, 3)),
+    st.builds(
+        lambda high, low: ipaddress.IPv6Address(high << 64 | low),
+        st.sampled_from(_V6_PREFIXES),
+        st.integers(0, 2) | st.integers(0, (1 << 64) - 1),
+    ),
+    st.builds(lambda low: ipaddress.IPv6Address(0xFFFF_C0000200 | low), st.integers(0, 3)),  # ::ffff:192.0.2.x
+)
+
+
+@given(_ADDRESSES, _ADDRESSES)
+def test_sources_share_a_bucket_exactly_when_the_data_plane_limiter_would_share_one(
+    first: ipaddress.IPv4Address | ipaddress.IPv6Address, second: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> None:
+    """The management limit keys sources as the handshake limiter (``wgpy/ratelimiter.py``, after the kernel's
+    ``ratelimiter.c``) does: an IPv6 address by its /64, an IPv4-mapped one as the IPv4 address. The data-plane
+    limiter is the reference here, seen from outside: with a burst of one, a second source is refused exactly when
+    it shares the first one's bucket."""
+    handshakes = RateLimiter(packets_per_second=1, burst=1)
+    assert handshakes.allow(first.packed, 0.0)
+    same_bucket = not handshakes.allow(second.packed, 0.0)
+    assert (source_of(str(first), None, ()) == source_of(str(second), None, ())) is same_bucket
 
 
 def test_buckets_refill_at_their_rate_and_the_table_stays_bounded() -> None:
