@@ -3,12 +3,18 @@ a policy change to every peer holding its new map, and the server's memory.
 
     PYTHONPATH=. python benchmarks/bench_management.py --peers 1000 --policies all,grouped,all,teams,teams-b
     PYTHONPATH=. python benchmarks/bench_management.py --peers 10000 --policies teams-b,teams,grouped,teams-b
+    PYTHONPATH=. python benchmarks/bench_management.py --candidates 2000 --peers 1000 --tree /work/main --tree .
+
+    PYTHONPATH=. python benchmarks/bench_management.py --enrol 50 --peers 10000 --tree /work/main --tree .
+
+The last two forms measure the server's CPU per NAT ``candidates`` frame (``run_candidates``) and per enrolment
+(``run_enrol``), the server running from each ``--tree`` in turn (the seeding and the clients from this one).
 
 What is seeded and what goes through the real server:
 
 * ``wgpy management init`` (the real command) creates the state directory: keys, migrated SQLite database, admin token.
-* Seeded, straight into that database before ``wgpy management serve`` starts (enrolling through the API reads every
-  peer per enrolment, ~250 peers a minute at 10,000): 100 setup keys (one per team; ``auto_groups`` = the peer's
+* Seeded, straight into that database before ``wgpy management serve`` starts (enrolling through the API loads every
+  active peer per enrolment for the map in its answer, ~110 ms each at 10,000: ``--enrol``): 100 setup keys (one per team; ``auto_groups`` = the peer's
   "servers"/``g*`` group and its team ``t*``; fields as ``POST /api/v1/setup-keys`` writes them, ``used`` set to the
   peers seeded with each) and, per peer, exactly the rows ``ManagementServer._enrol_once`` writes: a ``peers`` row
   (address from ``enrolment.allocate_address`` over the default pool with the addresses taken so far, groups the
@@ -50,6 +56,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -297,6 +304,8 @@ async def run(count: int, policies: list[str], state: pathlib.Path, change_timeo
         [
             *(sys.executable, "-m", "wgpy", "management", "serve", "--state-dir", str(state)),
             *("--listen", f"127.0.0.1:{port}", "--log-level", "error"),
+            # every simulated peer connects from 127.0.0.1: one source, far over the per-source default
+            *("--rate-limit", "peer=0"),
         ],
         stdout=subprocess.PIPE,
         env=env,
@@ -381,6 +390,149 @@ async def run(count: int, policies: list[str], state: pathlib.Path, change_timeo
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime (proc(5) fields 14, 15)
+
+
+@contextlib.asynccontextmanager
+async def _seeded_server(
+    count: int, state: pathlib.Path, tree: pathlib.Path
+) -> AsyncIterator[tuple[str, str, subprocess.Popen[str], list[Peer]]]:
+    """``count`` seeded peers and ``wgpy management serve`` running from ``tree``: (url, admin token, process, peers)."""
+    tree = tree.resolve()
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    init = subprocess.run(
+        [sys.executable, "-m", "wgpy", "management", "init", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tree,  # `python -m` puts the working directory first on sys.path, before PYTHONPATH
+        check=True,
+        timeout=120,
+    )
+    peers = [Peer(i) for i in range(count)]
+    await seed(state, peers)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "wgpy", "management", "serve", "--state-dir", str(state)),
+            *("--listen", f"127.0.0.1:{port}", "--log-level", "error"),
+        ],
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=tree,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None  # stdout=PIPE
+        await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 60)
+        yield f"http://127.0.0.1:{port}", init.stdout.strip(), server, peers
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+
+
+async def run_candidates(count: int, frames: int, state: pathlib.Path, tree: pathlib.Path) -> dict[str, Any]:
+    """The server's cost of ``candidates`` frames: ``count`` peers seeded, an all-to-all policy, two streams; one
+    peer sends ``frames`` frames for the other, then a ping. Measured: the wall time from the first frame to the
+    pong (the server reads a stream's frames in order) and the server process's CPU time over it, per frame."""
+    async with (
+        _seeded_server(count, state, tree) as (url, token, server, peers),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http,
+    ):
+        info = await (await http.get(url + "/api/v1/info")).json()
+        proof_key = PublicKey.from_base64(info["proof_key"])
+        await _admin(http, url, token, "PUT", "/api/v1/policy", ALL.encode())
+        sockets = []
+        for peer in peers[:2]:
+            headers = proof_headers(
+                peer.private, proof_key, "GET", "/api/v1/peer/stream", b"", now=time.time(), nonce=os.urandom(16)
+            )
+            headers["Authorization"] = f"Bearer {peer.access}"
+            ws = await http.ws_connect(url + "/api/v1/peer/stream", headers=headers, max_msg_size=1 << 28)
+            first = await ws.receive(120)
+            assert first.type == aiohttp.WSMsgType.TEXT and _SERIAL.match(first.data[:64]), first
+            sockets.append(ws)
+        sender, target = sockets
+        received = 0
+
+        async def drain() -> None:
+            nonlocal received
+            async for message in target:
+                if message.type == aiohttp.WSMsgType.TEXT and message.data.startswith('{"type": "candidates"'):
+                    received += 1
+
+        reader = asyncio.create_task(drain())
+        await asyncio.sleep(1.0)  # let the connect pushes settle
+        cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
+        for n in range(frames):
+            candidates = [{"kind": "host", "host": "192.168.1.2", "port": 1 + n % 60000}]
+            await sender.send_json({"type": "candidates", "peer": peers[1].public, "candidates": candidates})
+        await sender.send_json({"type": "ping"})
+        while True:
+            message = await sender.receive(600)
+            if message.type != aiohttp.WSMsgType.TEXT:
+                raise RuntimeError(f"the sender's stream ended: {message.type.name} {message.data}")
+            if '"pong"' in message.data:
+                break
+        wall, cpu = time.perf_counter() - t0, _cpu_seconds(server.pid) - cpu0
+        await asyncio.sleep(0.5)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        for ws in sockets:
+            await ws.close()
+    return {
+        "mode": "candidates",
+        "tree": str(tree),
+        "peers": count,
+        "frames": frames,
+        "wall_s": round(wall, 3),
+        "server_cpu_s": round(cpu, 3),
+        "server_cpu_us_per_frame": round(cpu / frames * 1e6, 1),
+        "frames_forwarded_received": received,
+    }
+
+
+async def run_enrol(count: int, enrolments: int, state: pathlib.Path, tree: pathlib.Path) -> dict[str, Any]:
+    """The server's cost of an enrolment with ``count`` peers enrolled already (a "teams" policy: small maps, so
+    the address allocation is not hidden behind a large map): ``enrolments`` new peers enrol one after another."""
+    async with (
+        _seeded_server(count, state, tree) as (url, token, server, _peers),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http,
+    ):
+        info = await (await http.get(url + "/api/v1/info")).json()
+        proof_key = PublicKey.from_base64(info["proof_key"])
+        await _admin(http, url, token, "PUT", "/api/v1/policy", TEAMS.encode())
+        body = json.dumps({"name": "bench", "reusable": True, "usage_limit": enrolments, "auto_groups": ["t0"]})
+        key = (await _admin(http, url, token, "POST", "/api/v1/setup-keys", body.encode()))["key"]
+        cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
+        for _ in range(enrolments):
+            private = PrivateKey.generate()
+            raw = json.dumps({"setup_key": key, "public_key": private.public_key().to_base64()}).encode()
+            headers = proof_headers(
+                private, proof_key, "POST", "/api/v1/enrol", raw, now=time.time(), nonce=os.urandom(16)
+            )
+            headers["Content-Type"] = "application/json"
+            async with http.post(url + "/api/v1/enrol", data=raw, headers=headers) as response:
+                assert response.status == 201, await response.text()
+                await response.read()
+        wall, cpu = time.perf_counter() - t0, _cpu_seconds(server.pid) - cpu0
+    return {
+        "mode": "enrol",
+        "tree": str(tree),
+        "peers": count,
+        "enrolments": enrolments,
+        "wall_ms_per_enrolment": round(wall / enrolments * 1e3, 2),
+        "server_cpu_ms_per_enrolment": round(cpu / enrolments * 1e3, 2),
+    }
+
+
 def _versions() -> dict[str, str]:
     import sqlalchemy
 
@@ -405,7 +557,35 @@ def main() -> None:
     parser.add_argument("--change-timeout", type=float, default=300.0, help="seconds one change (or connect) may take")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the whole run may take")
     parser.add_argument("--output", type=pathlib.Path, help="also write the summary JSON here")
+    parser.add_argument(
+        "--candidates", type=int, metavar="FRAMES", help="measure FRAMES candidates frames instead of map pushes"
+    )
+    parser.add_argument("--enrol", type=int, metavar="N", help="measure N enrolments instead of map pushes")
+    parser.add_argument(
+        "--tree",
+        type=pathlib.Path,
+        action="append",
+        help="with --candidates: the wgpy tree the server runs from (repeat to compare, e.g. main and a branch)",
+    )
     args = parser.parse_args()
+    if args.candidates is not None or args.enrol is not None:
+        machine = _machine()
+        runs = []
+        for count in args.peers or [1000]:
+            for tree in [t.resolve() for t in args.tree or [ROOT]]:
+                with tempfile.TemporaryDirectory() as directory:
+                    state = pathlib.Path(directory) / "state"
+                    if args.candidates is not None:
+                        coroutine = run_candidates(count, args.candidates, state, tree)
+                    else:
+                        coroutine = run_enrol(count, args.enrol, state, tree)
+                    runs.append(asyncio.run(asyncio.wait_for(coroutine, args.timeout)))
+                    print(json.dumps(runs[-1]), flush=True)
+        text = json.dumps({"machine": machine, "runs": runs}, indent=2)
+        print(text)
+        if args.output is not None:
+            args.output.write_text(text + "\n")
+        return
     policies = ["teams-b", "teams", "teams-b"] if args.teams else args.policies.split(",")
     if len(policies) < 2 or any(name not in POLICIES for name in policies):
         parser.error(f"--policies: an initial policy and at least one change, of {', '.join(POLICIES)}")

@@ -193,6 +193,8 @@ async def run(count: int, changes: int, team_size: int, db_url: str, state: path
                     f"127.0.0.1:{port}",
                     "--log-level",
                     "error",
+                    "--rate-limit",  # every simulated peer connects from 127.0.0.1: one source
+                    "peer=0",
                 ],
                 stdout=subprocess.PIPE,
                 env=env,

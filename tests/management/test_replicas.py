@@ -6,6 +6,7 @@ replicas. The cluster is the throwaway one of ``postgres_helpers`` (skipped, wit
 from __future__ import annotations
 
 import asyncio
+import base64
 import pathlib
 import time
 from collections import Counter
@@ -276,5 +277,41 @@ def test_replicas_need_postgresql_for_fanout(tmp_path: pathlib.Path) -> None:
             async with aiohttp.ClientSession() as http:
                 async with http.get(h.url + "/api/v1/info") as response:
                     assert response.status == 200
+
+    asyncio.run(main())
+
+
+def test_candidates_reach_a_peer_connected_to_the_other_replica(postgres_url: str, tmp_path: pathlib.Path) -> None:
+    """A's stream on replica a, B's on replica b: A's candidates for B go through NOTIFY and reach B with what the
+    sender's replica vouches for; a notification naming a sender outside B's map is refused by b."""
+    reset(postgres_url)
+    candidates = [{"kind": "srflx", "host": "198.51.100.7", "port": 40000}]
+
+    async def main() -> None:
+        async with replicas(tmp_path, postgres_url) as (a, b):
+            await a.admin("PUT", "/api/v1/policy", raw=ALL)
+            key = await a.setup_key(reusable=True, usage_limit=5)
+            one, two = a.agent(), a.agent()
+            for agent in (one, two):
+                assert (await agent.enrol(key)).status == 201
+            async with one.stream() as ws_one, moved(two, b).stream() as ws_two:
+                assert (await next_message(ws_one))["type"] == "map"
+                assert (await next_message(ws_two))["type"] == "map"
+                await ws_one.send_json({"type": "candidates", "peer": two.public_key, "candidates": candidates})
+                got = await next_message(ws_two)
+                assert got == {
+                    "type": "candidates",
+                    "peer": one.public_key,
+                    "candidates": candidates,
+                    "announced": ["127.0.0.1"],
+                }
+                assert a.running.server.nat.relayed == 1 and b.running.server.nat.forwarded == 1
+                # A forged notification (anyone with database access may NOTIFY): a sender B's map does not list.
+                stranger = base64.b64encode(bytes(32)).decode()
+                b.running.server.nat.deliver(stranger, two.public_key, got)
+                assert b.running.server.nat.refused == 1 and b.running.server.nat.forwarded == 1
+                # ...or one that is not a candidates frame: dropped and counted, nothing sent
+                b.running.server.nat.deliver(one.public_key, two.public_key, {**got, "announced": ["not an IP"]})
+                assert b.running.server.nat.dropped["bad_relayed"] == 1 and b.running.server.nat.forwarded == 1
 
     asyncio.run(main())

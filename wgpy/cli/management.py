@@ -38,6 +38,29 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 (an empty host means every address, as stated)
 
 
+def _rate_limit(text: str) -> tuple[str, object]:
+    from ..management.ratelimit import DEFAULT_LIMITS, Limit
+
+    kind, sep, value = text.partition("=")
+    if not sep or kind not in DEFAULT_LIMITS:
+        raise argparse.ArgumentTypeError(
+            f"expected CLASS=RATE/BURST or CLASS=0, CLASS one of {', '.join(DEFAULT_LIMITS)}"
+        )
+    try:
+        return kind, Limit.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _address(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected an IP address") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wgpy management", description="the wgpy mesh management server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,12 +82,29 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--turn-credential-lifetime", type=int, default=3600, metavar="SECONDS", help="TURN credentials' lifetime"
     )
+    serve.add_argument(
+        "--rate-limit",
+        action="append",
+        default=[],
+        type=_rate_limit,
+        metavar="CLASS=RATE/BURST",
+        help="per-source limit of credentials (enrol, login) or peer (signed) requests; CLASS=0 turns it off",
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        type=_address,
+        metavar="IP",
+        help="a reverse proxy whose X-Forwarded-For names the client (by default the TCP peer is the source)",
+    )
     serve.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"])
     return parser
 
 
 async def _serve(args: argparse.Namespace) -> None:
     from ..management.enrolment import DEFAULT_NETWORK
+    from ..management.ratelimit import DEFAULT_LIMITS, RateLimits
     from ..management.server import serve
 
     task = asyncio.current_task()
@@ -90,6 +130,7 @@ async def _serve(args: argparse.Namespace) -> None:
             turn_servers=args.turn,
             turn_secret=args.turn_secret_file.read_bytes().strip() if args.turn_secret_file else b"",
             turn_lifetime=args.turn_credential_lifetime,
+            rate_limits=RateLimits({**DEFAULT_LIMITS, **dict(args.rate_limit)}, frozenset(args.trusted_proxy)),
         )
 
 

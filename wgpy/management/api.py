@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -45,6 +46,7 @@ from .pathreport import PathReportError, parse_path_report, summary
 from .policy import MAX_POLICY_SIZE, PolicyError, groups_of, parse_policy, valid_name
 from .proof import HEADER_KEY, NonceCache, ProofError, verify_proof
 from .push import Change, MapService, PeerStream, PushHub
+from .ratelimit import RateLimits, SourceLimiter, route_class, source_of
 from .store import AdminToken, AuditRow, GroupRow, PeerRow, PolicyRow, RefreshTokenRow, SetupKeyRow, secret_hash
 
 if TYPE_CHECKING:
@@ -67,6 +69,7 @@ WS_HEARTBEAT: Final = 30.0  # seconds between WebSocket pings (ours)
 MAX_AUDIT_PAGE: Final = 1000  # events in one audit answer (ours)
 MAX_LIST: Final = 100_000  # setup keys or peers in one list answer (ours)
 ENROL_RETRIES: Final = 5  # attempts when two enrolments race for one address (ours)
+ADDRESS_PROBE_BATCH: Final = 256  # pool addresses looked up in one query when allocating (ours)
 SETUP_KEY_PREFIX: Final = "wgsk_"  # (ours) lets secret scanners and operators recognise a setup key
 ADMIN_TOKEN_PREFIX: Final = "wgat_"  # noqa: S105 (ours: a prefix, not a secret)
 _PEER_ENROL_FIELDS: Final = frozenset({"setup_key", "public_key", "name", "endpoint"})
@@ -288,6 +291,7 @@ class ManagementServer:
         network: str = enrolment.DEFAULT_NETWORK,
         clock: Callable[[], float] = time.time,
         max_streams: int = 20000,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.sessions = sessions
         self.writers = sessions
@@ -303,9 +307,14 @@ class ManagementServer:
         self.hub.tick_hooks.append(self.sweep)
         self._verify_key = keys.verify_keys()
         #: NAT traversal's frames on the stream (``wgpy.nat.io.server``): candidate forwarding, TURN credentials.
-        self.nat = NatSignal(self.maps, self.hub, clock=clock)
+        self.nat = NatSignal(self.hub, clock=clock)
         #: Path reports (``pathreport.py``): accepted, and what was dropped, ignored or refused, for operators.
         self.path_reports: collections.Counter[str] = collections.Counter()
+        #: Per-source limits of the enrolment, login and signed peer routes (``ratelimit.py``); ``limiter.refused``
+        #: counts the requests answered 429.
+        self.limiter = SourceLimiter(rate_limits, clock=time.monotonic)
+        self._address_floor = 0  # every pool address below it is held by a peer row (``_allocate_address``)
+        self._reported: collections.Counter[str] = collections.Counter()  # what the last tick's log line counted
         self.dashboard: Dashboard | None = None  # mounted by ``app()``
 
     def __repr__(self) -> str:
@@ -314,7 +323,7 @@ class ManagementServer:
     # --- application -------------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors], client_max_size=MAX_POLICY_SIZE + 1)
+        app = web.Application(middlewares=[_errors, self._rate_limit], client_max_size=MAX_POLICY_SIZE + 1)
         r = app.router
         r.add_get("/api/v1/info", self.info)
         r.add_post("/api/v1/enrol", self.enrol)
@@ -358,6 +367,22 @@ class ManagementServer:
                 audit.drop_pending(session)
                 raise
             audit.emit_pending(session)
+
+    @web.middleware
+    async def _rate_limit(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Refuse a source over its budget before the body is read or anything checked (``ratelimit.py``)."""
+        kind = route_class(request.method, request.path)
+        if kind is not None:
+            limiter = self.limiter
+            source = source_of(request.remote, request.headers.get("X-Forwarded-For"), limiter.config.trusted_proxies)
+            wait = limiter.allow(kind, source)
+            if wait > 0:  # not logged: a flood would flood the log; counted in limiter.refused
+                response = _error_response(429, "rate_limited", "too many requests from this address; try again later")
+                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                return response
+        return await handler(request)
 
     # --- input ---------------------------------------------------------------------------------------------------
 
@@ -532,23 +557,8 @@ class ManagementServer:
                 existing.public_key = f"deleted:{existing.id}"  # frees the unique key for the new peer
                 await session.flush()
             await store.lock_address_pool(session)
-            taken: set[int] = set()
-            stale: list[str] = []
-            for held, released_at in (
-                await session.execute(select(PeerRow.address, PeerRow.released_at).where(PeerRow.address.is_not(None)))
-            ).all():
-                if held is None:
-                    continue
-                value = int(ipaddress.IPv4Address(held))
-                if released_at is None or enrolment.quarantined(released_at, now):
-                    taken.add(value)
-                else:
-                    stale.append(held)
-            try:
-                address = enrolment.allocate_address(self.network, taken)
-            except EnrolmentError as exc:
-                raise ApiError(exc.status, exc.code, exc.detail) from None
-            if address in stale:
+            address, stale = await self._allocate_address(session, now)
+            if stale:  # its old peer's quarantine is over: that row lets go of it
                 await session.execute(update(PeerRow).where(PeerRow.address == address).values(address=None))
             peer_id = _new_id()
             peer = PeerRow(
@@ -590,6 +600,48 @@ class ManagementServer:
                 },
             )
         return peer, pair
+
+    async def _allocate_address(self, session: AsyncSession, now: float) -> tuple[str, bool]:
+        """The lowest free address of the pool, reading only what it needs; ``True`` if a released peer's row still
+        holds it (its quarantine over). Called under ``store.lock_address_pool``.
+
+        An address is free when no row holds it, or when the row holding it was released before the quarantine.
+        Rows are never deleted and a row lets go of its address only in the transaction that gives it to another
+        (below), so an address held once stays held: every address below ``_address_floor`` was seen held, and
+        stays so, whichever replica enrols. The free ones below it are then only the released rows' addresses whose
+        quarantine is over (one query over the released rows); from the floor up, the pool is probed in batches of
+        ``ADDRESS_PROBE_BATCH`` through the unique index. One enrolment after the floor is known reads a few rows,
+        not every peer; the first after a start walks the held addresses once.
+        """
+        first = int(self.network.network_address) + 1
+        last = int(self.network.broadcast_address) - 1
+        released = (
+            await session.execute(
+                select(PeerRow.address).where(
+                    PeerRow.released_at.is_not(None),
+                    PeerRow.released_at <= now - enrolment.ADDRESS_QUARANTINE,
+                    PeerRow.address.is_not(None),
+                )
+            )
+        ).scalars()
+        stale = min(
+            (v for v in (int(ipaddress.IPv4Address(a)) for a in released if a) if first <= v <= last), default=None
+        )
+        free: int | None = None
+        value = max(self._address_floor, first)
+        while value <= last and (stale is None or value < stale):
+            end = min(last, value + ADDRESS_PROBE_BATCH - 1)
+            batch = [str(ipaddress.IPv4Address(v)) for v in range(value, end + 1)]
+            held = set((await session.execute(select(PeerRow.address).where(PeerRow.address.in_(batch)))).scalars())
+            free = next((value + n for n, text in enumerate(batch) if text not in held), None)
+            self._address_floor = max(self._address_floor, end + 1 if free is None else free)
+            if free is not None:
+                break
+            value = end + 1
+        choice = min((v for v in (free, stale) if v is not None), default=None)
+        if choice is None:
+            raise ApiError(409, "address_pool_exhausted", "no free address is left in the pool")
+        return str(ipaddress.IPv4Address(choice)), choice == stale
 
     async def refresh(self, request: web.Request) -> web.Response:
         now = self.clock()
@@ -719,11 +771,10 @@ class ManagementServer:
         if not ws.can_prepare(request).ok:
             raise ApiError(400, "not_websocket", "this route needs a WebSocket upgrade")
         await ws.prepare(request)
-        stream = self.hub.attach(auth.row.id, ws)
+        stream = self.hub.attach(auth.row.id, ws, auth.row.public_key)
         if stream is None:
             await ws.close(code=1013, message=b"too many connections")
             return ws
-        stream.own_key = auth.row.public_key
         try:
             async for message in ws:
                 if message.type != WSMsgType.TEXT:
@@ -743,7 +794,7 @@ class ManagementServer:
                     if isinstance(serial, int) and not isinstance(serial, bool) and serial <= stream.sent_serial:
                         stream.acked_serial = max(stream.acked_serial, serial)
                 elif kind in NAT_FRAMES:
-                    if not await self.nat.handle(auth.row.id, data, request.remote):
+                    if not self.nat.handle(stream, data, request.remote):
                         break
                 elif kind == "paths":
                     await self._path_report(stream, data)
@@ -1032,9 +1083,23 @@ class ManagementServer:
         for peer_id in expired:
             self.hub.notify(Change("peer_left", peer_id))
         self.nonces.expire(now)
+        self._report_drops()
         if self._shared_nonces:
             async with self.writers() as session, session.begin():
                 await store.forget_expired_nonces(session, now)
+
+    def _report_drops(self) -> None:
+        """One log line per tick saying what the flood defences refused since the last one (never per request)."""
+        totals: collections.Counter[str] = collections.Counter()
+        for kind, count in self.limiter.refused.items():
+            totals[f"http_{kind}"] = count
+        for reason, count in self.nat.dropped.items():
+            totals[f"nat_{reason}"] = count
+        totals["nat_refused"] = self.nat.refused
+        fresh = {name: count - self._reported[name] for name, count in totals.items() if count > self._reported[name]}
+        self._reported = totals
+        if fresh:
+            logger.warning("refused or dropped since the last tick: %s", json.dumps(fresh, sort_keys=True))
 
     # --- first admin token -----------------------------------------------------------------------------------------
 

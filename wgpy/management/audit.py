@@ -41,6 +41,8 @@ KINDS: Final = frozenset(
         "map_push",
         "stream_connected",
         "stream_closed",
+        "dashboard_login",
+        "dashboard_logout",
     }
 )
 

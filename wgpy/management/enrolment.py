@@ -7,7 +7,9 @@ public key. ``check_setup_key`` says whether a stored key may be used now; the s
 guarded ``UPDATE ... WHERE used < usage_limit``, so concurrent enrolments cannot overspend a key whatever this
 process believes. ``allocate_address`` picks the lowest free address of the pool, skipping the network and
 broadcast addresses and any address quarantined after its peer was revoked or deleted (``ADDRESS_QUARANTINE``); a
-unique index on addresses makes a race between two enrolments fail one of them, which then retries.
+unique index on addresses makes a race between two enrolments fail one of them, which then retries. It is the
+rule's plain statement over a set of taken addresses; the server finds the same address without reading every
+peer (``ManagementServer._allocate_address``), and the tests check one against the other.
 
 Pure: no database, no clock. Errors carry the API error code.
 """

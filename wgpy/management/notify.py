@@ -17,6 +17,10 @@ every replica do the same; (3) the hub's own tick recomputes every ``TICK_INTERV
 that reconnects always gets its current map.
 
 Nothing here decides anything: the payload says what changed, the hub reads the truth from the database.
+
+NAT candidates for a peer connected to another replica travel on ``NAT_CHANNEL`` (``{"o", "s": sender key, "t":
+target key, "m": the frame}``, ``NatSignal.relays`` / ``NatSignal.deliver``): the receiving replica checks the
+target's map and the frame again, so a notification from anyone else decides nothing either.
 """
 
 from __future__ import annotations
@@ -27,16 +31,21 @@ import contextlib
 import json
 import logging
 import uuid
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .push import Change, PushHub
 
-__all__ = ["CHANNEL", "MAX_PAYLOAD", "PgFanout", "decode_payload", "encode_payloads"]
+if TYPE_CHECKING:
+    from ..nat.io.server import NatSignal
+
+__all__ = ["CHANNEL", "MAX_PAYLOAD", "NAT_CHANNEL", "PgFanout", "decode_payload", "encode_payloads"]
 
 CHANNEL: Final = "wgpy_changes"
+NAT_CHANNEL: Final = "wgpy_candidates"  # NAT candidates for a peer connected to another replica (not load-bearing)
+MAX_NAT_QUEUED: Final = 1000  # candidates frames kept while the connection is down (dropped beyond: agents resend)
 MAX_PAYLOAD: Final = 7000  # bytes of one notification (PostgreSQL refuses more than 8000)
 RECONNECT_DELAY: Final = 0.5  # seconds before the first reconnection attempt (doubles up to RECONNECT_CAP)
 RECONNECT_CAP: Final = 10.0  # seconds (ours)
@@ -92,10 +101,18 @@ class PgFanout:
     """This replica's LISTEN connection and NOTIFY sender (see the module docstring)."""
 
     def __init__(
-        self, engine: AsyncEngine, hub: PushHub, *, replica_id: str | None = None, channel: str = CHANNEL
+        self,
+        engine: AsyncEngine,
+        hub: PushHub,
+        *,
+        replica_id: str | None = None,
+        channel: str = CHANNEL,
+        nat: NatSignal | None = None,
     ) -> None:
         self.engine = engine
         self.hub = hub
+        self.nat = nat
+        self._nat_queue: collections.deque[str] = collections.deque()
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
         self.channel = channel
         self.connected = asyncio.Event()  # listening now (tests wait on it)
@@ -115,11 +132,16 @@ class PgFanout:
 
     def start(self) -> None:
         self.hub.publishers.append(self.publish)
+        if self.nat is not None:
+            self.nat.relays.append(self.publish_candidates)
         self._task = asyncio.create_task(self._run(), name="pg-fanout")
 
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):
             self.hub.publishers.remove(self.publish)
+        if self.nat is not None:
+            with contextlib.suppress(ValueError):
+                self.nat.relays.remove(self.publish_candidates)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -142,6 +164,18 @@ class PgFanout:
         else:
             self._queue.append(change)
         self._wake.set()
+
+    def publish_candidates(self, sender: str, target: str, message: dict[str, object]) -> None:
+        """Queue a candidates frame for a peer not connected here (``NatSignal.relays``); dropped when the queue is
+        full (the connection is down): agents send their candidates again when the other side's change."""
+        if len(self._nat_queue) >= MAX_NAT_QUEUED:
+            if self.nat is not None:
+                self.nat.dropped["relay_full"] += 1
+            return
+        payload = json.dumps({"o": self.replica_id, "s": sender, "t": target, "m": message}, separators=(",", ":"))
+        if len(payload.encode()) <= MAX_PAYLOAD:  # eight candidates and a few IPs: far below
+            self._nat_queue.append(payload)
+            self._wake.set()
 
     # --- the connection ----------------------------------------------------------------------------------------
 
@@ -167,6 +201,8 @@ class PgFanout:
             try:
                 connection.add_termination_listener(lambda _connection, event=lost: event.set())
                 await connection.add_listener(self.channel, self._on_notification)
+                if self.nat is not None:
+                    await connection.add_listener(NAT_CHANNEL, self._on_candidates)
                 delay = RECONNECT_DELAY
                 self.connected.set()
                 # Whatever was committed while we were not listening is in the database: recompute from it.
@@ -191,6 +227,9 @@ class PgFanout:
 
     async def _send_loop(self, connection: Any, lost: asyncio.Event) -> None:
         while not lost.is_set() and not connection.is_closed():
+            while self._nat_queue:
+                await connection.execute("SELECT pg_notify($1, $2)", NAT_CHANNEL, self._nat_queue.popleft())
+                self.sent += 1
             if not self._queue:
                 self._wake.clear()
                 waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(lost.wait())}
@@ -210,6 +249,24 @@ class PgFanout:
                 # Some of the batch may have gone out; the others get a resync once we are connected again.
                 self._missed = True
                 raise
+
+    def _on_candidates(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict) or set(value) != {"o", "s", "t", "m"}:
+            logger.info("replica fan-out: a candidates notification that is not ours was ignored")
+            return
+        sender, target = value["s"], value["t"]
+        if (
+            value["o"] == self.replica_id
+            or self.nat is None
+            or not isinstance(sender, str)
+            or not isinstance(target, str)
+        ):
+            return
+        self.nat.deliver(sender, target, value["m"])
 
     def _on_notification(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         decoded = decode_payload(payload)

@@ -28,9 +28,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 from sqlalchemy import func, select, update
@@ -40,6 +40,9 @@ from .. import crypto
 from . import audit
 from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, canonical_body, compile_view, compile_views, parse_policy
 from .store import PeerRow, PolicyRow, lock_map_serials, readonly, write_slot
+
+if TYPE_CHECKING:
+    from ..nat.signal import CandidatesFrame
 
 __all__ = [
     "CLOSE_REPLACED",
@@ -83,6 +86,8 @@ class IssuedMap:
     expires_at: int
     fingerprint: bytes
     peer_keys: frozenset[str] = frozenset()  # the public keys the map lists (its own peer's included)
+    # public key -> endpoint host of the map's peers that reported one (what NAT signalling vouches for, in memory)
+    hosts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +234,8 @@ class MapService:
                 # The envelope in canonical form too ("map" < "signature"); the agent re-canonicalises the body anyway.
                 document = f'{{"map":{body.decode("ascii")},"signature":"{signature}"}}'
                 keys = frozenset(entry.public_key for entry in view.peers)
-                done = signed[id(view)] = IssuedMap(serial, document, expires_at, view.fingerprint(), keys)
+                hosts = {entry.public_key: entry.endpoint[0] for entry in view.peers if entry.endpoint is not None}
+                done = signed[id(view)] = IssuedMap(serial, document, expires_at, view.fingerprint(), keys, hosts)
             issued[peer_id] = done
         return issued
 
@@ -249,7 +255,7 @@ class MapService:
 class PeerStream:
     """One connected peer's WebSocket: a one-slot mailbox and a writer task."""
 
-    def __init__(self, peer_id: str, ws: web.WebSocketResponse) -> None:
+    def __init__(self, peer_id: str, ws: web.WebSocketResponse, own_key: str | None = None) -> None:
         self.peer_id = peer_id
         self.ws = ws
         self.fingerprint: bytes | None = None
@@ -257,7 +263,18 @@ class PeerStream:
         self.sent_serial = 0
         self.acked_serial = 0
         self.map_keys: frozenset[str] = frozenset()  # the public keys of the map last handed to this stream
-        self.own_key: str | None = None  # the peer's own public key (set by the API when it attaches the stream)
+        self.map_hosts: Mapping[str, str] = {}  # their endpoint hosts (``IssuedMap.hosts``)
+        self.own_key = own_key  # the peer's own public key (the API gives it when it attaches the stream)
+        # NAT signalling (``wgpy.nat.io.server``): the frame budget's tokens and when they were counted, and the
+        # candidates forwarded to this peer, newest per sender (a mailbox bounded by the map's size, not a queue
+        # a flooding peer can fill for the others).
+        self.nat_tokens: float | None = None
+        self.nat_at = 0.0
+        # Candidates frames read before this stream was offered its first map, newest per target (replayed then).
+        self.nat_waiting: dict[str, tuple[CandidatesFrame, str | None]] = {}
+        # Frames for this peer from senders its last map did not list, newest per sender (sent with its next map).
+        self.nat_parked: dict[str, dict[str, object]] = {}
+        self._candidates: dict[str, str] = {}
         self.paths: dict[str, str] = {}  # the agent's last path report: peer public key -> direct/relayed/checking
         self.paths_at: float | None = None  # when it was accepted (the server's clock)
         self.closed = asyncio.Event()
@@ -270,6 +287,9 @@ class PeerStream:
     def offer(self, issued: IssuedMap) -> None:
         self.fingerprint = issued.fingerprint
         self.map_keys = issued.peer_keys
+        self.map_hosts = issued.hosts
+        if self._candidates and any(key not in issued.peer_keys for key in self._candidates):
+            self._candidates = {key: text for key, text in self._candidates.items() if key in issued.peer_keys}
         if any(key not in issued.peer_keys for key in self.paths):  # a peer left its map: no path to show to it
             self.paths = {key: state for key, state in self.paths.items() if key in issued.peer_keys}
         self.expires_at = issued.expires_at
@@ -297,16 +317,32 @@ class PeerStream:
         self._wake.set()
         return True
 
+    def send_candidates(self, sender: str, message: dict[str, object]) -> bool:
+        """Queue a sender's candidates for this peer, replacing any of the same sender not yet written.
+
+        Returns ``False`` when an older frame of that sender was replaced (counted by the caller)."""
+        fresh = sender not in self._candidates
+        self._candidates[sender] = json.dumps(message)
+        self._wake.set()
+        return fresh
+
     async def _write(self) -> None:
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._control and not self.ws.closed:
-                    await asyncio.wait_for(self.ws.send_str(self._control.popleft()), SEND_TIMEOUT)
-                text, self._pending = self._pending, None
-                if text is not None and not self.ws.closed:
-                    await asyncio.wait_for(self.ws.send_str(text), SEND_TIMEOUT)
+                # Replies first, then the map, then candidates: a peer's candidates may need the map that lists the
+                # peer (the agent drops candidates of a peer not in its map), so none goes ahead of a pending map.
+                while not self.ws.closed:
+                    if self._control:
+                        frame = self._control.popleft()
+                    elif self._pending is not None:
+                        frame, self._pending = self._pending, None
+                    elif self._candidates and self._close is None:
+                        frame = self._candidates.pop(next(iter(self._candidates)))
+                    else:
+                        break
+                    await asyncio.wait_for(self.ws.send_str(frame), SEND_TIMEOUT)
                 if self._close is not None:
                     code, reason = self._close
                     await self.ws.close(code=code, message=reason)
@@ -338,6 +374,7 @@ class PushHub:
         self.maps = maps
         self.max_streams = max_streams
         self.streams: dict[str, PeerStream] = {}
+        self.by_key: dict[str, PeerStream] = {}  # the same streams by their peer's public key (NAT signalling)
         self._wake = asyncio.Event()
         self._forced: set[str] = set()
         self._worker: asyncio.Task[None] | None = None
@@ -347,6 +384,7 @@ class PushHub:
         self.idle.set()
         self.tick_hooks: list[Callable[[], object]] = []
         self.publishers: list[Callable[[Change], None]] = []  # told of each local change (replica fan-out)
+        self.offered: list[Callable[[PeerStream], None]] = []  # told of each map handed to a stream (NAT signalling)
         # Told of every change, this replica's or another's, and of streams coming and going: the dashboard's live
         # feed (no polling). Called synchronously: a watcher only notes the change and wakes its own task.
         self.watchers: list[Callable[[Change], None]] = []
@@ -373,6 +411,7 @@ class PushHub:
 
         await asyncio.gather(*(close(stream) for stream in list(self.streams.values())))
         self.streams.clear()
+        self.by_key.clear()
 
     # --- the interface -------------------------------------------------------------------------------------------
 
@@ -390,6 +429,7 @@ class PushHub:
         if change.kind in ("peer_revoked", "peer_left") and change.peer_id is not None:
             stream = self.streams.pop(change.peer_id, None)
             if stream is not None:
+                self._unindex(stream)
                 stream.revoke()
         self.idle.clear()
         self._wake.set()
@@ -403,15 +443,20 @@ class PushHub:
             except Exception:  # a watcher's bug must not stop a revocation
                 logger.exception("change watcher failed")
 
-    def attach(self, peer_id: str, ws: web.WebSocketResponse) -> PeerStream | None:
-        """Register a newly connected stream (replacing an older one of the same peer); ``None`` if full."""
+    def attach(self, peer_id: str, ws: web.WebSocketResponse, own_key: str | None = None) -> PeerStream | None:
+        """Register a newly connected stream (replacing an older one of the same peer); ``None`` if full.
+
+        ``own_key`` is the peer's public key: its stream is found by it too (``by_key``)."""
         old = self.streams.pop(peer_id, None)
         if old is not None:
+            self._unindex(old)
             old.replace()
         elif len(self.streams) >= self.max_streams:
             return None
-        stream = PeerStream(peer_id, ws)
+        stream = PeerStream(peer_id, ws, own_key)
         self.streams[peer_id] = stream
+        if own_key is not None:
+            self.by_key[own_key] = stream
         self._forced.add(peer_id)
         self.notify(Change("stream_connected", peer_id))
         return stream
@@ -419,7 +464,12 @@ class PushHub:
     def detach(self, stream: PeerStream) -> None:
         if self.streams.get(stream.peer_id) is stream:
             del self.streams[stream.peer_id]
+            self._unindex(stream)
             self.announce(Change("stream_closed", stream.peer_id))
+
+    def _unindex(self, stream: PeerStream) -> None:
+        if stream.own_key is not None and self.by_key.get(stream.own_key) is stream:
+            del self.by_key[stream.own_key]
 
     def online(self, peer_id: str) -> bool:
         return peer_id in self.streams
@@ -457,6 +507,7 @@ class PushHub:
                 if peer_id not in snapshot.pending and self.streams.get(peer_id) is stream:
                     # Revoked or deleted without a notification reaching us (another replica): close it now.
                     del self.streams[peer_id]
+                    self._unindex(stream)
                     stream.revoke()
                 continue
             if peer_id in forced or stream.fingerprint != view.fingerprint() or stream.expires_at - now <= MAP_REISSUE:
@@ -469,6 +520,8 @@ class PushHub:
             target = self.streams.get(peer_id)
             if target is not None:
                 target.offer(issued_map)
+                for hook in self.offered:
+                    hook(target)
                 self._forced.discard(peer_id)  # it has its current map: a queued connect push would repeat it
                 self.pushes += 1
         return len(issued)

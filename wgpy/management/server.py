@@ -44,6 +44,7 @@ from .keys import (
     parse_rotation,
 )
 from .notify import PgFanout
+from .ratelimit import RateLimits
 
 __all__ = [
     "PROOF_KEY_FILE",
@@ -201,16 +202,26 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 async def _build(
-    state_dir: pathlib.Path, db_url: str, network: str, clock: Callable[[], float] | None
+    state_dir: pathlib.Path,
+    db_url: str,
+    network: str,
+    clock: Callable[[], float] | None,
+    rate_limits: RateLimits | None = None,
 ) -> tuple[ManagementServer, web.Application, PgFanout | None]:
     keys = load_keys(state_dir)
     engine = store.create_engine(db_url)
     await store.upgrade(engine)
     kwargs = {"clock": clock} if clock is not None else {}
-    server = ManagementServer(store.sessionmaker(engine), keys, network=network, **kwargs)  # type: ignore[arg-type]
+    server = ManagementServer(
+        store.sessionmaker(engine),
+        keys,
+        network=network,
+        rate_limits=rate_limits,
+        **kwargs,  # type: ignore[arg-type]
+    )
     app = server.app()
     # PostgreSQL: other replicas may share the database; their changes reach our peers through LISTEN/NOTIFY.
-    fanout = PgFanout(engine, server.hub) if engine.dialect.name == "postgresql" else None
+    fanout = PgFanout(engine, server.hub, nat=server.nat) if engine.dialect.name == "postgresql" else None
 
     async def start_fanout(_app: web.Application) -> None:
         if fanout is not None:
@@ -235,12 +246,20 @@ async def running_server(
     port: int = 0,
     network: str = DEFAULT_NETWORK,
     clock: Callable[[], float] | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Init a fresh state directory and serve it on ``host`` (a free port by default) until the block ends."""
     url = db_url or store.default_url(state_dir)
     _keys, token = await init_state(state_dir, url)
     async with running_replica(
-        state_dir, db_url=url, admin_token=token, host=host, port=port, network=network, clock=clock
+        state_dir,
+        db_url=url,
+        admin_token=token,
+        host=host,
+        port=port,
+        network=network,
+        clock=clock,
+        rate_limits=rate_limits,
     ) as running:
         yield running
 
@@ -255,9 +274,10 @@ async def running_replica(
     port: int = 0,
     network: str = DEFAULT_NETWORK,
     clock: Callable[[], float] | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Serve an initialised state directory and database (one more replica) on ``host`` until the block ends."""
-    server, app, fanout = await _build(state_dir, db_url, network, clock)
+    server, app, fanout = await _build(state_dir, db_url, network, clock, rate_limits)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port or free_port(host))
@@ -284,11 +304,13 @@ async def serve(
     turn_servers: Sequence[tuple[str, int]] = (),
     turn_secret: bytes = b"",
     turn_lifetime: int = 3600,
+    rate_limits: RateLimits | None = None,
 ) -> None:
     """Serve until cancelled. ``ready`` is called with the URL once listening. ``turn_servers`` and ``turn_secret``
-    (coturn's ``static-auth-secret``) are what NAT traversal hands to peers (``wgpy.nat``)."""
+    (coturn's ``static-auth-secret``) are what NAT traversal hands to peers (``wgpy.nat``); ``rate_limits`` the
+    per-source limits (``ratelimit.py``; the defaults when ``None``)."""
     url = db_url or store.default_url(state_dir)
-    server, app, _engine = await _build(state_dir, url, network, None)
+    server, app, _engine = await _build(state_dir, url, network, None, rate_limits)
     server.nat.turn_servers, server.nat.turn_secret = list(turn_servers), turn_secret
     server.nat.turn_lifetime = turn_lifetime
     context = None

@@ -6,7 +6,8 @@ authenticated probe); the first path on which a handshake completes is the devic
 sets the endpoint to the source of the authenticated answer), which ``observe`` reports. If no direct path answered
 within ``RELAY_AFTER_TIME`` the state becomes ``RELAYED``: initiations then go to the relayed candidates too, and
 the reason names the direct checks that failed. A relayed peer keeps probing its direct candidates in the
-background; the moment the device's endpoint is a direct candidate again the state is ``DIRECT``.
+background; the moment the device's endpoint is a direct candidate again the state is ``DIRECT``. Of two peers
+whose candidates cross, the one with the lower public key initiates first (``initiates_first``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ from typing import Final
 
 from .candidates import Candidate, CandidateKind
 
-__all__ = ["RELAY_AFTER_TIME", "PathState", "PeerPaths"]
+__all__ = ["RELAY_AFTER_TIME", "PathState", "PeerPaths", "initiates_first"]
 
 RELAY_AFTER_TIME: Final = 6.0  # seconds of failed direct checks before the relay (ours; issue #15 "a few seconds")
 PATH_SILENT_TIME: Final = 2.0  # seconds of sending with nothing received before the path is suspect (ours)
 PATH_SILENT_MAX_INTERVAL: Final = 30.0  # seconds between alarms of a lasting silence (ours)
 DIRECT_PROBE_TIME: Final = 2.0  # seconds between background direct probes of a relayed peer (ours)
 NAT_KEEPALIVE_INTERVAL: Final = 25  # seconds, persistent keepalive holding the NAT binding (wg(8) suggests 25)
+
+
+def initiates_first(own_key: bytes, peer_key: bytes) -> bool:
+    """Whether our side sends its initiation as soon as the peer's candidates arrive: the lower public key (as bytes)
+    does, the other holds its own a moment, so that two initiations sent at once do not cross (``io/handler.py``).
+    Each side computes the same order, so exactly one of any two peers goes first."""
+    return own_key < peer_key
 
 
 class PathState(enum.Enum):

@@ -32,7 +32,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from sqlalchemy import update
 
-from .. import store
+from .. import audit, store
 from ..api import AdminIdentity, ApiError
 from ..audit import KINDS
 from ..policy import PolicyError, parse_policy
@@ -392,6 +392,14 @@ class Dashboard:
                     ended_at=None,
                 )
             )
+            # Who logged in and from where; never the token nor the session's id (the cookie is what grants).
+            audit.record(
+                db,
+                now=now,
+                kind="dashboard_login",
+                actor=admin.actor,
+                detail={"token_id": admin.token_id, "source": request.remote},
+            )
         response = web.Response(status=303, headers={"Location": target})
         response.set_cookie(
             COOKIE_NAME, cookie, path="/", httponly=True, secure=request.secure, samesite="Strict", max_age=None
@@ -401,8 +409,17 @@ class Dashboard:
     async def logout(self, request: web.Request, session: Session, _form: Mapping[str, str]) -> web.Response:
         now = self.server.clock()
         async with self.server.transaction() as db:
+            row = await db.get(DashboardSessionRow, session.sid)
             await db.execute(
                 update(DashboardSessionRow).where(DashboardSessionRow.sid == session.sid).values(ended_at=now)
+            )
+            token_id = row.admin_token_id if row is not None else ""
+            audit.record(
+                db,
+                now=now,
+                kind="dashboard_logout",
+                actor=f"admin:{token_id[:8]}",
+                detail={"token_id": token_id, "source": request.remote},
             )
         self.ended_here = {sid: expiry for sid, expiry in self.ended_here.items() if expiry > now}
         self.ended_here[session.sid] = session.expires_at

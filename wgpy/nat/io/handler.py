@@ -9,6 +9,15 @@ Datagrams the device sends to a *relayed* endpoint (the relayed transport addres
 diverted by ``divert`` to our own allocation (``relay.TurnRelay``); the device never knows: a relayed endpoint is a
 socket address like any other (see the README design notes). Decisions live in the pure modules; this file only
 moves bytes, reads the clock and runs one timer.
+
+Who initiates when candidates arrive: the server forwards each side's candidates to the other at about the same
+moment, so if both answered with an initiation at once the two would cross. Each side then consumes the other's
+initiation as a responder, which replaces its own, and drops the response to its own as an unknown index: neither
+has a session until a retransmission REKEY_TIMEOUT later (one more cross costs another 5 s). So only the side with
+the lower public key punches at once (``paths.initiates_first``); the other holds its first punch (the persistent
+keepalive and the initiation) for ``CROSSING_HOLD`` seconds and sends it only if no handshake came from the peer
+meanwhile (``punch_due``, from the tick): on a path open both ways the first initiation gets an answer, and behind
+a NAT that dropped it the held one, which opens our own NAT, gets through the binding the first one opened.
 """
 
 from __future__ import annotations
@@ -22,12 +31,13 @@ from ...drivers.clock import monotonic_now, wall_ns
 from ...events import Endpoint
 from ...keys import PublicKey
 from ..candidates import Candidate, CandidateKind, admit, parse_candidates, usable_address
-from ..paths import NAT_KEEPALIVE_INTERVAL, PathState, PeerPaths
+from ..paths import NAT_KEEPALIVE_INTERVAL, PathState, PeerPaths, initiates_first
 from ..stun import BINDING_REFRESH_TIME, BindingDiscovery, DatagramKind, classify
 from .stun_codec import AioiceStunCodec
 
 if TYPE_CHECKING:
     from ...drivers.asyncio_udp import Tunnel
+    from ...peer import Peer
     from .relay import TurnRelay
 
 __all__ = ["NatHandler"]
@@ -35,6 +45,7 @@ __all__ = ["NatHandler"]
 logger = logging.getLogger("wgpy.nat")
 
 TICK_TIME = 0.25  # seconds between path-state checks (ours)
+CROSSING_HOLD = 0.5  # seconds the higher public key holds its first punch, against crossed initiations (ours)
 _INITIATION_SIZE = 148  # whitepaper §5.4.2
 
 
@@ -68,6 +79,8 @@ class NatHandler:
         self.relay: TurnRelay | None = None
         self.host_candidates: list[tuple[str, int]] = []
         self._tick: asyncio.TimerHandle | None = None
+        #: Peers whose first punch waits (we hold the higher key): when it may go (``punch_due``).
+        self.held: dict[PublicKey, float] = {}
 
     def attach(self, tunnel: Tunnel) -> None:
         """Hook into ``tunnel`` (started or not) and start discovering."""
@@ -84,6 +97,7 @@ class NatHandler:
             if handle is not None:
                 handle.cancel()
         self._timer = self._refresh = self._tick = None
+        self.held.clear()
         if self.tunnel is not None and self.tunnel.nat is self:
             self.tunnel.nat = None
         self.tunnel = None
@@ -198,16 +212,41 @@ class NatHandler:
                 peer.endpoint = (preferred or addresses)[0]
                 tunnel.device.expired_send_keepalive(peer, now)
                 tunnel.flush()
-        if tunnel is not None and peer is not None and not peer.timers.persistent_keepalive_interval:
-            tunnel.device.set_persistent_keepalive(peer, NAT_KEEPALIVE_INTERVAL, now)  # holds the NAT binding
-        if tunnel is not None and paths.direct:
-            if peer is not None:
-                if peer.endpoint is None or (paths.state is PathState.CHECKING and peer.keypairs.current is None):
-                    peer.endpoint = paths.direct[0]
-                if peer.keypairs.current is None:
-                    tunnel.device.expired_new_handshake(peer, now)  # a fresh initiation, copied to each candidate
-                    tunnel.flush()
+        if tunnel is None or peer is None:
+            return len(admitted)
+        own = tunnel.device.public_key
+        if peer.keypairs.current is None and own is not None and not initiates_first(own.raw, peer_key.raw):
+            # The peer punches first (see the module docstring); a later frame does not put our turn off.
+            self.held.setdefault(peer_key, now + CROSSING_HOLD)
+            return len(admitted)
+        self._punch(tunnel, peer, paths, now)
         return len(admitted)
+
+    def _punch(self, tunnel: Tunnel, peer: Peer, paths: PeerPaths, now: float) -> None:
+        """Hold the NAT binding with a persistent keepalive and, without a session, send a fresh initiation (copied
+        to each direct candidate by ``divert``). The device sends no initiation within REKEY_TIMEOUT of its last
+        handshake message, so one that answered the peer's initiation meanwhile sends none."""
+        if not peer.timers.persistent_keepalive_interval:
+            tunnel.device.set_persistent_keepalive(peer, NAT_KEEPALIVE_INTERVAL, now)  # holds the NAT binding
+        if paths.direct:
+            if peer.endpoint is None or (paths.state is PathState.CHECKING and peer.keypairs.current is None):
+                peer.endpoint = paths.direct[0]
+            if peer.keypairs.current is None:
+                tunnel.device.expired_new_handshake(peer, now)
+                tunnel.flush()
+
+    def punch_due(self, now: float) -> None:
+        """Send the held punches whose hold has ended (the tick calls it)."""
+        tunnel = self.tunnel
+        if tunnel is None or not self.held:
+            return
+        for key, due in list(self.held.items()):
+            if now < due:
+                continue
+            del self.held[key]
+            peer, paths = tunnel.device.peer(key), self.paths.get(key)
+            if peer is not None and paths is not None:
+                self._punch(tunnel, peer, paths, now)
 
     async def start_relay(self, relay: TurnRelay) -> tuple[str, int]:
         """Allocate on the TURN server; datagrams peers send through it reach the device."""
@@ -271,6 +310,7 @@ class NatHandler:
         if tunnel is None:
             return
         now = self.clock()
+        self.punch_due(now)
         for key, paths in self.paths.items():
             before = paths.state
             paths.handle_timer(now)
