@@ -352,11 +352,13 @@ class Receiver(Sender):
         ``first + rows - 1`` below the limit and ahead of the replay window (``ReplayWindow.ahead``).
 
         Then no row can fail a counter or replay check, so each is only opened, from a view of the read, and the
-        window takes the counters at once (``commit_run``). (``decrypt`` of a view beats ``decrypt_into`` one
-        buffer here: the device hands on one bytes object per packet anyway, and copying it out costs more.) From
-        the first row whose tag fails, the rest of the run (and the short last datagram when it belongs to the run)
+        window takes the counters at once (``commit_run``). A read of ``RUN_MIN_ROWS`` rows or more, with no
+        plaintext filter, is opened into one buffer (``_open_rows_into``) and, when its inner packets are one
+        source and length the peer may use, handed on as one ``PacketRun``; a smaller read is opened with
+        ``decrypt`` of a view of each row (which beats ``decrypt_into`` plus copying each packet out). From the
+        first row whose tag fails, the rest of the run (and the short last datagram when it belongs to the run)
         goes through ``_open_each`` on the same keypair: the result is one run, as ``receive_datagrams`` makes of
-        the read, with one ``_after_transport``.
+        the read, with one bookkeeping step (``_authenticated``).
         """
         if data[:4] != _TRANSPORT_TYPE:
             return False
