@@ -266,6 +266,42 @@ def _interface_ioctl(request: int, ifreq: bytes) -> bytes:
         return fcntl.ioctl(sock, request, ifreq)
 
 
+# rtnetlink (<linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_link.h>): one RTM_NEWLINK that sets one u32
+# attribute of a link, answered by an NLMSG_ERROR carrying 0 (the ack) or a negative errno.
+_NETLINK_ROUTE: Final = 0
+_RTM_NEWLINK: Final = 16
+_NLM_F_REQUEST_ACK: Final = 0x01 | 0x04  # NLM_F_REQUEST | NLM_F_ACK
+_NLMSG_ERROR: Final = 2
+_IFLA_GSO_MAX_SEGS: Final = 40
+_NLMSG_HEADER: Final = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_IFINFOMSG: Final = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_RTATTR_U32: Final = struct.Struct("=HHI")  # len, type, value
+_NETLINK_TIMEOUT: Final = 2.0  # seconds to wait for the kernel's ack (it answers at once)
+
+
+def _set_link_u32(index: int, attribute: int, value: int) -> None:
+    """Set one u32 link attribute of interface ``index`` with rtnetlink (``ip link set``), in this process's network
+    namespace.
+
+    Raises:
+        OSError: the kernel refused (its errno), or did not answer.
+    """
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0) + _RTATTR_U32.pack(_RTATTR_U32.size, attribute, value)
+    message = _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(body), _RTM_NEWLINK, _NLM_F_REQUEST_ACK, 1, 0) + body
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_ROUTE) as sock:
+        sock.settimeout(_NETLINK_TIMEOUT)
+        sock.sendto(message, (0, 0))
+        reply = sock.recv(4096)
+    if len(reply) < _NLMSG_HEADER.size + 4:
+        raise OSError(errno.EPROTO, "short rtnetlink reply")
+    _length, kind, _flags, _seq, _pid = _NLMSG_HEADER.unpack_from(reply)
+    (error,) = struct.unpack_from("=i", reply, _NLMSG_HEADER.size)
+    if kind != _NLMSG_ERROR:
+        raise OSError(errno.EPROTO, f"unexpected rtnetlink reply type {kind}")
+    if error:
+        raise OSError(-error, os.strerror(-error))
+
+
 class LinuxTun:
     """One queue descriptor of a Linux TUN interface; implements ``tun.TunDevice``.
 
@@ -639,6 +675,24 @@ class LinuxTun:
             _interface_ioctl(_SIOCSIFMTU, _IFREQ_INT.pack(os.fsencode(name), mtu))
         except OSError as exc:
             raise self._interface_error(exc, f"setting MTU {mtu} on") from None
+
+    def set_gso_max_segs(self, segments: int) -> None:
+        """Cap the TCP super-packets the kernel sends into the interface (TSO) at ``segments`` segments
+        (``ip link set dev NAME gso_max_segs N``, ``IFLA_GSO_MAX_SEGS``), so that one read's segments fit what the
+        reader sends on in one go (a UDP GSO send of at most 64 KB). TCP connections take the value when they
+        start.
+
+        Raises:
+            ValueError: ``segments`` is outside 1..65535, checked before any system call.
+            TunError: the system refused.
+        """
+        if not 1 <= segments <= 0xFFFF:
+            raise ValueError(f"gso_max_segs must be 1..65535, not {segments}")
+        name = self.name
+        try:
+            _set_link_u32(socket.if_nametoindex(name), _IFLA_GSO_MAX_SEGS, segments)
+        except OSError as exc:
+            raise self._interface_error(exc, f"setting gso_max_segs {segments} on") from None
 
     def close(self) -> None:
         """Close this queue descriptor; the last close of a non-persistent interface removes it. Idempotent."""

@@ -65,6 +65,7 @@ IPPROTO_TCP = 6
 SEGMENTS = 20
 SEGMENT_SIZE = 1400
 READ_BACK_SIZE = 40_000
+GSO_MAX_SEGS = 8  # set on the device (set_gso_max_segs): the kernel's super-packets must keep to it
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
@@ -324,6 +325,10 @@ def _tcp_scenario(version: int, tso: bool = True) -> None:
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     gso_type = VIRTIO_NET_HDR_GSO_TCPV4 if version == 4 else VIRTIO_NET_HDR_GSO_TCPV6
     with _open_device(version, tso) as device, socket.socket(family, socket.SOCK_STREAM) as listener:
+        if tso:  # before the connection: TCP takes the cap when it starts; ip(8) reads it back
+            device.set_gso_max_segs(GSO_MAX_SEGS)
+            shown = _ip("-d", "link", "show", TUN_NAME)
+            assert f"gso_max_segs {GSO_MAX_SEGS} " in shown, shown
         listener.bind((LOCAL_V4 if version == 4 else LOCAL_V6, 0))
         listener.listen(1)
         listener.settimeout(IO_TIMEOUT)
@@ -403,6 +408,7 @@ def _read_side(remote: _RemoteTcp, conn: socket.socket, gso_type: int | None) ->
             assert gso_type is not None, f"a super-packet ({hdr}) although TSO is off"
             assert hdr.gso_type == gso_type, hdr
             assert len(packets) > 1, f"a super-packet ({hdr}) gave one segment"
+            assert len(packets) <= GSO_MAX_SEGS, f"{len(packets)} segments in one read, over gso_max_segs"
             flags = [p[_ip_header_length(p) + 13] for p in packets]
             assert all(not f & (TCP_PSH | TCP_FIN) for f in flags[:-1]), "PSH/FIN before the last segment"
             super_packets += 1

@@ -48,17 +48,18 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from tun import TunDevice
+from tun import TunDevice, TunError
 
 from ..device import Device
 from ..errors import UapiError
 from ..events import Endpoint, EndpointChanged, Event, HandshakeCompleted, KeypairExpired, endpoint_is_ipv6
+from ..messages import MESSAGE_TRANSPORT_MIN_SIZE
 from ..packetrun import PacketRun
 from ..send import KeypairRetired, SealJob
 from ..transmit import drain, flat_packets
 from .clock import monotonic_now, wall_ns
 from .steering import SourceAdmission, SteeringUnavailable, bind_steered
-from .udp import UdpSocket
+from .udp import GSO_MAX_BYTES, UdpSocket
 from .worker import DataPlaneWorker, WorkerError, split_jobs
 
 __all__ = ["NatHook", "Tunnel"]
@@ -188,6 +189,7 @@ class Tunnel:
 
             os.set_blocking(self.tun.fileno(), False)
             self.device.mtu = self.tun.mtu
+            self._fit_tso(self.device.mtu)
             self._loop.add_reader(self.tun.fileno(), self._on_tun_readable)
         self.device.seal_offload = self.seal_in_place
         if self.use_worker:
@@ -527,8 +529,26 @@ class Tunnel:
     def _on_housekeeping(self) -> None:
         if self.tun is not None:
             with contextlib.suppress(OSError):
-                self.device.mtu = self.tun.mtu
+                mtu = self.tun.mtu
+                if mtu != self.device.mtu:
+                    self.device.mtu = mtu
+                    self._fit_tso(mtu)
         self._schedule_housekeeping()
+
+    def _fit_tso(self, mtu: int) -> None:
+        """Cap the TUN device's TCP super-packets at what one UDP GSO send carries once sealed (``GSO_MAX_BYTES``
+        of messages of ``mtu`` + 32 bytes): one TSO read is then one ``sendmsg``, and the peer's GRO read holds the
+        whole of it (uncapped, a 47-segment read went out as 44 + 3, and the 3 cost the receiver a read of their
+        own). Only for a TUN device with TSO reads (``LinuxTun``); a refusal is logged and changes nothing else."""
+        tun = self.tun
+        set_segments = getattr(tun, "set_gso_max_segs", None)
+        if set_segments is None or not getattr(tun, "tso", False):
+            return
+        segments = max(1, GSO_MAX_BYTES // (mtu + MESSAGE_TRANSPORT_MIN_SIZE))  # a full-MTU packet: no padding
+        try:
+            set_segments(segments)
+        except (TunError, ValueError) as exc:
+            logger.info("TUN device: gso_max_segs %d not set (%s)", segments, exc)
 
     # --- outputs ----------------------------------------------------------------------------------------------
 
