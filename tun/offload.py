@@ -531,30 +531,37 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
     if full < count:
         sums[count - 1] = _sum_mod(packet[hdr_len + full * gso_size :])
     index = np.arange(count, dtype=np.int64)
-    payloads = np.full(count, gso_size, np.int64)
-    payloads[count - 1] = last_payload
-    seqs = (seq0 + index * gso_size) & 0xFFFFFFFF
+    seqs = (index * gso_size + seq0) & 0xFFFFFFFF
     # tcp_gso_segment: FIN and PSH only on the last segment, CWR only on the first (a single one keeps its flags).
-    seg_flags = np.full(count, flags & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR), np.int64)
-    if count == 1:
-        seg_flags[0] = flags
-    else:
-        seg_flags[0] = flags & ~(_TCP_FIN | _TCP_PSH)
-        seg_flags[count - 1] = flags & ~_TCP_CWR
+    middle_flags = flags & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR)
+    first_flags, last_flags = (flags, flags) if count == 1 else (flags & ~(_TCP_FIN | _TCP_PSH), flags & ~_TCP_CWR)
     columns = np.frombuffer(buffer, _split_columns(version, ip_len, stride))  # one record per segment, in place
     columns["seq"] = seqs
-    columns["flags"] = seg_flags
-    columns["tcp_csum"] = (-(sums + tcp_fixed + payloads + (seqs >> 16) + (seqs & 0xFFFF) + seg_flags)) % 0xFFFF
+    columns["flags"] = middle_flags
+    # Every row as a middle segment first, with numbers shared by all (the TCP length, the flags, the IP total),
+    # then the first and the last row redone one by one. A seq counts as itself: 2**16 = 1 (mod 0xFFFF), so it is
+    # congruent to (seq >> 16) + (seq & 0xFFFF), the sum of its two words.
+    tcp_csums = columns["tcp_csum"]
+    tcp_csums[:] = (-(sums + seqs + (tcp_fixed + gso_size + middle_flags))) % 0xFFFF
     if version == 4:
         (ip_id0,) = _U16.unpack_from(headers, 4)
         ip_fixed = _sum_mod(headers[:ip_len]) - int.from_bytes(headers[2:6], "big") - _U16.unpack_from(headers, 10)[0]
-        totals = payloads + hdr_len
-        ids = (ip_id0 + index) & 0xFFFF
-        columns["total"] = totals
+        ids = (index + ip_id0) & 0xFFFF
+        columns["total"] = hdr_len + gso_size
         columns["id"] = ids
-        columns["ip_csum"] = (-(ip_fixed + totals + ids)) % 0xFFFF
+        columns["ip_csum"] = (-(ids + (ip_fixed + hdr_len + gso_size))) % 0xFFFF
     else:
-        columns["total"] = payloads + (hdr_len - _IPV6_HEADER_SIZE)
+        columns["total"] = hdr_len - _IPV6_HEADER_SIZE + gso_size
+    for row, row_flags in ((0, first_flags), (count - 1, last_flags)):
+        payload = gso_size if row < count - 1 else last_payload
+        columns["flags"][row] = row_flags
+        tcp_csums[row] = (-(int(sums[row]) + int(seqs[row]) + tcp_fixed + payload + row_flags)) % 0xFFFF
+        if version == 4:
+            total = hdr_len + payload
+            columns["total"][row] = total
+            columns["ip_csum"][row] = (-(ip_fixed + total + int(ids[row]))) % 0xFFFF
+        else:
+            columns["total"][row] = hdr_len - _IPV6_HEADER_SIZE + payload
     return buffer, count, stride, seg_size, hdr_len + last_payload
 
 
