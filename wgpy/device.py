@@ -45,7 +45,7 @@ from .keylog import KeyLogWriter
 from .keypair import Keypair
 from .keys import PresharedKey, PrivateKey, PublicKey
 from .noise import Handshake, StaticIdentity
-from .packetrun import PacketRun
+from .packetrun import PacketRun, flat_packets
 from .peer import Peer
 from .ratelimiter import RateLimiter
 from .receive import HANDSHAKE_LOAD_THRESHOLD, LoadMeter, Receiver, endpoint_bytes
@@ -323,7 +323,7 @@ class Device(Receiver):
         out, self._packets = self._packets, []
         if self._runs:
             runs, self._runs = self._runs, []
-            return [packet for item in _spliced(out, runs) for packet in _as_packets(item)]
+            return flat_packets(_spliced(out, runs))
         return out
 
     @property
@@ -737,7 +737,3 @@ def _spliced(packets: list[bytes], runs: list[tuple[int, PacketRun]]) -> list[by
         at = place
     out += packets[at:]
     return out
-
-
-def _as_packets(item: bytes | PacketRun) -> Sequence[bytes]:
-    return item.packets() if isinstance(item, PacketRun) else (item,)

@@ -22,7 +22,7 @@ from typing import overload
 
 from . import ip
 
-__all__ = ["PacketRun", "uniform_destination", "uniform_source"]
+__all__ = ["PacketRun", "flat_packets", "uniform_destination", "uniform_source"]
 
 _V4_NO_OPTIONS = 0x45  # RFC 791 §3.1: version 4, IHL 5
 
@@ -125,6 +125,17 @@ class PacketRun(Sequence[bytes]):
     def packets(self) -> list[bytes]:
         """Every packet as its own ``bytes`` (what the per-packet paths take)."""
         return list(self)
+
+
+def flat_packets(items: Sequence[bytes | PacketRun]) -> list[bytes]:
+    """``items`` with every run replaced by its packets, in place."""
+    out: list[bytes] = []
+    for item in items:
+        if isinstance(item, PacketRun):
+            out += item.packets()
+        else:
+            out.append(item)
+    return out
 
 
 def uniform_destination(run: PacketRun) -> bytes | None:

@@ -27,7 +27,6 @@ __all__ = [
     "RunSink",
     "SealJobSink",
     "drain",
-    "flat_packets",
     "run_seal_jobs",
     "write_items",
 ]
@@ -125,14 +124,3 @@ def write_items(items: Sequence[bytes | PacketRun], sink: PacketSink) -> None:
             pending.append(item)
     if pending:
         sink.write_packets(pending)
-
-
-def flat_packets(items: Sequence[bytes | PacketRun]) -> list[bytes]:
-    """``items`` with every run replaced by its packets."""
-    out: list[bytes] = []
-    for item in items:
-        if isinstance(item, PacketRun):
-            out += item.packets()
-        else:
-            out.append(item)
-    return out

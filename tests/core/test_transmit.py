@@ -9,9 +9,9 @@ from support.helpers import ENDPOINT_B, make_pair, message_type
 
 from wgpy.events import Endpoint
 from wgpy.messages import MessageType
-from wgpy.packetrun import PacketRun
+from wgpy.packetrun import PacketRun, flat_packets
 from wgpy.send import KeypairRetired, SealJob
-from wgpy.transmit import drain, flat_packets, run_seal_jobs
+from wgpy.transmit import drain, run_seal_jobs
 
 
 class Wire:

@@ -54,9 +54,9 @@ from ..device import Device
 from ..errors import UapiError
 from ..events import Endpoint, EndpointChanged, Event, HandshakeCompleted, KeypairExpired, endpoint_is_ipv6
 from ..messages import MESSAGE_TRANSPORT_MIN_SIZE
-from ..packetrun import PacketRun
+from ..packetrun import PacketRun, flat_packets
 from ..send import KeypairRetired, SealJob
-from ..transmit import drain, flat_packets
+from ..transmit import drain
 from .clock import monotonic_now, wall_ns
 from .steering import SourceAdmission, SteeringUnavailable, bind_steered
 from .udp import GSO_MAX_BYTES, UdpSocket
