@@ -219,41 +219,41 @@ class OffloadSealer:
         first, count = keypair.reserve(len(padded), limit)
         if not count:
             return 0
-        taken: list[bytes] | PacketRun
-        if isinstance(padded, PacketRun):
-            taken = padded if count == len(padded) else padded.head(count)
-            size = taken.total_bytes()
-        else:
-            taken = list(padded) if count == len(padded) else list(padded[:count])
-            size = sum(map(len, taken))
         jobs = self._jobs
+        if isinstance(padded, PacketRun):
+            run = padded.head(count)  # a run is a job of its own: it is sealed from its buffer
+            peer.tx_bytes += run.total_bytes() + count * _TRANSPORT_OVERHEAD  # the bytes the messages will have
+            jobs.append(self._job(keypair, first, run, endpoint))
+            return count
+        taken = padded if count == len(padded) else padded[:count]
         last = jobs[-1] if jobs else None
         if (
             isinstance(last, SealJob)
             and isinstance(last.plaintexts, list)
-            and isinstance(taken, list)
             and last.local_index == keypair.local_index
             and last.endpoint == endpoint
             and last.first_counter + len(last.plaintexts) == first
         ):
             last.plaintexts.extend(taken)  # the same keypair goes on: one job
         else:
-            jobs.append(
-                SealJob(
-                    keypair.local_index,
-                    keypair.remote_index,
-                    first,
-                    taken,
-                    endpoint,
-                    keypair.send_aead,
-                    keypair.export_send_key(),
-                )
-            )
-        peer.tx_bytes += size + count * _TRANSPORT_OVERHEAD  # the bytes the messages will have
+            jobs.append(self._job(keypair, first, list(taken), endpoint))
+        peer.tx_bytes += sum(map(len, taken)) + count * _TRANSPORT_OVERHEAD  # the bytes the messages will have
         return count
 
     def seal_one(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: bytes, limit: int) -> bool:
         return self.seal(peer, keypair, endpoint, [padded], limit) == 1
+
+    @staticmethod
+    def _job(keypair: Keypair, first: int, plaintexts: list[bytes] | PacketRun, endpoint: Endpoint) -> SealJob:
+        return SealJob(
+            keypair.local_index,
+            keypair.remote_index,
+            first,
+            plaintexts,
+            endpoint,
+            keypair.send_aead,
+            keypair.export_send_key(),
+        )
 
     def retire(self, keypair: Keypair) -> None:
         self._jobs.append(KeypairRetired(keypair.local_index))
