@@ -27,10 +27,19 @@ from .constants import REJECT_AFTER_MESSAGES
 from .messages import MESSAGE_TRANSPORT_HEADER_SIZE, TRANSPORT_HEADER, MessageType
 from .replay import ReplayWindow
 
-__all__ = ["MESSAGE_PADDING_MULTIPLE", "Keypair", "Keypairs", "padded_length", "seal_run"]
+__all__ = [
+    "MESSAGE_PADDING_MULTIPLE",
+    "NONCE",
+    "TRANSPORT_OVERHEAD",
+    "Keypair",
+    "Keypairs",
+    "padded_length",
+    "seal_run",
+]
 
 MESSAGE_PADDING_MULTIPLE: Final = 16  # whitepaper §5.4.6: plaintext padded to a multiple of 16 bytes
-_NONCE: Final = struct.Struct("<4xQ")
+NONCE: Final = struct.Struct("<4xQ")  # whitepaper §5.4.6: 32 zero bits, then the 64-bit counter little-endian
+TRANSPORT_OVERHEAD: Final = MESSAGE_TRANSPORT_HEADER_SIZE + 16  # the header and the Poly1305 tag around a plaintext
 _TRANSPORT_TYPE: Final = int(MessageType.TRANSPORT)
 
 
@@ -51,7 +60,7 @@ def seal_run(
     """
     encrypt = aead.encrypt
     header = TRANSPORT_HEADER.pack
-    nonce = _NONCE.pack
+    nonce = NONCE.pack
     return [
         header(_TRANSPORT_TYPE, remote_index, n) + encrypt(nonce(n), plaintext, None)
         for n, plaintext in enumerate(padded_plaintexts, first_counter)
@@ -110,7 +119,7 @@ class Keypair:
             return None  # only the sending half is used up: received packets still decrypt
         self.send_counter = counter + 1
         header = TRANSPORT_HEADER.pack(_TRANSPORT_TYPE, self.remote_index, counter)
-        return header + self._send_aead.encrypt(_NONCE.pack(counter), padded_plaintext, None)
+        return header + self._send_aead.encrypt(NONCE.pack(counter), padded_plaintext, None)
 
     def seal_many(self, padded_plaintexts: Sequence[bytes], limit: int = REJECT_AFTER_MESSAGES) -> list[bytes]:
         """Transport messages for the plaintexts in order, as many as the counter allows (``seal`` of a batch).
@@ -158,7 +167,7 @@ class Keypair:
 
     def open(self, counter: int, message: bytes | memoryview) -> bytes:
         """Decrypt the payload of a transport message. Raises ``crypto.InvalidTag``; does not touch the replay window."""
-        return self._recv_aead.decrypt(_NONCE.pack(counter), message[MESSAGE_TRANSPORT_HEADER_SIZE:], None)
+        return self._recv_aead.decrypt(NONCE.pack(counter), message[MESSAGE_TRANSPORT_HEADER_SIZE:], None)
 
     def zero(self) -> None:
         """Forget the keys (whitepaper §6.1: key material is erased when no longer needed).

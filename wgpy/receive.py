@@ -47,7 +47,7 @@ from .constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT, REPL
 from .cookie import CookieChecker, MacState
 from .errors import DropReason
 from .events import Endpoint, EndpointChanged, HandshakeCompleted
-from .keypair import Keypair
+from .keypair import NONCE, TRANSPORT_OVERHEAD, Keypair
 from .messages import (
     MESSAGE_COOKIE_REPLY_SIZE,
     MESSAGE_INITIATION_SIZE,
@@ -82,13 +82,11 @@ _COOKIE_REPLY: Final = int(MessageType.COOKIE_REPLY)
 _TRANSPORT: Final = int(MessageType.TRANSPORT)
 _TRANSPORT_TYPE: Final = _TYPE.pack(_TRANSPORT)  # the first four bytes of every transport message
 _COUNTER: Final = struct.Struct("<Q")  # the transport message's counter, at offset 8
-_NONCE: Final = struct.Struct("<4xQ")  # the AEAD nonce of a counter (as in keypair.py)
 _LE64: Final = np.dtype("<u8")
 #: Rows a GRO read needs before its plaintexts are handed on as one ``PacketRun``: gluing a run on the TUN side
 #: has a fixed cost of some 15-20 us (numpy checks, headers), which pays from about 16 segments on (measured in
 #: process on an AMD EPYC, 2026-12-02: 1.1x handle_gro's cost per segment at 16 rows, 0.6x at 44).
 RUN_MIN_ROWS: Final = 16
-_TRANSPORT_OVERHEAD: Final = MESSAGE_TRANSPORT_HEADER_SIZE + 16  # header and Poly1305 tag around a plaintext
 
 
 class LoadMeter:
@@ -382,15 +380,15 @@ class Receiver(Sender):
         if not replay.ahead(first, rows):
             return False
         source = memoryview(data)
-        nonce = _NONCE.pack
+        nonce = NONCE.pack
         opened: list[bytes] = []
         start = MESSAGE_TRANSPORT_HEADER_SIZE
         end = segment
         run = None
-        if rows >= RUN_MIN_ROWS and self.packet_filter is None and segment - _TRANSPORT_OVERHEAD >= ip.IPV4_HEADER_SIZE:
+        if rows >= RUN_MIN_ROWS and self.packet_filter is None and segment - TRANSPORT_OVERHEAD >= ip.IPV4_HEADER_SIZE:
             out, good, run = self._open_rows_into(peer, keypair, source, segment, rows, first)
             if run is None:  # not a run of one inner source and length: the packets one by one, as below
-                size = segment - _TRANSPORT_OVERHEAD
+                size = segment - TRANSPORT_OVERHEAD
                 opened = [bytes(out[at : at + size]) for at in range(0, good * size, size)]
         else:
             decrypt = keypair.recv_aead.decrypt  # Keypair.open, on a view of the row: no copy of the message
@@ -436,11 +434,11 @@ class Receiver(Sender):
         ends it) and the run of their inner packets, ``None`` unless all opened and every one is an IP packet of
         one length from one source ``peer`` may use (``uniform_source``). A run goes to the TUN device as it lies
         (``LinuxTun.write_run`` glues it from the buffer)."""
-        size = segment - _TRANSPORT_OVERHEAD
+        size = segment - TRANSPORT_OVERHEAD
         out = bytearray(rows * size)
         target = memoryview(out)
         decrypt_into = keypair.recv_aead.decrypt_into
-        nonce = _NONCE.pack
+        nonce = NONCE.pack
         start = MESSAGE_TRANSPORT_HEADER_SIZE
         sealed = segment - MESSAGE_TRANSPORT_HEADER_SIZE  # ciphertext and tag
         at = 0

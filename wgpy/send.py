@@ -27,7 +27,6 @@ message is appended to the device's outputs.
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
@@ -36,7 +35,7 @@ from . import crypto, ip, noise
 from .constants import REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
 from .errors import DropReason
 from .events import Endpoint, Event
-from .keypair import MESSAGE_PADDING_MULTIPLE, Keypair, padded_length, seal_run
+from .keypair import MESSAGE_PADDING_MULTIPLE, NONCE, TRANSPORT_OVERHEAD, Keypair, padded_length, seal_run
 from .messages import MESSAGE_TRANSPORT_HEADER_SIZE, TRANSPORT_HEADER, MessageType
 from .noise import HandshakeRejected
 from .packetrun import PacketRun, uniform_destination
@@ -57,9 +56,7 @@ __all__ = ["InlineSealer", "KeypairRetired", "OffloadSealer", "PlaintextFilter",
 logger = logging.getLogger("wgpy.device")
 
 _ZEROS: Final = tuple(bytes(n) for n in range(MESSAGE_PADDING_MULTIPLE))  # padding, by length
-_TRANSPORT_OVERHEAD: Final = MESSAGE_TRANSPORT_HEADER_SIZE + 16  # header and Poly1305 tag around each plaintext
 _TRANSPORT_TYPE: Final = int(MessageType.TRANSPORT)
-_NONCE: Final = struct.Struct("<4xQ")  # whitepaper §5.4.6: 32 zero bits, then the 64-bit counter little-endian
 
 
 @dataclass(slots=True)
@@ -86,7 +83,7 @@ class SealJob:
         """The bytes of all the job's messages together (``run_into`` needs a buffer at least this large)."""
         plaintexts = self.plaintexts
         size = plaintexts.total_bytes() if isinstance(plaintexts, PacketRun) else sum(map(len, plaintexts))
-        return size + len(plaintexts) * _TRANSPORT_OVERHEAD
+        return size + len(plaintexts) * TRANSPORT_OVERHEAD
 
     def run_into(self, buffer: bytearray) -> list[int]:
         """``run()``, written back to back into ``buffer`` from its start: returns the messages' sizes.
@@ -102,12 +99,12 @@ class SealJob:
         view = memoryview(buffer)
         encrypt_into = self.aead.encrypt_into
         pack_header = TRANSPORT_HEADER.pack_into
-        nonce = _NONCE.pack
+        nonce = NONCE.pack
         remote_index = self.remote_index
         sizes: list[int] = []
         at = 0
         for counter, plaintext in enumerate(self.plaintexts, self.first_counter):
-            size = len(plaintext) + _TRANSPORT_OVERHEAD
+            size = len(plaintext) + TRANSPORT_OVERHEAD
             pack_header(buffer, at, _TRANSPORT_TYPE, remote_index, counter)
             encrypt_into(nonce(counter), plaintext, None, view[at + MESSAGE_TRANSPORT_HEADER_SIZE : at + size])
             sizes.append(size)
@@ -120,10 +117,10 @@ class SealJob:
         source = memoryview(run.buffer)
         encrypt_into = self.aead.encrypt_into
         pack_header = TRANSPORT_HEADER.pack_into
-        nonce = _NONCE.pack
+        nonce = NONCE.pack
         remote_index = self.remote_index
         stride, size = run.stride, run.size
-        sealed = size + _TRANSPORT_OVERHEAD
+        sealed = size + TRANSPORT_OVERHEAD
         last = run.packets_in - 1
         at = start = 0
         counter = self.first_counter
@@ -133,7 +130,7 @@ class SealJob:
             counter += 1
             at += sealed
             start += stride
-        last_sealed = run.last_size + _TRANSPORT_OVERHEAD
+        last_sealed = run.last_size + TRANSPORT_OVERHEAD
         pack_header(buffer, at, _TRANSPORT_TYPE, remote_index, counter)
         encrypt_into(nonce(counter), source[start : start + run.last_size], None, view[at + 16 : at + last_sealed])
         sizes = [sealed] * last
@@ -222,7 +219,7 @@ class OffloadSealer:
         jobs = self._jobs
         if isinstance(padded, PacketRun):
             run = padded.head(count)  # a run is a job of its own: it is sealed from its buffer
-            peer.tx_bytes += run.total_bytes() + count * _TRANSPORT_OVERHEAD  # the bytes the messages will have
+            peer.tx_bytes += run.total_bytes() + count * TRANSPORT_OVERHEAD  # the bytes the messages will have
             jobs.append(self._job(keypair, first, run, endpoint))
             return count
         taken = padded if count == len(padded) else padded[:count]
@@ -237,7 +234,7 @@ class OffloadSealer:
             last.plaintexts.extend(taken)  # the same keypair goes on: one job
         else:
             jobs.append(self._job(keypair, first, list(taken), endpoint))
-        peer.tx_bytes += sum(map(len, taken)) + count * _TRANSPORT_OVERHEAD  # the bytes the messages will have
+        peer.tx_bytes += sum(map(len, taken)) + count * TRANSPORT_OVERHEAD  # the bytes the messages will have
         return count
 
     def seal_one(self, peer: Peer, keypair: Keypair, endpoint: Endpoint, padded: bytes, limit: int) -> bool:
