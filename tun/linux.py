@@ -631,8 +631,9 @@ class LinuxTun:
         self, buffer: bytes | bytearray | memoryview, count: int, stride: int, size: int, last_size: int
     ) -> None:
         """``write_packets`` of the ``count`` packets of a run: packet ``i`` at ``i * stride`` in ``buffer``,
-        ``size`` bytes long, the last ``last_size``. In offload mode ``tun.offload.handle_gro_run`` glues them from
-        the buffer (byte for byte ``handle_gro`` of the packets), with no ``bytes`` object per packet.
+        ``size`` bytes long, the last ``last_size``. In offload mode ``tun.offload.gro_run_parts`` glues them from
+        the buffer (byte for byte ``handle_gro`` of the packets) and each record goes out in one ``writev``, with no
+        ``bytes`` object per packet.
 
         Raises:
             OSError: the first write error, after all records were attempted.

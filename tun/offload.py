@@ -922,43 +922,13 @@ def gro_run_parts(
     (after a PSH or a short segment, and before 64 KiB), each one's checksum made from its segments' own, and the
     payloads are never copied. Anything else goes to ``handle_gro`` packet by packet (one part a record).
     """
-    np = _np
     view = memoryview(buffer)
-    if (
-        np is None
-        or count < 2
-        or len(view) < count * stride
-        or not 40 <= last_size <= size <= stride
-        or view[0] != 0x45
-        or view[9] != IPPROTO_TCP
-    ):
+    bulk = _bulk_run(view, count, stride, size, last_size)
+    if bulk is None:
         return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
-    hdr_len = 20 + ((view[32] >> 2) & 0x3C)
+    hdr_len, flags, sums = bulk
     gso_size = size - hdr_len
-    if hdr_len < 40 or gso_size <= 0 or gso_size & 1 or last_size <= hdr_len or (view[6] << 8 | view[7]) & 0x3FFF:
-        return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
     last = (count - 1) * stride
-    flags = bytes(view[33 : count * stride : stride])
-    if (
-        (view[2] << 8 | view[3]) != size
-        or (view[last + 2] << 8 | view[last + 3]) != last_size
-        or view[2:last:stride] != bytes((view[2],)) * (count - 1)  # every full row's total length: ``size``
-        or view[3:last:stride] != bytes((view[3],)) * (count - 1)
-        or flags.translate(None, _ACK_OR_PSH)  # a flag but ACK and PSH: not a GRO candidate
-    ):
-        return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
-    # Every header byte of the match equal to the first row's: the headers as 64-bit words (unaligned when the
-    # stride is not a multiple of 8, as a 1,420-byte one is: numpy reads them all the same), XOR the first, masked.
-    words, mask = _match_mask(hdr_len)
-    if last + words * 8 > len(view):  # the last row's words would run past the buffer (a small last packet)
-        return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
-    headers = np.ndarray((count, words), np.uint64, view, 0, (stride, 8))
-    seqs = np.ndarray((count,), ">u4", view, 24, (stride,))
-    if ((headers ^ headers[0]) & mask).any() or (np.diff(seqs) != gso_size).any():  # uint32 differences wrap
-        return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
-    # A segment's checksum terms (``handle_gro``) modulo 0xFFFF, where seq counts as (seq >> 16) + (seq & 0xFFFF):
-    # its payload size, the TCP header length and flags added per super-packet below, seq and checksum summed here.
-    sums = np.cumsum(seqs.astype(np.int64) + np.ndarray((count,), ">u2", view, 36, (stride,))).tolist()
     more = (MAX_PACKET_SIZE - size) // gso_size  # full segments a super-packet takes after its first (64 KiB)
     tcp_len = hdr_len - 20
     records: list[list[bytes | memoryview]] = []
@@ -991,6 +961,51 @@ def gro_run_parts(
         records.append(parts)
         start = end
     return records
+
+
+def _bulk_run(
+    view: memoryview, count: int, stride: int, size: int, last_size: int
+) -> tuple[int, bytes, list[int]] | None:
+    """The fast path's checks of ``gro_run_parts``: ``None`` unless the run is bulk IPv4 TCP of one flow (see there);
+    else the header length, every row's TCP flags and the running sums of their seq and checksum."""
+    np = _np
+    if (
+        np is None
+        or count < 2
+        or len(view) < count * stride
+        or not 40 <= last_size <= size <= stride
+        or view[0] != 0x45
+        or view[9] != IPPROTO_TCP
+    ):
+        return None
+    hdr_len = 20 + ((view[32] >> 2) & 0x3C)
+    gso_size = size - hdr_len
+    if hdr_len < 40 or gso_size <= 0 or gso_size & 1 or last_size <= hdr_len or (view[6] << 8 | view[7]) & 0x3FFF:
+        return None
+    last = (count - 1) * stride
+    flags = bytes(view[33 : count * stride : stride])
+    if (
+        (view[2] << 8 | view[3]) != size
+        or (view[last + 2] << 8 | view[last + 3]) != last_size
+        or view[2:last:stride] != bytes((view[2],)) * (count - 1)  # every full row's total length: ``size``
+        or view[3:last:stride] != bytes((view[3],)) * (count - 1)
+        or flags.translate(None, _ACK_OR_PSH)  # a flag but ACK and PSH: not a GRO candidate
+    ):
+        return None
+    # Every header byte of the match equal to the first row's: the headers as 64-bit words (unaligned when the
+    # stride is not a multiple of 8, as a 1,420-byte one is: numpy reads them all the same), XOR the first, masked.
+    words, mask = _match_mask(hdr_len)
+    if last + words * 8 > len(view):  # the last row's words would run past the buffer (a small last packet)
+        return None
+    headers = np.ndarray((count, words), np.uint64, view, 0, (stride, 8))
+    seqs = np.ndarray((count,), ">u4", view, 24, (stride,))
+    if ((headers ^ headers[0]) & mask).any() or (np.diff(seqs) != gso_size).any():  # uint32 differences wrap
+        return None
+    # A segment's checksum terms (``handle_gro``) modulo 0xFFFF, where seq counts as (seq >> 16) + (seq & 0xFFFF):
+    # its payload size, the TCP header length and flags added per super-packet (``gro_run_parts``), seq and
+    # checksum summed here.
+    sums = np.cumsum(seqs.astype(np.int64) + np.ndarray((count,), ">u2", view, 36, (stride,))).tolist()
+    return hdr_len, flags, sums
 
 
 @functools.lru_cache(maxsize=16)
