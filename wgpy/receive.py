@@ -385,9 +385,12 @@ class Receiver(Sender):
         start = MESSAGE_TRANSPORT_HEADER_SIZE
         end = segment
         run = None
-        if rows >= RUN_MIN_ROWS and self.packet_filter is None and segment - TRANSPORT_OVERHEAD >= ip.IPV4_HEADER_SIZE:
+        if rows >= RUN_MIN_ROWS and segment - TRANSPORT_OVERHEAD >= ip.IPV4_HEADER_SIZE:
             out, good, run = self._open_rows_into(peer, keypair, source, segment, rows, first)
-            if run is None:  # not a run of one inner source and length: the packets one by one, as below
+            if run is not None and not self._filter_passes_inbound_run(run, peer, now):
+                opened = run.packets()  # each through the filter in _deliver
+                run = None
+            elif run is None:  # not a run of one inner source and length: the packets one by one, as below
                 size = segment - TRANSPORT_OVERHEAD
                 opened = [bytes(out[at : at + size]) for at in range(0, good * size, size)]
         else:
@@ -425,6 +428,15 @@ class Receiver(Sender):
         if after:
             self.receive_datagrams(((after, endpoint),), now)
         return True
+
+    def _filter_passes_inbound_run(self, run: PacketRun, peer: Peer, now: float) -> bool:
+        """Whether the plaintext filter (if any) passes every decrypted packet of ``run`` from ``peer`` at once
+        (``send.RunFilter``); ``False`` leaves the packets to ``_deliver``, which checks each."""
+        packet_filter = self.packet_filter
+        if packet_filter is None:
+            return True
+        check_run = getattr(packet_filter, "check_inbound_run", None)
+        return check_run is not None and bool(check_run(run, peer.public_key, now))
 
     def _open_rows_into(
         self, peer: Peer, keypair: Keypair, source: memoryview, segment: int, rows: int, first: int

@@ -158,6 +158,20 @@ class PlaintextFilter(Protocol):
     def check_inbound(self, packet: bytes, peer_public_key: PublicKey | None, now: float) -> bool: ...
 
 
+class RunFilter(PlaintextFilter, Protocol):
+    """A ``PlaintextFilter`` that can also pass a whole ``PacketRun`` at once (``wgpy.mesh.PacketFilter`` does).
+
+    ``check_outbound_run`` / ``check_inbound_run`` return ``True`` only when the per-packet check of every packet
+    of the run, in order, would pass, having left the filter as those checks would; ``False`` means "not shown
+    cheaply" and must change nothing: the device then checks the packets one by one. A filter without these
+    methods gets every packet one by one.
+    """
+
+    def check_outbound_run(self, run: PacketRun, peer_public_key: PublicKey | None, now: float) -> bool: ...
+
+    def check_inbound_run(self, run: PacketRun, peer_public_key: PublicKey | None, now: float) -> bool: ...
+
+
 class Sealer(Protocol):
     """Turns padded plaintexts into transport messages on their way out (inline, or handed to a worker)."""
 
@@ -345,10 +359,10 @@ class Sender:
         """``send_packets(run)``: the packets of one TSO read, sealed where they lie in the run's buffer.
 
         The outputs are those of ``send_packets(run.packets())`` (the tests compare two devices). The fast path
-        takes a run whose packets share one destination (``uniform_destination``), a peer with a usable session
-        and no plaintext filter, and a ``zero_padded`` layout whose stride holds each padded packet: the whole run
-        is then routed once, on its first packet, and handed to the sealer as one padded ``PacketRun``
-        (``SealJob.run_into`` seals it from the buffer). Anything else goes packet by packet through
+        takes a run whose packets share one destination (``uniform_destination``), a peer with a usable session,
+        a plaintext filter that passes the run whole (``RunFilter``) or none, and a ``zero_padded`` layout whose
+        stride holds each padded packet: the whole run is then routed once, on its first packet, and handed to the
+        sealer as one padded ``PacketRun`` (``SealJob.run_into`` seals it from the buffer). Anything else goes packet by packet through
         ``send_packets``, which makes every decision (and counts every drop) for each one.
         """
         if wall_ns is not None:
@@ -359,15 +373,24 @@ class Sender:
             destination = uniform_destination(run)
             peer = self.allowed_ips.lookup(destination) if destination is not None else None
         keypair = self._sending_keypair(peer, now) if peer is not None and not peer.staged else None
-        if peer is None or keypair is None or padded is None:
+        if peer is None or keypair is None or padded is None or not self._filter_passes_outbound_run(run, peer, now):
             self.send_packets(run.packets(), now)
             return
         self._send_run(peer, keypair, padded, now)
 
+    def _filter_passes_outbound_run(self, run: PacketRun, peer: Peer, now: float) -> bool:
+        """Whether the plaintext filter (if any) passes every packet of ``run`` to ``peer`` at once: the last
+        check of ``send_run``'s fast path, since a pass has already counted the packets in the filter."""
+        packet_filter = self.packet_filter
+        if packet_filter is None:
+            return True
+        check_run = getattr(packet_filter, "check_outbound_run", None)
+        return check_run is not None and bool(check_run(run, peer.public_key, now))
+
     def _padded_run(self, run: PacketRun) -> PacketRun | None:
         """``run`` with each packet padded as ``pad`` pads it, over the same buffer, when the run's layout already
-        holds that padding (zeros up to each padded length) and no filter must see the packets one by one."""
-        if not run.zero_padded or self.packet_filter is not None:
+        holds that padding (zeros up to each padded length)."""
+        if not run.zero_padded:
             return None
         mtu = self.mtu
         size = padded_length(run.size, mtu)

@@ -36,6 +36,7 @@ from support.helpers import (
     private_key,
     twin_state,
 )
+from support.meshfilter import FIN, TCP, UDP, CountingFilter, filter_state, flow_packet, mesh_filter, open_flow
 
 from wgpy.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
 from wgpy.device import Device
@@ -414,3 +415,38 @@ def test_a_read_of_fewer_rows_than_run_min_rows_is_handed_on_as_packets() -> Non
     data = b"".join(_seal(keypair, p) for p in packets)
     pair.b.receive_gro(data, len(data) // len(packets), ENDPOINT_A, pair.net.now)
     assert not pair.b.runs_pending and pair.b.packets_to_tun() == packets
+
+
+# --- through the mesh filter --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", ["established", "new", "none", "expired", "udp-established"])
+@pytest.mark.parametrize("fin_row", [None, 0, 20, 43])
+def test_a_run_through_the_mesh_filter_leaves_what_its_packets_leave(state: str, fin_row: int | None) -> None:
+    """With B's mesh filter: outputs and filter states are equal to the per-datagram path's, and the run is handed
+    on whole (no per-packet filter check) exactly when its flow is tracked in A's direction and no row has FIN."""
+    pair, keypair, _ = _session()
+    reference, _, _ = _session()
+    key_a, key_b = pair.a.public_key, pair.b.public_key
+    assert key_a is not None and key_b is not None
+    filters = []
+    for _twin in range(2):
+        packet_filter = mesh_filter(key_a, key_b)
+        open_flow(packet_filter, key_a, "established" if state == "expired" else state, 0.0, side="b")
+        if state == "expired":
+            packet_filter.set_deadline(0.0)
+        filters.append(packet_filter)
+    counting = CountingFilter(filters[0])
+    pair.b.packet_filter = counting
+    reference.b.packet_filter = filters[1]
+    proto = UDP if state.startswith("udp") else TCP
+    packets = [flow_packet(proto=proto, length=1392, seq=1 + i * 1352, ident=i) for i in range(44)]
+    if fin_row is not None and proto == TCP:
+        packets[fin_row] = flow_packet(proto=proto, length=1392, flags=0x10 | FIN, ident=fin_row)
+    data = b"".join(_seal(keypair, p) for p in packets)
+    pair.b.receive_gro(data, 1424, ENDPOINT_A, pair.net.now)
+    reference.b.receive_datagrams(_datagrams(data, 1424, ENDPOINT_A), pair.net.now)
+    assert _outputs(pair.b) == _outputs(reference.b)
+    assert filter_state(filters[0]) == filter_state(filters[1])
+    whole = state in ("established", "new", "udp-established") and (fin_row is None or proto == UDP)
+    assert (counting.runs, len(counting.checked)) == ((1, 0) if whole else (0, 44))

@@ -6,7 +6,9 @@ the same packets, one as a ``PacketRun`` through ``send_run``, the other as ``ru
 with both ``SealJob.run`` and ``SealJob.run_into``), the datagrams, drops, counters and the state of peers, keypairs,
 timers and staged packets. The runs are real TSO reads (``tun.offload.gso_split_into``) and made-up layouts that
 must leave the fast path: packets for another peer or for no peer, a broken header, a buffer that is not zero
-padded, a stride too short for the padding, a plaintext filter, no session, a counter near its limit.
+padded, a stride too short for the padding, a plaintext filter without run checks, no session, a counter near its
+limit. With the mesh filter, a run goes whole when its flow is tracked and no segment closes it; the filters' states
+are compared too.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from support.helpers import (
     make_pair,
     twin_state,
 )
+from support.meshfilter import FIN, CountingFilter, filter_state, mesh_filter, open_flow
 
 from tun.offload import VirtioNetHdr, gso_split_into
 from wgpy.device import Device
 from wgpy.events import Endpoint
 from wgpy.keys import PublicKey
+from wgpy.mesh import PacketFilter
 from wgpy.packetrun import PacketRun, uniform_destination
 from wgpy.send import SealJob
 
@@ -269,3 +273,43 @@ def test_uniform_destination_is_none_unless_every_packet_has_that_destination() 
         assert uniform_destination(_run_of(_packets_to(destinations, 100, 60), 112)) is None
     v6 = _run_of(_packets_to([ADDR_B6] * 3, 200, 200), 208)
     assert uniform_destination(v6) == ipaddress.ip_address(ADDR_B6).packed
+
+
+# --- through the mesh filter --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", ["established", "new", "none", "closed", "expired"])
+@pytest.mark.parametrize("fin", [False, True])
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_run_through_the_mesh_filter_leaves_what_its_packets_leave(state: str, fin: bool, v6: bool) -> None:
+    """With A's mesh filter: the devices' outputs and the filters' states are equal either way; the run goes
+    whole exactly when its flow is tracked in A's direction and no segment carries FIN (the TSO split puts the
+    super-packet's FIN on its last segment)."""
+    packet, hdr = _super_packet(v6, bytes(10 * 1000), 1000, 1000)
+    if fin:
+        flags = hdr.csum_start + 13
+        packet = packet[:flags] + bytes([packet[flags] | FIN]) + packet[flags + 1 :]
+    split = gso_split_into(packet, hdr)
+    assert split is not None
+    run = PacketRun(*split, zero_padded=True)
+    filters: list[PacketFilter] = []
+    counting: list[CountingFilter] = []
+
+    def with_filter(pair: Pair) -> None:
+        key_a, key_b = pair.a.public_key, pair.b.public_key
+        assert key_a is not None and key_b is not None
+        packet_filter = mesh_filter(key_a, key_b)
+        open_flow(packet_filter, key_b, "established" if state == "expired" else state, 0.0, v6=v6)
+        if state == "expired":
+            packet_filter.set_deadline(0.0)
+        filters.append(packet_filter)
+        counting.append(CountingFilter(packet_filter))
+        pair.a.packet_filter = counting[-1]
+
+    fast, _slow = _same(run, offload=True, prepare=with_filter)
+    assert filter_state(filters[0]) == filter_state(filters[1])
+    whole = state in ("established", "new") and not fin
+    assert (counting[0].runs, len(counting[0].checked)) == ((1, 0) if whole else (0, len(run)))
+    assert len(counting[1].checked) == len(run)  # the twin, packet by packet
+    sent = 0 if state == "expired" else len(run)  # the rule lets A open the flow; closed flows pass until a SYN
+    assert fast.a.stats.packets_sent == sent + _HANDSHAKE_PACKETS

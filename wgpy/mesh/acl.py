@@ -37,7 +37,10 @@ Speed: rules are not scanned per packet. Peers with the same group set share a *
 signatures met, the rules that can match are compiled once into four short lists (TCP, UDP, ICMP, other) of
 ``(port ranges, accept, name)``, cut after the first rule with no port condition (nothing after it can match).
 A new flow costs two ``AllowedIPs`` lookups, one dict probe and a walk of that short list; a packet of a tracked
-flow costs one dict probe. Drops are counted per rule name (or reason) in ``stats.denied``.
+flow costs one dict probe. Drops are counted per rule name (or reason) in ``stats.denied``. A whole run of packets
+(a TSO read, a UDP GRO read: ``wgpy.packetrun.PacketRun``) costs one probe and a few array compares when every
+packet belongs to one tracked flow and none closes it (``check_outbound_run``/``check_inbound_run``); any other run
+is checked packet by packet, so that the two ways always leave the same counters and flows (the tests compare them).
 
 Parsing limits, stated: IPv4 options are skipped by IHL. IPv6 hop-by-hop, routing, destination-options,
 fragment and AH headers are walked (at most ``MAX_EXTENSION_HEADERS``); ESP, or any unknown next header, is
@@ -59,8 +62,11 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, Protocol
 
+import numpy as np
+
 from ..allowedips import AllowedIPs
 from ..keys import PublicKey
+from ..packetrun import PacketRun
 from .audit import AuditLog
 from .conntrack import (
     CLOSED,
@@ -72,6 +78,7 @@ from .conntrack import (
     KIND_OTHER,
     KIND_TCP,
     KIND_UDP,
+    NEW,
     OUTBOUND,
     ConnTrack,
     FlowKey,
@@ -150,6 +157,12 @@ _NOT_FRAGMENT: Final = 0
 _FIRST_FRAGMENT: Final = 1
 _LATER_FRAGMENT: Final = 2
 
+# The header bytes every packet of a run must share with the first for ``PacketFilter._check_run``: all up to the
+# transport ports, but the fields the filter never reads (IPv4 TOS, id, TTL and checksum; IPv6 traffic class, flow
+# label and hop limit), so that one masked compare shows that each packet parses as the first does.
+_RUN_MASK_V4: Final = np.frombuffer(bytes.fromhex("ff00ffff0000ffff00ff0000") + b"\xff" * 12, np.uint8)
+_RUN_MASK_V6: Final = np.frombuffer(bytes.fromhex("f0000000ffffff00") + b"\xff" * 36, np.uint8)
+
 _U16: Final = struct.Struct("!H")
 _PORTS: Final = struct.Struct("!HH")
 # One unpack per header on the per-packet path (style guide §8).
@@ -227,7 +240,7 @@ _DEFAULT_DENY: Final = Verdict(False, DEFAULT_DENY)
 _SPOOFED: Final = Verdict(False, SPOOFED_SOURCE)
 
 
-def _parse(packet: bytes) -> _Parsed | None:
+def _parse(packet: bytes | memoryview) -> _Parsed | None:
     """Read what the filter needs from an IP packet, or ``None`` if it is not a plausible one."""
     size = len(packet)
     if size < _V4_MIN:
@@ -474,6 +487,15 @@ class PacketFilter:
         """Should this packet decrypted from ``peer_public_key`` be delivered? Counts and audits a drop."""
         return self._check(INBOUND, packet, peer_public_key, now)
 
+    def check_outbound_run(self, run: PacketRun, peer_public_key: PublicKey | None, now: float) -> bool:
+        """``check_outbound`` of every packet of ``run`` at once, where that is cheap to show (``_check_run``):
+        ``True`` when every one passes; ``False`` changes nothing, and the caller checks them one by one."""
+        return self._check_run(OUTBOUND, run, now)
+
+    def check_inbound_run(self, run: PacketRun, peer_public_key: PublicKey | None, now: float) -> bool:
+        """``check_inbound`` of every packet of ``run`` at once (see ``check_outbound_run``)."""
+        return self._check_run(INBOUND, run, now)
+
     def decide(self, packet: bytes, direction: int = OUTBOUND, peer_public_key: PublicKey | None = None) -> Verdict:
         """The rule decision for ``packet`` as the first packet of a flow, ignoring tracked flows and the expiry.
 
@@ -550,6 +572,50 @@ class PacketFilter:
             stats.related += 1
             return True
         return self._new_flow(direction, peer, now, parsed)
+
+    def _check_run(self, direction: int, run: PacketRun, now: float) -> bool:
+        """Whether every packet of ``run`` is a packet of one tracked TCP or UDP flow, established or new and in its
+        original direction, that none of them closes (no FIN or RST) nor fragments: the case where ``_check`` of each, in order, would only count a
+        conntrack hit and set the flow's ``last_seen``. Then it does just that and returns ``True``. Anything else
+        returns ``False`` having changed nothing (but the sweep that the first packet's ``_check`` would have made
+        anyway), and the caller takes the packets one by one, through every other branch of the decision.
+
+        The first and the last packet are parsed as ``_check`` parses them; the ones between must carry the first
+        one's header bytes up to the ports (IPv4 without options, IPv6 without extension headers; the fields the
+        filter never reads may differ: ``_RUN_MASK_V4``/``_V6``), total length included, so each parses alike.
+        """
+        deadline = self._deadline
+        if deadline is not None and now >= deadline:
+            return False
+        if now >= self._next_sweep_at:
+            self.expire(now)
+        parsed = _parse(run.view(0))
+        if parsed is None:
+            return False
+        kind, proto, src, dst, sport, dport, _info, l4, fragment_state, _id = parsed
+        mask = _RUN_MASK_V4 if len(src) == 4 else _RUN_MASK_V6
+        if (kind != KIND_TCP and kind != KIND_UDP) or fragment_state != _NOT_FRAGMENT or l4 + 4 != len(mask):
+            return False
+        flow = self.conntrack.table.get((direction, proto, src, dst, sport, dport))
+        if flow is None or now - flow.last_seen >= flow.timeout:
+            return False
+        if flow.state != ESTABLISHED and (flow.state != NEW or flow.key[0] != direction):
+            return False  # a closed flow, or a reply that would establish a new one: one by one
+        count, stride, buffer = run.packets_in, run.stride, run.buffer
+        if count > 1:
+            last = _parse(run.view(count - 1))
+            if last is None or last[:6] != parsed[:6] or last[7:9] != parsed[7:9]:
+                return False
+            if count > 2:
+                heads = np.ndarray((count - 2, len(mask)), np.uint8, buffer, stride, (stride, 1))  # rows 1 .. n-2
+                first = np.frombuffer(buffer, np.uint8, len(mask))
+                if ((heads ^ first) & mask).any():
+                    return False
+        if kind == KIND_TCP and (np.ndarray((count,), np.uint8, buffer, l4 + 13, (stride,)) & _TCP_FIN_RST).any():
+            return False
+        flow.last_seen = now
+        self.stats.conntrack_hits += count
+        return True
 
     def _new_flow(self, direction: int, peer: PublicKey | None, now: float, parsed: _Parsed) -> bool:
         kind, proto, src, dst, sport, dport, info, _l4, fragment_state, fragment_id = parsed
