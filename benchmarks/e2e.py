@@ -32,8 +32,10 @@ machine (``machineinfo.py``) and the load average before and after every configu
 Configurations (A sends, B receives): ``veth`` (no tunnel: the ceiling), ``go-go`` (Debian bookworm's
 wireguard-go, ``--wireguard-go``), ``trixie-trixie`` (Debian trixie's, with TUN offloads: ``fetch_wireguard_go.py``
 fetches it into ``benchmarks/.cache/`` unless ``--trixie-wireguard-go`` names one), ``wgpy-wgpy``, ``wgpy-go``
-(wgpy sends, wireguard-go receives), ``go-wgpy`` (the reverse) and ``wgpyw-wgpyw`` (both wgpy with ``--worker``:
-a data-plane worker process each; their CPU time includes the workers'). Only processes this script started are
+(wgpy sends, wireguard-go receives), ``go-wgpy`` (the reverse), ``wgpyw-wgpyw`` (both wgpy with ``--worker``:
+a data-plane worker process each; their CPU time includes the workers') and ``wgpym-wgpym`` (both wgpy in mesh
+mode: the peers come from a network map signed with a fresh management key (``wgpy mesh sign``) and the ACL filter
+with connection tracking sees every packet; the map lets A reach B's iperf3 port over TCP and UDP, and ping it). Only processes this script started are
 signalled, by their PID.
 """
 
@@ -80,7 +82,7 @@ CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 class Config:
     name: str
     label: str
-    sender: str | None  # "go" (bookworm), "trixie", "wgpy", "wgpyw" (wgpy --worker) or None (plain veth)
+    sender: str | None  # "go" (bookworm), "trixie", "wgpy", "wgpyw" (--worker), "wgpym" (mesh) or None (veth)
     receiver: str | None
 
 
@@ -92,12 +94,14 @@ CONFIGS: Final = (
     Config("wgpy-go", "wgpy -> wireguard-go", "wgpy", "go"),
     Config("go-wgpy", "wireguard-go -> wgpy", "go", "wgpy"),
     Config("wgpyw-wgpyw", "wgpy --worker -> wgpy --worker", "wgpyw", "wgpyw"),
+    Config("wgpym-wgpym", "wgpy mesh -> wgpy mesh (signed map, ACL filter)", "wgpym", "wgpym"),
 )
 IMPLEMENTATION_NAMES: Final = {
     "go": "wireguard-go (bookworm)",
     "trixie": "wireguard-go (trixie)",
     "wgpy": "wgpy",
     "wgpyw": "wgpy --worker",
+    "wgpym": "wgpy in mesh mode",
 }
 BASELINES: Final = ("go-go", "trixie-trixie")  # the ratios divide by these
 GO_IMPLEMENTATIONS: Final = ("go", "trixie")
@@ -196,6 +200,8 @@ class Bench:
         self.handshake_keys: Path | None = None  # the ``hs`` test's initiators, known to the current responder
         self.responder_public_key = ""
         self.source = REPO
+        self.mesh_key: Path | None = None  # the management key of the mesh configuration, made on first use
+        self.mesh_public: str | None = None
 
     # --- topology ---------------------------------------------------------------------------------------------
 
@@ -291,8 +297,10 @@ class Bench:
             cmd = in_ns(ns, binary, "-f", ifname)
         else:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
-            worker = ["--worker"] if implementation == "wgpyw" else []
-            cmd = in_ns(ns, self.args.python, "-m", "wgpy", "-f", *worker, ifname)
+            options = ["--worker"] if implementation == "wgpyw" else []
+            if implementation == "wgpym":
+                options = ["--mesh-key", self.mesh_public_key(), "--mesh-map", str(self.tmp / f"{ifname}.map")]
+            cmd = in_ns(ns, self.args.python, "-m", "wgpy", "-f", *options, ifname)
         self.ifnames.append(ifname)
         with log_path.open("wb") as log:
             process = self.spawn(cmd, log, env)
@@ -352,27 +360,18 @@ class Bench:
             self.start_daemon(config.sender, self.ns[0], names[0]),
             self.start_daemon(config.receiver, self.ns[1], names[1]),
         )
+        mesh = config.sender == "wgpym"
+        if mesh:
+            self.write_mesh_map(names, [public for _, public in keys])
         for me in (0, 1):
-            other = 1 - me
-            ns, ifname = self.ns[me], names[me]
-            run(
-                in_ns(
-                    ns,
-                    "wg",
-                    "set",
-                    ifname,
-                    "listen-port",
-                    str(LISTEN_PORTS[me]),
-                    "private-key",
-                    str(keys[me][0]),
-                    "peer",
-                    keys[other][1],
-                    "endpoint",
-                    f"{UNDERLAY[other]}:{LISTEN_PORTS[other]}",
-                    "allowed-ips",
-                    f"{OVERLAY[other]}/32",
-                )
-            )
+            ns, ifname, port = self.ns[me], names[me], str(LISTEN_PORTS[me])
+            if mesh:  # the map holds the peers; the private key makes the daemon apply it
+                run(in_ns(ns, "wg", "set", ifname, "listen-port", port, "private-key", str(keys[me][0])))
+            else:
+                other = 1 - me
+                peer = ["peer", keys[other][1], "endpoint", f"{UNDERLAY[other]}:{LISTEN_PORTS[other]}"]
+                peer += ["allowed-ips", f"{OVERLAY[other]}/32"]
+                run(in_ns(ns, "wg", "set", ifname, "listen-port", port, "private-key", str(keys[me][0]), *peer))
             run(["ip", "-n", ns, "addr", "add", f"{OVERLAY[me]}/24", "dev", ifname])
             run(["ip", "-n", ns, "link", "set", ifname, "mtu", str(MTU), "up"])
         if "hs" in self.args.tests:
@@ -383,6 +382,54 @@ class Bench:
             what=f"a ping through {config.name}",
         )
         return daemons
+
+    def wgpy_cli(self, *args: str, stdin: str | None = None) -> str:
+        """``python -m wgpy ARGS`` from the sources under test; its standard output."""
+        env = dict(os.environ, PYTHONPATH=str(self.source))
+        done = subprocess.run(
+            [self.args.python, "-m", "wgpy", *args], input=stdin, capture_output=True, text=True, env=env, timeout=30
+        )
+        if done.returncode != 0:
+            raise E2EError(f"wgpy {' '.join(args[:2])}: {done.stderr.strip()}")
+        return done.stdout
+
+    def mesh_public_key(self) -> str:
+        """The management public key of this run (the private one is made on first use, in the run's folder)."""
+        if self.mesh_key is None or self.mesh_public is None:
+            private = self.wgpy_cli("mesh", "keygen").strip()
+            self.mesh_key = self.tmp / "management.key"
+            self.mesh_key.touch(mode=0o600)
+            self.mesh_key.write_text(private + "\n")
+            self.mesh_public = self.wgpy_cli("mesh", "pubkey", stdin=private + "\n").strip()
+        return self.mesh_public
+
+    def write_mesh_map(self, ifnames: Sequence[str], public_keys: Sequence[str]) -> None:
+        """The signed map both mesh daemons watch: A (group "a") may reach B (group "b") on the iperf3 port over TCP
+        and UDP, and ping it; connection tracking lets the replies back."""
+        self.mesh_public_key()
+        assert self.mesh_key is not None
+        issued_at = int(time.time()) - 5
+        peers = [
+            {
+                "public_key": public_keys[i],
+                "allowed_ips": [f"{OVERLAY[i]}/32"],
+                "endpoint": {"host": UNDERLAY[i], "port": LISTEN_PORTS[i]},
+                "groups": ["ab"[i]],
+                "relay": False,
+            }
+            for i in (0, 1)
+        ]
+        rules = [
+            {"name": f"a-b-{protocol}", "src_groups": ["a"], "dst_groups": ["b"], "protocol": protocol,
+             "ports": [] if protocol == "icmp" else [IPERF_PORT], "action": "accept"}
+            for protocol in ("tcp", "udp", "icmp")
+        ]  # fmt: skip
+        body = {"version": 1, "serial": 1, "issued_at": issued_at, "expires_at": issued_at + 3600}
+        body_path = self.tmp / "map-body.json"
+        body_path.write_text(json.dumps({**body, "peers": peers, "acl": rules}))
+        signed = self.wgpy_cli("mesh", "sign", "--key", str(self.mesh_key), str(body_path))
+        for ifname in ifnames:
+            (self.tmp / f"{ifname}.map").write_text(signed)
 
     def add_handshake_peers(self, ifname: str, public_key: str) -> None:
         """Makes the responder (B) know ``HANDSHAKE_PEERS`` more peers (no allowed IPs), whose private keys go to
@@ -589,7 +636,7 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
         base = results.get(baseline)
         if base is None:
             continue
-        for name in ("wgpy-wgpy", "wgpy-go", "go-wgpy", "wgpyw-wgpyw"):
+        for name in ("wgpy-wgpy", "wgpy-go", "go-wgpy", "wgpyw-wgpyw", "wgpym-wgpym"):
             if name not in results:
                 continue
             row: dict[str, float | None] = {}
@@ -659,6 +706,7 @@ def chart(results: dict[str, Any], path: Path, date: str) -> bool:
         "wgpy-go": "#ff7f0e",
         "go-wgpy": "#9467bd",
         "wgpyw-wgpyw": "#8c564b",
+        "wgpym-wgpym": "#e377c2",
     }
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4))
     for ax, (test, metric, title) in zip(axes, panels, strict=True):

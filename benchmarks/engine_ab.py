@@ -9,7 +9,7 @@ A variant is ``NAME=TREE[:ENV=VALUE,...]``: ``TREE/benchmarks/e2e.py --repeat 1`
 wgpy of that tree, so an exported older commit is the baseline) with those environment variables, which the
 daemons inherit (``wgpy/cli/daemon.py`` reads ``WGPY_TUN_TSO``). Each round runs every variant once, in an order
 rotated every round so that a drift in background load hits all alike, and every run has wireguard-go ->
-wireguard-go beside wgpy -> wgpy (``--reference``: bookworm's ``go-go`` or trixie's ``trixie-trixie``): what is compared is the wgpy / wireguard-go ratio of each run, and the medians
+wireguard-go beside wgpy -> wgpy (``--config``: ``wgpy-wgpy``, or ``wgpym-wgpym`` for mesh mode; ``--reference``: bookworm's ``go-go`` or trixie's ``trixie-trixie``): what is compared is the wgpy / wireguard-go ratio of each run, and the medians
 over the rounds. The machine (CPU model, cores, kernel, Python, cryptography and OpenSSL versions) and the load
 average before and after every run go into the report, a text file.
 """
@@ -52,7 +52,7 @@ def run_once(tree: Path, extra_env: dict[str, str], args: argparse.Namespace) ->
             "--seconds",
             str(args.seconds),
             "--configs",
-            f"{args.reference},wgpy-wgpy",
+            f"{args.reference},{args.config}",
             "--tests",
             args.tests,
             "--out",
@@ -76,12 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--reference", default="go-go", help="the wireguard-go configuration beside wgpy-wgpy (go-go, trixie-trixie)"
     )
     parser.add_argument("--trixie-wireguard-go", type=Path, help="passed on to e2e.py (trixie's binary)")
+    parser.add_argument(
+        "--config", default="wgpy-wgpy", help="the wgpy configuration of e2e.py to compare (wgpy-wgpy, wgpym-wgpym)"
+    )
     args = parser.parse_args(argv)
     tests = args.tests.split(",")
     variants = [parse_variant(v) for v in args.variant]
     rows: dict[str, dict[str, list[tuple[float, float, float, float, float]]]] = {v[0]: {} for v in variants}
     lines = [
-        f"engine_ab {args.variant}: {args.rounds} rounds of {args.seconds} s, tests {args.tests}, "
+        f"engine_ab {args.variant}: {args.rounds} rounds of {args.seconds} s, {args.config}, tests {args.tests}, "
         f"reference ('go' below) {args.reference}",
         machineinfo.one_line(),
     ]
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             after = os.getloadavg()[0]
             for test in tests:
                 go = report["results"][args.reference]["median"][test]
-                py = report["results"]["wgpy-wgpy"]["median"][test]
+                py = report["results"][args.config]["median"][test]
                 key = "mbit_per_second" if test.startswith("tcp") else "packets_per_second"
                 go_value, py_value = float(go[key]), float(py[key])
                 cpu = float(py["cpu_seconds_per_gb"])
