@@ -47,7 +47,7 @@ from .constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT, REPL
 from .cookie import CookieChecker, MacState
 from .errors import DropReason
 from .events import Endpoint, EndpointChanged, HandshakeCompleted
-from .keypair import NONCE, TRANSPORT_OVERHEAD, Keypair
+from .keypair import NONCE, TRANSPORT_OVERHEAD, Keypair, aead_rows
 from .messages import (
     MESSAGE_COOKIE_REPLY_SIZE,
     MESSAGE_INITIATION_SIZE,
@@ -449,19 +449,12 @@ class Receiver(Sender):
         size = segment - TRANSPORT_OVERHEAD
         out = bytearray(rows * size)
         target = memoryview(out)
-        decrypt_into = keypair.recv_aead.decrypt_into
-        nonce = NONCE.pack
-        start = MESSAGE_TRANSPORT_HEADER_SIZE
         sealed = segment - MESSAGE_TRANSPORT_HEADER_SIZE  # ciphertext and tag
-        at = 0
-        good = 0
-        try:
-            for counter in range(first, first + rows):
-                decrypt_into(nonce(counter), source[start : start + sealed], None, target[at : at + size])
-                good += 1
-                start += segment
-                at += size
-        except crypto.InvalidTag:
+        end = rows * segment
+        messages = [source[at : at + sealed] for at in range(MESSAGE_TRANSPORT_HEADER_SIZE, end, segment)]
+        plaintexts = [target[at : at + size] for at in range(0, rows * size, size)]
+        good = aead_rows(keypair.recv_aead.decrypt_into, first, messages, plaintexts)
+        if good < rows:
             return out, good, None
         inner = uniform_source(out, rows, size)
         if inner is None or self.allowed_ips.lookup(inner[0]) is not peer:

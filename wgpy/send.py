@@ -26,6 +26,8 @@ message is appended to the device's outputs.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from . import crypto, ip, noise
 from .constants import REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
 from .errors import DropReason
 from .events import Endpoint, Event
-from .keypair import MESSAGE_PADDING_MULTIPLE, NONCE, TRANSPORT_OVERHEAD, Keypair, padded_length, seal_run
+from .keypair import MESSAGE_PADDING_MULTIPLE, NONCE, TRANSPORT_OVERHEAD, Keypair, aead_rows, padded_length, seal_run
 from .messages import MESSAGE_TRANSPORT_HEADER_SIZE, TRANSPORT_HEADER, MessageType
 from .noise import HandshakeRejected
 from .packetrun import PacketRun, uniform_destination
@@ -112,29 +114,31 @@ class SealJob:
         return sizes
 
     def _run_into_from_run(self, buffer: bytearray, run: PacketRun) -> list[int]:
-        """``run_into`` for plaintexts that are a ``PacketRun``: every message but the last has one size."""
+        """``run_into`` for plaintexts that are a ``PacketRun``: every message but the last has one size, so the
+        headers are packed and the plaintexts sealed by C-driven loops over precomputed slices (``aead_rows``)."""
         view = memoryview(buffer)
         source = memoryview(run.buffer)
-        encrypt_into = self.aead.encrypt_into
-        pack_header = TRANSPORT_HEADER.pack_into
-        nonce = NONCE.pack
-        remote_index = self.remote_index
-        stride, size = run.stride, run.size
+        count, stride, size, last_size = run.packets_in, run.stride, run.size, run.last_size
         sealed = size + TRANSPORT_OVERHEAD
-        last = run.packets_in - 1
-        at = start = 0
-        counter = self.first_counter
-        for _ in range(last):
-            pack_header(buffer, at, _TRANSPORT_TYPE, remote_index, counter)
-            encrypt_into(nonce(counter), source[start : start + size], None, view[at + 16 : at + sealed])
-            counter += 1
-            at += sealed
-            start += stride
-        last_sealed = run.last_size + TRANSPORT_OVERHEAD
-        pack_header(buffer, at, _TRANSPORT_TYPE, remote_index, counter)
-        encrypt_into(nonce(counter), source[start : start + run.last_size], None, view[at + 16 : at + last_sealed])
-        sizes = [sealed] * last
-        sizes.append(last_sealed)
+        end = (count - 1) * sealed  # where the last message starts
+        first = self.first_counter
+        headers = map(
+            TRANSPORT_HEADER.pack_into,
+            itertools.repeat(buffer),
+            range(0, end + 1, sealed),
+            itertools.repeat(_TRANSPORT_TYPE),
+            itertools.repeat(self.remote_index),
+            range(first, first + count),
+        )
+        collections.deque(headers, maxlen=0)
+        plaintexts = [source[at : at + size] for at in range(0, (count - 1) * stride, stride)]
+        plaintexts.append(source[(count - 1) * stride : (count - 1) * stride + last_size])
+        ciphertext = size + TRANSPORT_OVERHEAD - MESSAGE_TRANSPORT_HEADER_SIZE  # and its tag
+        bodies = [view[at : at + ciphertext] for at in range(MESSAGE_TRANSPORT_HEADER_SIZE, end, sealed)]
+        bodies.append(view[end + MESSAGE_TRANSPORT_HEADER_SIZE : end + last_size + TRANSPORT_OVERHEAD])
+        aead_rows(self.aead.encrypt_into, first, plaintexts, bodies)
+        sizes = [sealed] * (count - 1)
+        sizes.append(last_size + TRANSPORT_OVERHEAD)
         return sizes
 
 

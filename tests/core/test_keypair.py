@@ -15,12 +15,13 @@ from __future__ import annotations
 import struct
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wgpy import crypto
 from wgpy.constants import REJECT_AFTER_MESSAGES
-from wgpy.keypair import MESSAGE_PADDING_MULTIPLE, Keypair, Keypairs, padded_length, seal_run
+from wgpy.keypair import MESSAGE_PADDING_MULTIPLE, Keypair, Keypairs, aead_rows, padded_length, seal_run
 from wgpy.messages import MessageType, Transport, unpack
 
 KEY_A = bytes(range(32))
@@ -418,3 +419,29 @@ def test_rotation_invariants(ops: list[str]) -> None:
         assert all(not k.valid for k in retired)
         if keypairs.current is not None:
             assert id(keypairs.current) in confirmed
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 50), size=st.integers(0, 300), first=st.integers(0, 2**64 - 51), bad=st.integers(-1, 49))
+def test_aead_rows_seals_and_opens_each_row_under_its_counter_and_stops_at_the_first_bad_tag(
+    rows: int, size: int, first: int, bad: int
+) -> None:
+    """Checked against ``cryptography``'s one-shot ``encrypt`` with the whitepaper's nonce (§5.4.6: four zero bytes,
+    then the counter little-endian), row by row."""
+    key = bytes(range(32))
+    aead = ChaCha20Poly1305(key)
+    plaintexts = bytearray(bytes((i * 31 + 7) & 0xFF for i in range(rows * size)))
+    sealed = bytearray(rows * (size + 16))
+    sources = [memoryview(plaintexts)[i * size : (i + 1) * size] for i in range(rows)]
+    targets = [memoryview(sealed)[i * (size + 16) : (i + 1) * (size + 16)] for i in range(rows)]
+    assert aead_rows(aead.encrypt_into, first, sources, targets) == rows
+    for i in range(rows):
+        nonce = bytes(4) + (first + i).to_bytes(8, "little")
+        assert bytes(targets[i]) == aead.encrypt(nonce, bytes(sources[i]), None)
+    if 0 <= bad < rows:
+        targets[bad][-1] ^= 1  # the tag of one row
+    opened = bytearray(rows * size)
+    outs = [memoryview(opened)[i * size : (i + 1) * size] for i in range(rows)]
+    good = aead_rows(aead.decrypt_into, first, targets, outs)
+    assert good == (bad if 0 <= bad < rows else rows)
+    assert opened[: good * size] == plaintexts[: good * size]
