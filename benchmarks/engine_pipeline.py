@@ -16,6 +16,11 @@ drifting hits both alike, and reports the medians of the slices:
   ``send_packets``; cut by ``handle_virtio_read`` (a ``bytes`` object per segment) through ``send_packets``; cut by
   ``handle_virtio_read_run`` into one buffer through ``send_run``. All three seal in place and send as above.
 - ``receive``: 64 transport messages through ``receive_datagram`` one by one against one ``receive_datagrams``.
+- ``mesh``: the same TSO read with A's mesh ACL filter (``wgpy.mesh.PacketFilter``, the flow established), as one
+  run through ``send_run`` (one ``check_outbound_run``) against its segments through ``send_packets`` (one
+  ``check_outbound`` each, what mesh mode did before runs passed the filter); and a GRO read of 44 messages of that
+  flow into B with B's filter, through ``receive_gro`` and ``packet_items_to_tun`` (one ``check_inbound_run``, the
+  run handed on whole) against ``receive_datagrams`` (a ``check_inbound`` per packet).
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ import bench_transport
 import machineinfo
 
 from tun.offload import handle_virtio_read, handle_virtio_read_run
+from wgpy.device import Device
 from wgpy.drivers.asyncio_udp import _SealInPlace
 from wgpy.drivers.udp import UdpSocket
 from wgpy.events import Endpoint
+from wgpy.mesh import PacketFilter, parse_network_map
 from wgpy.packetrun import PacketRun
 from wgpy.transmit import drain
 
@@ -198,14 +205,108 @@ def bench_receive(slices: int) -> str:
     )
 
 
+def _mesh_filter(a: Device, b: Device) -> PacketFilter:
+    """A filter with a map of A and B in which A may open TCP flows to B on any port."""
+    keys = {}
+    for device in (a, b):
+        assert device.public_key is not None
+        keys[device] = device.public_key.to_base64()
+    peers = [
+        {"public_key": keys[device], "allowed_ips": [f"{address}/32"], "endpoint": None,
+         "groups": [group], "relay": False}
+        for device, address, group in ((a, "10.0.0.1", "a"), (b, "10.0.0.2", "b"))
+    ]  # fmt: skip
+    rule = {"name": "a-b", "src_groups": ["a"], "dst_groups": ["b"], "protocol": "tcp", "ports": [], "action": "accept"}
+    packet_filter = PacketFilter()
+    packet_filter.load(
+        parse_network_map(
+            {"version": 1, "serial": 1, "issued_at": 0, "expires_at": 2**40, "peers": peers, "acl": [rule]}
+        )
+    )
+    return packet_filter
+
+
+def bench_mesh(slices: int) -> str:
+    session = bench_transport.make_session()
+    a, b = session.a, session.b
+    a.seal_offload = True
+    receiver, udp = _loopback()
+    (peer,) = a.peers.values()
+    peer.endpoint = receiver.getsockname()
+    tunnel: Any = _Sockets(udp)
+    in_place = _SealInPlace(tunnel)
+    record = tso_record(44)
+    now = bench_transport.NOW
+    a_filter, b_filter = _mesh_filter(a, b), _mesh_filter(a, b)
+    a.packet_filter, b.packet_filter = a_filter, b_filter
+    segments = handle_virtio_read(record)
+    a.send_packets(segments[:1], now)  # A's filter tracks the flow from its first packet
+    drain(a, tunnel, None, in_place)
+
+    def send_packets() -> None:
+        a.send_packets(handle_virtio_read(record), now)
+        drain(a, tunnel, None, in_place)
+
+    def send_run() -> None:
+        split = handle_virtio_read_run(record)
+        assert isinstance(split, tuple)
+        a.send_run(PacketRun(*split, zero_padded=True), now)
+        drain(a, tunnel, None, in_place)
+
+    try:
+        sent = measure({"packets": send_packets, "run": send_run}, slices, lambda: _drain_socket(receiver))
+    finally:
+        receiver.close()
+        udp.close()
+    assert not a.stats.drops, a.stats.drops
+
+    # B's reads: A's segments sealed in place (one keypair, counters in order), the inner packets those of the flow.
+    a.seal_offload = False
+    reads: list[tuple[bytes, int]] = []
+    for _ in range(2 * slices * CALLS_PER_SLICE + 2):
+        a.send_packets(segments, now)
+        datagrams = [data for data, _ in a.datagrams_to_send()]
+        reads.append((b"".join(datagrams), len(datagrams[0])))
+    b.receive_datagrams([(reads[0][0][: reads[0][1]], bench_transport.ENDPOINT_A)], now)  # B's filter: the flow
+    b.packet_items_to_tun()
+    feed = iter(reads[1:])
+
+    def receive_datagrams() -> None:
+        data, segment = next(feed)
+        b.receive_datagrams(
+            [(data[i : i + segment], bench_transport.ENDPOINT_A) for i in range(0, len(data), segment)], now
+        )
+        b.packet_items_to_tun()
+
+    def receive_gro() -> None:
+        data, segment = next(feed)
+        b.receive_gro(data, segment, bench_transport.ENDPOINT_A, now)
+        b.packet_items_to_tun()
+
+    received = measure({"datagrams": receive_datagrams, "gro": receive_gro}, slices, lambda: None)
+    assert not b.stats.drops, b.stats.drops
+    per_send = {name: value / 44 * 1e6 for name, value in sent.items()}
+    per_receive = {name: value / 44 * 1e6 for name, value in received.items()}
+    return (
+        f"mesh (ACL filter, established flow), 44 x 1368 B: send_packets {per_send['packets']:.3f} us/segment, "
+        f"send_run {per_send['run']:.3f} ({per_send['run'] / per_send['packets']:.3f}x); receive_datagrams "
+        f"{per_receive['datagrams']:.3f} us/packet, receive_gro {per_receive['gro']:.3f} "
+        f"({per_receive['gro'] / per_receive['datagrams']:.3f}x); filter hits A {a_filter.stats.conntrack_hits}"
+        f", B {b_filter.stats.conntrack_hits}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--slices", type=int, default=40)
     parser.add_argument("--out", type=Path, help="append the report to this text file")
+    parser.add_argument("--only", help="run only these cases, comma-separated (send, tso, receive, mesh)")
     args = parser.parse_args(argv)
+    benches = {"send": bench_send, "tso": bench_tso, "receive": bench_receive, "mesh": bench_mesh}
+    wanted = args.only.split(",") if args.only else list(benches)
     lines = [f"engine_pipeline, medians of {args.slices} slices: {machineinfo.one_line()}"]
     print(lines[0], flush=True)
-    for bench in (bench_send, bench_tso, bench_receive):
+    for bench in (benches[name] for name in wanted):
         lines.append(bench(args.slices))
         print(lines[-1], flush=True)
     lines.append(f"load after {os.getloadavg()[0]:.2f}")
