@@ -594,8 +594,14 @@ class Tunnel:
             self.tun_errors += 1
 
     def _arm_timer(self) -> None:
+        """Have ``_on_timer`` called by the device's next deadline. A timer armed for an earlier time is left as it
+        is: it wakes the device early, which finds nothing due and re-arms (``flush``). Under traffic the deadline
+        moves later on nearly every read (a send arms the new-handshake timer that the next received ACK disarmed),
+        and cancelling and making an asyncio timer for each of them cost more than one early wake-up in ten seconds.
+        """
         deadline = self.device.get_timer()
-        if deadline == self._timer_at or self._loop is None:
+        armed = self._timer_at
+        if deadline == armed or self._loop is None or (deadline is not None and armed is not None and armed < deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
