@@ -42,6 +42,9 @@ RECEIVE_SIZE: Final = 65535
 _SEGMENT_SIZE: Final = struct.Struct("=H")
 _GRO_SIZE: Final = struct.Struct("=i")  # the kernel reports the segment size of a GRO buffer as an int
 _CMSG_SPACE: Final = socket.CMSG_SPACE(_GRO_SIZE.size) if hasattr(socket, "CMSG_SPACE") else 0
+# As a plain int: ``socket.MSG_TRUNC`` is an ``enum.IntFlag`` member, and ``int & IntFlag`` runs the enum's Python
+# ``__rand__`` (about 1.2 us a read here, against 55 ns for two ints).
+_MSG_TRUNC: Final = int(socket.MSG_TRUNC)
 
 
 def _size_buffers(sock: socket.socket, receive_buffer: int) -> None:
@@ -127,7 +130,7 @@ class UdpSocket:
             except OSError as exc:
                 logger.debug("UDP receive error: %s", exc)
                 continue
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 self.receive_errors += 1  # longer than any datagram WireGuard sends: nothing of it is usable
                 continue
             segment = 0
