@@ -12,6 +12,9 @@ only the driver differs. Both variants alternate slice by slice; each number is 
   returns for a 44-segment TSO read at MTU 1420) sent to a loopback UDP socket, by the old and the new
   ``UdpSocket`` (one GSO ``sendmsg`` each: most of it is the system call); then to a socket that does nothing
   (``_NullSocket``), which leaves the Python alone.
+- ``receive_runs``: one UDP GRO read of such a run (``recvmsg`` with its ``UDP_GRO`` segment size) by the old
+  and the new ``UdpSocket``, from loopback (both sockets filled between slices), then from a stand-in socket that
+  gives the same read every time (the Python alone).
 - ``read pair``: what a sending daemon's loop does per TSO read under bulk TCP, through a real ``Tunnel``: an ACK
   arrives (``receive_datagrams`` of one transport message from the peer, then ``Tunnel.flush``) and a 44-segment
   TSO read is sent (``Tunnel._on_tun_readable`` on a TUN device that returns one ``read_run`` record, then
@@ -36,6 +39,7 @@ import importlib.util
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -116,6 +120,25 @@ def _sender(null: bool) -> Any:
     return sock
 
 
+class _GroReads:
+    """A socket stand-in for ``receive_runs``: every ``recvmsg`` is the same GRO read of a 44-message run."""
+
+    def __init__(self, data: bytes, segment: int) -> None:
+        self.read = (data, [(new_udp.SOL_UDP, new_udp.UDP_GRO, new_udp._GRO_SIZE.pack(segment))], 0, ("127.0.0.1", 9))
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def recvmsg(self, size: int, ancillary_size: int) -> tuple[bytes, list[tuple[int, int, bytes]], int, Endpoint]:
+        return self.read
+
+
 class _RunTun:
     """A TUN device whose next ``read_run`` is one TSO record (``pending``), then ``BlockingIOError``."""
 
@@ -161,6 +184,53 @@ def bench_send_contiguous(base_udp: ModuleType, slices: int, null: bool) -> str:
         f"send_contiguous {SEGMENTS} x {SEALED} B to {'a null socket' if null else 'loopback'}: old {result['old'] * 1e6:.2f} us, new "
         f"{result['new'] * 1e6:.2f} us per run (new/old {result['new'] / result['old']:.3f}, "
         f"{(result['old'] - result['new']) * 1e6:.2f} us less per run); send errors {old.send_errors + new.send_errors}"
+    )
+
+
+def bench_receive_runs(base_udp: ModuleType, slices: int, null: bool) -> str:
+    """One GRO read of a 44-message run by the old and the new ``receive_runs`` (limit 44: one ``recvmsg``)."""
+    data = os.urandom(sum(RUN_SIZES))
+    sender = new_udp.UdpSocket(_sender(False))
+    receivers: dict[str, Any] = {}
+    for name, module in (("old", base_udp), ("new", new_udp)):
+        if null:
+            receivers[name] = module.UdpSocket(_GroReads(data, SEALED))
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            receivers[name] = module.UdpSocket(sock)
+    if not all(udp.gro for udp in receivers.values()):
+        return "receive_runs: no UDP GRO on this kernel"
+    buffer = bytearray(data)
+    got: dict[str, list[int]] = {"old": [], "new": []}
+
+    def between() -> None:
+        if null:
+            return
+        for udp in receivers.values():
+            while udp.receive_runs(64):
+                pass
+            for _ in range(engine_pipeline.CALLS_PER_SLICE):
+                sender.send_contiguous(buffer, RUN_SIZES, udp.sock.getsockname())
+        time.sleep(0.005)  # loopback delivers in softirq: let every run land before the slice
+
+    def reader(name: str) -> Callable[[], None]:
+        udp = receivers[name]
+        counts = got[name]
+        return lambda: counts.append(len(udp.receive_runs(SEGMENTS)))
+
+    try:
+        result = engine_pipeline.measure({name: reader(name) for name in receivers}, slices, between)
+    finally:
+        sender.close()
+        for udp in receivers.values():
+            udp.close()
+    if not all(count == 1 for counts in got.values() for count in counts):
+        return "receive_runs: some timed calls did not read exactly one run (the receive buffer overflowed?)"
+    return (
+        f"receive_runs of one {SEGMENTS}-message GRO read from {'a stand-in socket' if null else 'loopback'}: old "
+        f"{result['old'] * 1e6:.2f} us, new {result['new'] * 1e6:.2f} us (new/old {result['new'] / result['old']:.3f}, "
+        f"{(result['old'] - result['new']) * 1e6:.2f} us less per read)"
     )
 
 
@@ -293,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(lines[0], flush=True)
     for null in (False, True):
         lines.append(bench_send_contiguous(base_udp, args.slices, null))
+        print(lines[-1], flush=True)
+    for null in (False, True):
+        lines.append(bench_receive_runs(base_udp, args.slices, null))
         print(lines[-1], flush=True)
     for null in (False, True):
         lines.append(bench_read_pair(base_asyncio_udp, base_udp, args.slices, null))
