@@ -15,6 +15,9 @@ only the driver differs. Both variants alternate slice by slice; each number is 
 - ``receive_runs``: one UDP GRO read of such a run (``recvmsg`` with its ``UDP_GRO`` segment size) by the old
   and the new ``UdpSocket``, from loopback (both sockets filled between slices), then from a stand-in socket that
   gives the same read every time (the Python alone).
+- ``header test``: the test of whether such a GRO read goes whole to ``Device.receive_gro`` (all its datagrams
+  begin with one transport header): e402d1c's, copied here (it was inline in ``_on_socket_readable``), against
+  ``one_transport_header``.
 - ``read pair``: what a sending daemon's loop does per TSO read under bulk TCP, through a real ``Tunnel``: an ACK
   arrives (``receive_datagrams`` of one transport message from the peer, then ``Tunnel.flush``) and a 44-segment
   TSO read is sent (``Tunnel._on_tun_readable`` on a TUN device that returns one ``read_run`` record, then
@@ -234,6 +237,41 @@ def bench_receive_runs(base_udp: ModuleType, slices: int, null: bool) -> str:
     )
 
 
+def _old_header_check(data: bytes, segment: int) -> bool:
+    """``Tunnel._on_socket_readable``'s test at e402d1c (inline there) of whether a GRO read goes whole to
+    ``receive_gro``: eight strided byte columns."""
+    full = len(data) - len(data) % segment
+    head = data[:8]
+    return (
+        head[:1] == b"\x04"
+        and all(data[j:full:segment] == head[j : j + 1] * (full // segment) for j in range(8))
+        and (full == len(data) or data[full : full + 8] == head)
+    )
+
+
+def bench_header_check(slices: int) -> str:
+    """The GRO read's header test on a 44-message run of one receiver index: e402d1c's against
+    ``one_transport_header``, 20 tests per call."""
+    head = b"\x04\x00\x00\x00\x11\x22\x33\x44"
+    data = b"".join(head + os.urandom(size - 8) for size in RUN_SIZES)
+    assert _old_header_check(data, SEALED) and new_asyncio_udp.one_transport_header(data, SEALED)
+
+    def repeated(check: Callable[[bytes, int], bool]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(20):
+                check(data, SEALED)
+
+        return run
+
+    variants = {"old": repeated(_old_header_check), "new": repeated(new_asyncio_udp.one_transport_header)}
+    result = engine_pipeline.measure(variants, slices, lambda: None)
+    old, new = result["old"] / 20, result["new"] / 20
+    return (
+        f"GRO read header test, {SEGMENTS} x {SEALED} B: old {old * 1e6:.2f} us, new {new * 1e6:.2f} us per read "
+        f"(new/old {new / old:.3f})"
+    )
+
+
 class _Daemon:
     """The sending daemon's engine, shared by every variant: one session, its ACKs to receive in order, one TSO
     record, one seal buffer and one receiving socket (so that no variant gets a device, buffer or key of its own)."""
@@ -367,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for null in (False, True):
         lines.append(bench_receive_runs(base_udp, args.slices, null))
         print(lines[-1], flush=True)
+    lines.append(bench_header_check(args.slices))
+    print(lines[-1], flush=True)
     for null in (False, True):
         lines.append(bench_read_pair(base_asyncio_udp, base_udp, args.slices, null))
         print(lines[-1], flush=True)
