@@ -105,6 +105,37 @@ def test_without_gro_each_read_is_one_datagram() -> None:
         b.close()
 
 
+class _TruncatingSocket:
+    """A socket stand-in for ``receive_runs``: its ``recvmsg`` gives the reads it holds, with their flags, then
+    ``BlockingIOError``."""
+
+    def __init__(self, reads: list[tuple[bytes, int]]) -> None:
+        self.reads = reads
+
+    def recvmsg(self, size: int, ancillary_size: int) -> tuple[bytes, list[tuple[int, int, bytes]], int, Endpoint]:
+        if not self.reads:
+            raise BlockingIOError
+        data, flags = self.reads.pop(0)
+        return data, [], flags, ("127.0.0.1", 40001)
+
+
+def test_a_truncated_read_is_counted_and_dropped() -> None:
+    """A read the kernel flags ``MSG_TRUNC`` is a receive error, and the reads around it come through."""
+    udp = UdpSocket(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    real = udp.sock
+    try:
+        if not udp.gro:
+            pytest.skip("this kernel offers no UDP GRO (needs Linux 5.0+)")
+        udp.sock = _TruncatingSocket(  # type: ignore[assignment]
+            [(b"first", 0), (b"cut short", int(socket.MSG_TRUNC)), (b"last", int(socket.MSG_CTRUNC))]
+        )
+        runs = udp.receive_runs(64)
+        assert [data for data, _, _ in runs] == [b"first", b"last"] and udp.receive_errors == 1
+    finally:
+        udp.sock = real
+        udp.close()
+
+
 # --- the tunnel's dispatch ---------------------------------------------------------------------------------------
 
 SENDER: Endpoint = ("127.0.0.1", 40000)

@@ -62,7 +62,7 @@ from .steering import SourceAdmission, SteeringUnavailable, bind_steered
 from .udp import GSO_MAX_BYTES, UdpSocket
 from .worker import DataPlaneWorker, WorkerError, split_jobs
 
-__all__ = ["NatHook", "Tunnel"]
+__all__ = ["NatHook", "Tunnel", "one_transport_header"]
 
 logger = logging.getLogger("wgpy")
 
@@ -111,6 +111,28 @@ def _bind(family: socket.AddressFamily, port: int, fwmark: int = 0) -> socket.so
         sock.close()
         raise
     return sock
+
+
+def one_transport_header(data: bytes, segment: int) -> bool:
+    """Whether every datagram ``data[i : i + segment]`` of a GRO read begins with the first one's 8 bytes and that
+    is a transport message's type (the shorter last one too, with 8 bytes at least). With ``segment`` a multiple
+    of 4 (a 1452-byte message at MTU 1420, every padded one) the heads are read as two strided columns of 32-bit
+    words, one ``bytes`` each; otherwise as eight strided byte columns (``_one_header_bytewise``)."""
+    full = len(data) - len(data) % segment  # the bytes of the full-size datagrams
+    head = data[:8]
+    if head[:1] != b"\x04" or (full != len(data) and data[full : full + 8] != head):
+        return False
+    if segment % 4:
+        return _one_header_bytewise(data, segment, full, head)
+    words = memoryview(data)[:full].cast("I")
+    step = segment // 4
+    rows = full // segment
+    return bytes(words[::step]) == head[:4] * rows and bytes(words[1::step]) == head[4:] * rows
+
+
+def _one_header_bytewise(data: bytes, segment: int, full: int, head: bytes) -> bool:
+    rows = full // segment
+    return all(data[j:full:segment] == head[j : j + 1] * rows for j in range(8))
 
 
 class Tunnel:
@@ -419,13 +441,7 @@ class Tunnel:
                 datagrams = [data]
             else:
                 start = 0
-                full = len(data) - len(data) % segment  # the bytes of the full-size datagrams
-                head = data[:8]
-                if (
-                    head[:1] == b"\x04"
-                    and all(data[j:full:segment] == head[j : j + 1] * (full // segment) for j in range(8))
-                    and (full == len(data) or data[full : full + 8] == head)
-                ):
+                if one_transport_header(data, segment):
                     if nat is None or not nat.datagram_received(data[:segment], address):
                         if batch:
                             device.receive_datagrams(batch, now, wall)
@@ -594,8 +610,14 @@ class Tunnel:
             self.tun_errors += 1
 
     def _arm_timer(self) -> None:
+        """Have ``_on_timer`` called by the device's next deadline. A timer armed for an earlier time is left as it
+        is: it wakes the device early, which finds nothing due and re-arms (``flush``). Under traffic the deadline
+        moves later on nearly every read (a send arms the new-handshake timer that the next received ACK disarmed),
+        and cancelling and making an asyncio timer for each of them cost more than one early wake-up in ten seconds.
+        """
         deadline = self.device.get_timer()
-        if deadline == self._timer_at or self._loop is None:
+        armed = self._timer_at
+        if deadline == armed or self._loop is None or (deadline is not None and armed is not None and armed < deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
