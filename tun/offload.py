@@ -326,21 +326,28 @@ def _check_gso_headers(packet: bytes | memoryview, hdr: VirtioNetHdr, version: i
     return ip_len
 
 
-def _tcp_gso_headers(
-    packet: bytes | memoryview, hdr: VirtioNetHdr, version: int
-) -> tuple[int, int, int, bytes, int, int, int]:
-    """Validate a TCP GSO super-packet's headers; return what both splits start from: the IP header length, the
-    TCP header length, both together, the headers, the TCP flags and seq, and everything of a segment's TCP
-    checksum equation except its payload, seq and flags (the pseudo-header of a full-size segment and the header
-    words that every segment copies)."""
+def _tcp_gso_layout(packet: bytes | memoryview, hdr: VirtioNetHdr, version: int) -> tuple[int, int, int]:
+    """Validate a TCP GSO super-packet's headers (``_check_gso_headers`` and the TCP header); return the IP header
+    length, the TCP header length and both together."""
     ip_len = _check_gso_headers(packet, hdr, version, IPPROTO_TCP)
     size = len(packet)
-    if hdr.csum_offset != _TCP_CSUM_OFFSET or size < ip_len + 20:
+    if hdr[5] != _TCP_CSUM_OFFSET or size < ip_len + 20:
         raise OffloadError("TCP GSO packet: bad csum_offset or no room for a TCP header")
     tcp_len = (packet[ip_len + 12] >> 4) * 4
     hdr_len = ip_len + tcp_len
     if tcp_len < 20 or hdr_len >= size:
         raise OffloadError(f"TCP GSO packet: data offset {tcp_len} leaves no payload in {size} bytes")
+    return ip_len, tcp_len, hdr_len
+
+
+def _tcp_gso_headers(
+    packet: bytes | memoryview, hdr: VirtioNetHdr, version: int
+) -> tuple[int, int, int, bytes, int, int, int]:
+    """Validate a TCP GSO super-packet's headers (``_tcp_gso_layout``); return what ``_split_tcp`` starts from: the
+    IP header length, the TCP header length, both together, the headers, the TCP flags and seq, and everything of a
+    segment's TCP checksum equation except its payload, seq and flags (the pseudo-header of a full-size segment and
+    the header words that every segment copies)."""
+    ip_len, tcp_len, hdr_len = _tcp_gso_layout(packet, hdr, version)
     headers = bytes(packet[:hdr_len])
     flags = headers[ip_len + 13]
     (seq,) = _SEQ.unpack_from(headers, ip_len + 4)
@@ -486,99 +493,143 @@ _RUN_STRIDE_MULTIPLE: Final = 16  # a segment's slot: its length rounded up to t
 
 def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) -> SplitRun | None:
     """``gso_split`` of a TCP super-packet into one zero-filled buffer at a fixed stride, without a Python object
-    per segment; ``None`` when this shape is not handled here (no numpy, UDP_L4, an odd ``gso_size``): the caller
-    then uses ``gso_split``. The segments are byte for byte those of ``gso_split`` (the tests compare them).
+    per segment; ``None`` when this shape is not handled here (no numpy, UDP_L4, an odd ``gso_size``, headers not
+    a multiple of 4 bytes): the caller then uses ``gso_split``. The segments are byte for byte those of
+    ``gso_split`` (the tests compare them).
 
     The stride is the full segment length rounded up to 16, so that each segment followed by its zeros is already
-    its WireGuard-padded plaintext. Every segment's headers are one broadcast copy of the super-packet's; the
-    fields that differ (TCP seq and flags and checksum, IPv4 total length, id and header checksum, IPv6 payload
-    length) are computed for all rows at once as numpy arrays and written as big-endian columns; the payload sums
-    are one row sum, as in ``gso_split``.
+    its WireGuard-padded plaintext. Every segment's headers are one broadcast copy of a template: the super-packet's
+    headers with a middle segment's flags and lengths, and in the TCP checksum field the pseudo-header sum of a
+    full segment. The fields that differ per row (TCP seq, IPv4 id and header checksum) are written as big-endian
+    columns computed for all rows at once, the first and last row's flags and lengths are patched, and then one
+    row sum over each row's TCP header and payload, read in place as native 16-bit words, is all its checksum
+    needs (``_split_layout`` says why the negated sum, written in native order, is the checksum).
 
     Raises:
         OffloadError: as ``gso_split`` (a malformed super-packet).
     """
     np = _np
-    gso_type = hdr.gso_type & ~VIRTIO_NET_HDR_GSO_ECN
-    if np is None or gso_type not in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6) or hdr.gso_size & 1:
+    gso_type = hdr[1] & ~VIRTIO_NET_HDR_GSO_ECN
+    gso_size = hdr[3]
+    if np is None or gso_size & 1:
         return None
-    version = 4 if gso_type == VIRTIO_NET_HDR_GSO_TCPV4 else 6
+    if gso_type == VIRTIO_NET_HDR_GSO_TCPV4:
+        version = 4
+    elif gso_type == VIRTIO_NET_HDR_GSO_TCPV6:
+        version = 6
+    else:
+        return None
     packet = memoryview(packet)  # read in place: the payloads are copied once, into the rows
-    ip_len, _tcp_len, hdr_len, headers, flags, seq0, tcp_fixed = _tcp_gso_headers(packet, hdr, version)
-    size = len(packet)
-    if hdr_len & 1:  # odd IPv4 options cannot happen (IHL counts words); keep the row sums on word boundaries
+    ip_len, tcp_len, hdr_len = _tcp_gso_layout(packet, hdr, version)
+    if hdr_len & 3:  # IPv4 and TCP headers are whole words: only a strange IPv6 csum_start
         return None
-    gso_size = hdr.gso_size
-    payload_total = size - hdr_len
-    count = -(-payload_total // gso_size)
-    full = payload_total // gso_size  # segments of exactly gso_size bytes of payload
-    last_payload = payload_total - (count - 1) * gso_size
+    payload_total = len(packet) - hdr_len
+    full, rest = divmod(payload_total, gso_size)  # ``full`` segments of exactly gso_size bytes of payload
+    count = full + (rest > 0)
+    last_payload = rest or gso_size
     seg_size = hdr_len + gso_size
-    stride = -(-seg_size // _RUN_STRIDE_MULTIPLE) * _RUN_STRIDE_MULTIPLE
-    buffer = bytearray(count * stride)
-    rows = np.frombuffer(buffer, np.uint8).reshape(count, stride)
-    rows[:, :hdr_len] = np.frombuffer(headers, np.uint8)
-    source = np.frombuffer(packet, np.uint8)
-    if full:
-        rows[:full, hdr_len:seg_size] = source[hdr_len : hdr_len + full * gso_size].reshape(full, gso_size)
-    if full < count:
-        rows[count - 1, hdr_len : hdr_len + last_payload] = source[hdr_len + full * gso_size :]
-    # Payload sums (mod 0xFFFF, as big-endian word sums): one row sum over the full payloads read as native words.
-    sums = np.empty(count, np.int64)
-    if full:
-        sums[:full] = _native_row_sums(packet, hdr_len, gso_size, full)  # into int64 before the scaling
-        sums[:full] *= _NATIVE_TO_BIG
-    if full < count:
-        sums[count - 1] = _sum_mod(packet[hdr_len + full * gso_size :])
-    index = np.arange(count, dtype=np.int64)
-    seqs = (index * gso_size + seq0) & 0xFFFFFFFF
+    stride = (seg_size + _RUN_STRIDE_MULTIPLE - 1) & -_RUN_STRIDE_MULTIPLE
+    layout, payloads, seq_steps = _split_layout(version, ip_len, hdr_len, stride, gso_size, count)
+    flags = packet[ip_len + 13]
     # tcp_gso_segment: FIN and PSH only on the last segment, CWR only on the first (a single one keeps its flags).
     middle_flags = flags & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR)
-    first_flags, last_flags = (flags, flags) if count == 1 else (flags & ~(_TCP_FIN | _TCP_PSH), flags & ~_TCP_CWR)
-    columns = np.frombuffer(buffer, _split_columns(version, ip_len, stride))  # one record per segment, in place
-    columns["seq"] = seqs
-    columns["flags"] = middle_flags
-    # Every row as a middle segment first, with numbers shared by all (the TCP length, the flags, the IP total),
-    # then the first and the last row redone one by one. A seq counts as itself: 2**16 = 1 (mod 0xFFFF), so it is
-    # congruent to (seq >> 16) + (seq & 0xFFFF), the sum of its two words.
-    tcp_csums = columns["tcp_csum"]
-    tcp_csums[:] = (-(sums + seqs + (tcp_fixed + gso_size + middle_flags))) % 0xFFFF
+    # The template: a middle segment's headers, with the pseudo-header sum of a full segment in the TCP checksum.
+    head = bytearray(packet[:hdr_len])
+    head[ip_len + 13] = middle_flags
+    pseudo = IPPROTO_TCP + tcp_len
     if version == 4:
-        (ip_id0,) = _U16.unpack_from(headers, 4)
-        ip_fixed = _sum_mod(headers[:ip_len]) - int.from_bytes(headers[2:6], "big") - _U16.unpack_from(headers, 10)[0]
-        ids = (index + ip_id0) & 0xFFFF
-        columns["total"] = hdr_len + gso_size
-        columns["id"] = ids
-        columns["ip_csum"] = (-(ids + (ip_fixed + hdr_len + gso_size))) % 0xFFFF
+        head[2:4] = (seg_size).to_bytes(2, "big")
+        pseudo += int.from_bytes(packet[12:20], "big")
     else:
-        columns["total"] = hdr_len - _IPV6_HEADER_SIZE + gso_size
-    for row, row_flags in ((0, first_flags), (count - 1, last_flags)):
-        payload = gso_size if row < count - 1 else last_payload
-        columns["flags"][row] = row_flags
-        tcp_csums[row] = (-(int(sums[row]) + int(seqs[row]) + tcp_fixed + payload + row_flags)) % 0xFFFF
-        if version == 4:
-            total = hdr_len + payload
-            columns["total"][row] = total
-            columns["ip_csum"][row] = (-(ip_fixed + total + int(ids[row]))) % 0xFFFF
+        head[4:6] = (seg_size - _IPV6_HEADER_SIZE).to_bytes(2, "big")
+        pseudo += int.from_bytes(packet[8:40], "big")
+    head[ip_len + 16 : ip_len + 18] = ((pseudo + gso_size) % 0xFFFF).to_bytes(2, "big")
+    buffer = bytearray(count * stride)
+    rows = np.frombuffer(buffer, layout)  # one record per segment, in place
+    rows["head"] = np.frombuffer(head, np.uint32)
+    if full:
+        rows["payload"][:full] = np.frombuffer(packet, payloads, full, hdr_len)
+    last = (count - 1) * stride
+    if rest:
+        buffer[last + hdr_len : last + hdr_len + rest] = packet[hdr_len + full * gso_size :]
+    (seq0,) = _SEQ.unpack_from(packet, ip_len + 4)
+    rows["seq"] = np.add(seq_steps, seq0)  # uint32: wraps as a TCP seq does (native, then one byte-swapping copy)
+    if count > 1:
+        buffer[ip_len + 13] = flags & ~(_TCP_FIN | _TCP_PSH)
+        buffer[last + ip_len + 13] = flags & ~_TCP_CWR
+    else:
+        buffer[ip_len + 13] = flags
+    if rest:  # a shorter last segment: its lengths, and its pseudo-header sum with them
+        _U16.pack_into(buffer, last + ip_len + _TCP_CSUM_OFFSET, (pseudo + rest) % 0xFFFF)
+        _U16.pack_into(buffer, last + (2 if version == 4 else 4), hdr_len + rest - (0 if version == 4 else 40))
+    if version == 4:
+        # Each row's id and header checksum, as slices of two tables: the ids count up from the first (wrapping at
+        # 2**16) and each checksum is -(the header sum without id and checksum + the id) modulo 0xFFFF.
+        ids, negated = _ipv4_tables()
+        (ip_id0,) = _U16.unpack_from(head, 4)
+        ip_fixed = (int.from_bytes(head[:ip_len], "big") - ip_id0 - int.from_bytes(head[10:12], "big")) % 0xFFFF
+        rows["id"] = ids[ip_id0 : ip_id0 + count]
+        before_wrap = 0x10000 - ip_id0  # rows whose id is ip_id0 + row
+        if count <= before_wrap:
+            rows["ip_csum"] = negated[ip_fixed + ip_id0 : ip_fixed + ip_id0 + count]
         else:
-            columns["total"][row] = hdr_len - _IPV6_HEADER_SIZE + payload
+            ip_csums = rows["ip_csum"]
+            ip_csums[:before_wrap] = negated[ip_fixed + ip_id0 : ip_fixed + 0x10000]
+            ip_csums[before_wrap:] = negated[ip_fixed : ip_fixed + count - before_wrap]
+        if rest:
+            ip_last = (ip_id0 + count - 1) & 0xFFFF
+            _U16.pack_into(buffer, last + 10, (-(ip_fixed - gso_size + rest + ip_last)) % 0xFFFF)
+    sums = np.add.reduce(rows["words"], axis=1, dtype=np.uint32)
+    np.subtract(0xFFFF0000, sums, out=sums)  # a multiple of 0xFFFF above any row sum: the negated sum, unsigned
+    np.remainder(sums, 0xFFFF, out=rows["tcp_csum"])
     return buffer, count, stride, seg_size, hdr_len + last_payload
 
 
-@functools.lru_cache(maxsize=64)
-def _split_columns(version: int, ip_len: int, stride: int) -> Any:
-    """The numpy record type of one ``gso_split_into`` row: the header fields that differ between segments, as
-    big-endian numbers at their offsets (IPv4 total length, id and header checksum, or the IPv6 payload length as
-    ``total``; TCP seq, flags and checksum), ``stride`` bytes a record, so that one assignment fills a column."""
+@functools.cache
+def _ipv4_tables() -> tuple[Any, Any]:
+    """Two read-only big-endian uint16 tables of 2**17 entries for ``gso_split_into``'s IPv4 columns: ``u & 0xFFFF``
+    at ``u`` (a run of ids from any first one, wrapping), and ``-k`` modulo 0xFFFF at ``k`` (a run of header
+    checksums: ``k`` is the header sum without the checksum, below 2 * 0xFFFF + 1)."""
     np = _np
-    names = ["seq", "flags", "tcp_csum", "total"]
-    formats = [">u4", "u1", ">u2", ">u2"]
-    offsets = [ip_len + 4, ip_len + 13, ip_len + _TCP_CSUM_OFFSET, 2 if version == 4 else 4]
+    index = np.arange(0x20000, dtype=np.int64)
+    ids = (index & 0xFFFF).astype(">u2")
+    negated = ((-index) % 0xFFFF).astype(">u2")
+    ids.flags.writeable = negated.flags.writeable = False
+    return ids, negated
+
+
+@functools.lru_cache(maxsize=256)
+def _split_layout(
+    version: int, ip_len: int, hdr_len: int, stride: int, gso_size: int, count: int
+) -> tuple[Any, Any, Any]:
+    """What ``gso_split_into`` needs of a shape, made once: the numpy record type of one row, the type of one
+    payload in the super-packet, and every row's seq offset from the first (a read-only uint32 array).
+
+    A row's fields: ``head`` (the headers as 32-bit words, for the broadcast copy), ``payload``, ``seq``, ``id`` and
+    ``ip_csum`` (IPv4) as big-endian numbers, and ``words``, the TCP header and payload as native 16-bit words, whose
+    sum gives the TCP checksum: with the pseudo-header sum in the checksum field, the big-endian word sum of the
+    row is the checksum's whole sum T. On a little-endian host the native sum S is a byte swap away: 256 * S is
+    congruent to T modulo 0xFFFF, and since 256 * 256 = 1 (mod 0xFFFF), the checksum c = -T (mod 0xFFFF) read in
+    native order, which is 256 * c (mod 0xFFFF) for any c below 0xFFFF, is -S (mod 0xFFFF): so ``tcp_csum`` is a
+    native field that takes -S (mod 0xFFFF). On a big-endian host S is T and the same holds."""
+    np = _np
+    names = ["head", "payload", "words", "seq", "tcp_csum"]
+    formats: list[Any] = [
+        ("=u4", (hdr_len // 4,)),
+        ("u1", (gso_size,)),
+        ("=u2", ((hdr_len - ip_len + gso_size) // 2,)),
+        ">u4",
+        "=u2",
+    ]
+    offsets = [0, hdr_len, ip_len, ip_len + 4, ip_len + _TCP_CSUM_OFFSET]
     if version == 4:
         names += ["id", "ip_csum"]
         formats += [">u2", ">u2"]
         offsets += [4, 10]
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": stride})
+    layout = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": stride})
+    seq_steps = np.arange(0, count * gso_size, gso_size, dtype=np.uint32)
+    seq_steps.flags.writeable = False
+    return layout, np.dtype((np.uint8, (gso_size,))), seq_steps
 
 
 def handle_virtio_read_run(record: bytes | bytearray | memoryview) -> SplitRun | list[bytes]:
