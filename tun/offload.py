@@ -150,6 +150,7 @@ ZERO_VIRTIO_NET_HDR: Final = bytes(VIRTIO_NET_HDR_SIZE)  # gso_type NONE, no fla
 _VIRTIO_NET_HDR: Final = struct.Struct("=BBHHHH")  # native order: legacy TUN without TUNSETVNETLE/BE
 _U16: Final = struct.Struct("!H")
 _SEQ: Final = struct.Struct("!I")
+_NATIVE_U32: Final = struct.Struct("=I")
 
 #: Whether ``gso_split`` takes the segments' payload sums from one numpy row sum (``_payload_sums``); without
 #: numpy, reading super-packets costs more than it saves (see the module docstring) and callers keep TSO off.
@@ -964,24 +965,30 @@ def gro_run_parts(
     needs_csum: bool = False,
 ) -> list[list[bytes | memoryview]]:
     """The records of ``handle_gro_run``, each as the parts that make it, for one ``writev`` each: a glued
-    super-packet is its virtio_net_hdr and headers, then each segment's payload as a view of the buffer, so the
-    kernel gathers the payloads where they lie and nothing is copied here.
+    super-packet is its virtio_net_hdr and headers, then its full-size segments' payloads gathered into one
+    ``bytes`` (one numpy copy: cheaper than a memoryview of each payload and a writev of 45 parts), then a shorter
+    last payload as a view of the buffer.
 
     The case taken here is bulk TCP over IPv4: every packet a segment of one flow (no IP options, no fragment,
     flags ACK or ACK|PSH, consecutive sequence numbers, an even segment size, every header byte of the match
     equal), checked for all rows at once with numpy. The super-packets are cut where ``handle_gro`` cuts them
-    (after a PSH or a short segment, and before 64 KiB), each one's checksum made from its segments' own, and the
-    payloads are never copied. Anything else goes to ``handle_gro`` packet by packet (one part a record).
+    (after a PSH or a short segment, and before 64 KiB), each one's checksum made from its segments' own.
+    Anything else goes to ``handle_gro`` packet by packet (one part a record).
     """
     view = memoryview(buffer)
     bulk = _bulk_run(view, count, stride, size, last_size)
     if bulk is None:
         return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
-    hdr_len, flags, sums = bulk
+    hdr_len, flags, csum_high, csum_low = bulk
     gso_size = size - hdr_len
     last = (count - 1) * stride
     more = (MAX_PACKET_SIZE - size) // gso_size  # full segments a super-packet takes after its first (64 KiB)
     tcp_len = hdr_len - 20
+    (seq0,) = _SEQ.unpack_from(view, 24)
+    # Row i's seq is seq0 + i * gso_size modulo 2**32 (checked): from row ``wrap`` on it has wrapped, which takes
+    # 2**32 = 1 (mod 0xFFFF) off its sum.
+    wrap = -(-(0x100000000 - seq0) // gso_size)
+    gathered = count if last_size == size else count - 1  # rows whose payload is gathered with the full ones
     records: list[list[bytes | memoryview]] = []
     start = 0
     while start < count:
@@ -994,31 +1001,42 @@ def gro_run_parts(
             if pushed >= 0:
                 end = pushed + 1
         at = start * stride
-        if end - start == 1:
+        segments = end - start
+        if segments == 1:
             records.append([ZERO_VIRTIO_NET_HDR, view[at : at + (size if start < count - 1 else last_size)]])
             start = end
             continue
-        full = end - start if end < count else end - start - 1  # segments of ``size`` bytes
-        payload = full * gso_size + (last_size - hdr_len if end == count else 0)
+        payload = (end - start - 1) * gso_size + (last_size if end == count else size) - hdr_len
         psh = flags[end - 1] & _TCP_PSH
-        terms = payload + (end - start) * (tcp_len + _TCP_ACK) + psh + sums[end - 1] - (sums[start - 1] if start else 0)
-        front = _glued_front(
-            view[at : at + hdr_len], 20, hdr_len, hdr_len + payload, gso_size, psh, end - start, terms, 0, needs_csum
+        # handle_gro's checksum terms modulo 0xFFFF: payload, TCP header length, flags, seq and checksum of each.
+        terms = (
+            payload
+            + segments * (tcp_len + _TCP_ACK)
+            + psh
+            + segments * seq0
+            + gso_size * (start + end - 1) * segments // 2
+            - max(0, end - max(start, wrap))
+            + (sum(csum_high[start:end]) << 8)
+            + sum(csum_low[start:end])
         )
-        parts: list[bytes | memoryview] = [front]
-        parts += [view[row + hdr_len : row + size] for row in range(at, at + full * stride, stride)]
-        if full < end - start:
-            parts.append(view[last + hdr_len : last + last_size])
-        records.append(parts)
+        front = _bulk_front(view, at, size, hdr_len, hdr_len + payload, gso_size, psh, segments, terms, needs_csum)
+        # The full-size payloads gathered into one bytes object (one copy, which costs less than a view of each and
+        # a writev of them all), then a shorter last one as a view.
+        full = min(end, gathered) - start
+        rows = _np.ndarray((full, gso_size), _np.uint8, view, at + hdr_len, (stride, 1))
+        if full == segments:
+            records.append([front, rows.tobytes()])
+        else:
+            records.append([front, rows.tobytes(), view[last + hdr_len : last + last_size]])
         start = end
     return records
 
 
 def _bulk_run(
     view: memoryview, count: int, stride: int, size: int, last_size: int
-) -> tuple[int, bytes, list[int]] | None:
+) -> tuple[int, bytes, bytes, bytes] | None:
     """The fast path's checks of ``gro_run_parts``: ``None`` unless the run is bulk IPv4 TCP of one flow (see there);
-    else the header length, every row's TCP flags and the running sums of their seq and checksum."""
+    else the header length, and every row's TCP flags and the high and low bytes of its TCP checksum."""
     np = _np
     if (
         np is None
@@ -1044,31 +1062,82 @@ def _bulk_run(
     ):
         return None
     # Every header byte of the match equal to the first row's: the headers as 64-bit words (unaligned when the
-    # stride is not a multiple of 8, as a 1,420-byte one is: numpy reads them all the same), XOR the first, masked.
-    words, mask = _match_mask(hdr_len)
+    # stride is not a multiple of 8, as a 1,420-byte one is: numpy reads them all the same), masked, as bytes equal
+    # to the first row's repeated; and every row's seq the first one's plus its offset in the run.
+    words, mask, seq_steps = _match_plan(hdr_len, gso_size, count)
     if last + words * 8 > len(view):  # the last row's words would run past the buffer (a small last packet)
         return None
-    headers = np.ndarray((count, words), np.uint64, view, 0, (stride, 8))
+    masked = np.bitwise_and(np.ndarray((count, words), np.uint64, view, 0, (stride, 8)), mask).tobytes()
     seqs = np.ndarray((count,), ">u4", view, 24, (stride,))
-    if ((headers ^ headers[0]) & mask).any() or (np.diff(seqs) != gso_size).any():  # uint32 differences wrap
+    if (
+        masked != masked[: words * 8] * count
+        or np.subtract(seqs, seq_steps).tobytes() != _NATIVE_U32.pack(*_SEQ.unpack_from(view, 24)) * count  # wraps
+    ):
         return None
-    # A segment's checksum terms (``handle_gro``) modulo 0xFFFF, where seq counts as (seq >> 16) + (seq & 0xFFFF):
-    # its payload size, the TCP header length and flags added per super-packet (``gro_run_parts``), seq and
-    # checksum summed here.
-    sums = np.cumsum(seqs.astype(np.int64) + np.ndarray((count,), ">u2", view, 36, (stride,))).tolist()
-    return hdr_len, flags, sums
+    # Each row's checksum as its high and low bytes (summed per super-packet by ``gro_run_parts``).
+    return hdr_len, flags, bytes(view[36 : count * stride : stride]), bytes(view[37 : count * stride : stride])
 
 
-@functools.lru_cache(maxsize=16)
-def _match_mask(hdr_len: int) -> tuple[int, Any]:
-    """The 64-bit words that hold an IPv4 TCP header of ``hdr_len`` bytes, and a mask (native byte order, as the
-    words are read) that keeps the bytes of ``_RUN_EQUAL_V4`` and the urgent pointer and options."""
+@functools.lru_cache(maxsize=64)
+def _match_plan(hdr_len: int, gso_size: int, count: int) -> tuple[int, Any, Any]:
+    """The 64-bit words that hold an IPv4 TCP header of ``hdr_len`` bytes, a mask (native byte order, as the words
+    are read) that keeps the bytes of ``_RUN_EQUAL_V4`` and the urgent pointer and options, and each of ``count``
+    rows' seq offset from the first (read-only uint32)."""
     np = _np
     words = -(-hdr_len // 8)
     keep = bytearray(words * 8)
     for offset in (*_RUN_EQUAL_V4, *range(38, hdr_len)):
         keep[offset] = 0xFF
-    return words, np.frombuffer(bytes(keep), np.uint64)
+    seq_steps = np.arange(0, count * gso_size, gso_size, dtype=np.uint32)
+    seq_steps.flags.writeable = False
+    return words, np.frombuffer(bytes(keep), np.uint64), seq_steps
+
+
+def _bulk_front(
+    view: memoryview,
+    at: int,
+    size: int,
+    hdr_len: int,
+    length: int,
+    gso_size: int,
+    psh: int,
+    segments: int,
+    terms: int,
+    needs_csum: bool,
+) -> bytes:
+    """``_glued_front`` of a super-packet of ``gro_run_parts``, whose first segment is at ``at`` in ``view`` (IPv4
+    without options, flags ACK, total length ``size``, an even ``gso_size``): the same bytes, from a few integer
+    sums (``int.from_bytes`` of a header is congruent to its 16-bit word sum modulo 0xFFFF)."""
+    tcp_length = length - 20
+    front = bytearray(VIRTIO_NET_HDR_SIZE) + view[at : at + hdr_len]
+    ip_sum = int.from_bytes(view[at : at + 20], "big") - size - (view[at + 10] << 8 | view[at + 11]) + length
+    _U16.pack_into(front, VIRTIO_NET_HDR_SIZE + 2, length)
+    _U16.pack_into(front, VIRTIO_NET_HDR_SIZE + 10, (-ip_sum) % 0xFFFF)
+    flags = view[at + 33]
+    front[VIRTIO_NET_HDR_SIZE + 33] = flags | psh
+    address_sum = int.from_bytes(view[at + 12 : at + 20], "big")
+    if needs_csum:
+        _VIRTIO_NET_HDR.pack_into(
+            front, 0, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, hdr_len, gso_size, 20, _TCP_CSUM_OFFSET
+        )
+        csum = (address_sum + IPPROTO_TCP + tcp_length) % 0xFFFF or 0xFFFF
+    else:
+        # _glued_front's sum for an even gso_size: the segments' payloads sum to -(segments * shared + terms),
+        # where "shared" is the TCP header's words but seq, flags and checksum, and the pseudo-header but its
+        # length (all modulo 0xFFFF, where a seq counts as itself and a whole header as its int.from_bytes).
+        _VIRTIO_NET_HDR.pack_into(front, 0, 0, VIRTIO_NET_HDR_GSO_TCPV4, hdr_len, gso_size, 0, 0)
+        (seq,) = _SEQ.unpack_from(view, at + 24)
+        shared = (
+            address_sum
+            + IPPROTO_TCP
+            + int.from_bytes(view[at + 20 : at + hdr_len], "big")
+            - seq
+            - flags
+            - (view[at + 36] << 8 | view[at + 37])
+        )
+        csum = ((segments - 1) * shared + terms - tcp_length - seq - (flags | psh)) % 0xFFFF
+    _U16.pack_into(front, VIRTIO_NET_HDR_SIZE + 36, csum)
+    return bytes(front)
 
 
 def _gro_rows(view: memoryview, count: int, stride: int, size: int, last_size: int, needs_csum: bool) -> list[bytes]:

@@ -7,11 +7,12 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_tun_offload import ACK, CWR, FIN, PSH, TIMESTAMPS, URG, tcp_packet, tso_record
+from test_tun_offload import ACK, CWR, FIN, PSH, TIMESTAMPS, URG, VNET, tcp_packet, tso_record
 
 import tun.offload
 from tun.offload import (
     MAX_PACKET_SIZE,
+    VIRTIO_NET_HDR_GSO_TCPV6,
     VIRTIO_NET_HDR_SIZE,
     VirtioNetHdr,
     gso_split,
@@ -45,8 +46,8 @@ def _record_parts(record: bytes) -> tuple[bytes, VirtioNetHdr]:
     half_mss=st.integers(1, 4500),
     flags=st.sampled_from([ACK, ACK | PSH, ACK | FIN, ACK | PSH | FIN, ACK | CWR, ACK | CWR | PSH, ACK | URG | PSH]),
     options=st.sampled_from([b"", TIMESTAMPS, b"\x01\x01\x04\x02", bytes(40)]),
-    seq=st.integers(0, 2**32 - 1),
-    ip_id=st.integers(0, 0xFFFF),
+    seq=st.one_of(st.integers(0, 2**32 - 1), st.integers(2**32 - 100_000, 2**32 - 1)),  # often wrapping
+    ip_id=st.one_of(st.integers(0, 0xFFFF), st.integers(0xFF40, 0xFFFF)),  # often wrapping in the run
     seed=st.integers(0, 2**32),
 )
 def test_split_into_is_gso_split_byte_for_byte(
@@ -108,3 +109,16 @@ def test_malformed_raises_like_gso_split() -> None:
         gso_split(data, bad)
     with pytest.raises(tun.offload.OffloadError):
         gso_split_into(data, bad)
+
+
+def test_headers_not_of_whole_words_fall_back() -> None:
+    """An IPv6 ``csum_start`` of 42 (two stray bytes before TCP) puts the headers off 32-bit words: ``None``, and
+    ``handle_virtio_read_run`` gives ``gso_split``'s list."""
+    packet = tcp_packet(6, payload=bytes(range(256)) * 20, options=TIMESTAMPS, seed=True)
+    shifted = bytearray(packet[:40] + b"\x00\x00" + packet[40:])
+    shifted[4:6] = (len(shifted) - 40).to_bytes(2, "big")
+    record = VNET.pack(1, VIRTIO_NET_HDR_GSO_TCPV6, 42 + 32, 1368, 42, 16) + bytes(shifted)
+    data, hdr = _record_parts(record)
+    assert gso_split_into(data, hdr) is None
+    split = handle_virtio_read_run(record)
+    assert split == gso_split(data, hdr) and len(split) == 4
