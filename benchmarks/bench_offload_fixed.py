@@ -12,6 +12,9 @@ slice), timed with ``time.process_time``, and reports the medians of the slices 
 - ``split v6``: the same for IPv6, 44 segments of 1,348 bytes behind 72 bytes of headers.
 - ``gro run``: ``gro_run_parts`` of a run of 44 IPv4 TCP segments of one flow (1,368 bytes of payload, 1,420-byte
   rows back to back, as the receive path lays decrypted packets out), the bulk fast path.
+- ``gro run + writev``: the same, then each record's parts in one ``os.writev`` into a pipe (1 MiB), which is
+  read empty after each call (the same bytes for both variants): what ``LinuxTun.write_run`` does with the
+  parts, the kernel's gathering of a record's parts included.
 
 Before timing, each case's outputs of the two variants are compared (byte for byte).
 """
@@ -19,6 +22,7 @@ Before timing, each case's outputs of the two variants are compared (byte for by
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib.util
 import os
 import statistics
@@ -146,6 +150,25 @@ def _gro_case(module: Any, run: tuple[bytes, int, int, int, int]) -> Callable[[]
     return call
 
 
+def _gro_writev_case(module: Any, run: tuple[bytes, int, int, int, int], pipe: tuple[int, int]) -> Callable[[], object]:
+    parts_of = module.gro_run_parts
+    reader, writer = pipe
+    writev, read = os.writev, os.read
+
+    def call() -> object:
+        for parts in parts_of(*run):
+            writev(writer, parts)
+        return read(reader, 1 << 20)
+
+    return call
+
+
+def _pipe() -> tuple[int, int]:
+    reader, writer = os.pipe()
+    fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 1 << 20)
+    return reader, writer
+
+
 def _joined(records: Any) -> list[bytes]:
     return [b"".join(parts) for parts in records]
 
@@ -155,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=40)
     parser.add_argument("--base", type=Path, required=True, help="a worktree of the base commit")
     parser.add_argument("--out", type=Path, help="append the report to this text file")
-    parser.add_argument("--case", action="append", help="only these cases (split v4, split v6, gro run)")
+    parser.add_argument(
+        "--case", action="append", help="only these cases (split v4, split v6, gro run, gro run + writev)"
+    )
     args = parser.parse_args(argv)
     old = load_base(args.base)
     print(f"old: {old.__file__}, new: {new_offload.__file__}")
@@ -171,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     old_gro, new_gro = _gro_case(old, run), _gro_case(new_offload, run)
     assert _joined(old_gro()) == _joined(new_gro()), "gro run: the outputs differ"
     cases["gro run"] = old_gro, new_gro
+    pipe = _pipe()
+    old_writev, new_writev = _gro_writev_case(old, run, pipe), _gro_writev_case(new_offload, run, pipe)
+    assert old_writev() == new_writev() == b"".join(_joined(old_gro())), "gro run + writev: the bytes differ"
+    cases["gro run + writev"] = old_writev, new_writev
     lines = [f"bench_offload_fixed, {SEGMENTS} segments, medians of {args.slices} slices: {machineinfo.one_line()}"]
     print(lines[0], flush=True)
     for name, (old_call, new_call) in cases.items():
