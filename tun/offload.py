@@ -1019,7 +1019,7 @@ def gro_run_parts(
             + (sum(csum_high[start:end]) << 8)
             + sum(csum_low[start:end])
         )
-        front = _bulk_front(view, at, size, hdr_len, hdr_len + payload, gso_size, psh, segments, terms, needs_csum)
+        front = _bulk_front(view, at, hdr_len, hdr_len + payload, gso_size, psh, segments, terms, needs_csum)
         # The full-size payloads gathered into one bytes object (one copy, which costs less than a view of each and
         # a writev of them all), then a shorter last one as a view.
         full = min(end, gathered) - start
@@ -1096,7 +1096,6 @@ def _match_plan(hdr_len: int, gso_size: int, count: int) -> tuple[int, Any, Any]
 def _bulk_front(
     view: memoryview,
     at: int,
-    size: int,
     hdr_len: int,
     length: int,
     gso_size: int,
@@ -1106,38 +1105,39 @@ def _bulk_front(
     needs_csum: bool,
 ) -> bytes:
     """``_glued_front`` of a super-packet of ``gro_run_parts``, whose first segment is at ``at`` in ``view`` (IPv4
-    without options, flags ACK, total length ``size``, an even ``gso_size``): the same bytes, from a few integer
-    sums (``int.from_bytes`` of a header is congruent to its 16-bit word sum modulo 0xFFFF)."""
+    without options, flags ACK, an even ``gso_size``): the same bytes, from one unpack of the first segment's
+    headers, a few integer sums (``int.from_bytes`` of a header is congruent to its 16-bit word sum modulo 0xFFFF)
+    and one pack."""
+    layout = _bulk_header(hdr_len)
+    ihl_tos, total, id_ttl, ip_csum, addresses, ports, seq, ack, flags, window, csum, tail = layout.unpack_from(
+        view, at
+    )
     tcp_length = length - 20
-    front = bytearray(VIRTIO_NET_HDR_SIZE) + view[at : at + hdr_len]
-    ip_sum = int.from_bytes(view[at : at + 20], "big") - size - (view[at + 10] << 8 | view[at + 11]) + length
-    _U16.pack_into(front, VIRTIO_NET_HDR_SIZE + 2, length)
-    _U16.pack_into(front, VIRTIO_NET_HDR_SIZE + 10, (-ip_sum) % 0xFFFF)
-    flags = view[at + 33]
-    front[VIRTIO_NET_HDR_SIZE + 33] = flags | psh
-    address_sum = int.from_bytes(view[at + 12 : at + 20], "big")
+    ip_sum = int.from_bytes(view[at : at + 20], "big") - total - ip_csum + length
     if needs_csum:
-        _VIRTIO_NET_HDR.pack_into(
-            front, 0, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, hdr_len, gso_size, 20, _TCP_CSUM_OFFSET
+        hdr = _VIRTIO_NET_HDR.pack(
+            VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, hdr_len, gso_size, 20, _TCP_CSUM_OFFSET
         )
-        csum = (address_sum + IPPROTO_TCP + tcp_length) % 0xFFFF or 0xFFFF
+        csum = (addresses + IPPROTO_TCP + tcp_length) % 0xFFFF or 0xFFFF  # 2**32 = 1: the two addresses' sum
     else:
         # _glued_front's sum for an even gso_size: the segments' payloads sum to -(segments * shared + terms),
         # where "shared" is the TCP header's words but seq, flags and checksum, and the pseudo-header but its
         # length (all modulo 0xFFFF, where a seq counts as itself and a whole header as its int.from_bytes).
-        _VIRTIO_NET_HDR.pack_into(front, 0, 0, VIRTIO_NET_HDR_GSO_TCPV4, hdr_len, gso_size, 0, 0)
-        (seq,) = _SEQ.unpack_from(view, at + 24)
-        shared = (
-            address_sum
-            + IPPROTO_TCP
-            + int.from_bytes(view[at + 20 : at + hdr_len], "big")
-            - seq
-            - flags
-            - (view[at + 36] << 8 | view[at + 37])
-        )
+        hdr = _VIRTIO_NET_HDR.pack(0, VIRTIO_NET_HDR_GSO_TCPV4, hdr_len, gso_size, 0, 0)
+        shared = addresses + IPPROTO_TCP + int.from_bytes(view[at + 20 : at + hdr_len], "big") - seq - flags - csum
         csum = ((segments - 1) * shared + terms - tcp_length - seq - (flags | psh)) % 0xFFFF
-    _U16.pack_into(front, VIRTIO_NET_HDR_SIZE + 36, csum)
-    return bytes(front)
+    ip_csum = (-ip_sum) % 0xFFFF
+    return hdr + layout.pack(
+        ihl_tos, length, id_ttl, ip_csum, addresses, ports, seq, ack, flags | psh, window, csum, tail
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _bulk_header(hdr_len: int) -> struct.Struct:
+    """The headers of an IPv4 TCP segment of ``hdr_len`` bytes as the fields ``_bulk_front`` reads or changes:
+    version to the ports but total length and header checksum (in three pieces), seq, ack to flags, flags, window,
+    checksum, and the urgent pointer and options."""
+    return struct.Struct(f"!2sH6sHQ4sI5sB2sH{hdr_len - 38}s")
 
 
 def _gro_rows(view: memoryview, count: int, stride: int, size: int, last_size: int, needs_csum: bool) -> list[bytes]:
