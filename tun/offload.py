@@ -494,17 +494,17 @@ _RUN_STRIDE_MULTIPLE: Final = 16  # a segment's slot: its length rounded up to t
 
 def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) -> SplitRun | None:
     """``gso_split`` of a TCP super-packet into one zero-filled buffer at a fixed stride, without a Python object
-    per segment; ``None`` when this shape is not handled here (no numpy, UDP_L4, an odd ``gso_size``, headers not
-    a multiple of 4 bytes): the caller then uses ``gso_split``. The segments are byte for byte those of
-    ``gso_split`` (the tests compare them).
+    per segment; ``None`` when this shape is not handled here (no numpy, UDP_L4, an odd ``gso_size`` or header
+    length): the caller then uses ``gso_split``. The segments are byte for byte those of ``gso_split`` (the tests
+    compare them).
 
     The stride is the full segment length rounded up to 16, so that each segment followed by its zeros is already
-    its WireGuard-padded plaintext. Every segment's headers are one broadcast copy of a template: the super-packet's
-    headers with a middle segment's flags and lengths, and in the TCP checksum field the pseudo-header sum of a
-    full segment. The fields that differ per row (TCP seq, IPv4 id and header checksum) are written as big-endian
-    columns computed for all rows at once, the first and last row's flags and lengths are patched, and then one
-    row sum over each row's TCP header and payload, read in place as native 16-bit words, is all its checksum
-    needs (``_split_layout`` says why the negated sum, written in native order, is the checksum).
+    its WireGuard-padded plaintext. The buffer starts as one row repeated: a template of the headers (a middle
+    segment's flags and lengths, and in the TCP checksum field the pseudo-header sum of a full segment) and zeros.
+    The payloads are one strided copy; the fields that differ per row (TCP seq, IPv4 id and header checksum) are
+    written as big-endian columns for all rows at once, the first and last row's flags and lengths are patched, and
+    then one row sum over each row's TCP header and payload, read in place as native 16-bit words, is all its
+    checksum needs (``_split_layout`` says why the negated sum, written in native order, is the checksum).
 
     Raises:
         OffloadError: as ``gso_split`` (a malformed super-packet).
@@ -522,7 +522,7 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
         return None
     packet = memoryview(packet)  # read in place: the payloads are copied once, into the rows
     ip_len, tcp_len, hdr_len = _tcp_gso_layout(packet, hdr, version)
-    if hdr_len & 3:  # IPv4 and TCP headers are whole words: only a strange IPv6 csum_start
+    if hdr_len & 1:  # IPv4 and TCP headers are whole words: only a strange IPv6 csum_start
         return None
     payload_total = len(packet) - hdr_len
     full, rest = divmod(payload_total, gso_size)  # ``full`` segments of exactly gso_size bytes of payload
@@ -530,7 +530,7 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
     last_payload = rest or gso_size
     seg_size = hdr_len + gso_size
     stride = (seg_size + _RUN_STRIDE_MULTIPLE - 1) & -_RUN_STRIDE_MULTIPLE
-    layout, payloads, seq_steps = _split_layout(version, ip_len, hdr_len, stride, gso_size, count)
+    layout, payloads, seq_steps, padding = _split_layout(version, ip_len, hdr_len, stride, gso_size, count)
     flags = packet[ip_len + 13]
     # tcp_gso_segment: FIN and PSH only on the last segment, CWR only on the first (a single one keeps its flags).
     middle_flags = flags & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR)
@@ -539,15 +539,14 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
     head[ip_len + 13] = middle_flags
     pseudo = IPPROTO_TCP + tcp_len
     if version == 4:
-        head[2:4] = (seg_size).to_bytes(2, "big")
+        _U16.pack_into(head, 2, seg_size)
         pseudo += int.from_bytes(packet[12:20], "big")
     else:
-        head[4:6] = (seg_size - _IPV6_HEADER_SIZE).to_bytes(2, "big")
+        _U16.pack_into(head, 4, seg_size - _IPV6_HEADER_SIZE)
         pseudo += int.from_bytes(packet[8:40], "big")
-    head[ip_len + 16 : ip_len + 18] = ((pseudo + gso_size) % 0xFFFF).to_bytes(2, "big")
-    buffer = bytearray(count * stride)
+    _U16.pack_into(head, ip_len + _TCP_CSUM_OFFSET, (pseudo + gso_size) % 0xFFFF)
+    buffer = (head + padding) * count  # every row the template and zeros (one C repeat)
     rows = np.frombuffer(buffer, layout)  # one record per segment, in place
-    rows["head"] = np.frombuffer(head, np.uint32)
     if full:
         rows["payload"][:full] = np.frombuffer(packet, payloads, full, hdr_len)
     last = (count - 1) * stride
@@ -602,27 +601,26 @@ def _ipv4_tables() -> tuple[Any, Any]:
 @functools.lru_cache(maxsize=256)
 def _split_layout(
     version: int, ip_len: int, hdr_len: int, stride: int, gso_size: int, count: int
-) -> tuple[Any, Any, Any]:
+) -> tuple[Any, Any, Any, bytes]:
     """What ``gso_split_into`` needs of a shape, made once: the numpy record type of one row, the type of one
-    payload in the super-packet, and every row's seq offset from the first (a read-only uint32 array).
+    payload in the super-packet, every row's seq offset from the first (a read-only uint32 array) and the zeros
+    that follow the headers in a row.
 
-    A row's fields: ``head`` (the headers as 32-bit words, for the broadcast copy), ``payload``, ``seq``, ``id`` and
-    ``ip_csum`` (IPv4) as big-endian numbers, and ``words``, the TCP header and payload as native 16-bit words, whose
+    A row's fields: ``payload``, ``seq``, ``id`` and ``ip_csum`` (IPv4) as big-endian numbers, and ``words``, the TCP header and payload as native 16-bit words, whose
     sum gives the TCP checksum: with the pseudo-header sum in the checksum field, the big-endian word sum of the
     row is the checksum's whole sum T. On a little-endian host the native sum S is a byte swap away: 256 * S is
     congruent to T modulo 0xFFFF, and since 256 * 256 = 1 (mod 0xFFFF), the checksum c = -T (mod 0xFFFF) read in
     native order, which is 256 * c (mod 0xFFFF) for any c below 0xFFFF, is -S (mod 0xFFFF): so ``tcp_csum`` is a
     native field that takes -S (mod 0xFFFF). On a big-endian host S is T and the same holds."""
     np = _np
-    names = ["head", "payload", "words", "seq", "tcp_csum"]
+    names = ["payload", "words", "seq", "tcp_csum"]
     formats: list[Any] = [
-        ("=u4", (hdr_len // 4,)),
         ("u1", (gso_size,)),
         ("=u2", ((hdr_len - ip_len + gso_size) // 2,)),
         ">u4",
         "=u2",
     ]
-    offsets = [0, hdr_len, ip_len, ip_len + 4, ip_len + _TCP_CSUM_OFFSET]
+    offsets = [hdr_len, ip_len, ip_len + 4, ip_len + _TCP_CSUM_OFFSET]
     if version == 4:
         names += ["id", "ip_csum"]
         formats += [">u2", ">u2"]
@@ -630,7 +628,7 @@ def _split_layout(
     layout = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": stride})
     seq_steps = np.arange(0, count * gso_size, gso_size, dtype=np.uint32)
     seq_steps.flags.writeable = False
-    return layout, np.dtype((np.uint8, (gso_size,))), seq_steps
+    return layout, np.dtype((np.uint8, (gso_size,))), seq_steps, bytes(stride - hdr_len)
 
 
 def handle_virtio_read_run(record: bytes | bytearray | memoryview) -> SplitRun | list[bytes]:

@@ -111,14 +111,19 @@ def test_malformed_raises_like_gso_split() -> None:
         gso_split_into(data, bad)
 
 
-def test_headers_not_of_whole_words_fall_back() -> None:
-    """An IPv6 ``csum_start`` of 42 (two stray bytes before TCP) puts the headers off 32-bit words: ``None``, and
-    ``handle_virtio_read_run`` gives ``gso_split``'s list."""
+@pytest.mark.parametrize("stray", [1, 2, 8])
+def test_stray_bytes_before_tcp_are_split_as_gso_split_does(stray: int) -> None:
+    """An IPv6 ``csum_start`` past the fixed header (bytes before TCP that are not parsed): 42 or 48 is cut into a
+    run byte for byte as ``gso_split`` cuts it; an odd 41 falls back to ``gso_split``'s list."""
     packet = tcp_packet(6, payload=bytes(range(256)) * 20, options=TIMESTAMPS, seed=True)
-    shifted = bytearray(packet[:40] + b"\x00\x00" + packet[40:])
+    shifted = bytearray(packet[:40] + bytes(stray) + packet[40:])
     shifted[4:6] = (len(shifted) - 40).to_bytes(2, "big")
-    record = VNET.pack(1, VIRTIO_NET_HDR_GSO_TCPV6, 42 + 32, 1368, 42, 16) + bytes(shifted)
+    record = VNET.pack(1, VIRTIO_NET_HDR_GSO_TCPV6, 40 + stray + 32, 1368, 40 + stray, 16) + bytes(shifted)
     data, hdr = _record_parts(record)
-    assert gso_split_into(data, hdr) is None
-    split = handle_virtio_read_run(record)
-    assert split == gso_split(data, hdr) and len(split) == 4
+    run = gso_split_into(data, hdr)
+    if stray & 1:
+        assert run is None
+        assert handle_virtio_read_run(record) == gso_split(data, hdr)
+    else:
+        assert run is not None
+        assert _unpack(run) == gso_split(data, hdr)
