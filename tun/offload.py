@@ -495,7 +495,7 @@ _RUN_STRIDE_MULTIPLE: Final = 16  # a segment's slot: its length rounded up to t
 def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) -> SplitRun | None:
     """``gso_split`` of a TCP super-packet into one zero-filled buffer at a fixed stride, without a Python object
     per segment; ``None`` when this shape is not handled here (no numpy, UDP_L4, an odd ``gso_size`` or header
-    length): the caller then uses ``gso_split``. The segments are byte for byte those of ``gso_split`` (the tests
+    length, a ``gso_size`` that with the headers is over 65535 bytes): the caller then uses ``gso_split``. The segments are byte for byte those of ``gso_split`` (the tests
     compare them).
 
     The stride is the full segment length rounded up to 16, so that each segment followed by its zeros is already
@@ -529,6 +529,8 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
     count = full + (rest > 0)
     last_payload = rest or gso_size
     seg_size = hdr_len + gso_size
+    if seg_size > MAX_PACKET_SIZE:  # a gso_size the total length cannot hold: gso_split keeps the shorter lengths
+        return None
     stride = (seg_size + _RUN_STRIDE_MULTIPLE - 1) & -_RUN_STRIDE_MULTIPLE
     layout, payloads, seq_steps, padding = _split_layout(version, ip_len, hdr_len, stride, gso_size, count)
     flags = packet[ip_len + 13]

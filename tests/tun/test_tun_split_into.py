@@ -127,3 +127,15 @@ def test_stray_bytes_before_tcp_are_split_as_gso_split_does(stray: int) -> None:
     else:
         assert run is not None
         assert _unpack(run) == gso_split(data, hdr)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("payload_size", [1000, 65_400])
+def test_a_gso_size_too_large_for_a_full_segment_falls_back(version: int, payload_size: int) -> None:
+    """A ``gso_size`` of 65,534 (the headers and it over 65,535 bytes): ``gso_split`` cuts one or two segments of
+    what there is, and the run path gives the same list instead of a numpy overflow (found by hand: the template's
+    total length cannot hold a full segment)."""
+    packet = tcp_packet(version, payload=bytes(payload_size), options=TIMESTAMPS, seed=True)
+    record = tso_record(packet, 65_534)
+    assert gso_split_into(*_record_parts(record)) is None
+    assert handle_virtio_read_run(record) == handle_virtio_read(record)
