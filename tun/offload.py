@@ -549,7 +549,9 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
     _U16.pack_into(head, ip_len + _TCP_CSUM_OFFSET, (pseudo + gso_size) % 0xFFFF)
     buffer = (head + padding) * count  # every row the template and zeros (one C repeat)
     rows = np.frombuffer(buffer, layout)  # one record per segment, in place
-    if full:
+    if full == count:
+        rows["payload"] = np.frombuffer(packet, payloads, full, hdr_len)
+    elif full:
         rows["payload"][:full] = np.frombuffer(packet, payloads, full, hdr_len)
     last = (count - 1) * stride
     if rest:
@@ -583,7 +585,7 @@ def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) ->
             _U16.pack_into(buffer, last + 10, (-(ip_fixed - gso_size + rest + ip_last)) % 0xFFFF)
     sums = np.add.reduce(rows["words"], axis=1, dtype=np.uint32)
     np.subtract(0xFFFF0000, sums, out=sums)  # a multiple of 0xFFFF above any row sum: the negated sum, unsigned
-    np.remainder(sums, 0xFFFF, out=rows["tcp_csum"])
+    rows["tcp_csum"] = np.remainder(sums, 0xFFFF, out=sums)  # in place, then one copy (cheaper than out=)
     return buffer, count, stride, seg_size, hdr_len + last_payload
 
 
