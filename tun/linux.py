@@ -642,7 +642,7 @@ class LinuxTun:
         fd = self._fd
         if fd < 0:
             raise ValueError("I/O operation on closed TUN device")
-        if self._offload:  # one writev a record: the kernel gathers the payloads from the buffer
+        if self._offload:  # one writev a record (headers, gathered payloads)
             self._write_records(fd, gro_run_parts(buffer, count, stride, size, last_size), os.writev)
             return
         view = memoryview(buffer)

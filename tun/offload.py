@@ -150,6 +150,7 @@ ZERO_VIRTIO_NET_HDR: Final = bytes(VIRTIO_NET_HDR_SIZE)  # gso_type NONE, no fla
 _VIRTIO_NET_HDR: Final = struct.Struct("=BBHHHH")  # native order: legacy TUN without TUNSETVNETLE/BE
 _U16: Final = struct.Struct("!H")
 _SEQ: Final = struct.Struct("!I")
+_NATIVE_U32: Final = struct.Struct("=I")
 
 #: Whether ``gso_split`` takes the segments' payload sums from one numpy row sum (``_payload_sums``); without
 #: numpy, reading super-packets costs more than it saves (see the module docstring) and callers keep TSO off.
@@ -326,21 +327,28 @@ def _check_gso_headers(packet: bytes | memoryview, hdr: VirtioNetHdr, version: i
     return ip_len
 
 
-def _tcp_gso_headers(
-    packet: bytes | memoryview, hdr: VirtioNetHdr, version: int
-) -> tuple[int, int, int, bytes, int, int, int]:
-    """Validate a TCP GSO super-packet's headers; return what both splits start from: the IP header length, the
-    TCP header length, both together, the headers, the TCP flags and seq, and everything of a segment's TCP
-    checksum equation except its payload, seq and flags (the pseudo-header of a full-size segment and the header
-    words that every segment copies)."""
+def _tcp_gso_layout(packet: bytes | memoryview, hdr: VirtioNetHdr, version: int) -> tuple[int, int, int]:
+    """Validate a TCP GSO super-packet's headers (``_check_gso_headers`` and the TCP header); return the IP header
+    length, the TCP header length and both together."""
     ip_len = _check_gso_headers(packet, hdr, version, IPPROTO_TCP)
     size = len(packet)
-    if hdr.csum_offset != _TCP_CSUM_OFFSET or size < ip_len + 20:
+    if hdr[5] != _TCP_CSUM_OFFSET or size < ip_len + 20:
         raise OffloadError("TCP GSO packet: bad csum_offset or no room for a TCP header")
     tcp_len = (packet[ip_len + 12] >> 4) * 4
     hdr_len = ip_len + tcp_len
     if tcp_len < 20 or hdr_len >= size:
         raise OffloadError(f"TCP GSO packet: data offset {tcp_len} leaves no payload in {size} bytes")
+    return ip_len, tcp_len, hdr_len
+
+
+def _tcp_gso_headers(
+    packet: bytes | memoryview, hdr: VirtioNetHdr, version: int
+) -> tuple[int, int, int, bytes, int, int, int]:
+    """Validate a TCP GSO super-packet's headers (``_tcp_gso_layout``); return what ``_split_tcp`` starts from: the
+    IP header length, the TCP header length, both together, the headers, the TCP flags and seq, and everything of a
+    segment's TCP checksum equation except its payload, seq and flags (the pseudo-header of a full-size segment and
+    the header words that every segment copies)."""
+    ip_len, tcp_len, hdr_len = _tcp_gso_layout(packet, hdr, version)
     headers = bytes(packet[:hdr_len])
     flags = headers[ip_len + 13]
     (seq,) = _SEQ.unpack_from(headers, ip_len + 4)
@@ -486,99 +494,145 @@ _RUN_STRIDE_MULTIPLE: Final = 16  # a segment's slot: its length rounded up to t
 
 def gso_split_into(packet: bytes | bytearray | memoryview, hdr: VirtioNetHdr) -> SplitRun | None:
     """``gso_split`` of a TCP super-packet into one zero-filled buffer at a fixed stride, without a Python object
-    per segment; ``None`` when this shape is not handled here (no numpy, UDP_L4, an odd ``gso_size``): the caller
-    then uses ``gso_split``. The segments are byte for byte those of ``gso_split`` (the tests compare them).
+    per segment; ``None`` when this shape is not handled here (no numpy, UDP_L4, an odd ``gso_size`` or header
+    length, a ``gso_size`` that with the headers is over 65535 bytes): the caller then uses ``gso_split``. The segments are byte for byte those of ``gso_split`` (the tests
+    compare them).
 
     The stride is the full segment length rounded up to 16, so that each segment followed by its zeros is already
-    its WireGuard-padded plaintext. Every segment's headers are one broadcast copy of the super-packet's; the
-    fields that differ (TCP seq and flags and checksum, IPv4 total length, id and header checksum, IPv6 payload
-    length) are computed for all rows at once as numpy arrays and written as big-endian columns; the payload sums
-    are one row sum, as in ``gso_split``.
+    its WireGuard-padded plaintext. The buffer starts as one row repeated: a template of the headers (a middle
+    segment's flags and lengths, and in the TCP checksum field the pseudo-header sum of a full segment) and zeros.
+    The payloads are one strided copy; the fields that differ per row (TCP seq, IPv4 id and header checksum) are
+    written as big-endian columns for all rows at once, the first and last row's flags and lengths are patched, and
+    then one row sum over each row's TCP header and payload, read in place as native 16-bit words, is all its
+    checksum needs (``_split_layout`` says why the negated sum, written in native order, is the checksum).
 
     Raises:
         OffloadError: as ``gso_split`` (a malformed super-packet).
     """
     np = _np
-    gso_type = hdr.gso_type & ~VIRTIO_NET_HDR_GSO_ECN
-    if np is None or gso_type not in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6) or hdr.gso_size & 1:
+    gso_type = hdr[1] & ~VIRTIO_NET_HDR_GSO_ECN
+    gso_size = hdr[3]
+    if np is None or gso_size & 1:
         return None
-    version = 4 if gso_type == VIRTIO_NET_HDR_GSO_TCPV4 else 6
+    if gso_type == VIRTIO_NET_HDR_GSO_TCPV4:
+        version = 4
+    elif gso_type == VIRTIO_NET_HDR_GSO_TCPV6:
+        version = 6
+    else:
+        return None
     packet = memoryview(packet)  # read in place: the payloads are copied once, into the rows
-    ip_len, _tcp_len, hdr_len, headers, flags, seq0, tcp_fixed = _tcp_gso_headers(packet, hdr, version)
-    size = len(packet)
-    if hdr_len & 1:  # odd IPv4 options cannot happen (IHL counts words); keep the row sums on word boundaries
+    ip_len, tcp_len, hdr_len = _tcp_gso_layout(packet, hdr, version)
+    if hdr_len & 1:  # IPv4 and TCP headers are whole words: only a strange IPv6 csum_start
         return None
-    gso_size = hdr.gso_size
-    payload_total = size - hdr_len
-    count = -(-payload_total // gso_size)
-    full = payload_total // gso_size  # segments of exactly gso_size bytes of payload
-    last_payload = payload_total - (count - 1) * gso_size
+    payload_total = len(packet) - hdr_len
+    full, rest = divmod(payload_total, gso_size)  # ``full`` segments of exactly gso_size bytes of payload
+    count = full + (rest > 0)
+    last_payload = rest or gso_size
     seg_size = hdr_len + gso_size
-    stride = -(-seg_size // _RUN_STRIDE_MULTIPLE) * _RUN_STRIDE_MULTIPLE
-    buffer = bytearray(count * stride)
-    rows = np.frombuffer(buffer, np.uint8).reshape(count, stride)
-    rows[:, :hdr_len] = np.frombuffer(headers, np.uint8)
-    source = np.frombuffer(packet, np.uint8)
-    if full:
-        rows[:full, hdr_len:seg_size] = source[hdr_len : hdr_len + full * gso_size].reshape(full, gso_size)
-    if full < count:
-        rows[count - 1, hdr_len : hdr_len + last_payload] = source[hdr_len + full * gso_size :]
-    # Payload sums (mod 0xFFFF, as big-endian word sums): one row sum over the full payloads read as native words.
-    sums = np.empty(count, np.int64)
-    if full:
-        sums[:full] = _native_row_sums(packet, hdr_len, gso_size, full)  # into int64 before the scaling
-        sums[:full] *= _NATIVE_TO_BIG
-    if full < count:
-        sums[count - 1] = _sum_mod(packet[hdr_len + full * gso_size :])
-    index = np.arange(count, dtype=np.int64)
-    seqs = (index * gso_size + seq0) & 0xFFFFFFFF
+    if seg_size > MAX_PACKET_SIZE:  # a gso_size the total length cannot hold: gso_split keeps the shorter lengths
+        return None
+    stride = (seg_size + _RUN_STRIDE_MULTIPLE - 1) & -_RUN_STRIDE_MULTIPLE
+    layout, payloads, seq_steps, padding = _split_layout(version, ip_len, hdr_len, stride, gso_size, count)
+    flags = packet[ip_len + 13]
     # tcp_gso_segment: FIN and PSH only on the last segment, CWR only on the first (a single one keeps its flags).
     middle_flags = flags & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR)
-    first_flags, last_flags = (flags, flags) if count == 1 else (flags & ~(_TCP_FIN | _TCP_PSH), flags & ~_TCP_CWR)
-    columns = np.frombuffer(buffer, _split_columns(version, ip_len, stride))  # one record per segment, in place
-    columns["seq"] = seqs
-    columns["flags"] = middle_flags
-    # Every row as a middle segment first, with numbers shared by all (the TCP length, the flags, the IP total),
-    # then the first and the last row redone one by one. A seq counts as itself: 2**16 = 1 (mod 0xFFFF), so it is
-    # congruent to (seq >> 16) + (seq & 0xFFFF), the sum of its two words.
-    tcp_csums = columns["tcp_csum"]
-    tcp_csums[:] = (-(sums + seqs + (tcp_fixed + gso_size + middle_flags))) % 0xFFFF
+    # The template: a middle segment's headers, with the pseudo-header sum of a full segment in the TCP checksum.
+    head = bytearray(packet[:hdr_len])
+    head[ip_len + 13] = middle_flags
+    pseudo = IPPROTO_TCP + tcp_len
     if version == 4:
-        (ip_id0,) = _U16.unpack_from(headers, 4)
-        ip_fixed = _sum_mod(headers[:ip_len]) - int.from_bytes(headers[2:6], "big") - _U16.unpack_from(headers, 10)[0]
-        ids = (index + ip_id0) & 0xFFFF
-        columns["total"] = hdr_len + gso_size
-        columns["id"] = ids
-        columns["ip_csum"] = (-(ids + (ip_fixed + hdr_len + gso_size))) % 0xFFFF
+        _U16.pack_into(head, 2, seg_size)
+        pseudo += int.from_bytes(packet[12:20], "big")
     else:
-        columns["total"] = hdr_len - _IPV6_HEADER_SIZE + gso_size
-    for row, row_flags in ((0, first_flags), (count - 1, last_flags)):
-        payload = gso_size if row < count - 1 else last_payload
-        columns["flags"][row] = row_flags
-        tcp_csums[row] = (-(int(sums[row]) + int(seqs[row]) + tcp_fixed + payload + row_flags)) % 0xFFFF
-        if version == 4:
-            total = hdr_len + payload
-            columns["total"][row] = total
-            columns["ip_csum"][row] = (-(ip_fixed + total + int(ids[row]))) % 0xFFFF
+        _U16.pack_into(head, 4, seg_size - _IPV6_HEADER_SIZE)
+        pseudo += int.from_bytes(packet[8:40], "big")
+    _U16.pack_into(head, ip_len + _TCP_CSUM_OFFSET, (pseudo + gso_size) % 0xFFFF)
+    buffer = (head + padding) * count  # every row the template and zeros (one C repeat)
+    rows = np.frombuffer(buffer, layout)  # one record per segment, in place
+    if full == count:
+        rows["payload"] = np.frombuffer(packet, payloads, full, hdr_len)
+    elif full:
+        rows["payload"][:full] = np.frombuffer(packet, payloads, full, hdr_len)
+    last = (count - 1) * stride
+    if rest:
+        buffer[last + hdr_len : last + hdr_len + rest] = packet[hdr_len + full * gso_size :]
+    (seq0,) = _SEQ.unpack_from(packet, ip_len + 4)
+    rows["seq"] = np.add(seq_steps, seq0)  # uint32: wraps as a TCP seq does (native, then one byte-swapping copy)
+    if count > 1:
+        buffer[ip_len + 13] = flags & ~(_TCP_FIN | _TCP_PSH)
+        buffer[last + ip_len + 13] = flags & ~_TCP_CWR
+    else:
+        buffer[ip_len + 13] = flags
+    if rest:  # a shorter last segment: its lengths, and its pseudo-header sum with them
+        _U16.pack_into(buffer, last + ip_len + _TCP_CSUM_OFFSET, (pseudo + rest) % 0xFFFF)
+        _U16.pack_into(buffer, last + (2 if version == 4 else 4), hdr_len + rest - (0 if version == 4 else 40))
+    if version == 4:
+        # Each row's id and header checksum, as slices of two tables: the ids count up from the first (wrapping at
+        # 2**16) and each checksum is -(the header sum without id and checksum + the id) modulo 0xFFFF.
+        ids, negated = _ipv4_tables()
+        (ip_id0,) = _U16.unpack_from(head, 4)
+        ip_fixed = (int.from_bytes(head[:ip_len], "big") - ip_id0 - int.from_bytes(head[10:12], "big")) % 0xFFFF
+        rows["id"] = ids[ip_id0 : ip_id0 + count]
+        before_wrap = 0x10000 - ip_id0  # rows whose id is ip_id0 + row
+        if count <= before_wrap:
+            rows["ip_csum"] = negated[ip_fixed + ip_id0 : ip_fixed + ip_id0 + count]
         else:
-            columns["total"][row] = hdr_len - _IPV6_HEADER_SIZE + payload
+            ip_csums = rows["ip_csum"]
+            ip_csums[:before_wrap] = negated[ip_fixed + ip_id0 : ip_fixed + 0x10000]
+            ip_csums[before_wrap:] = negated[ip_fixed : ip_fixed + count - before_wrap]
+        if rest:
+            ip_last = (ip_id0 + count - 1) & 0xFFFF
+            _U16.pack_into(buffer, last + 10, (-(ip_fixed - gso_size + rest + ip_last)) % 0xFFFF)
+    sums = np.add.reduce(rows["words"], axis=1, dtype=np.uint32)
+    np.subtract(0xFFFF0000, sums, out=sums)  # a multiple of 0xFFFF above any row sum: the negated sum, unsigned
+    rows["tcp_csum"] = np.remainder(sums, 0xFFFF, out=sums)  # in place, then one copy (cheaper than out=)
     return buffer, count, stride, seg_size, hdr_len + last_payload
 
 
-@functools.lru_cache(maxsize=64)
-def _split_columns(version: int, ip_len: int, stride: int) -> Any:
-    """The numpy record type of one ``gso_split_into`` row: the header fields that differ between segments, as
-    big-endian numbers at their offsets (IPv4 total length, id and header checksum, or the IPv6 payload length as
-    ``total``; TCP seq, flags and checksum), ``stride`` bytes a record, so that one assignment fills a column."""
+@functools.cache
+def _ipv4_tables() -> tuple[Any, Any]:
+    """Two read-only big-endian uint16 tables of 2**17 entries for ``gso_split_into``'s IPv4 columns: ``u & 0xFFFF``
+    at ``u`` (a run of ids from any first one, wrapping), and ``-k`` modulo 0xFFFF at ``k`` (a run of header
+    checksums: ``k`` is the header sum without the checksum, below 2 * 0xFFFF + 1)."""
     np = _np
-    names = ["seq", "flags", "tcp_csum", "total"]
-    formats = [">u4", "u1", ">u2", ">u2"]
-    offsets = [ip_len + 4, ip_len + 13, ip_len + _TCP_CSUM_OFFSET, 2 if version == 4 else 4]
+    index = np.arange(0x20000, dtype=np.int64)
+    ids = (index & 0xFFFF).astype(">u2")
+    negated = ((-index) % 0xFFFF).astype(">u2")
+    ids.flags.writeable = negated.flags.writeable = False
+    return ids, negated
+
+
+@functools.lru_cache(maxsize=256)
+def _split_layout(
+    version: int, ip_len: int, hdr_len: int, stride: int, gso_size: int, count: int
+) -> tuple[Any, Any, Any, bytes]:
+    """What ``gso_split_into`` needs of a shape, made once: the numpy record type of one row, the type of one
+    payload in the super-packet, every row's seq offset from the first (a read-only uint32 array) and the zeros
+    that follow the headers in a row.
+
+    A row's fields: ``payload``, ``seq``, ``id`` and ``ip_csum`` (IPv4) as big-endian numbers, and ``words``, the TCP header and payload as native 16-bit words, whose
+    sum gives the TCP checksum: with the pseudo-header sum in the checksum field, the big-endian word sum of the
+    row is the checksum's whole sum T. On a little-endian host the native sum S is a byte swap away: 256 * S is
+    congruent to T modulo 0xFFFF, and since 256 * 256 = 1 (mod 0xFFFF), the checksum c = -T (mod 0xFFFF) read in
+    native order, which is 256 * c (mod 0xFFFF) for any c below 0xFFFF, is -S (mod 0xFFFF): so ``tcp_csum`` is a
+    native field that takes -S (mod 0xFFFF). On a big-endian host S is T and the same holds."""
+    np = _np
+    names = ["payload", "words", "seq", "tcp_csum"]
+    formats: list[Any] = [
+        ("u1", (gso_size,)),
+        ("=u2", ((hdr_len - ip_len + gso_size) // 2,)),
+        ">u4",
+        "=u2",
+    ]
+    offsets = [hdr_len, ip_len, ip_len + 4, ip_len + _TCP_CSUM_OFFSET]
     if version == 4:
         names += ["id", "ip_csum"]
         formats += [">u2", ">u2"]
         offsets += [4, 10]
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": stride})
+    layout = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": stride})
+    seq_steps = np.arange(0, count * gso_size, gso_size, dtype=np.uint32)
+    seq_steps.flags.writeable = False
+    return layout, np.dtype((np.uint8, (gso_size,))), seq_steps, bytes(stride - hdr_len)
 
 
 def handle_virtio_read_run(record: bytes | bytearray | memoryview) -> SplitRun | list[bytes]:
@@ -913,24 +967,30 @@ def gro_run_parts(
     needs_csum: bool = False,
 ) -> list[list[bytes | memoryview]]:
     """The records of ``handle_gro_run``, each as the parts that make it, for one ``writev`` each: a glued
-    super-packet is its virtio_net_hdr and headers, then each segment's payload as a view of the buffer, so the
-    kernel gathers the payloads where they lie and nothing is copied here.
+    super-packet is its virtio_net_hdr and headers, then its full-size segments' payloads gathered into one
+    ``bytes`` (one numpy copy: cheaper than a memoryview of each payload and a writev of 45 parts), then a shorter
+    last payload as a view of the buffer.
 
     The case taken here is bulk TCP over IPv4: every packet a segment of one flow (no IP options, no fragment,
     flags ACK or ACK|PSH, consecutive sequence numbers, an even segment size, every header byte of the match
     equal), checked for all rows at once with numpy. The super-packets are cut where ``handle_gro`` cuts them
-    (after a PSH or a short segment, and before 64 KiB), each one's checksum made from its segments' own, and the
-    payloads are never copied. Anything else goes to ``handle_gro`` packet by packet (one part a record).
+    (after a PSH or a short segment, and before 64 KiB), each one's checksum made from its segments' own.
+    Anything else goes to ``handle_gro`` packet by packet (one part a record).
     """
     view = memoryview(buffer)
     bulk = _bulk_run(view, count, stride, size, last_size)
     if bulk is None:
         return [[record] for record in _gro_rows(view, count, stride, size, last_size, needs_csum)]
-    hdr_len, flags, sums = bulk
+    hdr_len, flags, csum_high, csum_low = bulk
     gso_size = size - hdr_len
     last = (count - 1) * stride
     more = (MAX_PACKET_SIZE - size) // gso_size  # full segments a super-packet takes after its first (64 KiB)
     tcp_len = hdr_len - 20
+    (seq0,) = _SEQ.unpack_from(view, 24)
+    # Row i's seq is seq0 + i * gso_size modulo 2**32 (checked): from row ``wrap`` on it has wrapped, which takes
+    # 2**32 = 1 (mod 0xFFFF) off its sum.
+    wrap = -(-(0x100000000 - seq0) // gso_size)
+    gathered = count if last_size == size else count - 1  # rows whose payload is gathered with the full ones
     records: list[list[bytes | memoryview]] = []
     start = 0
     while start < count:
@@ -943,31 +1003,42 @@ def gro_run_parts(
             if pushed >= 0:
                 end = pushed + 1
         at = start * stride
-        if end - start == 1:
+        segments = end - start
+        if segments == 1:
             records.append([ZERO_VIRTIO_NET_HDR, view[at : at + (size if start < count - 1 else last_size)]])
             start = end
             continue
-        full = end - start if end < count else end - start - 1  # segments of ``size`` bytes
-        payload = full * gso_size + (last_size - hdr_len if end == count else 0)
+        payload = (end - start - 1) * gso_size + (last_size if end == count else size) - hdr_len
         psh = flags[end - 1] & _TCP_PSH
-        terms = payload + (end - start) * (tcp_len + _TCP_ACK) + psh + sums[end - 1] - (sums[start - 1] if start else 0)
-        front = _glued_front(
-            view[at : at + hdr_len], 20, hdr_len, hdr_len + payload, gso_size, psh, end - start, terms, 0, needs_csum
+        # handle_gro's checksum terms modulo 0xFFFF: payload, TCP header length, flags, seq and checksum of each.
+        terms = (
+            payload
+            + segments * (tcp_len + _TCP_ACK)
+            + psh
+            + segments * seq0
+            + gso_size * (start + end - 1) * segments // 2
+            - max(0, end - max(start, wrap))
+            + (sum(csum_high[start:end]) << 8)
+            + sum(csum_low[start:end])
         )
-        parts: list[bytes | memoryview] = [front]
-        parts += [view[row + hdr_len : row + size] for row in range(at, at + full * stride, stride)]
-        if full < end - start:
-            parts.append(view[last + hdr_len : last + last_size])
-        records.append(parts)
+        front = _bulk_front(view, at, hdr_len, hdr_len + payload, gso_size, psh, segments, terms, needs_csum)
+        # The full-size payloads gathered into one bytes object (one copy, which costs less than a view of each and
+        # a writev of them all), then a shorter last one as a view.
+        full = min(end, gathered) - start
+        rows = _np.ndarray((full, gso_size), _np.uint8, view, at + hdr_len, (stride, 1))
+        if full == segments:
+            records.append([front, rows.tobytes()])
+        else:
+            records.append([front, rows.tobytes(), view[last + hdr_len : last + last_size]])
         start = end
     return records
 
 
 def _bulk_run(
     view: memoryview, count: int, stride: int, size: int, last_size: int
-) -> tuple[int, bytes, list[int]] | None:
+) -> tuple[int, bytes, bytes, bytes] | None:
     """The fast path's checks of ``gro_run_parts``: ``None`` unless the run is bulk IPv4 TCP of one flow (see there);
-    else the header length, every row's TCP flags and the running sums of their seq and checksum."""
+    else the header length, and every row's TCP flags and the high and low bytes of its TCP checksum."""
     np = _np
     if (
         np is None
@@ -993,31 +1064,82 @@ def _bulk_run(
     ):
         return None
     # Every header byte of the match equal to the first row's: the headers as 64-bit words (unaligned when the
-    # stride is not a multiple of 8, as a 1,420-byte one is: numpy reads them all the same), XOR the first, masked.
-    words, mask = _match_mask(hdr_len)
+    # stride is not a multiple of 8, as a 1,420-byte one is: numpy reads them all the same), masked, as bytes equal
+    # to the first row's repeated; and every row's seq the first one's plus its offset in the run.
+    words, mask, seq_steps = _match_plan(hdr_len, gso_size, count)
     if last + words * 8 > len(view):  # the last row's words would run past the buffer (a small last packet)
         return None
-    headers = np.ndarray((count, words), np.uint64, view, 0, (stride, 8))
+    masked = np.bitwise_and(np.ndarray((count, words), np.uint64, view, 0, (stride, 8)), mask).tobytes()
     seqs = np.ndarray((count,), ">u4", view, 24, (stride,))
-    if ((headers ^ headers[0]) & mask).any() or (np.diff(seqs) != gso_size).any():  # uint32 differences wrap
+    if (
+        masked != masked[: words * 8] * count
+        or np.subtract(seqs, seq_steps).tobytes() != _NATIVE_U32.pack(*_SEQ.unpack_from(view, 24)) * count  # wraps
+    ):
         return None
-    # A segment's checksum terms (``handle_gro``) modulo 0xFFFF, where seq counts as (seq >> 16) + (seq & 0xFFFF):
-    # its payload size, the TCP header length and flags added per super-packet (``gro_run_parts``), seq and
-    # checksum summed here.
-    sums = np.cumsum(seqs.astype(np.int64) + np.ndarray((count,), ">u2", view, 36, (stride,))).tolist()
-    return hdr_len, flags, sums
+    # Each row's checksum as its high and low bytes (summed per super-packet by ``gro_run_parts``).
+    return hdr_len, flags, bytes(view[36 : count * stride : stride]), bytes(view[37 : count * stride : stride])
 
 
-@functools.lru_cache(maxsize=16)
-def _match_mask(hdr_len: int) -> tuple[int, Any]:
-    """The 64-bit words that hold an IPv4 TCP header of ``hdr_len`` bytes, and a mask (native byte order, as the
-    words are read) that keeps the bytes of ``_RUN_EQUAL_V4`` and the urgent pointer and options."""
+@functools.lru_cache(maxsize=64)
+def _match_plan(hdr_len: int, gso_size: int, count: int) -> tuple[int, Any, Any]:
+    """The 64-bit words that hold an IPv4 TCP header of ``hdr_len`` bytes, a mask (native byte order, as the words
+    are read) that keeps the bytes of ``_RUN_EQUAL_V4`` and the urgent pointer and options, and each of ``count``
+    rows' seq offset from the first (read-only uint32)."""
     np = _np
     words = -(-hdr_len // 8)
     keep = bytearray(words * 8)
     for offset in (*_RUN_EQUAL_V4, *range(38, hdr_len)):
         keep[offset] = 0xFF
-    return words, np.frombuffer(bytes(keep), np.uint64)
+    seq_steps = np.arange(0, count * gso_size, gso_size, dtype=np.uint32)
+    seq_steps.flags.writeable = False
+    return words, np.frombuffer(bytes(keep), np.uint64), seq_steps
+
+
+def _bulk_front(
+    view: memoryview,
+    at: int,
+    hdr_len: int,
+    length: int,
+    gso_size: int,
+    psh: int,
+    segments: int,
+    terms: int,
+    needs_csum: bool,
+) -> bytes:
+    """``_glued_front`` of a super-packet of ``gro_run_parts``, whose first segment is at ``at`` in ``view`` (IPv4
+    without options, flags ACK, an even ``gso_size``): the same bytes, from one unpack of the first segment's
+    headers, a few integer sums (``int.from_bytes`` of a header is congruent to its 16-bit word sum modulo 0xFFFF)
+    and one pack."""
+    layout = _bulk_header(hdr_len)
+    ihl_tos, total, id_ttl, ip_csum, addresses, ports, seq, ack, flags, window, csum, tail = layout.unpack_from(
+        view, at
+    )
+    tcp_length = length - 20
+    ip_sum = int.from_bytes(view[at : at + 20], "big") - total - ip_csum + length
+    if needs_csum:
+        hdr = _VIRTIO_NET_HDR.pack(
+            VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, hdr_len, gso_size, 20, _TCP_CSUM_OFFSET
+        )
+        csum = (addresses + IPPROTO_TCP + tcp_length) % 0xFFFF or 0xFFFF  # 2**32 = 1: the two addresses' sum
+    else:
+        # _glued_front's sum for an even gso_size: the segments' payloads sum to -(segments * shared + terms),
+        # where "shared" is the TCP header's words but seq, flags and checksum, and the pseudo-header but its
+        # length (all modulo 0xFFFF, where a seq counts as itself and a whole header as its int.from_bytes).
+        hdr = _VIRTIO_NET_HDR.pack(0, VIRTIO_NET_HDR_GSO_TCPV4, hdr_len, gso_size, 0, 0)
+        shared = addresses + IPPROTO_TCP + int.from_bytes(view[at + 20 : at + hdr_len], "big") - seq - flags - csum
+        csum = ((segments - 1) * shared + terms - tcp_length - seq - (flags | psh)) % 0xFFFF
+    ip_csum = (-ip_sum) % 0xFFFF
+    return hdr + layout.pack(
+        ihl_tos, length, id_ttl, ip_csum, addresses, ports, seq, ack, flags | psh, window, csum, tail
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _bulk_header(hdr_len: int) -> struct.Struct:
+    """The headers of an IPv4 TCP segment of ``hdr_len`` bytes as the fields ``_bulk_front`` reads or changes:
+    version to the ports but total length and header checksum (in three pieces), seq, ack to flags, flags, window,
+    checksum, and the urgent pointer and options."""
+    return struct.Struct(f"!2sH6sHQ4sI5sB2sH{hdr_len - 38}s")
 
 
 def _gro_rows(view: memoryview, count: int, stride: int, size: int, last_size: int, needs_csum: bool) -> list[bytes]:

@@ -80,7 +80,7 @@ def _changed(packet: bytes, change: str) -> bytes:
     options=st.sampled_from([b"", TIMESTAMPS]),
     version=st.sampled_from([4, 4, 4, 6]),
     odd=st.booleans(),
-    seq=st.integers(0, 2**32 - 1),
+    seq=st.one_of(st.integers(0, 2**32 - 1), st.integers(2**32 - 300_000, 2**32 - 1)),  # often wrapping in a run
     slack=st.sampled_from([0, 4, 12, 16]),
     fill=st.sampled_from([0, 0xEE]),
     needs_csum=st.booleans(),
@@ -145,3 +145,18 @@ def test_small_packets_back_to_back_are_glued_as_handle_gro_glues_them() -> None
     assert {len(p) for p in packets} == {54}
     run = _layout(packets, 0, 0)
     assert handle_gro_run(*run) == handle_gro(packets)
+
+
+def test_a_bulk_run_cut_by_psh_and_wrapping_seq_is_glued_as_its_packets_are() -> None:
+    """Two super-packets from one run (a PSH in the middle), the seq wrapping past 2**32 in the second, and a
+    shorter last segment (a part of its own): the checksum terms summed per super-packet from the run's columns and
+    the seq sums with their wrap come out as ``handle_gro``'s."""
+    mss = 1368
+    packets = _flow(30, mss, 1000, seq=2**32 - 20 * mss - 5)
+    seq9 = (2**32 - 20 * mss - 5 + 9 * mss) & 0xFFFFFFFF
+    packets[9] = tcp_packet(4, seq=seq9, payload=packets[9][52:], options=TIMESTAMPS, flags=ACK | PSH, ip_id=9)
+    run = _layout(packets, 0, 0)
+    records = tun.offload.gro_run_parts(*run)
+    assert [len(parts) for parts in records] == [2, 3]
+    assert [b"".join(parts) for parts in records] == handle_gro(packets)
+    assert expand([b"".join(parts) for parts in records]) == packets

@@ -7,11 +7,12 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_tun_offload import ACK, CWR, FIN, PSH, TIMESTAMPS, URG, tcp_packet, tso_record
+from test_tun_offload import ACK, CWR, FIN, PSH, TIMESTAMPS, URG, VNET, tcp_packet, tso_record
 
 import tun.offload
 from tun.offload import (
     MAX_PACKET_SIZE,
+    VIRTIO_NET_HDR_GSO_TCPV6,
     VIRTIO_NET_HDR_SIZE,
     VirtioNetHdr,
     gso_split,
@@ -45,8 +46,8 @@ def _record_parts(record: bytes) -> tuple[bytes, VirtioNetHdr]:
     half_mss=st.integers(1, 4500),
     flags=st.sampled_from([ACK, ACK | PSH, ACK | FIN, ACK | PSH | FIN, ACK | CWR, ACK | CWR | PSH, ACK | URG | PSH]),
     options=st.sampled_from([b"", TIMESTAMPS, b"\x01\x01\x04\x02", bytes(40)]),
-    seq=st.integers(0, 2**32 - 1),
-    ip_id=st.integers(0, 0xFFFF),
+    seq=st.one_of(st.integers(0, 2**32 - 1), st.integers(2**32 - 100_000, 2**32 - 1)),  # often wrapping
+    ip_id=st.one_of(st.integers(0, 0xFFFF), st.integers(0xFF40, 0xFFFF)),  # often wrapping in the run
     seed=st.integers(0, 2**32),
 )
 def test_split_into_is_gso_split_byte_for_byte(
@@ -108,3 +109,33 @@ def test_malformed_raises_like_gso_split() -> None:
         gso_split(data, bad)
     with pytest.raises(tun.offload.OffloadError):
         gso_split_into(data, bad)
+
+
+@pytest.mark.parametrize("stray", [1, 2, 8])
+def test_stray_bytes_before_tcp_are_split_as_gso_split_does(stray: int) -> None:
+    """An IPv6 ``csum_start`` past the fixed header (bytes before TCP that are not parsed): 42 or 48 is cut into a
+    run byte for byte as ``gso_split`` cuts it; an odd 41 falls back to ``gso_split``'s list."""
+    packet = tcp_packet(6, payload=bytes(range(256)) * 20, options=TIMESTAMPS, seed=True)
+    shifted = bytearray(packet[:40] + bytes(stray) + packet[40:])
+    shifted[4:6] = (len(shifted) - 40).to_bytes(2, "big")
+    record = VNET.pack(1, VIRTIO_NET_HDR_GSO_TCPV6, 40 + stray + 32, 1368, 40 + stray, 16) + bytes(shifted)
+    data, hdr = _record_parts(record)
+    run = gso_split_into(data, hdr)
+    if stray & 1:
+        assert run is None
+        assert handle_virtio_read_run(record) == gso_split(data, hdr)
+    else:
+        assert run is not None
+        assert _unpack(run) == gso_split(data, hdr)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("payload_size", [1000, 65_400])
+def test_a_gso_size_too_large_for_a_full_segment_falls_back(version: int, payload_size: int) -> None:
+    """A ``gso_size`` of 65,534 (the headers and it over 65,535 bytes): ``gso_split`` cuts one or two segments of
+    what there is, and the run path gives the same list instead of a numpy overflow (found by hand: the template's
+    total length cannot hold a full segment)."""
+    packet = tcp_packet(version, payload=bytes(payload_size), options=TIMESTAMPS, seed=True)
+    record = tso_record(packet, 65_534)
+    assert gso_split_into(*_record_parts(record)) is None
+    assert handle_virtio_read_run(record) == handle_virtio_read(record)
