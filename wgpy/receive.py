@@ -393,7 +393,7 @@ class Receiver(Sender):
         run = None
         if rows >= RUN_MIN_ROWS and segment - TRANSPORT_OVERHEAD >= ip.IPV4_HEADER_SIZE:
             out, good, run = self._open_rows_into(peer, keypair, source, segment, rows, first)
-            if run is not None and not self._filter_passes_inbound_run(run, peer, now):
+            if run is not None and not self._filter_passes_run("check_inbound_run", run, peer, now):
                 opened = run.packets()  # each through the filter in _deliver
                 run = None
             elif run is None:  # not a run of one inner source and length: the packets one by one, as below
@@ -434,15 +434,6 @@ class Receiver(Sender):
         if after:
             self.receive_datagrams(((after, endpoint),), now)
         return True
-
-    def _filter_passes_inbound_run(self, run: PacketRun, peer: Peer, now: float) -> bool:
-        """Whether the plaintext filter (if any) passes every decrypted packet of ``run`` from ``peer`` at once
-        (``send.RunFilter``); ``False`` leaves the packets to ``_deliver``, which checks each."""
-        packet_filter = self.packet_filter
-        if packet_filter is None:
-            return True
-        check_run = getattr(packet_filter, "check_inbound_run", None)
-        return check_run is not None and bool(check_run(run, peer.public_key, now))
 
     def _open_rows_into(
         self, peer: Peer, keypair: Keypair, source: memoryview, segment: int, rows: int, first: int

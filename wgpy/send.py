@@ -366,7 +366,8 @@ class Sender:
         takes a run whose packets share one destination (``uniform_destination``), a peer with a usable session,
         a plaintext filter that passes the run whole (``RunFilter``) or none, and a ``zero_padded`` layout whose
         stride holds each padded packet: the whole run is then routed once, on its first packet, and handed to the
-        sealer as one padded ``PacketRun`` (``SealJob.run_into`` seals it from the buffer). Anything else goes packet by packet through
+        sealer as one padded ``PacketRun`` (``SealJob.run_into`` seals it from the buffer). Anything else goes
+        packet by packet through
         ``send_packets``, which makes every decision (and counts every drop) for each one.
         """
         if wall_ns is not None:
@@ -377,18 +378,24 @@ class Sender:
             destination = uniform_destination(run)
             peer = self.allowed_ips.lookup(destination) if destination is not None else None
         keypair = self._sending_keypair(peer, now) if peer is not None and not peer.staged else None
-        if peer is None or keypair is None or padded is None or not self._filter_passes_outbound_run(run, peer, now):
+        if (
+            peer is None
+            or keypair is None
+            or padded is None
+            or not self._filter_passes_run("check_outbound_run", run, peer, now)
+        ):
             self.send_packets(run.packets(), now)
             return
         self._send_run(peer, keypair, padded, now)
 
-    def _filter_passes_outbound_run(self, run: PacketRun, peer: Peer, now: float) -> bool:
-        """Whether the plaintext filter (if any) passes every packet of ``run`` to ``peer`` at once: the last
-        check of ``send_run``'s fast path, since a pass has already counted the packets in the filter."""
+    def _filter_passes_run(self, check: str, run: PacketRun, peer: Peer, now: float) -> bool:
+        """Whether the plaintext filter (if any) passes every packet of ``run`` to or from ``peer`` at once through
+        its ``RunFilter`` method ``check`` ("check_outbound_run" or "check_inbound_run"); a filter without it
+        passes no run. Called last on a fast path, since a pass has already counted the packets in the filter."""
         packet_filter = self.packet_filter
         if packet_filter is None:
             return True
-        check_run = getattr(packet_filter, "check_outbound_run", None)
+        check_run = getattr(packet_filter, check, None)
         return check_run is not None and bool(check_run(run, peer.public_key, now))
 
     def _padded_run(self, run: PacketRun) -> PacketRun | None:
