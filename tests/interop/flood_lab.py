@@ -19,7 +19,7 @@ from typing import Any
 
 from interop_lab import Daemon, Lab
 
-FLOOD_SECONDS = 30.0  # the whole measurement runs inside the flood
+FLOOD_SECONDS = 30.0  # the whole measurement runs inside the flood, which is stopped when the measurement ends
 PING_COUNT, PING_INTERVAL = 80, 0.05
 REHANDSHAKE_WAIT = 16.0  # s of pings once a second after the session was dropped
 
@@ -27,6 +27,7 @@ REHANDSHAKE_WAIT = 16.0  # s of pings once a second after the session was droppe
 @dataclass
 class FloodResult:
     flood_sent: int
+    flood_seconds: float  # how long the flood ran
     flood_rate: float
     datagrams_read: int  # by wgpy's sockets (InDatagrams of its namespace)
     receive_buffer_drops: int  # RcvbufErrors of its namespace: what the kernel dropped for full queues
@@ -94,12 +95,14 @@ def run(lab: Lab) -> FloodResult:
             completed = time.monotonic() - started
             break
     outlasted = flooder.poll() is None
-    flooder.wait(timeout=FLOOD_SECONDS + 30)
+    flooder.terminate()  # it reports what it sent and exits
+    flooder.wait(timeout=30)
     after, cpu_after = _udp_counters(lab, ns_a), _cpu_seconds(a.pid)
     report = flood_log.read_text().strip().splitlines()[-1]
     sent = json.loads(report)
     return FloodResult(
         flood_sent=int(sent["sent"]),
+        flood_seconds=float(sent["seconds"]),
         flood_rate=float(sent["rate"]),
         datagrams_read=after["InDatagrams"] - before["InDatagrams"],
         receive_buffer_drops=after["RcvbufErrors"] - before["RcvbufErrors"],
@@ -118,7 +121,7 @@ def describe(result: FloodResult) -> str:
     handshake = "never" if result.rehandshake_seconds is None else f"{result.rehandshake_seconds:.2f} s"
     return (
         f"flood {result.flood_sent} initiations at {result.flood_rate:.0f}/s; wgpy read {result.datagrams_read} "
-        f"datagrams with {result.wgpy_cpu_seconds:.1f} s of CPU in {FLOOD_SECONDS:.0f} s, the kernel dropped "
+        f"datagrams with {result.wgpy_cpu_seconds:.1f} s of CPU in {result.flood_seconds:.1f} s, the kernel dropped "
         f"{result.receive_buffer_drops}; pings quiet {result.quiet_replies}/{PING_COUNT} avg "
         f"{result.quiet_avg_ms:.2f} ms, under the flood {result.flood_replies}/{PING_COUNT} avg "
         f"{result.flood_avg_ms:.2f} ms max {result.flood_max_ms:.2f} ms; re-handshake after {handshake}"

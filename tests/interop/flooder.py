@@ -4,8 +4,9 @@
 pass the responder's mac1 check (mac1 needs only the responder's public key) but carry random ephemeral, static and
 timestamp fields, so each one costs the responder a mac1 check and, under load, a cookie reply (or the X25519 of
 ``consume_initiation`` without load). The mac1 is computed here with ``hashlib`` from the whitepaper (§5.4.4:
-``mac1 = MAC(HASH(LABEL_MAC1 || S_pub), msg_alpha)``), independently of wgpy. At the end it prints one JSON line:
-``{"sent": N, "seconds": T, "rate": N/T}``. It only sends; it never reads what comes back.
+``mac1 = MAC(HASH(LABEL_MAC1 || S_pub), msg_alpha)``), independently of wgpy. At the end (``--seconds`` passed, or
+SIGTERM) it prints one JSON line: ``{"sent": N, "seconds": T, "rate": N/T}``. It only sends; it never reads what
+comes back.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import socket
 import time
 
@@ -51,13 +53,15 @@ def main() -> None:
         sock.bind(("0.0.0.0", 0))  # noqa: S104 - a test tool inside its own network namespace
         sockets.append(sock)
     senders = [sock.sendto for sock in sockets]
+    stopped = []  # SIGTERM: the measurement is over, report what was sent
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
     start = time.monotonic()
     deadline = start + args.seconds
     sent = 0
     chunk = 256
     while True:
         now = time.monotonic()
-        if now >= deadline:
+        if now >= deadline or stopped:
             break
         if args.rate and sent > (now - start) * args.rate:
             time.sleep(0.001)

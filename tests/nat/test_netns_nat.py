@@ -387,14 +387,14 @@ def test_topology_4b_a_direct_path_appearing_while_relayed_takes_over_without_ha
 
 
 def test_expiring_turn_credentials_are_renewed_with_a_new_allocation_and_traffic_goes_on(nat_lab: Lab) -> None:
-    """Credentials live 12 s here: each agent asks again at half their life and moves to a new allocation (coturn
+    """Credentials live 8 s here: each agent asks again at half their life and moves to a new allocation (coturn
     refuses to refresh an allocation whose username expired); the relayed session carries on across it."""
-    a, b = _agents(nat_lab, "symmetric", turn_lifetime=12)
+    a, b = _agents(nat_lab, "symmetric", turn_lifetime=8)
     _agent_ping(a, b, "relayed-1", timeout=30.0)
     _agent_ping(b, a, "relayed-1-back")
     first = a.status()
     assert _path(a, "path: relayed").startswith("path: relayed")
-    deadline = time.monotonic() + 20.0  # past the first credentials' expiry (12 s) and one renewal more
+    deadline = time.monotonic() + 13.0  # past the first credentials' expiry (8 s) and one renewal more
     n = 0
     while time.monotonic() < deadline:
         n += 1
