@@ -11,6 +11,8 @@ import itertools
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support.helpers import (
     ENDPOINT_A,
     ENDPOINT_B,
@@ -33,6 +35,17 @@ from wgpy.timers import PeerTimers, TimerName
 
 def armed(timers: PeerTimers) -> dict[TimerName, float]:
     return {name: at for name in TimerName if (at := getattr(timers, f"{name.name.lower()}_at")) is not None}
+
+
+@given(st.lists(st.none() | st.floats(0.0, 1e6), min_size=len(TimerName), max_size=len(TimerName)))
+def test_next_deadline_is_the_earliest_armed_timer_of_every_name(deadlines: list[float | None]) -> None:
+    """``next_deadline`` reads the fields itself; the reference finds them by ``TimerName``, so a timer it left out
+    (or one added to ``TimerName`` and not to it) is seen."""
+    timers = PeerTimers()
+    for name, at in zip(TimerName, deadlines, strict=True):
+        setattr(timers, f"{name.name.lower()}_at", at)
+    expected = armed(timers)
+    assert timers.next_deadline() == (min(expected.values()) if expected else None)
 
 
 def test_a_new_peer_has_no_deadline() -> None:
