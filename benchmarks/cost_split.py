@@ -5,9 +5,9 @@ Two parts, both printed with the machine (``machineinfo``) and, with ``--out``, 
 ``python benchmarks/cost_split.py micro [--number 20000] [--repeat 7]``
     The AEAD floor on this machine: ``cryptography``'s ``ChaCha20Poly1305`` ``encrypt``/``decrypt`` and
     ``encrypt_into``/``decrypt_into`` at 64 and 1420 bytes (one call, a fixed 12-byte nonce, no associated data, as
-    WireGuard's transport uses it), X25519 (one ``exchange``), and wgpy's own ``Keypair.seal``/``Keypair.open`` at
-    the same sizes (the AEAD plus header and counter work in Python). The cases are interleaved round by
-    round; the fastest of ``--repeat`` rounds of ``--number`` calls, in microseconds per call.
+    WireGuard's transport uses it), the same through PyNaCl (libsodium), X25519 (one ``exchange``), and wgpy's
+    own ``Keypair.seal``/``Keypair.open`` at the same sizes (the AEAD plus header and counter work in Python).
+    The cases are interleaved round by round; the fastest of ``--repeat`` rounds of ``--number`` calls, in microseconds per call.
 
 ``python benchmarks/cost_split.py syscalls --e2e REPORT.json --strace DIR``
     System calls per delivered TCP segment for every daemon of an ``e2e.py --strace DIR --tests tcp1`` run
@@ -76,6 +76,23 @@ def _aead_cases(size: int) -> dict[str, Callable[[], object]]:
     }
 
 
+def _nacl_cases(size: int) -> dict[str, Callable[[], object]]:
+    """The same AEAD (IETF ChaCha20-Poly1305) through PyNaCl's libsodium binding, the other maintained one that
+    wgpy already depends on: is its call any cheaper?"""
+    import os
+
+    from nacl.bindings import crypto_aead_chacha20poly1305_ietf_decrypt, crypto_aead_chacha20poly1305_ietf_encrypt
+
+    key = os.urandom(32)
+    nonce = bytes(4) + (7).to_bytes(8, "little")
+    plaintext = os.urandom(size)
+    sealed = crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, None, nonce, key)
+    return {
+        f"nacl_aead_encrypt_{size}": lambda: crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, None, nonce, key),
+        f"nacl_aead_decrypt_{size}": lambda: crypto_aead_chacha20poly1305_ietf_decrypt(sealed, None, nonce, key),
+    }
+
+
 def _keypair_cases(size: int) -> dict[str, Callable[[], object]]:
     """wgpy's transport calls, on a pair of keypairs that share keys (the receiver's open undoes the seal)."""
     import os
@@ -108,6 +125,7 @@ def micro(number: int, repeat: int) -> dict[str, float]:
     cases: dict[str, tuple[Callable[[], object], int]] = {}
     for size in SIZES:
         cases.update((name, (call, number)) for name, call in _aead_cases(size).items())
+        cases.update((name, (call, number)) for name, call in _nacl_cases(size).items())
     cases["x25519_exchange"] = (lambda: mine.exchange(theirs), max(number // 20, 10))
     for size in SIZES:
         cases.update((name, (call, number)) for name, call in _keypair_cases(size).items())
