@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Final
 from ..device import Device
 from ..drivers.asyncio_udp import Tunnel
 from ..drivers.clock import monotonic_now
+from ..drivers.tasks import cancel_and_wait
 from ..errors import ConfigError
 from ..keys import PrivateKey
 from ..management.pathreport import MAX_PATH_PEERS
@@ -223,12 +224,8 @@ class AgentRunner:
     async def close(self) -> None:
         """Stop the loop, the tunnel and the client."""
         self._stop.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks)  # a task's own failure does not stop the close; a cancellation of ours does
         if self._status_timer is not None:
             self._status_timer.cancel()
             self._status_timer = None

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..drivers.tasks import cancel_and_wait
 from .push import Change, PushHub
 
 if TYPE_CHECKING:
@@ -143,10 +144,9 @@ class PgFanout:
             with contextlib.suppress(ValueError):
                 self.nat.relays.remove(self.publish_candidates)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            for error in await cancel_and_wait(task):
+                raise error
 
     async def drop_connection(self) -> None:
         """Close the listening connection abruptly (tests: a lost connection is resynchronised)."""

@@ -37,6 +37,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import crypto
+from ..drivers.tasks import cancel_and_wait
 from . import audit
 from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, canonical_body, compile_view, compile_views, parse_policy
 from .store import PeerRow, PolicyRow, lock_map_serials, readonly, write_slot
@@ -360,11 +361,13 @@ class PeerStream:
     async def stop(self) -> None:
         if self._close is not None and not self._writer.done():
             # A revocation or replacement is being sent: let its close frame go out with its code.
+            # ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` can drop a cancellation of its
+            # caller that arrives just as the awaited event is set.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.closed.wait()), SEND_TIMEOUT)
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await self.closed.wait()
+        for error in await cancel_and_wait(self._writer):
+            raise error
 
 
 class PushHub:
@@ -396,11 +399,8 @@ class PushHub:
         self._ticker = asyncio.create_task(self._tick(), name="push-ticker")
 
     async def stop(self) -> None:
-        for task in (self._worker, self._ticker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for error in await cancel_and_wait(self._worker, self._ticker):
+            raise error
 
         async def close(stream: PeerStream) -> None:
             # All at once and each bounded: one by one, thousands of streams whose peers do not answer the close
