@@ -23,12 +23,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from wgpy.agent.runner import ServerMeshAgent
 from wgpy.device import Device
 from wgpy.drivers.asyncio_udp import Tunnel
 from wgpy.drivers.uapi_server import UapiServer, bind_uapi_socket, socket_path
 from wgpy.keys import PrivateKey, PublicKey
+from wgpy.mesh import MapRejected, RejectReason, sign_network_map
 from wgpy.mesh import controller as controller_module
-from wgpy.mesh import sign_network_map
 from wgpy.mesh.agent import INLINE_DOCUMENT, MeshAgent, read_state, write_state
 
 MANAGEMENT = Ed25519PrivateKey.from_private_bytes(bytes(range(40, 72)))
@@ -187,6 +188,43 @@ def test_a_large_file_or_saved_map_is_applied_while_the_event_loop_keeps_running
             # One turn between two steps of PEERS_PER_STEP (500) peers: 5000 peers are planned in 10 of them.
             assert len(turns.applying) == 1 and turns.applying[0] >= 9, turns.applying
             assert read_state(state_path).serial == 4
+
+    asyncio.run(main())
+
+
+def test_a_large_map_from_the_management_server_is_applied_while_the_event_loop_keeps_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wgpy up``'s maps (``ServerMeshAgent.apply_from_server``) take the same way: before, each was verified and
+    applied in one call on the loop. A stale one after it is refused with the serial in force, and changes nothing."""
+    state_path = tmp_path / "state.json"
+    private_key = PrivateKey.generate()
+    document, keys = big_map(private_key.public_key(), 7, HUGE)
+    turns = Turns(monkeypatch)
+
+    async def main() -> None:
+        tunnel = Tunnel(Device(private_key=private_key), bind_address="127.0.0.1")
+        await tunnel.start()
+        agent = ServerMeshAgent.create(tunnel, MANAGEMENT_PUBLIC_B64, state_path=state_path)
+        assert isinstance(agent, ServerMeshAgent)
+        agent.start()
+        try:
+            turns.start()
+            changes = await asyncio.wait_for(agent.apply_from_server(document), REPLY_TIMEOUT)
+            turns.stopped = True
+            assert changes is not None and changes.serial == 7
+            assert agent.controller.serial == 7 and set(tunnel.device.peers) == keys
+            assert len(turns.verifying) == 1 and turns.verifying[0] >= 5, turns.verifying
+            assert len(turns.applying) == 1 and turns.applying[0] >= 9, turns.applying
+            assert read_state(state_path).serial == 7
+            stale, _ = big_map(private_key.public_key(), 6)
+            with pytest.raises(MapRejected) as refused:
+                await asyncio.wait_for(agent.apply_from_server(stale), REPLY_TIMEOUT)
+            assert refused.value.reason is RejectReason.STALE_SERIAL
+            assert agent.controller.serial == 7 and set(tunnel.device.peers) == keys
+        finally:
+            agent.close()
+            tunnel.close()
 
     asyncio.run(main())
 
