@@ -29,7 +29,7 @@ async def _unwinds_slowly(release: asyncio.Event, done: list[str]) -> None:
 
 def test_the_tasks_are_cancelled_and_waited_for() -> None:
     async def body() -> None:
-        release, done = asyncio.Event(), []
+        release, done = asyncio.Event(), list[str]()
         slow = asyncio.create_task(_unwinds_slowly(release, done))
         quick = asyncio.create_task(asyncio.sleep(3600))
         await asyncio.sleep(0)
@@ -46,7 +46,7 @@ def test_the_tasks_are_cancelled_and_waited_for() -> None:
 
 def test_a_cancellation_of_the_caller_while_a_task_unwinds_reaches_the_caller() -> None:
     async def body() -> None:
-        release, done = asyncio.Event(), []
+        release, done = asyncio.Event(), list[str]()
         slow = asyncio.create_task(_unwinds_slowly(release, done))
         await asyncio.sleep(0)
         after: list[str] = []
