@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wgpy.packetrun import PacketRun
+from wgpy import ip
+from wgpy.packetrun import PacketRun, uniform_destination, uniform_source
 
 
 @st.composite
@@ -52,3 +53,66 @@ def test_an_index_out_of_range_raises() -> None:
     run = PacketRun(bytes(20), 2, 10, 10)
     with pytest.raises(IndexError):
         run[2]
+
+
+@st.composite
+def header_runs(draw: st.DrawFn) -> tuple[bytes | bytearray | memoryview, int, int]:
+    """A run of IPv4 (no options) or IPv6 packets of one length, every header a copy of the first, then perhaps a
+    few bytes of some rows' first 40 changed; the buffer as ``bytes``, ``bytearray`` or a ``memoryview``."""
+    version = draw(st.sampled_from([4, 6]))
+    header_size = ip.IPV4_HEADER_SIZE if version == 4 else ip.IPV6_HEADER_SIZE
+    size = draw(st.integers(header_size, header_size + 40))
+    stride = size + draw(st.integers(0, 16))
+    count = draw(st.integers(1, 12))
+    if version == 4:
+        header = bytearray(bytes([0x45, 0]) + size.to_bytes(2, "big") + bytes(16))
+    else:
+        header = bytearray(bytes([0x60, 0, 0, 0]) + (size - 40).to_bytes(2, "big") + bytes(34))
+    header[header_size - 32 if version == 6 else 12 : header_size] = draw(
+        st.binary(min_size=32 if version == 6 else 8, max_size=32 if version == 6 else 8)
+    )
+    row = bytes(header) + draw(st.binary(min_size=size - header_size, max_size=size - header_size))
+    buffer = bytearray((row + bytes(stride - size)) * count)
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, count - 1)) * stride + draw(st.integers(0, 39))
+        buffer[at] = draw(st.integers(0, 255))
+    kind = draw(st.sampled_from([bytes, bytearray, memoryview]))
+    return kind(buffer), count, stride
+
+
+def _rows(buffer: bytes | bytearray | memoryview, count: int, stride: int) -> list[bytes]:
+    return [bytes(buffer[i * stride : (i + 1) * stride]) for i in range(count)]
+
+
+@given(header_runs())
+def test_uniform_source_names_only_what_every_row_has_and_sees_identical_headers(
+    case: tuple[bytes | bytearray | memoryview, int, int],
+) -> None:
+    """Sound: a source and length it gives are those of every row (each read by ``ip.source_and_length``).
+    Complete where it matters: a run whose rows all start with the same 40 bytes is always recognised."""
+    buffer, count, stride = case
+    found = uniform_source(buffer, count, stride)
+    rows = _rows(buffer, count, stride)
+    if found is not None:
+        assert all(ip.source_and_length(row) == found for row in rows)
+    first = ip.source_and_length(rows[0])
+    if first is not None and all(row[:40] == rows[0][:40] for row in rows) and rows[0][0] in (0x45, 0x60):
+        assert found == first
+
+
+@given(header_runs())
+def test_uniform_destination_names_only_what_every_packet_has_and_sees_identical_headers(
+    case: tuple[bytes | bytearray | memoryview, int, int],
+) -> None:
+    buffer, count, stride = case
+    rows = _rows(buffer, count, stride)
+    size = ip.source_and_length(rows[0])
+    if size is None:
+        return  # no run of this length to make
+    run = PacketRun(buffer, count, stride, size[1], size[1])
+    found = uniform_destination(run)
+    if found is not None:
+        assert all(ip.destination(row) == found for row in rows)
+    first = ip.destination(rows[0])
+    if first is not None and all(row[:40] == rows[0][:40] for row in rows) and rows[0][0] in (0x45, 0x60):
+        assert found == first
