@@ -198,6 +198,6 @@ def _columns_equal(
         length = total - ip.IPV6_HEADER_SIZE
         if length < 0:
             return False
-    columns = ((0, version), (length_at, length >> 8), (length_at + 1, length & 0xFF))
+    columns: tuple[tuple[int, int], ...] = ((0, version), (length_at, length >> 8), (length_at + 1, length & 0xFF))
     columns += tuple(zip(range(address_at, address_at + len(address)), address))
     return all(data[offset:end:stride] == bytes((value,)) * rows for offset, value in columns)

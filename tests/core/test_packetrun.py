@@ -74,7 +74,7 @@ def header_runs(draw: st.DrawFn) -> tuple[bytes | bytearray | memoryview, int, i
     row = bytes(header) + draw(st.binary(min_size=size - header_size, max_size=size - header_size))
     buffer = bytearray((row + bytes(stride - size)) * count)
     for _ in range(draw(st.integers(0, 3))):
-        at = draw(st.integers(0, count - 1)) * stride + draw(st.integers(0, 39))
+        at = draw(st.integers(0, count - 1)) * stride + draw(st.integers(0, min(39, stride - 1)))
         buffer[at] = draw(st.integers(0, 255))
     kind = draw(st.sampled_from([bytes, bytearray, memoryview]))
     return kind(buffer), count, stride
