@@ -199,5 +199,5 @@ def _columns_equal(
         if length < 0:
             return False
     columns: tuple[tuple[int, int], ...] = ((0, version), (length_at, length >> 8), (length_at + 1, length & 0xFF))
-    columns += tuple(zip(range(address_at, address_at + len(address)), address))
+    columns += tuple(enumerate(address, address_at))
     return all(data[offset:end:stride] == bytes((value,)) * rows for offset, value in columns)
