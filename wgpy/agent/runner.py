@@ -230,7 +230,8 @@ class AgentRunner:
         """Stop the loop, the tunnel and the client."""
         self._stop.set()
         tasks, self._tasks = self._tasks, []
-        await cancel_and_wait(*tasks)  # a task's own failure does not stop the close; a cancellation of ours does
+        with contextlib.suppress(Exception):  # a task's own failure does not stop the close; a cancel of ours does
+            await cancel_and_wait(*tasks)
         if self._status_timer is not None:
             self._status_timer.cancel()
             self._status_timer = None

@@ -16,17 +16,18 @@ from typing import Any
 __all__ = ["cancel_and_wait"]
 
 
-async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> list[BaseException]:
+async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
     """Cancel every task given (``None`` entries are skipped) and wait until all of them have finished.
 
-    Returns the exceptions the tasks ended with, other than their cancellation, in the order given: the caller
-    decides whether one matters (every one is retrieved, so asyncio logs none as never retrieved). If the caller
-    is cancelled while waiting, ``CancelledError`` is raised at once; the tasks stay cancelled and finish on their
-    own.
+    Raises the first exception, in the order given, that a task ended with other than its cancellation (every one
+    is retrieved, so asyncio logs none as never retrieved). If the caller is cancelled while waiting,
+    ``CancelledError`` is raised at once; the tasks stay cancelled and finish on their own.
     """
     pending = [task for task in tasks if task is not None]
     for task in pending:
         task.cancel()
     if pending:
         await asyncio.wait(pending)
-    return [error for task in pending if not task.cancelled() and (error := task.exception()) is not None]
+    errors = [error for task in pending if not task.cancelled() and (error := task.exception()) is not None]
+    if errors:
+        raise errors[0]

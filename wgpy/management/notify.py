@@ -145,8 +145,7 @@ class PgFanout:
                 self.nat.relays.remove(self.publish_candidates)
         if self._task is not None:
             task, self._task = self._task, None
-            for error in await cancel_and_wait(task):
-                raise error
+            await cancel_and_wait(task)
 
     async def drop_connection(self) -> None:
         """Close the listening connection abruptly (tests: a lost connection is resynchronised)."""

@@ -366,8 +366,7 @@ class PeerStream:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SEND_TIMEOUT):
                     await self.closed.wait()
-        for error in await cancel_and_wait(self._writer):
-            raise error
+        await cancel_and_wait(self._writer)
 
 
 class PushHub:
@@ -399,8 +398,7 @@ class PushHub:
         self._ticker = asyncio.create_task(self._tick(), name="push-ticker")
 
     async def stop(self) -> None:
-        for error in await cancel_and_wait(self._worker, self._ticker):
-            raise error
+        await cancel_and_wait(self._worker, self._ticker)
 
         async def close(stream: PeerStream) -> None:
             # All at once and each bounded: one by one, thousands of streams whose peers do not answer the close
