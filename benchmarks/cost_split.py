@@ -7,7 +7,8 @@ Two parts, both printed with the machine (``machineinfo``) and, with ``--out``, 
     ``encrypt_into``/``decrypt_into`` at 64 and 1420 bytes (one call, a fixed 12-byte nonce, no associated data, as
     WireGuard's transport uses it), the same through PyNaCl (libsodium), X25519 (one ``exchange``), and wgpy's
     own ``Keypair.seal``/``Keypair.open`` at the same sizes (the AEAD plus header and counter work in Python).
-    The cases are interleaved round by round; the fastest of ``--repeat`` rounds of ``--number`` calls, in microseconds per call.
+    The cases are interleaved round by round; the fastest of ``--repeat`` rounds of ``--number`` calls, in
+    microseconds per call.
 
 ``python benchmarks/cost_split.py syscalls --e2e REPORT.json --strace DIR``
     System calls per delivered TCP segment for every daemon of an ``e2e.py --strace DIR --tests tcp1`` run
