@@ -501,30 +501,66 @@ def test_watched_map_file_waits_for_the_key_applies_changes_and_survives_a_resta
     assert all(record.exc_info is None for record in caplog.records if record.name.startswith("wgpy"))
 
 
-def test_state_file_round_trip_and_a_state_that_no_longer_verifies(tmp_path: Path) -> None:
+def test_state_file_round_trip_and_a_state_that_no_longer_verifies(
+    socket_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The saved map is verified when it is applied again, not by ``MeshAgent.create``: the controller starts at the
+    saved serial, takes the saved map once more if it still verifies (an older one never), and refuses it, keeping
+    the serial, when it has expired or a newer map came first."""
     state_path = tmp_path / "state.json"
     assert read_state(state_path) == MeshState()
-    document = sign(map_body(3, [peer_entry(PrivateKey.generate().public_key(), "10.7.0.1", "developers")]))
+    private_key = PrivateKey.generate()
+    body = map_body(3, [peer_entry(private_key.public_key(), "10.7.0.1", "developers")])
+    body["peers"].append(peer_entry(PrivateKey(bytes([1] * 32)).public_key(), "10.7.1.1", "production", 51001))
+    document = sign(body)
     write_state(state_path, 3, document)
     state = read_state(state_path)
     assert state.serial == 3 and state.document is not None
     assert json.loads(state.document) == json.loads(document)
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left behind
+    peer = PrivateKey(bytes([1] * 32)).public_key()
 
     async def main() -> None:
-        tunnel = Tunnel(Device(), bind_address="127.0.0.1")
-        await tunnel.start()
-        try:
-            # Expired since it was saved: not resumed, and the saved serial still holds.
-            agent = MeshAgent.create(tunnel, MANAGEMENT_PUBLIC_B64, state_path=state_path, wall_clock=lambda: 2.0e9)
-            assert agent.controller.serial == 3
-            # Still valid: resumed, so the controller starts just below it.
-            agent = MeshAgent.create(tunnel, MANAGEMENT_PUBLIC_B64, state_path=state_path)
-            assert agent.controller.serial == 2
-        finally:
-            tunnel.close()
+        # Expired since it was saved: not resumed, and the saved serial still holds.
+        late = lambda: 2.0e9  # noqa: E731
+        async with serving(socket_dir, "wgs1", state_path=state_path, private_key=private_key, wall_clock=late) as n:
+            assert n.agent is not None and n.agent.controller.serial == 3
+            await set_private_key(n)
+            await n.agent.settled()
+            assert n.agent.controller.network_map is None and n.tunnel.device.peers == {}
+            assert n.agent.controller.serial == 3
+        # Still valid: resumed once the key is there; a map older than the saved one is refused before and after.
+        async with serving(socket_dir, "wgs2", state_path=state_path, private_key=private_key) as n:
+            assert n.agent is not None and n.agent.controller.serial == 3
+            older = tmp_path / "older.json"
+            older.write_bytes(sign({**body, "serial": 2}))
+            refused = await mesh_apply(n, older)  # no private key yet: refused for that, before any serial check
+            assert refused.returncode != 0
+            await set_private_key(n)
+            await n.agent.settled()
+            assert n.agent.controller.network_map is not None and n.agent.controller.serial == 3
+            assert set(n.tunnel.device.peers) == {peer}
+            refused = await mesh_apply(n, older)
+            assert refused.returncode != 0 and "not greater than the current 3" in refused.stderr, refused.stderr
+        # Overtaken: a newer map arrives before the key, so the saved map comes second and is stale.
+        async with serving(socket_dir, "wgs3", state_path=state_path, private_key=private_key) as n:
+            agent = n.agent
+            assert agent is not None
+            newer = dict(body, serial=5, peers=body["peers"][:1])
+            n.tunnel.device.set_private_key(private_key)
+            changes = await agent._verify_and_apply(sign(newer), "a test")  # as mesh_apply does, before the poll
+            assert changes is not None and changes.serial == 5
+            agent.configuration_changed()  # the saved map's turn
+            await agent.settled()
+            assert agent.controller.serial == 5 and n.tunnel.device.peers == {}
 
-    asyncio.run(main())
+    with caplog.at_level(logging.INFO, logger="wgpy.mesh"):
+        asyncio.run(main())
+    not_resumed = [r.getMessage() for r in caplog.records if "not resumed" in r.getMessage()]
+    assert not_resumed == [
+        f"the saved network map is not resumed (expired): expired at {body['expires_at']}, now is 2000000000",
+        "the saved network map is not resumed (stale_serial): serial 3 is not greater than the current 5",
+    ], not_resumed
 
 
 def test_fail_closed_denies_everything_once_the_map_expires_and_says_so_once(

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from wgpy import crypto as wgpy_crypto
 from wgpy.agent.runner import ServerMeshAgent
 from wgpy.device import Device
 from wgpy.drivers.asyncio_udp import Tunnel
@@ -163,7 +165,8 @@ def test_a_large_file_or_saved_map_is_applied_while_the_event_loop_keeps_running
 ) -> None:
     """Before, the map file and the saved map were verified and applied inside the poll (or the UAPI ``set`` that
     brought the private key): no turn of the loop in either. Now the loop turns during both, and the ``set`` is
-    answered before the map is in force."""
+    answered before the map is in force. ``MeshAgent.create`` verifies nothing (it used to verify the saved map on
+    the loop): the one verification is the worker thread's."""
     map_path = tmp_path / "map.json"
     state_path = tmp_path / "state.json"
     private_key = PrivateKey.generate()
@@ -173,18 +176,28 @@ def test_a_large_file_or_saved_map_is_applied_while_the_event_loop_keeps_running
     else:
         write_state(state_path, 4, document)
     turns = Turns(monkeypatch)
+    verified_on: list[str] = []  # the thread of every Ed25519 verification, create() included
+    ed25519_verify = wgpy_crypto.ed25519_verify
+
+    def counted_verify(*args: Any) -> bool:
+        verified_on.append(threading.current_thread().name)
+        return ed25519_verify(*args)
+
+    monkeypatch.setattr(wgpy_crypto, "ed25519_verify", counted_verify)  # netmap looks it up on each call
 
     async def main() -> None:
         async with serving(socket_dir, map_path=map_path, state_path=state_path) as node:
+            assert verified_on == []  # MeshAgent.create and start, without the private key, verify nothing
             node.private_key = private_key
             turns.start()
             await set_private_key(node)  # the key arrives: the waiting map is applied
-            assert node.agent.controller.serial != 4  # the set was answered before the map was in force
+            assert node.agent.controller.network_map is None  # the set was answered before the map was in force
             await asyncio.wait_for(node.agent.settled(), REPLY_TIMEOUT)
             turns.stopped = True
             assert node.agent.controller.serial == 4
             assert set(node.tunnel.device.peers) == keys
             assert len(turns.verifying) == 1 and turns.verifying[0] >= 5, turns.verifying
+            assert len(verified_on) == 1 and verified_on[0] != threading.main_thread().name, verified_on
             # One turn between two steps of PEERS_PER_STEP (500) peers: 5000 peers are planned in 10 of them.
             assert len(turns.applying) == 1 and turns.applying[0] >= 9, turns.applying
             assert read_state(state_path).serial == 4

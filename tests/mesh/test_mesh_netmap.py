@@ -264,6 +264,25 @@ def test_replayed_older_or_same_serial_is_rejected() -> None:
     with pytest.raises(MapRejected) as caught:
         restarted.apply_network_map(pair.a, old, NOW_WALL, pair.net.now)
     assert caught.value.reason is RejectReason.STALE_SERIAL and caught.value.serial == 4
+    assert caught.value.detail == "serial 4 is older than the saved 5"
+
+
+def test_a_restarted_controller_takes_the_saved_serial_once_more_and_then_never() -> None:
+    """Resuming: until a map is in force, the persisted serial itself is accepted (the saved map, verified again);
+    once one is, that serial is stale like any other."""
+    pair, _ = applied_pair()
+    same = sign(make_body(pair, serial=5))
+    restarted = controller(current_serial=5)
+    assert restarted.apply_network_map(pair.a, same, NOW_WALL, pair.net.now).serial == 5
+    with pytest.raises(MapRejected) as caught:
+        restarted.apply_network_map(pair.a, same, NOW_WALL, pair.net.now)
+    assert caught.value.reason is RejectReason.STALE_SERIAL
+    assert caught.value.detail == "serial 5 is not greater than the current 5"
+    # A newer map first: the saved one is stale after it.
+    overtaken = controller(current_serial=5)
+    assert overtaken.apply_network_map(pair.a, sign(make_body(pair, serial=6)), NOW_WALL, pair.net.now).serial == 6
+    with pytest.raises(MapRejected):
+        overtaken.apply_network_map(pair.a, same, NOW_WALL, pair.net.now)
 
 
 def test_map_without_this_device_is_rejected() -> None:

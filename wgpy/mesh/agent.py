@@ -74,7 +74,6 @@ from . import (
     MeshController,
     RejectReason,
     load_management_public_key,
-    verify_and_parse,
 )
 from .netmap import MAX_DOCUMENT_SIZE, NetworkMap
 
@@ -180,24 +179,19 @@ def write_private_file(path: Path, data: bytes) -> None:
         raise
 
 
-def _resume(state: MeshState, key: Ed25519PublicKey, now_wall: float) -> tuple[int | None, bytes | None]:
-    """The serial to start the controller with, and the saved document to apply again (if it still verifies).
+def _resume(state: MeshState) -> tuple[int | None, bytes | None]:
+    """The serial to start the controller with, and the saved document to apply again (verified only then).
 
-    The controller refuses a map whose serial is not greater than its own, so re-applying the saved map needs
-    the serial just below it; that is safe only because the saved map is applied before anything else can be.
+    The controller starts at the saved serial and, until a map is applied, accepts that serial once more
+    (``MeshController``): the saved map is then verified like any other map, off the event loop when it is large,
+    and one that a newer map overtakes in the meantime is refused as stale.
     """
     if state.serial is None or state.document is None:
         return state.serial, None
-    try:
-        netmap = verify_and_parse(state.document, key, now_wall, None)
-    except MapRejected as exc:
-        logger.warning(
-            "the saved network map (serial %d) is not resumed (%s): %s", state.serial, exc.reason.value, exc.detail
-        )
-        return state.serial, None
-    if netmap.serial != state.serial:
-        return state.serial, None
-    return state.serial - 1, state.document
+    return state.serial, state.document
+
+
+SAVED_STATE: Final = "the saved state"  # the source of a resumed map, in log lines
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,7 +263,7 @@ class MeshAgent:
         key = load_management_public_key(management_public_key)
         if state is None:
             state = read_state(state_path) if state_path is not None else MeshState()
-        serial, document = _resume(state, key, wall_clock())
+        serial, document = _resume(state)
         controller = MeshController(key, fail_closed=fail_closed, audit=audit, current_serial=serial)
         return cls(
             tunnel,
@@ -452,6 +446,9 @@ class MeshAgent:
             )
 
     def _log_rejected(self, source: str, exc: MapRejected) -> None:
+        if source == SAVED_STATE:  # expired while the daemon was down, say, or overtaken by a newer map
+            logger.warning("the saved network map is not resumed (%s): %s", exc.reason.value, exc.detail)
+            return
         if exc.reason is RejectReason.STALE_SERIAL and exc.serial is not None and exc.serial == self.controller.serial:
             logger.info("network map serial %d from %s is already in force", exc.serial, source)
             return
@@ -483,9 +480,9 @@ class MeshAgent:
         resume, self._resume_document = self._resume_document, None
         if resume is not None:
             try:
-                self._apply(resume, "the saved state")
+                self._apply(resume, SAVED_STATE)
             except MapRejected as exc:
-                self._log_rejected("the saved state", exc)
+                self._log_rejected(SAVED_STATE, exc)
         pending, self._file_pending = self._file_pending, None
         if pending is not None and self.map_path is not None:
             try:
@@ -498,7 +495,7 @@ class MeshAgent:
         async with self.apply_lock:
             while not self._closed:
                 if self._resume_document is not None:
-                    document, source, resumed = self._resume_document, "the saved state", True
+                    document, source, resumed = self._resume_document, SAVED_STATE, True
                     self._resume_document = None
                 elif self._file_pending is not None and self.map_path is not None:
                     document, source, resumed = self._file_pending, str(self.map_path), False

@@ -23,7 +23,9 @@ Two clocks: ``now_wall`` is Unix time (map validity is wall-clock), ``now`` the 
 filter's timeouts). ``note_clock`` ties them together; with ``fail_closed`` the filter is given the monotonic
 instant at which the map expires and denies every packet from then on (``map-expired``) until a newer map arrives.
 Without it, an expired map stays in force (last known good). The serial survives only as long as this object:
-pass ``current_serial`` when recreating it so a restart does not reopen the door to replayed older maps.
+pass ``current_serial`` when recreating it so a restart does not reopen the door to replayed older maps. Until the
+first map is applied, a map with that serial is accepted too: the saved map is verified again (off the event loop,
+where the driver chooses) and applied like any other, and one that another map has overtaken meanwhile is stale.
 
 Key rotation: a map (verified) that carries ``key_rotation`` makes ``accepted_keys`` the pinned key *and* the
 announced next key until the announced ``until``; from ``until`` on the next key alone is pinned
@@ -52,6 +54,7 @@ from .netmap import (
     NetworkMap,
     RejectReason,
     load_management_public_key,
+    stale_detail,
     verify_and_parse,
 )
 
@@ -96,7 +99,8 @@ class MeshController:
             management_public_key: The Ed25519 key maps must be signed with (key object, 32 bytes or base64).
             fail_closed: Deny all traffic once the map in force has expired.
             audit: The audit log; by default one on the ``wgpy.audit`` logger.
-            current_serial: The serial of the last map applied before a restart, if it was persisted.
+            current_serial: The serial of the last map applied before a restart, if it was persisted; until a map
+                is applied, one with this serial is accepted again (the saved map, resumed).
             max_flows: The bound of the connection tracking table.
             max_clock_skew: Seconds a map's ``issued_at`` may lie in our future.
 
@@ -110,6 +114,7 @@ class MeshController:
         self.network_map: NetworkMap | None = None
         self.max_clock_skew = max_clock_skew
         self._serial = current_serial
+        self._resuming = current_serial is not None  # the saved map of that serial may be applied once more
         self._wall_offset: float | None = None  # now_wall - now, from the last note_clock
         self.rotation: KeyRotation | None = None  # the announced next key, until its window ends
 
@@ -189,6 +194,7 @@ class MeshController:
             now_wall=now_wall,
             current_serial=self._serial,
             max_clock_skew=self.max_clock_skew,
+            resuming=self._resuming,
         )
 
     def map_rejected(self, rejected: MapRejected, now: float) -> None:
@@ -300,6 +306,7 @@ class MeshController:
         flows_removed = self.filter.install(prepared)
         self.network_map = netmap
         self._serial = netmap.serial
+        self._resuming = False
         if netmap.key_rotation is not None:
             if netmap.key_rotation.public_key().public_bytes_raw() == self.management_public_key.public_bytes_raw():
                 self.rotation = None  # announced by the new key itself after we completed the rotation: done
@@ -337,11 +344,10 @@ class MeshController:
         )
 
     def _check_current(self, netmap: NetworkMap, local: PublicKey) -> None:
-        if self._serial is not None and netmap.serial <= self._serial:
+        current = self._serial
+        if current is not None and (netmap.serial < current or (netmap.serial == current and not self._resuming)):
             raise MapRejected(
-                RejectReason.STALE_SERIAL,
-                f"serial {netmap.serial} is not greater than the current {self._serial}",
-                netmap.serial,
+                RejectReason.STALE_SERIAL, stale_detail(netmap.serial, current, self._resuming), netmap.serial
             )
         if netmap.peer(local) is None:
             raise MapRejected(

@@ -71,6 +71,7 @@ __all__ = [
     "load_management_public_key",
     "parse_network_map",
     "sign_network_map",
+    "stale_detail",
     "verify_and_parse",
 ]
 
@@ -380,6 +381,12 @@ def load_management_public_key(value: crypto.Ed25519PublicKey | bytes | str) -> 
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def stale_detail(serial: int, current_serial: int, resuming: bool) -> str:
+    if resuming:
+        return f"serial {serial} is older than the saved {current_serial}"
+    return f"serial {serial} is not greater than the current {current_serial}"
+
+
 def verify_and_parse(
     document: bytes | str | Mapping[str, object],
     management_public_key: crypto.Ed25519PublicKey | Sequence[crypto.Ed25519PublicKey],
@@ -387,6 +394,7 @@ def verify_and_parse(
     current_serial: int | None = None,
     *,
     max_clock_skew: float = MAX_CLOCK_SKEW,
+    resuming: bool = False,
 ) -> NetworkMap:
     """Verify a signed map document and return the map it carries.
 
@@ -397,6 +405,8 @@ def verify_and_parse(
         now_wall: The current wall-clock time in Unix seconds.
         current_serial: The serial of the map in force, or ``None`` before the first map.
         max_clock_skew: Seconds by which ``issued_at`` may lie in the future (our clock may be behind).
+        resuming: ``current_serial`` is the serial of a map saved before a restart and not yet applied again: a map
+            with that serial is accepted too (the saved map, resumed), an older one is not.
 
     Returns:
         The parsed ``NetworkMap``.
@@ -418,10 +428,8 @@ def verify_and_parse(
         raise MapRejected(RejectReason.BAD_SIGNATURE, "the signature does not verify with the management key")
     netmap = parse_network_map(body)
     serial = netmap.serial
-    if current_serial is not None and serial <= current_serial:
-        raise MapRejected(
-            RejectReason.STALE_SERIAL, f"serial {serial} is not greater than the current {current_serial}", serial
-        )
+    if current_serial is not None and (serial < current_serial or (serial == current_serial and not resuming)):
+        raise MapRejected(RejectReason.STALE_SERIAL, stale_detail(serial, current_serial, resuming), serial)
     if now_wall + max_clock_skew < netmap.issued_at:
         raise MapRejected(RejectReason.NOT_YET_VALID, f"issued at {netmap.issued_at}, now is {now_wall:.0f}", serial)
     if now_wall >= netmap.expires_at:
