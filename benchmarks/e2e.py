@@ -73,6 +73,7 @@ IPERF_PORT: Final = 5201
 MTU: Final = 1420
 UDP_PAYLOAD: Final = 1200
 UDP_SMALL_PAYLOAD: Final = 64  # the small-packet test: 64 B of UDP payload, a 92-byte inner IPv4 packet
+TCP_SEGMENT_PAYLOAD: Final = MTU - 40 - 12  # an IPv4 TCP segment's payload at the MTU, with timestamp options
 TESTS: Final = ("tcp1", "tcp4", "udp", "udp64", "hs")
 HANDSHAKE_PEERS: Final = 64  # initiators that the responder knows, for the ``hs`` test (handshake_load.py)
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
@@ -124,6 +125,17 @@ def in_ns(ns: str, *cmd: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *cmd]
 
 
+def tun_counters(daemon: Daemon) -> list[int]:
+    """[tx packets, rx packets] of the daemon's interface (``ip -s -j link``): for a TUN device, what the kernel
+    handed the daemon to read and what the daemon wrote; [] when they cannot be read."""
+    result = run(in_ns(daemon.ns, "ip", "-s", "-j", "link", "show", "dev", daemon.ifname), check=False)
+    try:
+        stats = json.loads(result.stdout)[0]["stats64"]
+        return [int(stats["tx"]["packets"]), int(stats["rx"]["packets"])]
+    except (ValueError, LookupError, TypeError):
+        return []
+
+
 def cpu_times(pid: int) -> tuple[float, float]:
     """(utime, stime) of the whole process (all threads) and of its live child processes (wgpy's data-plane
     worker), in seconds."""
@@ -169,6 +181,10 @@ class Sample:
     handshakes: int | None = None  # the ``hs`` test: responses received
     cpu: dict[str, float] = field(default_factory=dict)  # "sender"/"receiver" -> CPU seconds in the window
     cpu_user: dict[str, float] = field(default_factory=dict)  # the user-space part of ``cpu`` (utime)
+    # "sender"/"receiver" -> [packets the daemon read from its TUN device, packets it wrote] in the window: the
+    # kernel's tx and rx counters of the interface (a GSO super-packet counts once). The receiver's reads are
+    # its TCP ACKs; the sender's writes are the ACKs it delivered.
+    tun_packets: dict[str, list[int]] = field(default_factory=dict)
 
     def cpu_us_per_handshake(self) -> float | None:
         if not self.handshakes or not self.cpu:
@@ -497,11 +513,13 @@ class Bench:
         elif test in ("udp", "udp64"):
             payload = UDP_PAYLOAD if test == "udp" else UDP_SMALL_PAYLOAD
             cmd += ["-u", "-l", str(payload), "-b", self.args.udp_bandwidth]
+        tun_before = [tun_counters(d) for d in daemons]
         before = [cpu_times(d.pid) for d in daemons]
         started = time.monotonic()
         result = run(in_ns(self.ns[0], *cmd), timeout=seconds + 30, check=False)
         wall = time.monotonic() - started
         after = [cpu_times(d.pid) for d in daemons]
+        tun_after = [tun_counters(d) for d in daemons]
         try:
             report = json.loads(result.stdout)
         except json.JSONDecodeError:
@@ -513,6 +531,11 @@ class Bench:
         sides = ("sender", "receiver")
         cpu = {side: sum(a) - sum(b) for side, a, b in zip(sides, after, before, strict=False)}
         cpu_user = {side: a[0] - b[0] for side, a, b in zip(sides, after, before, strict=False)}
+        tun_packets = {
+            side: [x - y for x, y in zip(a, b, strict=True)]
+            for side, a, b in zip(sides, tun_after, tun_before, strict=False)
+            if a and b
+        }
         if test in ("udp", "udp64"):
             payload = UDP_PAYLOAD if test == "udp" else UDP_SMALL_PAYLOAD
             received = end.get("sum_received") or end["sum"]
@@ -530,6 +553,7 @@ class Bench:
                 lost_percent=100.0 * lost / total if total else 0.0,
                 cpu=cpu,
                 cpu_user=cpu_user,
+                tun_packets=tun_packets,
             )
         received = end["sum_received"]
         return Sample(
@@ -541,6 +565,7 @@ class Bench:
             retransmits=int(end["sum_sent"].get("retransmits", 0)),
             cpu=cpu,
             cpu_user=cpu_user,
+            tun_packets=tun_packets,
         )
 
     def measure(self, config: Config, repetition: int) -> dict[str, Sample]:
@@ -587,6 +612,10 @@ def describe(sample: Sample) -> str:
     per_gb = sample.cpu_per_gb()
     if per_gb is not None:
         text += f"  CPU {sample.cpu.get('sender', 0):.2f}+{sample.cpu.get('receiver', 0):.2f}s = {per_gb:.2f} s/GB"
+    acks = sample.tun_packets.get("receiver")
+    if sample.test.startswith("tcp") and acks and sample.bytes:
+        segments = sample.bytes / TCP_SEGMENT_PAYLOAD
+        text += f"  receiver TUN reads (ACKs) {acks[0] / segments * 44:.2f} per 44 segments"
     return text
 
 

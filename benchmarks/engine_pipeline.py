@@ -296,13 +296,93 @@ def bench_mesh(slices: int) -> str:
     )
 
 
+def _ack_packet() -> bytes:
+    """A pure TCP ACK from A to B (IPv4, 12 bytes of timestamp options, no payload), as the receiving side of a
+    bulk transfer sends about once per GRO super-packet."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 1000, 1, 8 << 4, 0x10, 502, 0, 0) + bytes(12)
+    return (
+        struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 7, 0x4000, 64, 6, 0, bench_transport.ADDR_A, bench_transport.ADDR_B
+        )
+        + tcp
+    )
+
+
+def bench_ack(slices: int) -> str:
+    """What one TCP ACK costs the paths beside what a 44-segment run costs them, in the same slices: A sends an ACK
+    (``send_packets`` of one packet, sealed in place, one ``sendto`` to loopback) or a TSO read (``send_run``, one
+    GSO ``sendmsg``); B receives one ACK (``receive_datagrams`` of one datagram) or one GRO read of 44 messages
+    (``receive_gro``). TUN reads and writes are not in it (the daemon adds a read or write system call to each)."""
+    session = bench_transport.make_session()
+    a, b = session.a, session.b
+    a.seal_offload = True
+    receiver, udp = _loopback()
+    (peer,) = a.peers.values()
+    peer.endpoint = receiver.getsockname()
+    tunnel: Any = _Sockets(udp)
+    in_place = _SealInPlace(tunnel)
+    record = tso_record(44)
+    ack = _ack_packet()
+    now = bench_transport.NOW
+
+    def send_ack() -> None:
+        a.send_packets([ack], now)
+        drain(a, tunnel, None, in_place)
+
+    def send_run() -> None:
+        split = handle_virtio_read_run(record)
+        assert isinstance(split, tuple)
+        a.send_run(PacketRun(*split, zero_padded=True), now)
+        drain(a, tunnel, None, in_place)
+
+    try:
+        sent = measure({"ack": send_ack, "run": send_run}, slices, lambda: _drain_socket(receiver))
+    finally:
+        receiver.close()
+        udp.close()
+    assert not a.stats.drops, a.stats.drops
+
+    # B's inputs, sealed by A beforehand in the order B takes them (one keypair, counters in order: the replay
+    # window never refuses one), the slices alternating as in ``measure``.
+    a.seal_offload = False
+    segments = handle_virtio_read(record)
+    order = [("run", "ack") if index % 2 == 0 else ("ack", "run") for index in range(slices)]
+    inputs: list[tuple[bytes, int]] = []  # (data, GRO segment size; 0 for one ACK datagram)
+    for name in (name for pair in order for name in pair):
+        for _ in range(CALLS_PER_SLICE):
+            a.send_packets(segments if name == "run" else [ack], now)
+            datagrams = [data for data, _ in a.datagrams_to_send()]
+            inputs.append((b"".join(datagrams), len(datagrams[0]) if name == "run" else 0))
+    feed = iter(inputs)
+    received: dict[str, list[float]] = {"run": [], "ack": []}
+    for name in (name for pair in order for name in pair):
+        start = time.process_time()
+        for _ in range(CALLS_PER_SLICE):
+            data, segment = next(feed)
+            if segment:
+                b.receive_gro(data, segment, bench_transport.ENDPOINT_A, now)
+            else:
+                b.receive_datagrams(((data, bench_transport.ENDPOINT_A),), now)
+            b.packet_items_to_tun()
+        received[name].append((time.process_time() - start) / CALLS_PER_SLICE)
+    assert not b.stats.drops, b.stats.drops
+    rx = {name: statistics.median(values) for name, values in received.items()}
+    send_ack_us, send_run_us = sent["ack"] * 1e6, sent["run"] * 1e6 / 44
+    rx_ack_us, rx_run_us = rx["ack"] * 1e6, rx["run"] * 1e6 / 44
+    return (
+        f"ack: sending one ACK {send_ack_us:.2f} us, a 44-segment TSO run {send_run_us:.3f} us/segment (an ACK costs "
+        f"{send_ack_us / send_run_us:.1f} segments); receiving one ACK {rx_ack_us:.2f} us, a 44-message GRO read "
+        f"{rx_run_us:.3f} us/segment ({rx_ack_us / rx_run_us:.1f} segments); send errors {udp.send_errors}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--slices", type=int, default=40)
     parser.add_argument("--out", type=Path, help="append the report to this text file")
-    parser.add_argument("--only", help="run only these cases, comma-separated (send, tso, receive, mesh)")
+    parser.add_argument("--only", help="run only these cases, comma-separated (send, tso, receive, mesh, ack)")
     args = parser.parse_args(argv)
-    benches = {"send": bench_send, "tso": bench_tso, "receive": bench_receive, "mesh": bench_mesh}
+    benches = {"send": bench_send, "tso": bench_tso, "receive": bench_receive, "mesh": bench_mesh, "ack": bench_ack}
     wanted = args.only.split(",") if args.only else list(benches)
     lines = [f"engine_pipeline, medians of {args.slices} slices: {machineinfo.one_line()}"]
     print(lines[0], flush=True)
