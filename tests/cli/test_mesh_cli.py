@@ -33,6 +33,7 @@ from wgpy.drivers.asyncio_udp import Tunnel
 from wgpy.drivers.uapi_server import UapiServer, bind_uapi_socket, socket_path
 from wgpy.keys import PrivateKey, PublicKey
 from wgpy.mesh import AUDIT_LOGGER_NAME, verify_and_parse
+from wgpy.mesh import agent as agent_module
 from wgpy.mesh.agent import MeshAgent, MeshState, read_state, write_state
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -391,8 +392,8 @@ def test_a_large_map_is_verified_while_the_event_loop_keeps_running(
 
             original = controller_module.MeshController.verifier
 
-            def verifier(self: Any, now_wall: float) -> Any:
-                verify = original(self, now_wall)
+            def verifier(self: Any, now_wall: float, **kwargs: Any) -> Any:
+                verify = original(self, now_wall, **kwargs)
 
                 def counted(document: Any) -> Any:
                     before = ticks[0]
@@ -502,11 +503,12 @@ def test_watched_map_file_waits_for_the_key_applies_changes_and_survives_a_resta
 
 
 def test_state_file_round_trip_and_a_state_that_no_longer_verifies(
-    socket_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    socket_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The saved map is verified when it is applied again, not by ``MeshAgent.create``: the controller starts at the
-    saved serial, takes the saved map once more if it still verifies (an older one never), and refuses it, keeping
-    the serial, when it has expired or a newer map came first."""
+    saved serial, takes the saved map once more if it still verifies (an older map never, nor another map of the
+    saved serial), and refuses it, keeping the serial, when it has expired or a newer map came first."""
+    monkeypatch.setattr(agent_module, "POLL_INTERVAL", 3600.0)  # the saved map is applied when the key comes only
     state_path = tmp_path / "state.json"
     assert read_state(state_path) == MeshState()
     private_key = PrivateKey.generate()
@@ -529,6 +531,12 @@ def test_state_file_round_trip_and_a_state_that_no_longer_verifies(
             await n.agent.settled()
             assert n.agent.controller.network_map is None and n.tunnel.device.peers == {}
             assert n.agent.controller.serial == 3
+            # Another map of the saved serial (another device's, say, replayed) is no resume: it is refused.
+            replayed = tmp_path / "replayed.json"
+            replayed.write_bytes(sign({**body, "issued_at": int(2.0e9) - 5, "expires_at": int(2.0e9) + 3600}))
+            refused = await mesh_apply(n, replayed)
+            assert refused.returncode != 0 and "not greater than the current 3" in refused.stderr, refused.stderr
+            assert n.agent.controller.network_map is None and n.tunnel.device.peers == {}
         # Still valid: resumed once the key is there; a map older than the saved one is refused before and after.
         async with serving(socket_dir, "wgs2", state_path=state_path, private_key=private_key) as n:
             assert n.agent is not None and n.agent.controller.serial == 3
@@ -558,8 +566,8 @@ def test_state_file_round_trip_and_a_state_that_no_longer_verifies(
         asyncio.run(main())
     not_resumed = [r.getMessage() for r in caplog.records if "not resumed" in r.getMessage()]
     assert not_resumed == [
-        f"the saved network map is not resumed (expired): expired at {body['expires_at']}, now is 2000000000",
-        "the saved network map is not resumed (stale_serial): serial 3 is not greater than the current 5",
+        f"the saved network map (serial 3) is not resumed (expired): expired at {body['expires_at']}, now is 2000000000",
+        "the saved network map (serial 3) is not resumed (stale_serial): serial 3 is not greater than the current 5",
     ], not_resumed
 
 

@@ -123,8 +123,8 @@ class Turns:
         original_steps = controller_module.MeshController.apply_verified_steps
         turns = self
 
-        def verifier(controller: Any, now_wall: float) -> Any:
-            verify = original_verifier(controller, now_wall)
+        def verifier(controller: Any, now_wall: float, **kwargs: Any) -> Any:
+            verify = original_verifier(controller, now_wall, **kwargs)
 
             def counted(document: Any) -> Any:
                 before = turns.ticks

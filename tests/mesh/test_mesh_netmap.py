@@ -264,25 +264,61 @@ def test_replayed_older_or_same_serial_is_rejected() -> None:
     with pytest.raises(MapRejected) as caught:
         restarted.apply_network_map(pair.a, old, NOW_WALL, pair.net.now)
     assert caught.value.reason is RejectReason.STALE_SERIAL and caught.value.serial == 4
-    assert caught.value.detail == "serial 4 is older than the saved 5"
+    assert caught.value.detail == "serial 4 is not greater than the current 5"
 
 
-def test_a_restarted_controller_takes_the_saved_serial_once_more_and_then_never() -> None:
-    """Resuming: until a map is in force, the persisted serial itself is accepted (the saved map, verified again);
-    once one is, that serial is stale like any other."""
+def test_a_restarted_controller_takes_the_saved_map_once_more_and_nothing_else_of_its_serial() -> None:
+    """Resuming: until a map is in force, the saved map (``resuming=True``) may carry the persisted serial itself;
+    no other map may, and once a map is in force that serial is stale for the saved one too."""
     pair, _ = applied_pair()
-    same = sign(make_body(pair, serial=5))
+    saved = sign(make_body(pair, serial=5))
+    other = make_body(pair, serial=5)
+    other["acl"] = []
     restarted = controller(current_serial=5)
-    assert restarted.apply_network_map(pair.a, same, NOW_WALL, pair.net.now).serial == 5
+    now = pair.net.now
+    with pytest.raises(MapRejected) as caught:  # another map with the saved serial: a replay, not a resume
+        restarted.apply_network_map(pair.a, sign(other), NOW_WALL, now)
+    assert caught.value.detail == "serial 5 is not greater than the current 5"
+    assert restarted.apply_network_map(pair.a, saved, NOW_WALL, now, resuming=True).serial == 5
     with pytest.raises(MapRejected) as caught:
-        restarted.apply_network_map(pair.a, same, NOW_WALL, pair.net.now)
+        restarted.apply_network_map(pair.a, saved, NOW_WALL, now, resuming=True)
     assert caught.value.reason is RejectReason.STALE_SERIAL
     assert caught.value.detail == "serial 5 is not greater than the current 5"
     # A newer map first: the saved one is stale after it.
     overtaken = controller(current_serial=5)
-    assert overtaken.apply_network_map(pair.a, sign(make_body(pair, serial=6)), NOW_WALL, pair.net.now).serial == 6
+    assert overtaken.apply_network_map(pair.a, sign(make_body(pair, serial=6)), NOW_WALL, now).serial == 6
     with pytest.raises(MapRejected):
-        overtaken.apply_network_map(pair.a, same, NOW_WALL, pair.net.now)
+        overtaken.apply_network_map(pair.a, saved, NOW_WALL, now, resuming=True)
+
+
+def test_verify_and_parse_while_resuming_admits_the_saved_serial_and_nothing_older() -> None:
+    pair, ctl = applied_pair()
+    key = ctl.management_public_key
+    document = sign(make_body(pair, serial=5))
+    assert verify_and_parse(document, key, NOW_WALL, 5, resuming=True).serial == 5
+    with pytest.raises(MapRejected) as caught:
+        verify_and_parse(document, key, NOW_WALL, 5)
+    assert caught.value.detail == "serial 5 is not greater than the current 5"
+    with pytest.raises(MapRejected) as caught:
+        verify_and_parse(document, key, NOW_WALL, 6, resuming=True)
+    assert caught.value.reason is RejectReason.STALE_SERIAL
+    assert caught.value.detail == "serial 5 is older than the saved 6"
+
+
+def test_a_map_verified_before_another_of_its_serial_was_applied_is_refused_at_the_commit() -> None:
+    """``apply_verified`` checks the serial again: verification (in a worker thread, say) saw serial 5 in force,
+    and a map of serial 6 came in meanwhile, so this other map of serial 6 is stale by the time it commits."""
+    pair, ctl = applied_pair()
+    first = make_body(pair, serial=6)
+    second = make_body(pair, serial=6)
+    second["acl"] = []
+    verified = ctl.verifier(NOW_WALL)(sign(second))
+    assert ctl.apply_network_map(pair.a, sign(first), NOW_WALL, pair.net.now).serial == 6
+    with pytest.raises(MapRejected) as caught:
+        ctl.apply_verified(pair.a, verified, NOW_WALL, pair.net.now)
+    assert caught.value.reason is RejectReason.STALE_SERIAL
+    assert ctl.network_map is not None and ctl.network_map.rules  # the first map (with rules) is the one in force
+    assert not verified.rules
 
 
 def test_map_without_this_device_is_rejected() -> None:

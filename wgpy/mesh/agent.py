@@ -326,9 +326,10 @@ class MeshAgent:
             ),
         )
 
-    async def _verify_and_apply(self, document: bytes, source: str) -> MapChanges | None:
+    async def _verify_and_apply(self, document: bytes, source: str, *, resuming: bool = False) -> MapChanges | None:
         """Verify ``document`` in a worker thread, then apply it in steps on the loop (``_apply_verified``); the
         caller holds ``apply_lock``. ``None`` when the device has no private key (before or after the verification).
+        ``resuming``: ``document`` is the saved map (``MeshController.apply_network_map``).
 
         Raises:
             MapRejected: The map was refused (audited, not logged); nothing changed.
@@ -337,7 +338,7 @@ class MeshAgent:
             return None
         now_wall = self.wall_clock()
         self.controller.note_clock(now_wall, monotonic_now())
-        verify = self.controller.verifier(now_wall)
+        verify = self.controller.verifier(now_wall, resuming=resuming)
         large = len(document) >= LARGE_DOCUMENT
         try:
             verifying = asyncio.ensure_future(asyncio.to_thread(verify, document))
@@ -355,7 +356,7 @@ class MeshAgent:
             raise
         if self.tunnel.device.public_key is None:
             return None  # removed while the document was verified
-        return await self._apply_verified(netmap, document, now_wall, source)
+        return await self._apply_verified(netmap, document, now_wall, source, resuming=resuming)
 
     def _refused(self, source: str, exc: MapRejected) -> MeshApplyReply:
         self._log_rejected(source, exc)
@@ -392,16 +393,20 @@ class MeshAgent:
     def _on_event(self, event: Event) -> None:
         self.controller.observe_event(event, monotonic_now())
 
-    def _apply(self, document: bytes, source: str) -> MapChanges:
+    def _apply(self, document: bytes, source: str, *, resuming: bool = False) -> MapChanges:
         """Apply a document now (the device has its private key). Raises ``MapRejected``; saves the state."""
         now_wall = self.wall_clock()
-        changes = self.controller.apply_network_map(self.tunnel.device, document, now_wall, monotonic_now())
+        device = self.tunnel.device
+        changes = self.controller.apply_network_map(device, document, now_wall, monotonic_now(), resuming=resuming)
         return self._applied(changes, document, now_wall, source)
 
-    async def _apply_verified(self, netmap: NetworkMap, document: bytes, now_wall: float, source: str) -> MapChanges:
+    async def _apply_verified(
+        self, netmap: NetworkMap, document: bytes, now_wall: float, source: str, *, resuming: bool = False
+    ) -> MapChanges:
         """``_apply`` for a document verified already (in a worker thread), in steps between which the event loop
         runs (``MeshController.apply_verified_steps``). Raises ``MapRejected``."""
-        steps = self.controller.apply_verified_steps(self.tunnel.device, netmap, now_wall, monotonic_now())
+        device = self.tunnel.device
+        steps = self.controller.apply_verified_steps(device, netmap, now_wall, monotonic_now(), resuming=resuming)
         large = len(document) >= LARGE_DOCUMENT
         while True:
             try:
@@ -447,7 +452,9 @@ class MeshAgent:
 
     def _log_rejected(self, source: str, exc: MapRejected) -> None:
         if source == SAVED_STATE:  # expired while the daemon was down, say, or overtaken by a newer map
-            logger.warning("the saved network map is not resumed (%s): %s", exc.reason.value, exc.detail)
+            logger.warning(
+                "the saved network map (serial %s) is not resumed (%s): %s", exc.serial, exc.reason.value, exc.detail
+            )
             return
         if exc.reason is RejectReason.STALE_SERIAL and exc.serial is not None and exc.serial == self.controller.serial:
             logger.info("network map serial %d from %s is already in force", exc.serial, source)
@@ -480,7 +487,7 @@ class MeshAgent:
         resume, self._resume_document = self._resume_document, None
         if resume is not None:
             try:
-                self._apply(resume, SAVED_STATE)
+                self._apply(resume, SAVED_STATE, resuming=True)
             except MapRejected as exc:
                 self._log_rejected(SAVED_STATE, exc)
         pending, self._file_pending = self._file_pending, None
@@ -503,7 +510,7 @@ class MeshAgent:
                 else:
                     return
                 try:
-                    changes = await self._verify_and_apply(document, source)
+                    changes = await self._verify_and_apply(document, source, resuming=resumed)
                 except MapRejected as exc:
                     self._log_rejected(source, exc)
                     continue

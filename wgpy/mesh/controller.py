@@ -24,8 +24,9 @@ filter's timeouts). ``note_clock`` ties them together; with ``fail_closed`` the 
 instant at which the map expires and denies every packet from then on (``map-expired``) until a newer map arrives.
 Without it, an expired map stays in force (last known good). The serial survives only as long as this object:
 pass ``current_serial`` when recreating it so a restart does not reopen the door to replayed older maps. Until the
-first map is applied, a map with that serial is accepted too: the saved map is verified again (off the event loop,
-where the driver chooses) and applied like any other, and one that another map has overtaken meanwhile is stale.
+first map is applied, the saved map itself may be applied again with that serial (``resuming=True``, which the
+driver passes for that one document only): it is verified again (off the event loop, where the driver chooses) and
+applied like any other, and it is stale once another map has been applied. Any other map needs a greater serial.
 
 Key rotation: a map (verified) that carries ``key_rotation`` makes ``accepted_keys`` the pinned key *and* the
 announced next key until the announced ``until``; from ``until`` on the next key alone is pinned
@@ -100,7 +101,7 @@ class MeshController:
             fail_closed: Deny all traffic once the map in force has expired.
             audit: The audit log; by default one on the ``wgpy.audit`` logger.
             current_serial: The serial of the last map applied before a restart, if it was persisted; until a map
-                is applied, one with this serial is accepted again (the saved map, resumed).
+                is applied, the saved map of this serial may be applied again (``resuming=True``).
             max_flows: The bound of the connection tracking table.
             max_clock_skew: Seconds a map's ``issued_at`` may lie in our future.
 
@@ -114,7 +115,7 @@ class MeshController:
         self.network_map: NetworkMap | None = None
         self.max_clock_skew = max_clock_skew
         self._serial = current_serial
-        self._resuming = current_serial is not None  # the saved map of that serial may be applied once more
+        self._resumable = current_serial is not None  # until a map is applied: the saved map may come again
         self._wall_offset: float | None = None  # now_wall - now, from the last note_clock
         self.rotation: KeyRotation | None = None  # the announced next key, until its window ends
 
@@ -157,7 +158,13 @@ class MeshController:
         self.audit.observe(event, now)
 
     def apply_network_map(
-        self, device: Device, document: bytes | str | Mapping[str, object], now_wall: float, now: float
+        self,
+        device: Device,
+        document: bytes | str | Mapping[str, object],
+        now_wall: float,
+        now: float,
+        *,
+        resuming: bool = False,
     ) -> MapChanges:
         """Verify a signed map document and apply it to ``device`` and the filter, all or nothing.
 
@@ -166,6 +173,8 @@ class MeshController:
             document: The signed document, as JSON text or already parsed.
             now_wall: Unix time, for the map's validity window.
             now: The device's monotonic clock, for the filter and the audit log.
+            resuming: ``document`` is the map saved before a restart (``current_serial`` at construction): until
+                a map is applied, its serial may equal the current one. Pass it for that document only.
 
         Returns:
             What changed.
@@ -178,39 +187,45 @@ class MeshController:
             raise ConfigError("the device needs its private key before a network map can be applied")
         self.note_clock(now_wall, now)
         try:
-            netmap = self.verifier(now_wall)(document)
+            netmap = self.verifier(now_wall, resuming=resuming)(document)
         except MapRejected as rejected:
             self.map_rejected(rejected, now)
             raise
-        return self.apply_verified(device, netmap, now_wall, now)
+        return self.apply_verified(device, netmap, now_wall, now, resuming=resuming)
 
-    def verifier(self, now_wall: float) -> Callable[[bytes | str | Mapping[str, object]], NetworkMap]:
+    def verifier(
+        self, now_wall: float, *, resuming: bool = False
+    ) -> Callable[[bytes | str | Mapping[str, object]], NetworkMap]:
         """``netmap.verify_and_parse`` bound to what a map arriving now is checked against: the accepted keys, the
-        time, the serial in force and the allowed clock skew. The function reads no state of the controller, so a
-        driver can run it on a large document in a worker thread and hand its map to ``apply_verified``."""
+        time, the serial in force (``resuming`` as in ``apply_network_map``) and the allowed clock skew. The
+        function reads no state of the controller, so a driver can run it on a large document in a worker thread
+        and hand its map to ``apply_verified``."""
         return functools.partial(
             verify_and_parse,
             management_public_key=self.accepted_keys(now_wall),
             now_wall=now_wall,
             current_serial=self._serial,
             max_clock_skew=self.max_clock_skew,
-            resuming=self._resuming,
+            resuming=resuming and self._resumable,
         )
 
     def map_rejected(self, rejected: MapRejected, now: float) -> None:
         """Audit a refused map (``apply_network_map`` does it; a driver that verified elsewhere calls it)."""
         self.audit.map_rejected(now, reason=rejected.reason.value, detail=rejected.detail, serial=rejected.serial)
 
-    def apply_verified(self, device: Device, netmap: NetworkMap, now_wall: float, now: float) -> MapChanges:
+    def apply_verified(
+        self, device: Device, netmap: NetworkMap, now_wall: float, now: float, *, resuming: bool = False
+    ) -> MapChanges:
         """Apply a map that ``verify_and_parse`` accepted (with ``verifier``'s arguments), all or nothing.
 
-        The serial is checked again: another map may have been applied since the verification began.
+        The serial is checked again: another map may have been applied since the verification began. ``resuming``
+        as in ``apply_network_map``.
 
         Raises:
             MapRejected: The map is not for this device, or no longer newer than the map in force (audited).
             ConfigError: The device has no private key.
         """
-        steps = self.apply_verified_steps(device, netmap, now_wall, now)
+        steps = self.apply_verified_steps(device, netmap, now_wall, now, resuming=resuming)
         while True:
             try:
                 next(steps)
@@ -219,14 +234,21 @@ class MeshController:
                 return changes
 
     def apply_verified_steps(
-        self, device: Device, netmap: NetworkMap, now_wall: float, now: float, peers_per_step: int = PEERS_PER_STEP
+        self,
+        device: Device,
+        netmap: NetworkMap,
+        now_wall: float,
+        now: float,
+        peers_per_step: int = PEERS_PER_STEP,
+        *,
+        resuming: bool = False,
     ) -> Generator[int, None, MapChanges]:
         """``apply_verified`` in steps of ``peers_per_step`` peers (a generator whose return value is the
         ``MapChanges``), so that a driver can let its data plane run between them: a 65,535-peer map took 2.6 s
         to apply. The device's new peers and the filter's new owner table are built beside the ones in force
         (``Device.begin_change``, ``PacketFilter.prepare``) and both are swapped in by the same step, so packets
         meet the old map or the new one, never half of each. The audit lines of the peers come after the swap.
-        ``now`` is the time of the request.
+        ``now`` is the time of the request; ``resuming`` as in ``apply_network_map``.
 
         Raises:
             MapRejected: As ``apply_verified``, and ``STALE_SERIAL`` when the device was configured otherwise
@@ -237,7 +259,7 @@ class MeshController:
         if local is None:
             raise ConfigError("the device needs its private key before a network map can be applied")
         try:
-            self._check_current(netmap, local)
+            self._check_current(netmap, local, resuming)
         except MapRejected as rejected:
             self.map_rejected(rejected, now)
             raise
@@ -293,7 +315,7 @@ class MeshController:
 
             # --- commit: the device's tables and the filter's in one step ---------------------------------------
             try:
-                self._check_current(netmap, local)
+                self._check_current(netmap, local, resuming)
                 change.commit(now)
             except (MapRejected, ConfigError) as exc:
                 overtaken = MapRejected(
@@ -306,7 +328,7 @@ class MeshController:
         flows_removed = self.filter.install(prepared)
         self.network_map = netmap
         self._serial = netmap.serial
-        self._resuming = False
+        self._resumable = False
         if netmap.key_rotation is not None:
             if netmap.key_rotation.public_key().public_bytes_raw() == self.management_public_key.public_bytes_raw():
                 self.rotation = None  # announced by the new key itself after we completed the rotation: done
@@ -343,12 +365,11 @@ class MeshController:
             flows_removed=flows_removed,
         )
 
-    def _check_current(self, netmap: NetworkMap, local: PublicKey) -> None:
+    def _check_current(self, netmap: NetworkMap, local: PublicKey, resuming: bool) -> None:
         current = self._serial
-        if current is not None and (netmap.serial < current or (netmap.serial == current and not self._resuming)):
-            raise MapRejected(
-                RejectReason.STALE_SERIAL, stale_detail(netmap.serial, current, self._resuming), netmap.serial
-            )
+        resuming = resuming and self._resumable
+        if current is not None and (netmap.serial < current or (netmap.serial == current and not resuming)):
+            raise MapRejected(RejectReason.STALE_SERIAL, stale_detail(netmap.serial, current, resuming), netmap.serial)
         if netmap.peer(local) is None:
             raise MapRejected(
                 RejectReason.NOT_FOR_THIS_DEVICE, "the map does not list this device's public key", netmap.serial

@@ -11,7 +11,8 @@ only the management *public* key and accepts a map only if (in this order, cheap
 3. the body has exactly the structure of ``NETWORK_MAP_SCHEMA`` and the cross-field rules that a schema cannot say
    (unique public keys, unique rule names, no prefix listed twice, ports only with tcp/udp, ``lo <= hi``...)
    (``MALFORMED``);
-4. its serial is greater than the serial of the map in force (``STALE_SERIAL``: a replayed older map);
+4. its serial is greater than the serial of the map in force (``STALE_SERIAL``: a replayed older map), or equal
+   to it for the map saved before a restart, applied again (``resuming``);
 5. it is already valid (``issued_at - max_clock_skew <= now_wall``, else ``NOT_YET_VALID``) and not yet expired
    (``now_wall < expires_at``, else ``EXPIRED``).
 
@@ -405,8 +406,8 @@ def verify_and_parse(
         now_wall: The current wall-clock time in Unix seconds.
         current_serial: The serial of the map in force, or ``None`` before the first map.
         max_clock_skew: Seconds by which ``issued_at`` may lie in the future (our clock may be behind).
-        resuming: ``current_serial`` is the serial of a map saved before a restart and not yet applied again: a map
-            with that serial is accepted too (the saved map, resumed), an older one is not.
+        resuming: ``document`` is the map saved before a restart, ``current_serial`` its serial, and no map has been
+            applied since: its serial may equal ``current_serial`` (the saved map, resumed); an older one is refused.
 
     Returns:
         The parsed ``NetworkMap``.
