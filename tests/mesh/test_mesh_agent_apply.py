@@ -242,6 +242,44 @@ def test_a_large_map_from_the_management_server_is_applied_while_the_event_loop_
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("stage", ["verifying", "applying"])
+def test_closing_the_agent_while_a_large_saved_map_is_applied_brings_none_of_it_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """What ``AgentRunner.revoke`` relies on (it closes the agent before it drops the peers): a saved map still
+    being verified or applied in steps is abandoned by ``close``, so no peer of it arrives after the revocation and
+    the state file is not written again."""
+    state_path = tmp_path / "state.json"
+    private_key = PrivateKey.generate()
+    document, _ = big_map(private_key.public_key(), 4, HUGE)
+    write_state(state_path, 4, document)
+    saved = state_path.read_bytes()
+    turns = Turns(monkeypatch)
+
+    async def main() -> None:
+        tunnel = Tunnel(Device(private_key=private_key), bind_address="127.0.0.1")
+        await tunnel.start()
+        agent = ServerMeshAgent.create(tunnel, MANAGEMENT_PUBLIC_B64, state_path=state_path)
+        try:
+            turns.start()
+            agent.start()  # the key is there: the saved map's task starts
+            deadline = time.monotonic() + REPLY_TIMEOUT
+            while (turns.active == 0 if stage == "applying" else turns.ticks < 2) and time.monotonic() < deadline:
+                await asyncio.sleep(0)
+            assert (turns.active == 1) if stage == "applying" else not turns.verifying
+            agent.close()
+            await asyncio.wait_for(agent.settled(), REPLY_TIMEOUT)
+            await asyncio.sleep(0.05)
+            turns.stopped = True
+            assert tunnel.device.peers == {} and agent.controller.network_map is None
+            assert state_path.read_bytes() == saved
+        finally:
+            agent.close()
+            tunnel.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize(("first", "file_serial", "uapi_serial"), [
     ("file", 2, 3), ("file", 3, 2), ("uapi", 2, 3), ("uapi", 3, 2),
 ])  # fmt: skip

@@ -321,6 +321,8 @@ class AgentRunner:
     def revoke(self) -> None:
         """The peer was revoked: drop every peer, deny everything, forget the map and tokens, stop."""
         device = self.device
+        if self.mesh is not None:
+            self.mesh.close()  # first: a saved map still being applied in steps must not bring its peers back
         for key in list(device.peers):
             device.remove_peer(key)
         if self.mesh is not None:
