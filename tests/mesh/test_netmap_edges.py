@@ -231,3 +231,62 @@ def test_an_acl_of_exactly_max_items_rules_is_valid_and_one_more_is_not() -> Non
     assert len(parse_network_map(body).rules) == limit
     body["acl"].append(dict(template, name="one-more"))
     rejected(body, RejectReason.MALFORMED)
+
+
+# The README's "Mesh mode" section, "Limits": the numbers a management server in another language builds against.
+DOCUMENTED_LIST_ITEMS = 1024
+DOCUMENTED_RULES = 4096
+DOCUMENTED_NAME_LENGTH = 64
+
+
+def test_the_documented_list_limit_holds_for_allowed_ips_groups_and_ports() -> None:
+    cases: list[tuple[str, Any]] = [
+        ("allowed_ips", lambda n: [f"10.{64 + i // 256}.{i % 256}.1/32" for i in range(n)]),
+        ("groups", lambda n: [f"g{i}" for i in range(n)]),
+        ("ports", lambda n: list(range(1, n + 1))),
+    ]
+    for field, items in cases:
+        for count, ok in ((DOCUMENTED_LIST_ITEMS, True), (DOCUMENTED_LIST_ITEMS + 1, False)):
+            body = make_body()
+            if field == "ports":
+                body["acl"][0]["ports"] = items(count)
+            else:
+                body["peers"][0][field] = items(count)
+            if ok:
+                parse_network_map(body)
+            else:
+                rejected(body, RejectReason.MALFORMED)
+
+
+def test_the_documented_rule_limit() -> None:
+    template = make_body()["acl"][0]
+    body = make_body(acl=[dict(template, name=f"r{i}") for i in range(DOCUMENTED_RULES)])
+    assert len(parse_network_map(body).rules) == DOCUMENTED_RULES
+    body["acl"].append(dict(template, name="one-more"))
+    rejected(body, RejectReason.MALFORMED)
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("a" * DOCUMENTED_NAME_LENGTH, True),
+        ("a" * (DOCUMENTED_NAME_LENGTH + 1), False),
+        ("_ops.team:eu@1-b", True),
+        ("", False),
+        (".hidden", False),
+        ("-x", False),
+        ("dev team", False),
+        ("développeurs", False),
+    ],
+)
+def test_the_documented_name_rules(name: str, ok: bool) -> None:
+    for where in ("group", "rule"):
+        body = make_body()
+        if where == "group":
+            body["peers"][0]["groups"] = [name]
+        else:
+            body["acl"][0]["name"] = name
+        if ok:
+            parse_network_map(body)
+        else:
+            rejected(body, RejectReason.MALFORMED)
