@@ -59,6 +59,7 @@ __all__ = [
     "ManagementServer",
     "ServerKeys",
     "new_secret",
+    "route_of",
 ]
 
 MAX_BODY: Final = 64 * 1024  # bytes of a request body (contract)
@@ -67,6 +68,7 @@ MAX_WS_MESSAGE: Final = 64 * 1024  # bytes of one agent -> server WebSocket fram
 PATH_REPORT_INTERVAL: Final = 1.0  # seconds between two path reports of one stream that are accepted (ours)
 WS_HEARTBEAT: Final = 30.0  # seconds between WebSocket pings (ours)
 MAX_AUDIT_PAGE: Final = 1000  # events in one audit answer (ours)
+MAX_AUDIT_ID: Final = 2**31 - 1  # audit.id is an INTEGER: 32 bits on PostgreSQL, so a bound id must fit (ours)
 MAX_LIST: Final = 100_000  # setup keys or peers in one list answer (ours)
 ENROL_RETRIES: Final = 5  # attempts when two enrolments race for one address (ours)
 ADDRESS_PROBE_BATCH: Final = 256  # pool addresses looked up in one query when allocating (ours)
@@ -143,6 +145,13 @@ _HTTP_CODES: Final = {
 }
 
 
+def route_of(request: web.Request) -> str:
+    """What log lines name a request by: its route's template (``/api/v1/setup-keys/{id}``), never its path, whose
+    parameter is whatever the caller typed (a setup key or token pasted in the wrong place included)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
+
+
 @web.middleware
 async def _errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -150,8 +159,8 @@ async def _errors(
     try:
         return await handler(request)
     except ApiError as exc:
-        # Method, path, status and code only: bodies and headers may hold secrets.
-        logger.info("refused %s %s: %d %s", request.method, request.path, exc.status, exc.code)
+        # Method, route, status and code only: bodies, headers and paths may hold secrets.
+        logger.info("refused %s %s: %d %s", request.method, route_of(request), exc.status, exc.code)
         return _error_response(exc.status, exc.code, exc.detail)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -163,10 +172,10 @@ async def _errors(
         return _error_response(exc.status, code, detail)
     except OperationalError:
         # SQLite's writer lock not granted within its timeout, PostgreSQL unreachable...: nothing was committed.
-        logger.warning("database unavailable in %s %s", request.method, request.path)
+        logger.warning("database unavailable in %s %s", request.method, route_of(request))
         return _error_response(503, "unavailable", "the database is busy or unreachable; try again")
     except Exception:
-        logger.exception("internal error in %s %s", request.method, request.path)
+        logger.exception("internal error in %s %s", request.method, route_of(request))
         return _error_response(500, "internal", "internal server error")
 
 
@@ -387,6 +396,10 @@ class ManagementServer:
     # --- input ---------------------------------------------------------------------------------------------------
 
     async def _body(self, request: web.Request, limit: int = MAX_BODY) -> bytes:
+        # Bodies are read as sent (``auto_decompress=False``, server.py; proofs cover the bytes the agent sends):
+        # an encoded one is refused, not taken for its bytes.
+        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            raise ApiError(415, "unsupported_encoding", "send the body without a Content-Encoding")
         length = request.content_length
         if length is not None and length > limit:
             raise ApiError(413, "too_large", f"the body is larger than {limit} bytes")
@@ -1027,15 +1040,19 @@ class ManagementServer:
                 statement = statement.where(AuditRow.peer == query["peer"])
             if "since" in query:
                 statement = statement.where(AuditRow.ts >= float(query["since"]))
-            if "before_id" in query:
-                statement = statement.where(AuditRow.id < int(query["before_id"]))
-            if "after_id" in query:
-                statement = statement.where(AuditRow.id > int(query["after_id"]))
+            ids = {name: int(query[name]) for name in ("before_id", "after_id") if name in query}
             limit = int(query.get("limit", "100"))
         except ValueError:
             raise ApiError(
                 400, "invalid_value", "since is Unix seconds; before_id, after_id and limit are integers"
             ) from None
+        # Bound before the database sees it: SQLite refuses an integer past 64 bits, PostgreSQL one past 32.
+        if not all(0 <= value <= MAX_AUDIT_ID for value in ids.values()):
+            raise ApiError(400, "invalid_value", f"before_id and after_id must be 0-{MAX_AUDIT_ID}")
+        if "before_id" in ids:
+            statement = statement.where(AuditRow.id < ids["before_id"])
+        if "after_id" in ids:
+            statement = statement.where(AuditRow.id > ids["after_id"])
         if not 1 <= limit <= MAX_AUDIT_PAGE:
             raise ApiError(400, "invalid_value", f"limit must be 1-{MAX_AUDIT_PAGE}")
         async with self.readers() as session:

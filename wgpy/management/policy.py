@@ -277,6 +277,22 @@ def _parse_rule(node: yaml.Node, index: int) -> PolicyRule:
     )
 
 
+def _check_depth(text: str) -> None:
+    """Refuse, from the parser's events and before composing, a document nested deeper than ``_check_shape``
+    allows. libyaml's composer (the C loader's) recurses in C once per level without a limit: 100,000 ``[`` in a
+    policy overflowed the stack of the thread composing it and took the whole server down (a segfault), where the
+    Python loader would raise ``RecursionError``. The parser itself keeps its stack on the heap."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH + 1:  # the collection _check_shape would find at depth MAX_YAML_DEPTH + 1
+                mark = event.start_mark
+                raise PolicyError(f"line {mark.line + 1}: nested too deeply" if mark else "nested too deeply")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def _check_shape(node: yaml.Node, depth: int, seen: set[int]) -> None:
     """Refuse aliases (a node reached twice) and deep nesting before walking the document."""
     if id(node) in seen:
@@ -307,6 +323,7 @@ def parse_policy(text: str | bytes) -> Policy:
         except UnicodeDecodeError:
             raise PolicyError("the policy is not UTF-8 text") from None
     try:
+        _check_depth(text)
         root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

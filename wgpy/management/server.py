@@ -278,7 +278,7 @@ async def running_replica(
 ) -> AsyncIterator[RunningServer]:
     """Serve an initialised state directory and database (one more replica) on ``host`` until the block ends."""
     server, app, fanout = await _build(state_dir, db_url, network, clock, rate_limits)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)  # bodies as sent (api.py, _body)
     await runner.setup()
     site = web.TCPSite(runner, host, port or free_port(host))
     await site.start()
@@ -322,7 +322,7 @@ async def serve(
             context.load_cert_chain(tls_cert, tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise StateError(f"cannot load the TLS certificate or key: {exc}") from None
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)  # bodies as sent (api.py, _body)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=context)

@@ -92,8 +92,11 @@ _NAMING: Final = {
 
 
 def secret_hash(secret: str) -> str:
-    """The hex SHA-256 stored in place of a setup key, admin token or refresh token (32 random bytes: no KDF needed)."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+    """The hex SHA-256 stored in place of a setup key, admin token or refresh token (32 random bytes: no KDF needed).
+
+    Any text hashes, lone surrogates included (a header's bytes that are not UTF-8, which aiohttp decodes with
+    ``surrogateescape``; a JSON string's ``\\ud800``): such a text is no secret we issued and matches no row."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Base(DeclarativeBase):

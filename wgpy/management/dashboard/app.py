@@ -33,7 +33,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from sqlalchemy import update
 
 from .. import audit, store
-from ..api import AdminIdentity, ApiError
+from ..api import AdminIdentity, ApiError, route_of
 from ..audit import KINDS
 from ..policy import PolicyError, parse_policy
 from ..push import Change, PushHub
@@ -114,6 +114,15 @@ class _Refused(Exception):
 def _json(response: web.StreamResponse) -> object:
     body = cast(web.Response, response).body
     return json.loads(body) if isinstance(body, bytes) and body else None
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """The posted form's fields; a body that is no form of its Content-Type is refused (400), not a 500."""
+    try:
+        posted = await request.post()
+    except ValueError:  # aiohttp's multipart reader: no boundary, or the body does not start with it
+        raise _Refused(400, "The form could not be read.") from None
+    return {key: str(value) for key, value in posted.items()}
 
 
 def _split_groups(text: str) -> list[str]:
@@ -280,12 +289,12 @@ class Dashboard:
                 session, _actor = await self._session(request)
                 if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
                     raise _Refused(415, "Send the form.")
-                form = {key: str(value) for key, value in (await request.post()).items()}
+                form = await _form(request)
                 presented = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
                 if not self.sessions.check_csrf(session, presented):
                     raise _Refused(403, "The form's security token is missing or wrong; reload the page and retry.")
             except _Refused as exc:
-                logger.info("dashboard refused %s %s: %d", request.method, request.path, exc.status)
+                logger.info("dashboard refused %s %s: %d", request.method, route_of(request), exc.status)
                 return self._refusal(request, exc)
             return self._secure(await handler(request, session, form))
 
@@ -370,11 +379,11 @@ class Dashboard:
     async def login(self, request: web.Request) -> web.StreamResponse:
         try:
             self._same_origin(request)
+            form = await _form(request)
         except _Refused as exc:
             return self._refusal(request, exc)
-        form = await request.post()
-        token = str(form.get("token", "")).strip()
-        target = self._next(str(form.get("next", "")))
+        token = form.get("token", "").strip()
+        target = self._next(form.get("next", ""))
         try:
             admin = await self.server.authenticate_admin(token)
         except ApiError:
@@ -492,7 +501,7 @@ class Dashboard:
         try:
             await call()
         except ApiError as exc:
-            logger.info("refused %s %s: %d %s", request.method, request.path, exc.status, exc.code)
+            logger.info("refused %s %s: %d %s", request.method, route_of(request), exc.status, exc.code)
             return self._render("refused.html", session, status=exc.status, message=exc.detail)
         return self._back(f"/peers/{urllib.parse.quote(peer_id)}", done)
 
@@ -602,7 +611,7 @@ class Dashboard:
                 body["ephemeral_timeout"] = _int_field(form, "ephemeral_timeout", 600)
             created = await self._api(session, self.server.create_setup_key, "POST", "/api/v1/setup-keys", body=body)
         except ApiError as exc:
-            logger.info("refused %s %s: %d %s", request.method, request.path, exc.status, exc.code)
+            logger.info("refused %s %s: %d %s", request.method, route_of(request), exc.status, exc.code)
             return await self.setup_keys_page(request, session, error=exc.detail, form=form, status=exc.status)
         # Post/redirect/get, the new key crossing the redirect sealed in a cookie that the next page consumes: it is
         # shown once, and a reload neither shows it again nor creates a second key.
@@ -684,7 +693,7 @@ class Dashboard:
                 content_type="application/yaml",
             )
         except ApiError as exc:
-            logger.info("refused %s %s: %d %s", request.method, request.path, exc.status, exc.code)
+            logger.info("refused %s %s: %d %s", request.method, route_of(request), exc.status, exc.code)
             return await self.policy_page(request, session, text=text, error=exc.detail, status=exc.status)
         return self._back("/policy", "policy saved")
 
