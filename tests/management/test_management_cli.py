@@ -3,6 +3,8 @@ it: one-line errors with a non-zero status for bad input, keys in 0600 files, th
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -45,8 +47,18 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture
-def served(tmp_path: pathlib.Path) -> Iterator[tuple[str, str, pathlib.Path]]:
+@dataclasses.dataclass
+class Served:
+    url: str
+    token: str
+    token_file: pathlib.Path
+    log: str = ""  # the server's stderr, once it has stopped
+
+
+@contextlib.contextmanager
+def serving(tmp_path: pathlib.Path) -> Iterator[Served]:
+    """``wgpy management init`` and ``serve`` on a free port; on exit the server is stopped (by its PID) and its
+    log checked: no traceback, no admin token."""
     state = tmp_path / "state"
     init = _wgpy("management", "init", "--state-dir", str(state))
     assert init.returncode == 0, init.stderr
@@ -78,6 +90,8 @@ def served(tmp_path: pathlib.Path) -> Iterator[tuple[str, str, pathlib.Path]]:
         text=True,
         env=_env(),
     )
+    token_file = tmp_path / "token"
+    served = Served(f"http://127.0.0.1:{port}", token, token_file)
     try:
         assert process.stdout is not None
         selector = selectors.DefaultSelector()
@@ -90,10 +104,9 @@ def served(tmp_path: pathlib.Path) -> Iterator[tuple[str, str, pathlib.Path]]:
             if process.poll() is not None:
                 break
         assert line.startswith("listening on http://127.0.0.1:"), (line, process.poll())
-        token_file = tmp_path / "token"
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
-        yield f"http://127.0.0.1:{port}", token, token_file
+        yield served
     finally:
         process.terminate()
         try:
@@ -102,9 +115,51 @@ def served(tmp_path: pathlib.Path) -> Iterator[tuple[str, str, pathlib.Path]]:
             process.kill()
             process.wait()
         assert process.stderr is not None
-        log = process.stderr.read()
-        assert "Traceback" not in log
-        assert token not in log
+        served.log = process.stderr.read()
+        assert "Traceback" not in served.log
+        assert token not in served.log
+
+
+@pytest.fixture
+def served(tmp_path: pathlib.Path) -> Iterator[tuple[str, str, pathlib.Path]]:
+    with serving(tmp_path) as server:
+        yield server.url, server.token, server.token_file
+
+
+def _raw_request(url: str, request: bytes) -> bytes:
+    """Send ``request`` as it is on a new connection; what the server answers before it closes (bounded)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+def test_a_request_the_http_parser_refuses_is_one_log_line_without_its_bytes(tmp_path: pathlib.Path) -> None:
+    """aiohttp refuses these before any handler runs and used to log each with a traceback quoting the offending
+    line, the admin token in it; now one line each, naming the client and the kind of fault."""
+    with serving(tmp_path) as server:
+        secret = server.token.encode()
+        malformed = [
+            b"GET /api/v1/peers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + secret + b"\x00\r\n\r\n",
+            b"GET /api/v1/peers?token=" + secret + b"\x80 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+        for request in malformed:
+            assert _raw_request(server.url, request).startswith(b"HTTP/1.0 400 ")
+        assert _raw_request(
+            server.url, b"GET /api/v1/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ).startswith(b"HTTP/1.1 200 ")
+    refused = [line for line in server.log.splitlines() if "malformed HTTP request" in line]
+    assert len(refused) == 2, server.log
+    assert refused[0].endswith("WARNING refused a malformed HTTP request from 127.0.0.1: Invalid header value char")
+    assert refused[1].endswith("WARNING refused a malformed HTTP request from 127.0.0.1: Invalid char in url query")
+    assert len(server.log.strip().splitlines()) == 2, server.log  # nothing else: no traceback, no quoted bytes
 
 
 def test_admin_cli_against_a_served_management_server(

@@ -158,6 +158,13 @@ def main(argv: Sequence[str]) -> int:
         root = logging.getLogger("wgpy")
         root.addHandler(handler)
         root.setLevel(args.log_level.upper())
+        from ..management.httplog import AIOHTTP_SERVER_LOGGER, quiet_malformed_requests
+
+        # aiohttp's own records (a request its parser refused, say) in the same format, without the request's bytes.
+        aiohttp_server = logging.getLogger(AIOHTTP_SERVER_LOGGER)
+        aiohttp_server.addHandler(handler)
+        aiohttp_server.propagate = False
+        quiet_malformed_requests(aiohttp_server)
         asyncio.run(_serve(args))
         return 0
     except StateError as exc:
