@@ -107,7 +107,8 @@ def proof_headers(
 
 @dataclass(frozen=True, slots=True)
 class VerifiedProof:
-    """What a valid proof established: who made it and the nonce to remember until ``expires_at``."""
+    """What a valid proof established: who made it and the nonce to remember until ``expires_at``, the last instant
+    at which its timestamp is still accepted (``timestamp + PROOF_WINDOW``: the window includes its edge)."""
 
     public_key: PublicKey
     nonce: bytes
@@ -186,7 +187,7 @@ class NonceCache:
         """Record a verified proof's nonce, or raise ``ProofError('replayed_proof')`` if it was seen already."""
         key = bytes(proof.public_key) + proof.nonce
         seen = self._expiry.get(key)
-        if seen is not None and seen > now:
+        if seen is not None and seen >= now:  # still acceptable at ``seen`` itself, so still a replay then
             raise ProofError("replayed_proof", "this request was seen before (replayed nonce)")
         if len(self._expiry) >= self._max_entries:
             self.expire(now)
@@ -196,5 +197,5 @@ class NonceCache:
 
     def expire(self, now: float) -> None:
         """Forget nonces whose proofs can no longer be accepted (call it now and then, or let a full cache do it)."""
-        for key in [k for k, expires_at in self._expiry.items() if expires_at <= now]:
+        for key in [k for k, expires_at in self._expiry.items() if expires_at < now]:
             del self._expiry[key]
