@@ -22,6 +22,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import secrets
 import time
 import uuid
@@ -70,6 +71,10 @@ WS_HEARTBEAT: Final = 30.0  # seconds between WebSocket pings (ours)
 MAX_AUDIT_PAGE: Final = 1000  # events in one audit answer (ours)
 MAX_AUDIT_ID: Final = 2**31 - 1  # audit.id is an INTEGER: 32 bits on PostgreSQL, so a bound id must fit (ours)
 MAX_LIST: Final = 100_000  # setup keys or peers in one list answer (ours)
+MAX_HOST: Final = 45  # characters of an endpoint host as stored (peers.endpoint_host is a VARCHAR(45))
+# Characters no text in the database may hold: PostgreSQL refuses a NUL in text (asyncpg raises), and a lone
+# surrogate has no UTF-8 encoding (either driver raises). Refused at the boundary (``_text``), never sent.
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 ENROL_RETRIES: Final = 5  # attempts when two enrolments race for one address (ours)
 ADDRESS_PROBE_BATCH: Final = 256  # pool addresses looked up in one query when allocating (ours)
 SETUP_KEY_PREFIX: Final = "wgsk_"  # (ours) lets secret scanners and operators recognise a setup key
@@ -179,6 +184,49 @@ async def _errors(
         return _error_response(500, "internal", "internal server error")
 
 
+def _text(value: str, what: str) -> str:
+    """``value``, if every backend can store and compare it: the one check of the text a request brings in (path
+    parameters, ``_path_id``; query parameters, ``_query``; every string of a JSON body, keys too, ``_json_object``).
+
+    Raises:
+        ApiError: 400 ``invalid_value`` for a NUL character or a lone surrogate (JSON ``"\\u0000"``,
+            ``"\\ud800"``): PostgreSQL refuses the one, no driver can encode the other. Refused on SQLite too (which
+            would store a NUL), so that both backends answer alike.
+    """
+    if _UNSTORABLE.search(value) is not None:
+        raise ApiError(400, "invalid_value", f"{what} must not contain a NUL character or a lone surrogate")
+    return value
+
+
+def _path_id(request: web.Request) -> str:
+    """The route's ``{id}`` (``_text``)."""
+    return _text(request.match_info["id"], "the id in the path")
+
+
+def _query(request: web.Request, allowed: frozenset[str]) -> Mapping[str, str]:
+    """The query string's parameters, unknown ones refused (``_fields``), each value checked (``_text``)."""
+    query = request.query
+    _fields(query, allowed)
+    for name, value in query.items():
+        _text(value, name)
+    return query
+
+
+def _json_strings(value: object) -> None:
+    """``_text`` on every string of a parsed JSON value, object keys included (a loop: whatever nesting the parser
+    took, no recursion here to overflow)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            _text(item, "a string in the body")
+        elif isinstance(item, dict):
+            pending += item.keys()
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
+
+
 def _json_object(raw: bytes) -> dict[str, object]:
     def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
         result: dict[str, object] = {}
@@ -196,6 +244,7 @@ def _json_object(raw: bytes) -> dict[str, object]:
         raise ApiError(400, "malformed", "the body is not valid JSON") from None
     if not isinstance(value, dict):
         raise ApiError(400, "malformed", "the body must be a JSON object")
+    _json_strings(value)
     return value
 
 
@@ -209,15 +258,17 @@ def _endpoint(value: object) -> tuple[str, int]:
     if not isinstance(value, dict) or set(value) != {"host", "port"}:
         raise ApiError(400, "invalid_value", 'the endpoint is {"host": address, "port": 1-65535}')
     host, port = value["host"], value["port"]
-    if not isinstance(host, str) or len(host) > 45:
+    if not isinstance(host, str) or len(host) > MAX_HOST:
         raise ApiError(400, "invalid_value", "endpoint.host must be an IPv4 or IPv6 address")
     try:
-        address = ipaddress.ip_address(host)
+        address = str(ipaddress.ip_address(host))
     except ValueError:
         raise ApiError(400, "invalid_value", "endpoint.host must be an IPv4 or IPv6 address") from None
+    if len(address) > MAX_HOST:  # normalised (an IPv4-mapped address written in hex comes out dotted) and stored
+        raise ApiError(400, "invalid_value", f"endpoint.host must be at most {MAX_HOST} characters")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ApiError(400, "invalid_value", "endpoint.port must be 1-65535")
-    return str(address), port
+    return address, port
 
 
 def _public_key(value: object) -> PublicKey:
@@ -908,7 +959,7 @@ class ManagementServer:
     async def revoke_setup_key(self, request: web.Request) -> web.Response:
         now = self.clock()
         actor = await self._admin(request)
-        key_id = request.match_info["id"]
+        key_id = _path_id(request)
         async with self.transaction() as session:
             result = await session.execute(update(SetupKeyRow).where(SetupKeyRow.id == key_id).values(revoked=True))
             if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -935,7 +986,7 @@ class ManagementServer:
     ) -> web.Response:
         now = self.clock()
         actor = await self._admin(request)
-        peer_id = request.match_info["id"]
+        peer_id = _path_id(request)
         async with self.transaction() as session:
             row = await session.get(PeerRow, peer_id)
             if row is None or row.deleted:
@@ -1030,8 +1081,7 @@ class ManagementServer:
 
     async def list_audit(self, request: web.Request) -> web.Response:
         await self._admin(request)
-        query = request.query
-        _fields(query, frozenset({"kind", "peer", "since", "before_id", "after_id", "limit"}))
+        query = _query(request, frozenset({"kind", "peer", "since", "before_id", "after_id", "limit"}))
         statement = select(AuditRow)
         try:
             if "kind" in query:

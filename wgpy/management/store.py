@@ -95,7 +95,8 @@ def secret_hash(secret: str) -> str:
     """The hex SHA-256 stored in place of a setup key, admin token or refresh token (32 random bytes: no KDF needed).
 
     Any text hashes, lone surrogates included (a header's bytes that are not UTF-8, which aiohttp decodes with
-    ``surrogateescape``; a JSON string's ``\\ud800``): such a text is no secret we issued and matches no row."""
+    ``surrogateescape``; a JSON body's ``\\ud800`` is refused before, ``api._text``): such a text is no secret we
+    issued and matches no row."""
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -413,8 +414,9 @@ async def remember_nonce(session: AsyncSession, key: bytes, expires_at: float) -
 
 
 async def forget_expired_nonces(session: AsyncSession, now: float, limit: int = NONCE_DELETE_BATCH) -> int:
-    """Delete up to ``limit`` nonces whose proofs can no longer be accepted; the number deleted."""
-    batch = select(ProofNonceRow.key).where(ProofNonceRow.expires_at <= now).limit(limit).scalar_subquery()
+    """Delete up to ``limit`` nonces whose proofs can no longer be accepted (``expires_at`` is the last instant one
+    is, ``proof.VerifiedProof``); the number deleted."""
+    batch = select(ProofNonceRow.key).where(ProofNonceRow.expires_at < now).limit(limit).scalar_subquery()
     result = await session.execute(delete(ProofNonceRow).where(ProofNonceRow.key.in_(batch)))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
