@@ -86,6 +86,10 @@ async def _nonce_store_round(url: str) -> None:
         assert await forget(50.0, 2) == 1
         assert await forget(50.0, 2) == 0
         assert not await remember(b"k" * 32 + b"4" * 16, 100.0)  # not expired yet: kept
+        assert await forget(100.0, 2) == 0  # at its expires_at a proof is still accepted: kept through that instant
+        assert not await remember(b"k" * 32 + b"4" * 16, 100.0)
+        assert await forget(100.5, 2) == 1
+        assert await remember(b"k" * 32 + b"4" * 16, 160.0)
         assert await remember(b"k" * 32 + b"1" * 16, 110.0)  # expired and forgotten: a new row
         assert store.shares_nonces(sessions) == (engine.dialect.name == "postgresql")
     finally:
