@@ -226,7 +226,9 @@ def _mesh_filter(a: Device, b: Device) -> PacketFilter:
     return packet_filter
 
 
-def bench_mesh(slices: int) -> str:
+def _pair_to_loopback() -> tuple[Device, Device, socket.socket, UdpSocket, Any, _SealInPlace]:
+    """A's and B's devices with a session, A sealing in place to a loopback socket: (a, b, the receiving socket,
+    A's UDP socket, the tunnel stand-in, the in-place sealer)."""
     session = bench_transport.make_session()
     a, b = session.a, session.b
     a.seal_offload = True
@@ -234,7 +236,36 @@ def bench_mesh(slices: int) -> str:
     (peer,) = a.peers.values()
     peer.endpoint = receiver.getsockname()
     tunnel: Any = _Sockets(udp)
-    in_place = _SealInPlace(tunnel)
+    return a, b, receiver, udp, tunnel, _SealInPlace(tunnel)
+
+
+def _run_sender(a: Device, record: bytes, tunnel: Any, in_place: _SealInPlace, now: float) -> Callable[[], None]:
+    """One TSO read of ``record`` cut into one buffer, through ``send_run`` and the drain."""
+
+    def send_run() -> None:
+        split = handle_virtio_read_run(record)
+        assert isinstance(split, tuple)
+        a.send_run(PacketRun(*split, zero_padded=True), now)
+        drain(a, tunnel, None, in_place)
+
+    return send_run
+
+
+def _measure_sends(
+    a: Device, variants: dict[str, Callable[[], None]], slices: int, receiver: socket.socket, udp: UdpSocket
+) -> dict[str, float]:
+    """``measure`` of A's send variants, the receiving socket drained between slices; the sockets closed after."""
+    try:
+        result = measure(variants, slices, lambda: _drain_socket(receiver))
+    finally:
+        receiver.close()
+        udp.close()
+    assert not a.stats.drops, a.stats.drops
+    return result
+
+
+def bench_mesh(slices: int) -> str:
+    a, b, receiver, udp, tunnel, in_place = _pair_to_loopback()
     record = tso_record(44)
     now = bench_transport.NOW
     a_filter, b_filter = _mesh_filter(a, b), _mesh_filter(a, b)
@@ -247,18 +278,8 @@ def bench_mesh(slices: int) -> str:
         a.send_packets(handle_virtio_read(record), now)
         drain(a, tunnel, None, in_place)
 
-    def send_run() -> None:
-        split = handle_virtio_read_run(record)
-        assert isinstance(split, tuple)
-        a.send_run(PacketRun(*split, zero_padded=True), now)
-        drain(a, tunnel, None, in_place)
-
-    try:
-        sent = measure({"packets": send_packets, "run": send_run}, slices, lambda: _drain_socket(receiver))
-    finally:
-        receiver.close()
-        udp.close()
-    assert not a.stats.drops, a.stats.drops
+    variants = {"packets": send_packets, "run": _run_sender(a, record, tunnel, in_place, now)}
+    sent = _measure_sends(a, variants, slices, receiver, udp)
 
     # B's reads: A's segments sealed in place (one keypair, counters in order), the inner packets those of the flow.
     a.seal_offload = False
@@ -313,14 +334,7 @@ def bench_ack(slices: int) -> str:
     (``send_packets`` of one packet, sealed in place, one ``sendto`` to loopback) or a TSO read (``send_run``, one
     GSO ``sendmsg``); B receives one ACK (``receive_datagrams`` of one datagram) or one GRO read of 44 messages
     (``receive_gro``). TUN reads and writes are not in it (the daemon adds a read or write system call to each)."""
-    session = bench_transport.make_session()
-    a, b = session.a, session.b
-    a.seal_offload = True
-    receiver, udp = _loopback()
-    (peer,) = a.peers.values()
-    peer.endpoint = receiver.getsockname()
-    tunnel: Any = _Sockets(udp)
-    in_place = _SealInPlace(tunnel)
+    a, b, receiver, udp, tunnel, in_place = _pair_to_loopback()
     record = tso_record(44)
     ack = _ack_packet()
     now = bench_transport.NOW
@@ -329,18 +343,8 @@ def bench_ack(slices: int) -> str:
         a.send_packets([ack], now)
         drain(a, tunnel, None, in_place)
 
-    def send_run() -> None:
-        split = handle_virtio_read_run(record)
-        assert isinstance(split, tuple)
-        a.send_run(PacketRun(*split, zero_padded=True), now)
-        drain(a, tunnel, None, in_place)
-
-    try:
-        sent = measure({"ack": send_ack, "run": send_run}, slices, lambda: _drain_socket(receiver))
-    finally:
-        receiver.close()
-        udp.close()
-    assert not a.stats.drops, a.stats.drops
+    variants = {"ack": send_ack, "run": _run_sender(a, record, tunnel, in_place, now)}
+    sent = _measure_sends(a, variants, slices, receiver, udp)
 
     # B's inputs, sealed by A beforehand in the order B takes them (one keypair, counters in order: the replay
     # window never refuses one), the slices alternating as in ``measure``.
