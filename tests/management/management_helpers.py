@@ -212,3 +212,19 @@ def with_harness(tmp_path: pathlib.Path, body: Callable[[Harness], Awaitable[Non
 
 
 __all__ = ["Agent", "Answer", "Clock", "Harness", "PublicKey", "harness", "next_message", "run", "with_harness"]
+
+
+def setup_key_row(now: float, **overrides: object) -> Any:
+    """A one-off setup key's database row, unused, valid for 10 s after ``now``, with ``overrides`` applied."""
+    from wgpy.management.store import SetupKeyRow
+
+    fields: dict[str, object] = {
+        "id": "k",
+        "reusable": False,
+        "usage_limit": 1,
+        "used": 0,
+        "expires_at": now + 10,
+        "revoked": False,
+    }
+    fields.update(overrides)
+    return SetupKeyRow(**fields)

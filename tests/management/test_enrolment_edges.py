@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from management_helpers import setup_key_row
 
 from wgpy.management import enrolment
 from wgpy.management.enrolment import EnrolmentError, SetupKeyRow
@@ -22,17 +23,9 @@ NOW = 1_800_000_000.0
 DAY = 86400
 
 
-def _row(**changes: object) -> SetupKeyRow:
-    fields: dict[str, object] = {
-        "id": "k",
-        "reusable": False,
-        "usage_limit": 1,
-        "used": 0,
-        "expires_at": NOW + 10,
-        "revoked": False,
-    }
-    fields.update(changes)
-    return SetupKeyRow(**fields)  # type: ignore[arg-type]
+def _row(**overrides: object) -> SetupKeyRow:
+    row: SetupKeyRow = setup_key_row(NOW, **overrides)
+    return row
 
 
 def _refusal(body: object) -> EnrolmentError:

@@ -6,6 +6,7 @@ import ipaddress
 
 import jwt
 import pytest
+from management_helpers import setup_key_row
 
 from wgpy import crypto
 from wgpy.management import enrolment, tokens
@@ -100,16 +101,8 @@ def test_refresh_rotation_and_reuse() -> None:
 
 
 def _key(**overrides: object) -> SetupKeyRow:
-    fields: dict[str, object] = {
-        "id": "k",
-        "reusable": False,
-        "usage_limit": 1,
-        "used": 0,
-        "expires_at": NOW + 10,
-        "revoked": False,
-    }
-    fields.update(overrides)
-    return SetupKeyRow(**fields)  # type: ignore[arg-type]
+    row: SetupKeyRow = setup_key_row(NOW, **overrides)
+    return row
 
 
 @pytest.mark.parametrize(
