@@ -23,8 +23,8 @@ AIOHTTP_SERVER_LOGGER: Final = "aiohttp.server"
 
 def _reason(exc: HttpProcessingError) -> str:
     """``Invalid header value char`` from ``Invalid header value char:\\n\\n  b'...'``: the kind of fault only."""
-    first = (exc.message or "").strip().splitlines()[0] if (exc.message or "").strip() else ""
-    reason = first.split(":", 1)[0].strip()
+    lines = (exc.message or "").strip().splitlines()
+    reason = lines[0].split(":", 1)[0].strip() if lines else ""
     return reason if reason.isprintable() and len(reason) <= 80 else type(exc).__name__
 
 
@@ -45,8 +45,7 @@ class MalformedRequestFilter(logging.Filter):
         return True
 
 
-def quiet_malformed_requests(logger: logging.Logger | None = None) -> None:
-    """Install the filter on ``aiohttp.server`` (or ``logger``), once."""
-    target = logger if logger is not None else logging.getLogger(AIOHTTP_SERVER_LOGGER)
-    if not any(isinstance(existing, MalformedRequestFilter) for existing in target.filters):
-        target.addFilter(MalformedRequestFilter())
+def quiet_malformed_requests(logger: logging.Logger) -> None:
+    """Install the filter on ``logger`` (``aiohttp.server``, ``AIOHTTP_SERVER_LOGGER``), once."""
+    if not any(isinstance(existing, MalformedRequestFilter) for existing in logger.filters):
+        logger.addFilter(MalformedRequestFilter())

@@ -179,18 +179,6 @@ def write_private_file(path: Path, data: bytes) -> None:
         raise
 
 
-def _resume(state: MeshState) -> tuple[int | None, bytes | None]:
-    """The serial to start the controller with, and the saved document to apply again (verified only then).
-
-    The controller starts at the saved serial and, until a map is applied, accepts that serial once more
-    (``MeshController``): the saved map is then verified like any other map, off the event loop when it is large,
-    and one that a newer map overtakes in the meantime is refused as stale.
-    """
-    if state.serial is None or state.document is None:
-        return state.serial, None
-    return state.serial, state.document
-
-
 SAVED_STATE: Final = "the saved state"  # the source of a resumed map, in log lines
 
 
@@ -263,7 +251,8 @@ class MeshAgent:
         key = load_management_public_key(management_public_key)
         if state is None:
             state = read_state(state_path) if state_path is not None else MeshState()
-        serial, document = _resume(state)
+        # The saved map is verified only when it is applied again (``resuming``, see ``MeshController``).
+        serial, document = state.serial, state.document if state.serial is not None else None
         controller = MeshController(key, fail_closed=fail_closed, audit=audit, current_serial=serial)
         return cls(
             tunnel,
