@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 from interop_lab import Lab, in_ci, missing_prerequisites
+from support.helpers import MEASUREMENT
 
 _LABS = pytest.StashKey[Lab]()
-_MEASUREMENTS = pytest.StashKey[list[str]]()
 
 
 @pytest.fixture(autouse=True)
@@ -53,11 +53,10 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Generator[Lab, None, 
 @pytest.fixture
 def measure(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Record a line of measurements; all of them are printed in the terminal summary."""
-    lines = request.config.stash.setdefault(_MEASUREMENTS, [])
 
     def record(line: str) -> None:
         print(line)
-        lines.append(f"{request.node.name}: {line}")
+        request.node.user_properties.append((MEASUREMENT, line))
 
     return record
 
@@ -72,11 +71,3 @@ def pytest_runtest_makereport(
         for title, text in the_lab.logs():
             report.sections.append((f"log: {title}", text[-20000:] or "(empty)"))
     return report
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    lines = config.stash.get(_MEASUREMENTS, [])
-    if lines:
-        terminalreporter.section("interop measurements")
-        for line in lines:
-            terminalreporter.write_line(line)

@@ -29,6 +29,7 @@ __all__ = [
     "ADDR_B6",
     "ENDPOINT_A",
     "ENDPOINT_B",
+    "MEASUREMENT",
     "Pair",
     "datagrams_from",
     "det_rng",
@@ -47,6 +48,7 @@ __all__ = [
 
 ENDPOINT_A: Endpoint = ("192.0.2.1", 51820)
 ENDPOINT_B: Endpoint = ("192.0.2.2", 51820)
+MEASUREMENT = "measurement"  # the user_properties key of a line for the run's measurements summary
 ADDR_A = "10.0.0.1"
 ADDR_B = "10.0.0.2"
 ADDR_A6 = "fd00::1"
