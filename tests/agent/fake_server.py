@@ -6,8 +6,11 @@ request's proof is checked with the real verifier (``wgpy.management.proof.verif
 the agent's signing is tested against the code the server uses. Maps are signed with ``sign_network_map``. Tokens
 are JWT-shaped (``header.payload.sig``; nothing verifies the signature part) so that the agent can read ``exp``.
 
-Test hooks: ``revoke(peer_id)``, ``push_all()``, ``sign_with`` (another key), ``fail_status`` (answer every request
-with this status), ``access_lifetime`` and ``map_lifetime``, and ``requests`` (every request as received).
+Test hooks: ``revoke(peer_id)`` (with the signed notice of ``wgpy.mesh.revocation``), ``say_revoked(peer_id,
+notice)`` (what someone on the path could send: the frame and the 4001 close, with any notice or none, the peer
+not revoked), ``push_all()``, ``sign_with`` (another key), ``fail_status`` (answer every request with this status),
+``forged_403`` (answer every peer request 403 ``revoked`` with this notice; ``None``: no notice),
+``access_lifetime`` and ``map_lifetime``, and ``requests`` (every request as received).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from wgpy.crypto import Ed25519PrivateKey
 from wgpy.keys import PrivateKey, PublicKey
 from wgpy.management.proof import NonceCache, ProofError, verify_proof
 from wgpy.mesh import sign_network_map
+from wgpy.mesh.revocation import sign_revocation
 
 SEED_ACL: list[dict[str, object]] = [
     {"name": "allow-dev-to-prod", "src_groups": ["developers"], "dst_groups": ["production"], "protocol": "tcp", "ports": [22, 443], "action": "accept"},
@@ -64,9 +68,11 @@ class FakeServer:
     peers: dict[str, FakePeer] = field(default_factory=dict)
     sign_with: Ed25519PrivateKey | None = None
     fail_status: int | None = None
+    forged_403: object = False  # False: off; None or a notice: every peer request is refused 403 "revoked" with it
     requests: list[Recorded] = field(default_factory=list)
     acks: list[tuple[str, int]] = field(default_factory=list)
     refreshes: int = 0
+    stream_connects: int = 0  # streams opened, all peers
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -135,6 +141,9 @@ class FakeServer:
 
     async def _check(self, request: web.Request, body: bytes, *, token: bool) -> FakePeer | web.Response:
         self.requests.append(Recorded(request.method, request.path_qs, dict(request.headers), body))
+        if self.forged_403 is not False and request.path != "/api/v1/info":
+            extra = {} if self.forged_403 is None else {"notice": self.forged_403}
+            return web.json_response({**extra, "error": "revoked", "detail": "the peer is revoked"}, status=403)
         if self.fail_status is not None:
             return self.error(self.fail_status, "injected", "a failure the test asked for")
         peer: FakePeer | None = None
@@ -147,7 +156,7 @@ class FakeServer:
             if peer is None:
                 return self.error(401, "bad_token", "unknown peer")
             if peer.revoked:
-                return self.error(403, "revoked", "the peer is revoked")
+                return self.revoked_error(peer)
         try:
             proof = verify_proof(
                 request.headers,
@@ -219,7 +228,7 @@ class FakeServer:
         if peer is None or peer.public_key != checked.public_key:
             return self.error(401, "bad_token", "the token is not this peer's")
         if peer.revoked:
-            return self.error(403, "revoked", "the peer is revoked")
+            return self.revoked_error(peer)
         self._refresh[token] = (peer_id, True)
         self.refreshes += 1
         return web.json_response(self._issue(peer_id))
@@ -255,6 +264,7 @@ class FakeServer:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._streams.setdefault(checked.id, set()).add(ws)
+        self.stream_connects += 1
         try:
             document = self.build_map(checked)
             await ws.send_str(json.dumps({"type": "map", "serial": document["map"]["serial"], "document": document}))  # type: ignore[index]
@@ -282,12 +292,31 @@ class FakeServer:
                 serial: Any = document["map"]["serial"]  # type: ignore[index]
                 await ws.send_str(json.dumps({"type": "map", "serial": serial, "document": document}))
 
+    def notice(self, peer: FakePeer, key: Ed25519PrivateKey | None = None) -> dict[str, object]:
+        return sign_revocation(
+            key or self.signing_key, peer_id=peer.id, public_key=peer.public_key, reason="revoked",
+            issued_at=int(time.time()),
+        )  # fmt: skip
+
+    def revoked_error(self, peer: FakePeer) -> web.Response:
+        return web.json_response(
+            {"error": "revoked", "detail": "the peer is revoked", "notice": self.notice(peer)}, status=403
+        )
+
     async def revoke(self, peer_id: str) -> None:
-        self.peers[peer_id].revoked = True
+        peer = self.peers[peer_id]
+        peer.revoked = True
         for ws in list(self._streams.get(peer_id, ())):
-            await ws.send_str('{"type":"revoked"}')
+            await ws.send_str(json.dumps({"type": "revoked", "notice": self.notice(peer)}))
             await ws.close(code=4001)
         await self.push_all()
+
+    async def say_revoked(self, peer_id: str, notice: object = None) -> None:
+        """The revocation frame and close code on the peer's streams, the peer left as it is."""
+        frame: dict[str, object] = {"type": "revoked"} if notice is None else {"type": "revoked", "notice": notice}
+        for ws in list(self._streams.get(peer_id, ())):
+            await ws.send_str(json.dumps(frame))
+            await ws.close(code=4001)
 
     def connected(self, peer_id: str) -> bool:
         return bool(self._streams.get(peer_id))

@@ -114,6 +114,72 @@ def test_revocation_cuts_the_laptop_within_a_second(tmp_path: Path) -> None:
     run(scenario)
 
 
+def _forged_notices(server: FakeServer, laptop: Agent, prod: Agent) -> dict[str, object]:
+    """Revocation notices that someone on a plain-HTTP path could send, or that a server never meant for the laptop:
+    none, another key's, the prod peer's (signed by the real key), a signed map in the notice's place, garbage."""
+    laptop_peer, prod_peer = server.peers[laptop.runner.enrolment.peer_id], server.peers[prod.runner.enrolment.peer_id]
+    tampered = server.notice(laptop_peer)
+    tampered["revocation"] = {**tampered["revocation"], "reason": "deleted"}  # type: ignore[dict-item]
+    return {
+        "none": None,
+        "another key": server.notice(laptop_peer, Ed25519PrivateKey.generate()),
+        "another peer": server.notice(prod_peer),
+        "tampered": tampered,
+        "a signed map": server.build_map(laptop_peer),
+        "garbage": {"revocation": "yes", "signature": "AAAA"},
+    }
+
+
+FORGERIES = ("none", "another key", "another peer", "tampered", "a signed map", "garbage")
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_a_revocation_frame_without_a_valid_notice_changes_nothing(tmp_path: Path, forgery: str) -> None:
+    """A frame and close code that anyone on a plain-HTTP path could forge: the laptop keeps its peers, its state and
+    its traffic, and reconnects; a real revocation after it still cuts it off."""
+
+    async def scenario() -> None:
+        async with mesh(tmp_path) as (server, laptop, prod, _other):
+            peer_id = laptop.runner.enrolment.peer_id
+            connects = server.stream_connects
+            await server.say_revoked(peer_id, _forged_notices(server, laptop, prod)[forgery])
+            await wait_for(lambda: server.stream_connects > connects and server.connected(peer_id))
+            assert laptop.runner.exit_reason is None
+            assert prod.runner.device.public_key in laptop.runner.device.peers
+            assert laptop.state.file("refresh_token").exists() and laptop.state.file("map.json").exists()
+            laptop.send(tcp_packet(laptop.address, prod.address, 43022, 22))
+            await wait_for(lambda: len(syns(prod, 22)) == 1)
+            await server.revoke(peer_id)
+            await wait_for(lambda: laptop.runner.exit_reason is RunnerExit.REVOKED, timeout=2.0)
+            assert laptop.runner.device.peers == {}
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("forgery", ("none", "another key", "another peer"))
+def test_a_403_without_a_valid_notice_is_retried_not_believed(tmp_path: Path, forgery: str) -> None:
+    """Every request refused 403 "revoked" without a notice the laptop can verify: it keeps its map and state and
+    goes on retrying; once the path is clean again it reconnects."""
+
+    async def scenario() -> None:
+        async with mesh(tmp_path) as (server, laptop, prod, _other):
+            peer_id = laptop.runner.enrolment.peer_id
+            server.forged_403 = _forged_notices(server, laptop, prod)[forgery]
+            refused = len(server.requests)
+            await server.say_revoked(peer_id)  # the stream drops; every request from now on is refused
+            await wait_for(lambda: len(server.requests) >= refused + 4)  # a reconnect or three, all refused
+            assert laptop.runner.exit_reason is None and not laptop.runner.connected
+            assert (
+                laptop.runner.last_error is not None and "no valid signed revocation notice" in laptop.runner.last_error
+            )
+            assert prod.runner.device.public_key in laptop.runner.device.peers
+            assert laptop.state.file("refresh_token").exists()
+            server.forged_403 = False
+            await wait_for(lambda: laptop.runner.connected)
+
+    run(scenario)
+
+
 def test_server_away_keeps_the_mesh_and_reconnect_comes_back(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with mesh(tmp_path) as (server, laptop, prod, _other):

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import pathlib
 
+import pytest
 from management_helpers import Harness, next_message, with_harness
 
 from wgpy import crypto
 from wgpy.mesh import load_management_public_key, verify_and_parse
+from wgpy.mesh.revocation import RevocationRejected, verify_revocation
 
 POLICY = """\
 groups: [developers, production]
@@ -88,11 +90,21 @@ def test_stream_push_and_revocation(tmp_path: pathlib.Path) -> None:
             keys = {p["public_key"] for p in without_b["document"]["map"]["peers"]}
             assert keys == {a.public_key, c.public_key}
             assert elapsed < 1.0, elapsed
-            assert (await next_message(ws_b)) == {"type": "revoked"}
+            frame = await next_message(ws_b)
+            assert set(frame) == {"type", "notice"} and frame["type"] == "revoked"
             closed = await next_message(ws_b)
             assert closed["code"] == 4001
-        # b's tokens are dead at once
-        assert (await b.call("GET", "/api/v1/peer/map")).body["error"] == "revoked"
-        assert (await b.refresh()).body["error"] == "revoked"
+        # b's tokens are dead at once, and each refusal carries the signed notice b's agent acts on
+        signing = load_management_public_key(h.running.signing_key_b64)
+        assert b.peer_id is not None and a.peer_id is not None
+        notices = [frame["notice"]]
+        for answer in (await b.call("GET", "/api/v1/peer/map"), await b.refresh()):
+            assert answer.status == 403 and answer.body["error"] == "revoked"
+            notices.append(answer.body["notice"])
+        for notice in notices:
+            verified = verify_revocation(notice, (signing,), peer_id=b.peer_id, public_key=b.public_key)
+            assert verified.reason == "revoked"
+            with pytest.raises(RevocationRejected, match="another peer"):
+                verify_revocation(notice, (signing,), peer_id=a.peer_id, public_key=a.public_key)
 
     with_harness(tmp_path, body)

@@ -48,7 +48,8 @@ async def admin_request(url: str, token: str, method: str, path: str, **kwargs: 
     headers = {"Authorization": f"Bearer {token}"}
     if "yaml" in kwargs:
         headers["Content-Type"] = "application/yaml"
-        kwargs = {"data": str(kwargs.pop("yaml")).encode()}
+        text = kwargs.pop("yaml")
+        kwargs = {**kwargs, "data": str(text).encode()}
     async with (
         aiohttp.ClientSession() as http,
         http.request(method, url + path, headers=headers, **kwargs) as answer,  # type: ignore[arg-type]

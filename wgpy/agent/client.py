@@ -76,12 +76,19 @@ class ManagementError(Exception):
     """A request to the management server failed; ``str`` is one line, safe to print and log."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, code: str | None = None, retryable: bool = False
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retryable: bool = False,
+        notice: object = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.retryable = retryable
+        self.notice = notice  # a 403's signed revocation notice, unverified (``wgpy.mesh.revocation``)
 
     @property
     def fatal(self) -> bool:
@@ -301,10 +308,11 @@ class ManagementClient:
         raise self._error(what, status, value)
 
     def _error(self, what: str, status: int, value: object) -> ManagementError:
-        code = detail = None
+        code = detail = notice = None
         if isinstance(value, dict):
             code = value.get("error") if isinstance(value.get("error"), str) else None
             detail = value.get("detail") if isinstance(value.get("detail"), str) else None
+            notice = value.get("notice")
         words = _STATUS_WORDS.get(status, "server error" if status >= 500 else "unexpected answer")
         line = f"cannot {what}: the management server answered {status} {words}"
         if code:
@@ -316,7 +324,9 @@ class ManagementClient:
         # A proof refused for its timestamp or nonce says nothing about our credentials (a clock off by more than
         # the proof window, a replay cache that is full): trying again later may work, so it is not fatal.
         transient = code in _TRANSIENT_CODES
-        return ManagementError(line, status=status, code=code, retryable=status >= 500 or status == 429 or transient)
+        return ManagementError(
+            line, status=status, code=code, retryable=status >= 500 or status == 429 or transient, notice=notice
+        )
 
     def _take_tokens(self, access: object, refresh: object) -> None:
         if not isinstance(access, str) or not isinstance(refresh, str) or not access or not refresh:

@@ -16,10 +16,14 @@ and keeps the ACL filter in the device). Beside them runs the control loop:
    back to 1. While the server is away the last valid map stays in force and peers go on talking; with
    ``fail_closed`` the filter denies everything from the map's expiry on (``MeshAgent`` watches the clocks).
 
-A refresher task keeps the access token fresh while a WebSocket stays open for hours. ``{"type": "revoked"}`` (or
-close code 4001, or the server refusing our credentials) drops every peer, denies all traffic, forgets the saved
-map and the refresh token, says so in one line and stops the runner with ``RunnerExit.REVOKED`` (or
-``CREDENTIALS_REFUSED``). ``status()`` is what ``wgpy status`` shows; with a state directory it is also written to
+A refresher task keeps the access token fresh while a WebSocket stays open for hours. A revocation (a ``{"type":
+"revoked"}`` frame, or a 403 ``revoked`` answer) that carries a notice signed by the pinned management key for this
+peer (``wgpy.mesh.revocation``) drops every peer, denies all traffic, forgets the saved map and the refresh token,
+says so in one line and stops the runner with ``RunnerExit.REVOKED``. The same signal without a valid notice (a
+frame or status code anyone on the path of a plain-HTTP link could forge, the 4001 close code, the 403 of a
+WebSocket handshake, which has no body) is not believed: the agent forgets its access token and reconnects, and the
+server's answer to the refresh that follows carries the notice. Other refused credentials (401: the peer deleted,
+the refresh token refused) stop the runner with ``CREDENTIALS_REFUSED`` and keep the state. ``status()`` is what ``wgpy status`` shows; with a state directory it is also written to
 ``status.json`` every second.
 """
 
@@ -48,6 +52,7 @@ from ..management.pathreport import MAX_PATH_PEERS
 from ..mesh import MapChanges, MapRejected, RejectReason
 from ..mesh.agent import MeshAgent
 from ..mesh.netmap import KeyRotation, load_management_public_key
+from ..mesh.revocation import RevocationRejected, verify_revocation
 from ..nat.io.agent import NatAgent
 from ..nat.signal import NAT_FRAMES
 from .client import Backoff, ManagementClient, ManagementError, MapStream
@@ -66,6 +71,7 @@ _CLOSE_WORDS: Final = {
     CLOSE_REPLACED: "another stream of this peer replaced ours (is a second agent running with this key?)",
     1013: "the management server holds its maximum of streams",
     1001: "the management server is shutting down",
+    CLOSE_REVOKED: "the map stream was closed as revoked without a signed notice (asking the server again)",
 }
 STATUS_INTERVAL: Final = 1.0  # seconds between status.json writes (ours)
 PATH_REPORT_EVERY: Final = 2.0  # seconds between looks at the peers' paths; a report is sent only on a change (ours)
@@ -349,13 +355,35 @@ class AgentRunner:
             self._logged_error = message
             logger.warning("%s (retrying with backoff; the last map stays in force)", message)
 
-    def _credentials_refused(self, exc: ManagementError) -> None:
+    def _notice_verified(self, notice: object, where: str) -> bool:
+        """Whether ``notice`` is a revocation of this peer signed by a management key in force; logs a refusal."""
+        if self.mesh is not None:
+            keys = self.mesh.controller.accepted_keys(self.wall_clock())
+        else:
+            keys = (load_management_public_key(self.enrolment.management_key),)
+        public_key = self.device.public_key
+        try:
+            if public_key is None:
+                raise RevocationRejected("this device has no key")
+            verify_revocation(notice, keys, peer_id=self.enrolment.peer_id, public_key=public_key.to_base64())
+        except RevocationRejected as exc:
+            logger.warning("%s said this peer is revoked, but not believed (%s): reconnecting", where, exc)
+            return False
+        return True
+
+    def _credentials_refused(self, exc: ManagementError) -> bool:
+        """The server refused our credentials: revoke, stop, or (``False``) go on retrying."""
         if exc.status == 403:  # the peer itself is revoked (a 401 "revoked" is a refresh-token family)
-            self.revoke()
-            return
+            if self._notice_verified(exc.notice, "a 403 answer"):
+                self.revoke()
+                return True
+            self.client.forget_access_token()  # the refresh that follows gets the notice, if the 403 was real
+            self._note_error(ManagementError(f"{exc} (no valid signed revocation notice)", retryable=True))
+            return False
         self.last_error = str(exc)
         logger.error("%s: the server no longer accepts this peer's credentials; enrol again with a setup key", exc)
         self.stop(RunnerExit.CREDENTIALS_REFUSED)
+        return True
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -382,20 +410,23 @@ class AgentRunner:
                     self.nat.stream_closed()
                     code = stream.close_code
                 self.connected = False
-                if revoked or code == CLOSE_REVOKED:
+                if revoked:
                     self.revoke()
                     return
+                if code == CLOSE_REVOKED:
+                    client.forget_access_token()  # not believed without a notice: the refresh will tell
                 if not self._stop.is_set():
                     words = _CLOSE_WORDS.get(code or 0, f"the management server closed the map stream (code {code})")
                     self._note_error(ManagementError(words, retryable=True))
             except ManagementError as exc:
                 self.connected = False
                 if exc.fatal and not exc.retryable:
-                    self._credentials_refused(exc)
-                    return
-                if exc.status == 401:
-                    client.forget_access_token()
-                self._note_error(exc)
+                    if self._credentials_refused(exc):
+                        return
+                else:
+                    if exc.status == 401:
+                        client.forget_access_token()
+                    self._note_error(exc)
             except (OSError, ValueError) as exc:  # a broken frame or socket below aiohttp's own errors
                 self.connected = False
                 self._note_error(ManagementError(f"the map stream failed ({type(exc).__name__})", retryable=True))
@@ -425,7 +456,7 @@ class AgentRunner:
                         self.backoff.reset()  # a working connection: the next failure starts from the base delay
                         first = False
             elif kind == "revoked":
-                return True
+                return self._notice_verified(message.get("notice"), "the map stream")
             elif kind == "pong":
                 continue
             elif kind in NAT_FRAMES:
@@ -452,9 +483,10 @@ class AgentRunner:
                 backoff.reset()
             except ManagementError as exc:
                 if exc.fatal and not exc.retryable:
-                    self._credentials_refused(exc)
-                    return
-                self._note_error(exc)
+                    if self._credentials_refused(exc):
+                        return
+                else:
+                    self._note_error(exc)
                 await self._sleep(backoff.next_delay())
 
     # --- the path report (docs/management-api.md, "Path report") ----------------------------------------------

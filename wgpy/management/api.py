@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .. import crypto
 from ..errors import ConfigError
 from ..keys import PrivateKey, PublicKey
+from ..mesh.revocation import sign_revocation
 from ..nat.io.server import NatSignal
 from ..nat.signal import NAT_FRAMES
 from . import audit, enrolment, store, tokens
@@ -85,13 +86,15 @@ logger = logging.getLogger("wgpy.management")
 
 
 class ApiError(Exception):
-    """A refused request: ``status``, ``code`` (the ``error`` field) and a one-line ``detail``."""
+    """A refused request: ``status``, ``code`` (the ``error`` field), a one-line ``detail`` and ``extra`` fields
+    of the answer's body (a revoked peer's signed ``notice``)."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, extra: Mapping[str, object] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.extra = extra or {}
 
 
 def new_secret(prefix: str) -> str:
@@ -133,8 +136,8 @@ class ServerKeys:
         }
 
 
-def _error_response(status: int, code: str, detail: str) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status)
+def _error_response(status: int, code: str, detail: str, extra: Mapping[str, object] | None = None) -> web.Response:
+    return web.json_response({**(extra or {}), "error": code, "detail": detail}, status=status)
 
 
 _HTTP_CODES: Final = {
@@ -166,7 +169,7 @@ async def _errors(
     except ApiError as exc:
         # Method, route, status and code only: bodies, headers and paths may hold secrets.
         logger.info("refused %s %s: %d %s", request.method, route_of(request), exc.status, exc.code)
-        return _error_response(exc.status, exc.code, exc.detail)
+        return _error_response(exc.status, exc.code, exc.detail, exc.extra)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -519,8 +522,15 @@ class ManagementServer:
         if row is None or row.deleted or row.public_key != claims.wg:
             raise ApiError(401, "unknown_peer", "the token's peer no longer exists")
         if row.revoked:
-            raise ApiError(403, "revoked", "the peer was revoked")
+            raise self._revoked(row.id, row.public_key, now)
         return PeerAuth(row, claims)
+
+    def _revoked(self, peer_id: str, public_key: str, now: float) -> ApiError:
+        """The 403 for a revoked peer, with the signed notice its agent acts on (``wgpy.mesh.revocation``)."""
+        notice = sign_revocation(
+            self.keys.signing, peer_id=peer_id, public_key=public_key, reason="revoked", issued_at=int(now)
+        )
+        return ApiError(403, "revoked", "the peer was revoked", {"notice": notice})
 
     # --- tokens --------------------------------------------------------------------------------------------------
 
@@ -740,7 +750,7 @@ class ManagementServer:
             if peer is None or peer.deleted:
                 raise ApiError(401, "unknown_peer", "the token's peer no longer exists")
             if peer.revoked:
-                raise ApiError(403, "revoked", "the peer was revoked")
+                raise self._revoked(peer.id, peer.public_key, now)
             if decision is tokens.RefreshDecision.OK:
                 marked = await session.execute(
                     update(RefreshTokenRow)

@@ -8,8 +8,8 @@ replicas and call it with theirs (``local=False``). No notification is load-bear
 reconnects) always gets its current map.
 
 ``notify`` is synchronous and cheap: it closes the stream of a revoked or deleted peer at once (``{"type":
-"revoked"}``, close 4001) and wakes the worker. The worker coalesces bursts of changes into one recomputation: it
-reads the current policy and peers (one read transaction), compiles every view (``policy.compile_views``, pure,
+"revoked", "notice": ...}`` with the signed notice of ``wgpy.mesh.revocation``, close 4001) and wakes the worker.
+The worker coalesces bursts of changes into one recomputation: it reads the current policy and peers (one read transaction), compiles every view (``policy.compile_views``, pure,
 grouped by group signature), and pushes a new map to each connected peer whose view differs from the one it last
 got, whose map nears expiry (``MAP_REISSUE`` before ``expires_at``), or that has just connected. Serials are bumped
 in the database in one transaction per batch (``UPDATE peers SET map_serial = map_serial + 1 ... RETURNING``), so
@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .. import crypto
 from ..drivers.tasks import cancel_and_wait
+from ..mesh.revocation import sign_revocation
 from . import audit
 from .policy import EMPTY_POLICY, PeerEntry, PeerView, Policy, canonical_body, compile_view, compile_views, parse_policy
 from .store import PeerRow, PolicyRow, lock_map_serials, readonly, write_slot
@@ -299,9 +300,11 @@ class PeerStream:
         self._pending = f'{{"type":"map","serial":{issued.serial},"document":{issued.document}}}'
         self._wake.set()
 
-    def revoke(self) -> None:
-        """Send ``{"type": "revoked"}`` and close with 4001 (after nothing else)."""
-        self._pending = json.dumps({"type": "revoked"})
+    def revoke(self, notice: Mapping[str, object] | None = None) -> None:
+        """Send ``{"type": "revoked"}`` with the signed ``notice`` the agent acts on, and close with 4001 (after
+        nothing else). Without a notice (the reason is not known here) the agent only reconnects, and the 403 of
+        its next request carries one."""
+        self._pending = json.dumps({"type": "revoked", "notice": notice} if notice is not None else {"type": "revoked"})
         self._close = (CLOSE_REVOKED, b"revoked")
         self._wake.set()
 
@@ -428,9 +431,21 @@ class PushHub:
             stream = self.streams.pop(change.peer_id, None)
             if stream is not None:
                 self._unindex(stream)
-                stream.revoke()
+                stream.revoke(self._notice(stream, "revoked" if change.kind == "peer_revoked" else "deleted"))
         self.idle.clear()
         self._wake.set()
+
+    def _notice(self, stream: PeerStream, reason: str) -> dict[str, object] | None:
+        if stream.own_key is None:
+            return None
+        maps = self.maps
+        return sign_revocation(
+            maps.signing_key,
+            peer_id=stream.peer_id,
+            public_key=stream.own_key,
+            reason=reason,
+            issued_at=int(maps.clock()),
+        )
 
     def announce(self, change: Change) -> None:
         """Tell the ``watchers`` of something that changes what admins see but no map (a path report, a stream
