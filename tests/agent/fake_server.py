@@ -9,7 +9,8 @@ are JWT-shaped (``header.payload.sig``; nothing verifies the signature part) so 
 Test hooks: ``revoke(peer_id)`` (with the signed notice of ``wgpy.mesh.revocation``), ``say_revoked(peer_id,
 notice)`` (what someone on the path could send: the frame and the 4001 close, with any notice or none, the peer
 not revoked), ``push_all()``, ``sign_with`` (another key), ``fail_status`` (answer every request with this status),
-``forged_403`` (answer every peer request 403 ``revoked`` with this notice; ``None``: no notice),
+``forged_403`` (answer every peer request 403 ``revoked`` with this notice; ``None``: no notice), ``cut_off(peer_id)``
+and ``away`` (a peer that cannot reach the server),
 ``access_lifetime`` and ``map_lifetime``, and ``requests`` (every request as received).
 """
 
@@ -69,6 +70,7 @@ class FakeServer:
     sign_with: Ed25519PrivateKey | None = None
     fail_status: int | None = None
     forged_403: object = False  # False: off; None or a notice: every peer request is refused 403 "revoked" with it
+    away: set[str] = field(default_factory=set)  # peer ids cut off from the server: their requests fail with 503
     requests: list[Recorded] = field(default_factory=list)
     acks: list[tuple[str, int]] = field(default_factory=list)
     refreshes: int = 0
@@ -155,6 +157,8 @@ class FakeServer:
             peer = self.peers.get(entry[0])
             if peer is None:
                 return self.error(401, "bad_token", "unknown peer")
+            if peer.id in self.away:
+                return self.error(503, "unavailable", "cut off")
             if peer.revoked:
                 return self.revoked_error(peer)
         try:
@@ -224,6 +228,8 @@ class FakeServer:
         peer_id, used = entry
         if used:
             return self.error(401, "token_reuse", "refresh token used twice: family revoked")
+        if peer_id in self.away:
+            return self.error(503, "unavailable", "cut off")
         peer = self.peers.get(peer_id)
         if peer is None or peer.public_key != checked.public_key:
             return self.error(401, "bad_token", "the token is not this peer's")
@@ -310,6 +316,12 @@ class FakeServer:
             await ws.send_str(json.dumps({"type": "revoked", "notice": self.notice(peer)}))
             await ws.close(code=4001)
         await self.push_all()
+
+    async def cut_off(self, peer_id: str) -> None:
+        """The peer loses the server (its streams close, its requests fail with 503) until ``away`` forgets it."""
+        self.away.add(peer_id)
+        for ws in list(self._streams.get(peer_id, ())):
+            await ws.close(code=1001)
 
     async def say_revoked(self, peer_id: str, notice: object = None) -> None:
         """The revocation frame and close code on the peer's streams, the peer left as it is."""

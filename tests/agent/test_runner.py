@@ -180,6 +180,26 @@ def test_a_403_without_a_valid_notice_is_retried_not_believed(tmp_path: Path, fo
     run(scenario)
 
 
+def test_a_peer_away_during_a_revocation_drops_the_revoked_peer_when_it_comes_back(tmp_path: Path) -> None:
+    """Prod has lost the server when the laptop is revoked: until it reconnects it runs its last map (the laptop
+    still in it: that is the bound the map's expiry sets), and its first map after the reconnect drops the laptop."""
+
+    async def scenario() -> None:
+        async with mesh(tmp_path) as (server, laptop, prod, _other):
+            prod_id, laptop_key = prod.runner.enrolment.peer_id, laptop.runner.device.public_key
+            await server.cut_off(prod_id)
+            await wait_for(lambda: not prod.runner.connected)
+            await server.revoke(laptop.runner.enrolment.peer_id)
+            await wait_for(lambda: laptop.runner.exit_reason is RunnerExit.REVOKED)
+            await asyncio.sleep(0.3)
+            assert laptop_key in prod.runner.device.peers  # prod has heard nothing yet
+            server.away.clear()
+            took = await wait_for(lambda: laptop_key not in prod.runner.device.peers)
+            assert took < 5.0 and prod.runner.connected
+
+    run(scenario)
+
+
 def test_server_away_keeps_the_mesh_and_reconnect_comes_back(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with mesh(tmp_path) as (server, laptop, prod, _other):

@@ -211,3 +211,13 @@ def test_serve_errors_are_one_line(tmp_path: pathlib.Path) -> None:
     bad_db = _wgpy("management", "init", "--state-dir", str(tmp_path / "s"), "--db", "mysql://x/y")
     assert bad_db.returncode == 1 and bad_db.stderr.strip().startswith("wgpy management: the database must be")
     assert not (tmp_path / "s" / "signing.key").exists()
+    # a key file that others may read is refused before anything is served (the proof key and the signing key alike)
+    state = tmp_path / "open"
+    assert _wgpy("management", "init", "--state-dir", str(state)).returncode == 0
+    for name in ("signing.key", "proof.key"):
+        (state / name).chmod(0o640)
+        refused = _wgpy("management", "serve", "--state-dir", str(state), "--listen", "127.0.0.1:1")
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 1 and len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert name in lines[0] and "readable by others" in lines[0] and "chmod 600" in lines[0]
+        (state / name).chmod(0o600)

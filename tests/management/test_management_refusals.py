@@ -51,7 +51,9 @@ def _refused(answer: Answer, status: int, code: str) -> None:
 def test_setup_key_refusals_change_nothing(tmp_path: pathlib.Path) -> None:
     async def body(h: Harness) -> None:
         used = await h.setup_key()
-        assert (await h.agent().enrol(used)).status == 201
+        enrolled = h.agent()
+        assert (await enrolled.enrol(used)).status == 201
+        fresh = await h.setup_key()
         expired = await h.setup_key(expires_in=60)
         revoked_key = await h.admin("POST", "/api/v1/setup-keys", {"name": "r"})
         await h.admin("DELETE", f"/api/v1/setup-keys/{revoked_key.body['id']}")
@@ -62,6 +64,7 @@ def test_setup_key_refusals_change_nothing(tmp_path: pathlib.Path) -> None:
         _refused(await agent.enrol(expired), 403, "expired_setup_key")
         _refused(await agent.enrol(used), 403, "used_setup_key")
         _refused(await agent.enrol(revoked_key.body["key"]), 403, "revoked_setup_key")
+        _refused(await enrolled.enrol(fresh), 409, "already_enrolled")  # the same WireGuard key, a valid setup key
         assert await _state(h) == before
 
     with_harness(tmp_path, body)
