@@ -416,6 +416,23 @@ def test_table_bound_fails_closed() -> None:
     assert len(f.conntrack) == 1
 
 
+def test_one_peer_fills_its_share_of_the_table_not_the_others_room() -> None:
+    """A compromised developer laptop opening connection after connection to production: beyond its share it is
+    refused, while the other developer's connections still fit; when its flows close, its share frees again."""
+    f = make_filter(max_flows=8, max_flows_per_peer=3)
+    flood = [tcp(DEV_IP, PROD_IP, 41000 + i, 22) for i in range(6)]
+    verdicts = [f.check_inbound(syn, DEV, T0) for syn in flood]
+    assert verdicts == [True, True, True, False, False, False]
+    assert f.stats.denied == {TABLE_FULL: 3} and f.conntrack.flows_of(DEV) == 3
+    others = [tcp(DEV2_IP, PROD_IP, 42000 + i, 22) for i in range(3)]
+    assert all(f.check_inbound(syn, DEV2, T0) for syn in others)  # the table had room: DEV took only its share
+    assert len(f.conntrack) == 6 and f.conntrack.flows_of(DEV2) == 3
+    for port in range(41000, 41003):  # DEV's connections end: a RST closes each
+        assert f.check_inbound(tcp(DEV_IP, PROD_IP, port, 22, RST), DEV, T0)
+    assert f.check_inbound(flood[3], DEV, T0 + TCP_CLOSE_TIMEOUT + 1)
+    assert f.conntrack.flows_of(DEV) == 1
+
+
 def test_spoofed_source_is_denied() -> None:
     f = make_filter([rule("prod-to-dev", ["production"], ["developers"], "tcp", [22])])
     # PROD's own address: fine. DEV's address arriving from PROD would borrow the developer's groups.

@@ -71,6 +71,7 @@ from .audit import AuditLog
 from .conntrack import (
     CLOSED,
     DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_FLOWS_PER_PEER,
     ECHO_MARK,
     ESTABLISHED,
     INBOUND,
@@ -107,7 +108,7 @@ __all__ = [
 # Counter names of drops that no rule made (netmap.RESERVED_RULE_NAMES keeps rules from taking them).
 MALFORMED: Final = "malformed"
 SPOOFED_SOURCE: Final = "spoofed-source"
-TABLE_FULL: Final = "table-full"
+TABLE_FULL: Final = "table-full"  # the connection table, or the peer's share of it
 MAP_EXPIRED: Final = "map-expired"
 UNTRACKED_FRAGMENT: Final = "fragment"
 
@@ -384,14 +385,21 @@ class PacketFilter:
         "stats",
     )
 
-    def __init__(self, *, max_flows: int = DEFAULT_MAX_FLOWS, audit: AuditLog | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_flows: int = DEFAULT_MAX_FLOWS,
+        max_flows_per_peer: int = DEFAULT_MAX_FLOWS_PER_PEER,
+        audit: AuditLog | None = None,
+    ) -> None:
         """Create a filter with no map: until ``load`` is called, everything is denied (``default-deny``).
 
         Args:
             max_flows: The bound of the connection tracking table.
+            max_flows_per_peer: The bound of one peer's share of it (a new flow beyond it is ``table-full``).
             audit: Where connection records go; ``None`` writes none.
         """
-        self.conntrack = ConnTrack(max_flows)
+        self.conntrack = ConnTrack(max_flows, max_flows_per_peer)
         self.audit = audit
         self.stats = FilterStats()
         self.netmap: NetworkMap | None = None

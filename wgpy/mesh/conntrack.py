@@ -24,8 +24,11 @@ than its flow's true expiry, lets ``expire(now)`` remove everything due in O(exp
 table. A flow whose timeout grows is re-queued only when its old deadline comes up; one whose timeout shrinks (a
 close) is queued again at once, so closed flows free their slot promptly.
 
-The table is bounded (``max_flows``). When it is full, expired flows are swept first; if it is still full, ``create``
-returns ``None`` and the filter drops the packet: new connections fail closed, existing ones carry on.
+The table is bounded (``max_flows``), and so is each peer's share of it (``max_flows_per_peer``, a quarter of the
+default table): one peer, compromised or broken, that opens connection after connection fills its own share, not the
+table the other peers' connections need. When the table or the peer's share is full, expired flows are swept first;
+if it is still full, ``create`` returns ``None`` and the filter drops the packet: new connections fail closed,
+existing ones carry on.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from ..keys import PublicKey
 __all__ = [
     "CLOSED",
     "DEFAULT_MAX_FLOWS",
+    "DEFAULT_MAX_FLOWS_PER_PEER",
     "ECHO_MARK",
     "ESTABLISHED",
     "ICMP_TIMEOUT",
@@ -84,6 +88,7 @@ UDP_STREAM_TIMEOUT: Final = 180.0  # Linux nf_conntrack_udp_timeout_stream (befo
 ICMP_TIMEOUT: Final = 30.0  # Linux nf_conntrack_icmp_timeout
 OTHER_TIMEOUT: Final = 600.0  # Linux nf_conntrack_generic_timeout
 DEFAULT_MAX_FLOWS: Final = 65536  # ours; Linux sizes nf_conntrack_max from memory
+DEFAULT_MAX_FLOWS_PER_PEER: Final = 16384  # ours: no one peer may hold more than a quarter of the default table
 
 _TCP_FIN: Final = 0x01  # RFC 9293 §3.1 control bits
 _TCP_RST: Final = 0x04
@@ -148,12 +153,16 @@ class Flow:
 class ConnTrack:
     """The bounded table of flows, keyed by both directions."""
 
-    __slots__ = ("_count", "_heap", "_seq", "max_flows", "table")
+    __slots__ = ("_count", "_heap", "_per_peer", "_seq", "max_flows", "max_flows_per_peer", "table")
 
-    def __init__(self, max_flows: int = DEFAULT_MAX_FLOWS) -> None:
-        if max_flows < 1:
-            raise ValueError("max_flows must be at least 1")
+    def __init__(
+        self, max_flows: int = DEFAULT_MAX_FLOWS, max_flows_per_peer: int = DEFAULT_MAX_FLOWS_PER_PEER
+    ) -> None:
+        if max_flows < 1 or max_flows_per_peer < 1:
+            raise ValueError("max_flows and max_flows_per_peer must be at least 1")
         self.max_flows = max_flows
+        self.max_flows_per_peer = max_flows_per_peer
+        self._per_peer: dict[PublicKey | None, int] = {}  # live flows per peer (no entry: none)
         # Both keys of every live flow. Public so that the filter's hot path can probe it without a call.
         self.table: dict[FlowKey, Flow] = {}
         self._heap: list[tuple[float, int, Flow]] = []
@@ -185,14 +194,16 @@ class ConnTrack:
         for existing in (self.table.get(key), self.table.get(reply_key)):
             if existing is not None:
                 self.remove(existing)
-        if self._count >= self.max_flows:
+        per_peer = self._per_peer
+        if self._count >= self.max_flows or per_peer.get(peer, 0) >= self.max_flows_per_peer:
             self.expire(now)
-            if self._count >= self.max_flows:
+            if self._count >= self.max_flows or per_peer.get(peer, 0) >= self.max_flows_per_peer:
                 return None
         flow = Flow(key, reply_key, kind, rule, peer, now)
         self.table[key] = flow
         self.table[reply_key] = flow
         self._count += 1
+        per_peer[peer] = per_peer.get(peer, 0) + 1
         heapq.heappush(self._heap, (flow.deadline, next(self._seq), flow))
         return flow
 
@@ -227,12 +238,22 @@ class ConnTrack:
             if table.get(flow.reply_key) is flow:
                 del table[flow.reply_key]
             self._count -= 1
+            left = self._per_peer[flow.peer] - 1
+            if left:
+                self._per_peer[flow.peer] = left
+            else:
+                del self._per_peer[flow.peer]
             flow.deadline = -1.0  # no heap entry matches it any more
 
     def clear(self) -> None:
         self.table.clear()
         self._heap.clear()
+        self._per_peer.clear()
         self._count = 0
+
+    def flows_of(self, peer: PublicKey | None) -> int:
+        """How many live flows ``peer`` holds (its share of the table in use)."""
+        return self._per_peer.get(peer, 0)
 
     def expire(self, now: float) -> int:
         """Remove every flow idle past its timeout at ``now``; return how many were removed."""
