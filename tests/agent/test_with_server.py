@@ -2,7 +2,8 @@
 
 What the fake server cannot show: the server's own maps (a peer sees only the peers a rule lets it reach or be
 reached by), a restart of the server process that loses nothing (same addresses, tokens still valid, serials
-still increasing so the agents accept the new maps), and logout removing a peer from the others' maps.
+still increasing so the agents accept the new maps), here from a copy of its state directory restored into a new
+folder (a backup), and logout removing a peer from the others' maps.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -141,7 +143,13 @@ def test_restart_loses_nothing_and_logout_removes_the_peer(tmp_path: pathlib.Pat
                 laptop.send(tcp_packet(laptop.address, prod.address, 45023, 22))
                 await wait_for(lambda: syns_at(prod, 22) == 2)  # the mesh works on its last maps
 
-                await server.start()  # the same SQLite database and keys
+                # The server comes back from a backup: its state directory (SQLite database and key files) copied
+                # to a new folder, the old one gone.
+                restored = tmp_path / "restored"
+                shutil.copytree(server.state_dir, restored)
+                shutil.rmtree(server.state_dir)
+                server.state_dir = restored
+                await server.start()
                 await wait_for(lambda: laptop.runner.connected and prod.runner.connected, timeout=5)
                 status, peers = await server.admin("GET", "/api/v1/peers")
                 assert status == 200 and isinstance(peers, list)
