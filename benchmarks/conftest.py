@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """No workers for benchmarks (pyproject's ``-n auto`` is for the test suite): pytest-benchmark turns itself off
+    under xdist, and timings taken beside another worker would not be worth much."""
+    return 0
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
     if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
         if parent.session.isinitpath(file_path):

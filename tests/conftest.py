@@ -32,6 +32,12 @@ LIVE = ("interop/", "nat/test_netns_nat.py", "agent/test_mesh_netns.py", "dashbo
 _measurements: list[str] = []  # in the process that reports (the controller under xdist)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``'s worker count: none under ``-s`` (what a test prints should reach the terminal, and workers do not
+    pass it on), else one per CPU (xdist's own count)."""
+    return 0 if config.getoption("capture") == "no" else None
+
+
 def _is_live(item: pytest.Item) -> bool:
     path = item.path.resolve().relative_to(_HERE).as_posix()
     return any(path == part or (part.endswith("/") and path.startswith(part)) for part in LIVE)

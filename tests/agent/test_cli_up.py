@@ -188,8 +188,32 @@ def test_up_after_revocation_is_one_line(tmp_path: Path, server: ServerThread) -
         assert wgpy(*up, "--setup-key", key, state=state).returncode == 0
         wgpy("down", state=state)
         fake.peers["p1"].revoked = True
+        assert (state / "refresh_token").exists()
         result = wgpy("up", "--no-tun", "-f", state=state)
         assert_one_line_error(result, "403", "revoked")
         assert "not running" in wgpy("status", state=state).stdout
+        # the 403 carried the signed notice: what a revoked agent forgets is gone
+        assert not (state / "refresh_token").exists() and not (state / "map.json").exists()
     finally:
+        wgpy("down", state=state)
+
+
+def test_up_starts_on_its_last_map_when_a_403_carries_no_valid_notice(tmp_path: Path, server: ServerThread) -> None:
+    """A 403 "revoked" at start-up that anyone on a plain-HTTP path could forge: not believed, the agent starts on
+    its saved map and keeps its state."""
+    fake = server.server
+    state = tmp_path / "s"
+    key = fake.add_setup_key(["developers"])
+    up = ["up", "--management", fake.url, "--management-key", fake.management_key_b64, "--no-tun"]
+    try:
+        assert wgpy(*up, "--setup-key", key, state=state).returncode == 0
+        wgpy("down", state=state)
+        fake.forged_403 = None
+        result = wgpy("up", "--no-tun", state=state)
+        assert result.returncode == 0, result.stderr
+        shown = wgpy("status", state=state).stdout
+        assert "not running" not in shown and "running" in shown, shown
+        assert (state / "refresh_token").exists() and (state / "map.json").exists()
+    finally:
+        fake.forged_403 = False
         wgpy("down", state=state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from agent_helpers import SYN, Agent, echo_reply, start_agent, tcp_packet, tcp_ports, wait_for
 from fake_server import FakeServer
 
+from wgpy.agent.rules import Backoff
 from wgpy.agent.runner import RunnerExit
 from wgpy.crypto import Ed25519PrivateKey
 
@@ -168,6 +170,10 @@ def test_a_403_without_a_valid_notice_is_retried_not_believed(tmp_path: Path, fo
             refused = len(server.requests)
             await server.say_revoked(peer_id)  # the stream drops; every request from now on is refused
             await wait_for(lambda: len(server.requests) >= refused + 4)  # a reconnect or three, all refused
+            counted, began = len(server.requests), time.monotonic()
+            await asyncio.sleep(1.0)
+            # The backoff (base 0.05 s, cap 0.3 s here) spaces the attempts: a handful a second, not a hot loop.
+            assert len(server.requests) - counted <= 2 * ((time.monotonic() - began) / 0.025 + 2)
             assert laptop.runner.exit_reason is None and not laptop.runner.connected
             assert (
                 laptop.runner.last_error is not None and "no valid signed revocation notice" in laptop.runner.last_error
@@ -196,6 +202,70 @@ def test_a_peer_away_during_a_revocation_drops_the_revoked_peer_when_it_comes_ba
             server.away.clear()
             took = await wait_for(lambda: laptop_key not in prod.runner.device.peers)
             assert took < 5.0 and prod.runner.connected
+
+    run(scenario)
+
+
+def test_forged_revocations_after_each_map_do_not_defeat_the_backoff(tmp_path: Path) -> None:
+    """Someone on the path lets each map through, then forges a revocation: the agent reconnects (it believes
+    nothing), but its backoff goes on growing as if the connection had failed, so it is not kept reconnecting at the
+    base delay (each reconnect costs the server a map)."""
+
+    async def scenario() -> None:
+        async with mesh(tmp_path) as (server, laptop, _prod, _other):
+            peer_id = laptop.runner.enrolment.peer_id
+            first, began = server.stream_connects, time.monotonic()
+            while time.monotonic() - began < 2.0:  # bounded: 2 s of forgeries
+                if server.connected(peer_id) and laptop.runner.connected:
+                    await server.say_revoked(peer_id)
+                await asyncio.sleep(0.01)
+            connects = server.stream_connects - first
+            # Reset to the base delay each time, it would be one connect per 0.025-0.05 s (40-80 in 2 s); growing to
+            # the cap of 0.3 s, at most 2 / 0.15 + a few.
+            assert 1 <= connects <= 2 / 0.15 + 4, connects
+            assert laptop.runner.exit_reason is None
+
+    run(scenario)
+
+
+def test_a_revocation_first_seen_as_the_streams_handshake_403_ends_the_agent_without_a_second_wait(
+    tmp_path: Path,
+) -> None:
+    """The laptop's stream drops while it is revoked and its access token still works: its next stream handshake
+    gets a 403 with no body, hence no notice; it asks again at once (a refresh), whose 403 carries the notice. With
+    a backoff of exactly 2 s, the agent ends about 2 s after the drop, not 4."""
+
+    async def scenario() -> None:
+        async with mesh(tmp_path) as (server, laptop, _prod, _other):
+            peer_id = laptop.runner.enrolment.peer_id
+            laptop.runner.backoff = Backoff(base=2.0, cap=2.0, rng=lambda: 1.0)
+            server.peers[peer_id].revoked = True  # no frame: the stream just ends
+            for ws in list(server._streams.get(peer_id, ())):
+                await ws.close(code=1001)
+            took = await wait_for(lambda: laptop.runner.exit_reason is RunnerExit.REVOKED, timeout=6.0)
+            assert took < 3.5, took
+            assert laptop.runner.device.peers == {}
+
+    run(scenario)
+
+
+def test_access_tokens_stay_in_memory(tmp_path: Path) -> None:
+    """The model keeps access tokens in memory only: after enrolment, maps, a reconnect and a refresh, none of the
+    access tokens the server issued is in any file of the agents' state directories (the refresh token is)."""
+
+    async def scenario() -> None:
+        async with mesh(tmp_path, access_lifetime=2) as (server, laptop, _prod, _other):
+            peer_id = laptop.runner.enrolment.peer_id
+            await server.say_revoked(peer_id)  # not believed: a reconnect, with a new access token
+            await wait_for(lambda: server.refreshes >= 4, timeout=10.0)  # and refreshes before each expiry
+            await wait_for(lambda: laptop.runner.connected)
+            issued = list(server._access)
+            assert len(issued) >= 4
+            files = [path for path in tmp_path.rglob("*") if path.is_file()]
+            assert laptop.state.file("refresh_token") in files
+            for path in files:
+                data = path.read_bytes()
+                assert not any(token.encode() in data for token in issued), path
 
     run(scenario)
 

@@ -47,12 +47,12 @@ from ..drivers.asyncio_udp import Tunnel
 from ..drivers.clock import monotonic_now
 from ..drivers.tasks import cancel_and_wait
 from ..errors import ConfigError
-from ..keys import PrivateKey
+from ..keys import PrivateKey, PublicKey
 from ..management.pathreport import MAX_PATH_PEERS
 from ..mesh import MapChanges, MapRejected, RejectReason
 from ..mesh.agent import MeshAgent
 from ..mesh.netmap import KeyRotation, load_management_public_key
-from ..mesh.revocation import RevocationRejected, verify_revocation
+from ..mesh.revocation import RevocationNotice, RevocationRejected, verify_revocation
 from ..nat.io.agent import NatAgent
 from ..nat.signal import NAT_FRAMES
 from .client import Backoff, ManagementClient, ManagementError, MapStream
@@ -60,6 +60,8 @@ from .keystore import MAP_FILE, REFRESH_FILE, Enrolment, StateDir
 
 if TYPE_CHECKING:
     from tun import TunDevice
+
+    from ..crypto import Ed25519PublicKey
 
 __all__ = ["AgentRunner", "RunnerExit", "ServerMeshAgent", "local_address_towards"]
 
@@ -75,6 +77,25 @@ _CLOSE_WORDS: Final = {
 }
 STATUS_INTERVAL: Final = 1.0  # seconds between status.json writes (ours)
 PATH_REPORT_EVERY: Final = 2.0  # seconds between looks at the peers' paths; a report is sent only on a change (ours)
+
+
+def verified_revocation(
+    notice: object,
+    enrolment: Enrolment,
+    public_key: PublicKey | None,
+    keys: tuple[Ed25519PublicKey, ...] | None = None,
+) -> RevocationNotice:
+    """``notice`` checked against the management key(s) (``keys``, else the enrolment's pinned key) and this peer's
+    id and WireGuard public key (``wgpy.mesh.revocation``).
+
+    Raises:
+        RevocationRejected: it is not a revocation of this peer by the management server.
+    """
+    if public_key is None:
+        raise RevocationRejected("this device has no key")
+    if keys is None:
+        keys = (load_management_public_key(enrolment.management_key),)
+    return verify_revocation(notice, keys, peer_id=enrolment.peer_id, public_key=public_key.to_base64())
 
 
 class RunnerExit(enum.Enum):
@@ -324,8 +345,9 @@ class AgentRunner:
             except ConfigError as exc:
                 logger.warning("%s", exc)
 
-    def revoke(self) -> None:
-        """The peer was revoked: drop every peer, deny everything, forget the map and tokens, stop."""
+    def revoke(self, reason: str = "revoked") -> None:
+        """The peer was revoked (or deleted: ``reason``): drop every peer, deny everything, forget the map and
+        tokens, stop."""
         device = self.device
         if self.mesh is not None:
             self.mesh.close()  # first: a saved map still being applied in steps must not bring its peers back
@@ -340,10 +362,11 @@ class AgentRunner:
                 with contextlib.suppress(OSError):
                     self.state.file(name).unlink()
         logger.error(
-            "peer %s was revoked by the management server: all peers dropped, traffic stopped",
+            "peer %s was %s by the management server: all peers dropped, traffic stopped",
             self.enrolment.peer_id,
+            reason,
         )
-        self.last_error = "revoked by the management server"
+        self.last_error = f"{reason} by the management server"
         self.stop(RunnerExit.REVOKED)
 
     # --- the control loop -----------------------------------------------------------------------------------------
@@ -355,27 +378,21 @@ class AgentRunner:
             self._logged_error = message
             logger.warning("%s (retrying with backoff; the last map stays in force)", message)
 
-    def _notice_verified(self, notice: object, where: str) -> bool:
-        """Whether ``notice`` is a revocation of this peer signed by a management key in force; logs a refusal."""
-        if self.mesh is not None:
-            keys = self.mesh.controller.accepted_keys(self.wall_clock())
-        else:
-            keys = (load_management_public_key(self.enrolment.management_key),)
-        public_key = self.device.public_key
+    def _notice_verified(self, notice: object, where: str) -> RevocationNotice | None:
+        """The notice if it is a revocation of this peer signed by a management key in force; else logs why not."""
+        keys = self.mesh.controller.accepted_keys(self.wall_clock()) if self.mesh is not None else None
         try:
-            if public_key is None:
-                raise RevocationRejected("this device has no key")
-            verify_revocation(notice, keys, peer_id=self.enrolment.peer_id, public_key=public_key.to_base64())
+            return verified_revocation(notice, self.enrolment, self.device.public_key, keys)
         except RevocationRejected as exc:
-            logger.warning("%s said this peer is revoked, but not believed (%s): reconnecting", where, exc)
-            return False
-        return True
+            logger.warning("%s said this peer is revoked, but not believed (%s): asking the server again", where, exc)
+            return None
 
     def _credentials_refused(self, exc: ManagementError) -> bool:
         """The server refused our credentials: revoke, stop, or (``False``) go on retrying."""
         if exc.status == 403:  # the peer itself is revoked (a 401 "revoked" is a refresh-token family)
-            if self._notice_verified(exc.notice, "a 403 answer"):
-                self.revoke()
+            verified = self._notice_verified(exc.notice, "a 403 answer")
+            if verified is not None:
+                self.revoke(verified.reason)
                 return True
             self.client.forget_access_token()  # the refresh that follows gets the notice, if the 403 was real
             self._note_error(ManagementError(f"{exc} (no valid signed revocation notice)", retryable=True))
@@ -391,6 +408,7 @@ class AgentRunner:
 
     async def _control_loop(self) -> None:
         client = self.client
+        asked_again = False
         while not self._stop.is_set():
             try:
                 await client.ensure_access()
@@ -406,23 +424,29 @@ class AgentRunner:
                     self._write_status()
                     await self.nat.stream_opened(stream.send)
                     self._stream = stream  # for the path reporter, while ``connected``
+                    asked_again = False  # a stream came up: the next bodiless 403 may be asked about at once
                     revoked = await self._consume(stream)
                     self.nat.stream_closed()
                     code = stream.close_code
                 self.connected = False
-                if revoked:
-                    self.revoke()
+                if revoked is not None:
+                    self.revoke(revoked.reason)
                     return
                 if code == CLOSE_REVOKED:
                     client.forget_access_token()  # not believed without a notice: the refresh will tell
                 if not self._stop.is_set():
-                    words = _CLOSE_WORDS.get(code or 0, f"the management server closed the map stream (code {code})")
+                    words = _CLOSE_WORDS.get(code or 0, "the management server closed the map stream")
                     self._note_error(ManagementError(words, retryable=True))
             except ManagementError as exc:
                 self.connected = False
                 if exc.fatal and not exc.retryable:
                     if self._credentials_refused(exc):
                         return
+                    if exc.notice is None and not asked_again:
+                        # A 403 with no body at all (the WebSocket handshake's): a real revocation's notice is one
+                        # refresh away, so ask once at once, not after the backoff (which an outage may have grown).
+                        asked_again = True
+                        continue
                 else:
                     if exc.status == 401:
                         client.forget_access_token()
@@ -435,13 +459,14 @@ class AgentRunner:
                 return
             await self._sleep(self.backoff.next_delay())
 
-    async def _consume(self, stream: MapStream) -> bool:
-        """Read server messages until the stream ends; ``True`` if the peer was revoked."""
+    async def _consume(self, stream: MapStream) -> RevocationNotice | None:
+        """Read server messages until the stream ends; the verified notice if the peer was revoked."""
         first = True
+        attempt = self.backoff.attempt  # where the backoff stood before this connection
         while not self._stop.is_set():
             message = await stream.receive()
             if message is None:
-                return False
+                return None
             kind = message.get("type")
             if kind == "map":
                 document = message.get("document")
@@ -456,14 +481,20 @@ class AgentRunner:
                         self.backoff.reset()  # a working connection: the next failure starts from the base delay
                         first = False
             elif kind == "revoked":
-                return self._notice_verified(message.get("notice"), "the map stream")
+                verified = self._notice_verified(message.get("notice"), "the map stream")
+                if verified is None:
+                    # Not believed: the refresh that follows tells, and this connection did not count as working
+                    # (forged frames after each map must not keep the agent reconnecting at the base delay).
+                    self.client.forget_access_token()
+                    self.backoff.attempt = max(self.backoff.attempt, attempt)
+                return verified
             elif kind == "pong":
                 continue
             elif kind in NAT_FRAMES:
                 await self.nat.on_frame(message)
             else:
                 logger.info("the management server sent a message of unknown type: ignored")
-        return False
+        return None
 
     async def _refresher(self) -> None:
         """Refresh the access token before it expires, also while one WebSocket stays open for hours."""

@@ -38,6 +38,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from tun import TunDevice
 
+    from ..agent.client import ManagementError
     from ..agent.enrol import Enrolled
     from ..agent.keystore import KeyStore, StateDir
     from ..agent.runner import AgentRunner
@@ -330,13 +331,34 @@ async def _start(args: argparse.Namespace, state: StateDir) -> Enrolled:
         try:
             await enrolled.client.refresh()
         except ManagementError as exc:
-            if exc.fatal and not exc.retryable:
+            if exc.fatal and not exc.retryable and not _unproven_revocation(exc, enrolled, state):
                 await enrolled.client.close()
                 raise
             logger.warning("%s: starting on the last network map, reconnecting in the background", exc)
         return enrolled
     except ManagementError as exc:
         raise _Failure(str(exc)) from None
+
+
+def _unproven_revocation(exc: ManagementError, enrolled: Enrolled, state: StateDir) -> bool:
+    """A 403 at start-up: ``True`` if it carries no valid signed revocation notice (not believed: the agent starts
+    on its last map and asks again). With a valid one, the saved map and refresh token are deleted first, as a
+    running agent does on revocation, and ``False`` (the start fails in one line)."""
+    from ..agent.keystore import MAP_FILE, REFRESH_FILE
+    from ..agent.runner import verified_revocation
+    from ..mesh.revocation import RevocationRejected
+
+    if exc.status != 403:
+        return False
+    try:
+        verified_revocation(exc.notice, enrolled.enrolment, enrolled.private_key.public_key())
+    except RevocationRejected as refused:
+        logger.warning("the management server's 403 is not believed (%s)", refused)
+        return True
+    for name in (MAP_FILE, REFRESH_FILE):
+        with contextlib.suppress(OSError):
+            state.file(name).unlink()
+    return False
 
 
 def _open_tun(name: str) -> TunDevice:
