@@ -105,7 +105,7 @@ def test_malformed_notices_are_refused_in_one_line(document: object) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("version", 2), ("reason", "bored"), ("issued_at", -1), ("issued_at", True), ("issued_at", 1.5),
+    [("version", 2), ("version", True), ("version", 1.0), ("reason", "bored"), ("issued_at", -1), ("issued_at", True), ("issued_at", 1.5),
      ("public_key", "short"), ("peer_id", ""), ("peer_id", "x" * 65)],
 )  # fmt: skip
 def test_a_signed_body_of_the_wrong_shape_is_refused(field: str, value: object) -> None:

@@ -123,7 +123,8 @@ def verify_revocation(
 
 
 def _fields(body: Mapping[str, object]) -> RevocationNotice:
-    if set(body) != _BODY_KEYS or body["version"] != VERSION:
+    version = body.get("version")
+    if set(body) != _BODY_KEYS or type(version) is not int or version != VERSION:  # not True, not 1.0
         raise RevocationRejected("the notice's body is not a version 1 revocation")
     peer_id, public_key, reason, issued_at = body["peer_id"], body["public_key"], body["reason"], body["issued_at"]
     if not isinstance(peer_id, str) or not 0 < len(peer_id) <= _MAX_ID:
