@@ -179,14 +179,19 @@ def test_up_status_down_up_logout(tmp_path: Path, server: ServerThread) -> None:
         wgpy("down", state=state)
 
 
+def _enrolled_and_down(fake: FakeServer, state: Path) -> None:
+    """Enrol an agent (``wgpy up`` with a setup key, no TUN), then stop it: its state stays, ready to resume."""
+    key = fake.add_setup_key(["developers"])
+    up = ["up", "--management", fake.url, "--management-key", fake.management_key_b64, "--no-tun"]
+    assert wgpy(*up, "--setup-key", key, state=state).returncode == 0
+    wgpy("down", state=state)
+
+
 def test_up_after_revocation_is_one_line(tmp_path: Path, server: ServerThread) -> None:
     fake = server.server
     state = tmp_path / "s"
-    key = fake.add_setup_key(["developers"])
-    up = ["up", "--management", fake.url, "--management-key", fake.management_key_b64, "--no-tun"]
     try:
-        assert wgpy(*up, "--setup-key", key, state=state).returncode == 0
-        wgpy("down", state=state)
+        _enrolled_and_down(fake, state)
         fake.peers["p1"].revoked = True
         assert (state / "refresh_token").exists()
         result = wgpy("up", "--no-tun", "-f", state=state)
@@ -203,11 +208,8 @@ def test_up_starts_on_its_last_map_when_a_403_carries_no_valid_notice(tmp_path: 
     its saved map and keeps its state."""
     fake = server.server
     state = tmp_path / "s"
-    key = fake.add_setup_key(["developers"])
-    up = ["up", "--management", fake.url, "--management-key", fake.management_key_b64, "--no-tun"]
     try:
-        assert wgpy(*up, "--setup-key", key, state=state).returncode == 0
-        wgpy("down", state=state)
+        _enrolled_and_down(fake, state)
         fake.forged_403 = None
         result = wgpy("up", "--no-tun", state=state)
         assert result.returncode == 0, result.stderr

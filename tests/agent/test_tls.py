@@ -11,49 +11,18 @@ variable, which Python's default TLS context reads) it enrols, connects and take
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import ssl
 import sys
 from pathlib import Path
 
 from support.management_fixtures import admin_request
+from support.tls import self_signed_certificate
 
 from wgpy.management.server import free_port, init_state, serve
 from wgpy.tools.mesh_demo import POLICY
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate whose subject alternative name is the IP address 127.0.0.1 (what TLS checks)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wgpy test management server")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
 
 
 async def _wgpy(*args: str, trust: Path | None) -> tuple[int, str, str]:
@@ -78,7 +47,7 @@ async def _wgpy(*args: str, trust: Path | None) -> tuple[int, str, str]:
 
 def test_up_over_tls_refuses_an_untrusted_certificate_and_enrols_with_a_trusted_one(tmp_path: Path) -> None:
     async def scenario() -> None:
-        cert, key = _certificate(tmp_path)
+        cert, key = self_signed_certificate(tmp_path)
         keys, token = await init_state(tmp_path / "server")
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         port = free_port()

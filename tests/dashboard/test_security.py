@@ -19,6 +19,7 @@ import pytest
 import yarl
 from dashboard_helpers import Browser, run
 from sqlalchemy import func, select, update
+from support.tls import self_signed_certificate
 
 from wgpy.keys import PrivateKey
 from wgpy.management.dashboard.session import SESSION_LIFETIME
@@ -279,39 +280,12 @@ def test_output_is_escaped_and_pages_carry_security_headers(tmp_path: pathlib.Pa
     run(scenario)
 
 
-def _self_signed(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 def test_the_cookie_is_secure_on_tls(tmp_path: pathlib.Path) -> None:
     async def scenario() -> None:
         import asyncio
 
         _keys, token = await init_state(tmp_path / "server")
-        cert, key = _self_signed(tmp_path)
+        cert, key = self_signed_certificate(tmp_path)
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         port = free_port()
         task = asyncio.create_task(
