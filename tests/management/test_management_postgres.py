@@ -57,6 +57,7 @@ def test_postgres_concurrent_enrolment_and_revocation(postgres_url: str, tmp_pat
             assert b.public_key not in {p["public_key"] for p in message["document"]["map"]["peers"]}
         old = a.refresh_token
         assert (await a.refresh()).status == 200
+        assert (await a.refresh()).status == 200  # the pair issued for ``old`` is used: no retry any more
         assert (await a.refresh(old)).body["error"] == "token_reuse"
 
     with_harness(tmp_path, body, db_url=postgres_url)

@@ -174,6 +174,37 @@ def test_token_refusals_change_nothing(tmp_path: pathlib.Path) -> None:
     with_harness(tmp_path, body)
 
 
+def test_a_refresh_whose_answer_was_lost_may_be_asked_again_while_its_pair_is_unused(tmp_path: pathlib.Path) -> None:
+    """The server rotated the token but the device never got the answer: the same token again, within
+    tokens.RETRY_GRACE and with the device's proof, gets a new pair; the pair nobody received is revoked. Past the
+    grace, or once that pair was used, it is token reuse again."""
+
+    async def body(h: Harness) -> None:
+        agent = h.agent()
+        assert (await agent.enrol(await h.setup_key())).status == 201
+        original = agent.refresh_token
+        assert (await agent.refresh()).status == 200
+        lost = agent.refresh_token  # the answer that "never arrived"
+        h.clock.now += tokens.RETRY_GRACE - 1
+        assert (await agent.refresh(original)).status == 200  # asked again
+        retried = agent.refresh_token
+        _refused(await agent.refresh(lost), 401, "revoked")  # one live refresh token per family
+        h.clock.now += tokens.RETRY_GRACE - 1  # a second lost answer: the grace counts from the last retry
+        assert (await agent.refresh(original)).status == 200
+        _refused(await agent.refresh(retried), 401, "revoked")
+        assert (await agent.refresh()).status == 200  # the family lives on
+        events = await h.admin("GET", "/api/v1/audit?kind=refresh_retry")
+        assert len(events.body) == 2 and (await h.admin("GET", "/api/v1/audit?kind=token_reuse")).body == []
+        # past the grace, the same presentation is reuse
+        late = agent.refresh_token
+        assert (await agent.refresh()).status == 200
+        h.clock.now += tokens.RETRY_GRACE + 1
+        _refused(await agent.refresh(late), 401, "token_reuse")
+        _refused(await agent.refresh(), 401, "revoked")
+
+    with_harness(tmp_path, body)
+
+
 def test_replayed_refresh_token_revokes_its_family(tmp_path: pathlib.Path) -> None:
     async def body(h: Harness) -> None:
         key = await h.setup_key()
@@ -181,6 +212,7 @@ def test_replayed_refresh_token_revokes_its_family(tmp_path: pathlib.Path) -> No
         assert (await agent.enrol(key)).status == 201
         original = agent.refresh_token
         assert (await agent.refresh()).status == 200
+        assert (await agent.refresh()).status == 200  # the pair issued for the original is used: no retry any more
         rotated = agent.refresh_token
         # the stolen copy of the original is presented again: the whole family dies
         _refused(await agent.refresh(original), 401, "token_reuse")

@@ -240,3 +240,17 @@ def test_expiry_is_judged_by_the_callers_clock_only() -> None:
     token = _signed(_claims(iat=then, exp=then + 3600))
     assert tokens.verify_token(token, KEY.public_key(), expected_type="access", now=then + 10).exp == then + 3600
     assert _code(token, now=then + 3600) == "expired"
+
+
+def test_the_retry_grace_bounds() -> None:
+    """A used token may be a retry up to and including RETRY_GRACE seconds after its use (docs/management-api.md,
+    "Tokens"), never when its family is revoked, once it has expired, or when it was never used (that is a plain
+    rotation, not a retry)."""
+    used = NOW - 10
+    assert tokens.within_retry_grace(_row(used_at=used), used)
+    assert tokens.within_retry_grace(_row(used_at=used), used + tokens.RETRY_GRACE)
+    assert not tokens.within_retry_grace(_row(used_at=used), used + tokens.RETRY_GRACE + 0.001)
+    assert not tokens.within_retry_grace(_row(used_at=used), used - 1)  # a clock that went back: not ours to trust
+    assert not tokens.within_retry_grace(_row(used_at=used, revoked=True), used + 1)
+    assert not tokens.within_retry_grace(_row(used_at=used, expires_at=used + 1), used + 1)
+    assert not tokens.within_retry_grace(_row(), NOW)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import WSMsgType, web
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -763,6 +763,11 @@ class ManagementServer:
                 )
                 if marked.rowcount != 1:  # type: ignore[attr-defined]
                     decision = tokens.RefreshDecision.REUSED  # another request used it a moment ago
+            retry = False
+            if decision is tokens.RefreshDecision.REUSED and row is not None and rule_row is not None:
+                retry = await self._retire_unused_child(session, row, rule_row, now)
+                if retry:
+                    decision = tokens.RefreshDecision.OK
             if decision is tokens.RefreshDecision.REUSED:
                 await session.execute(
                     update(RefreshTokenRow).where(RefreshTokenRow.family == claims.fam).values(revoked=True)
@@ -781,10 +786,46 @@ class ManagementServer:
             else:
                 assert claims.fam is not None  # noqa: S101 (verify_token requires it of refresh tokens)
                 pair = self._token_pair(session, peer, claims.fam, now)
-                audit.record(session, now=now, kind="refresh", actor=f"peer:{peer.id[:8]}", peer=peer.id, detail={})
+                kind = "refresh_retry" if retry else "refresh"
+                audit.record(session, now=now, kind=kind, actor=f"peer:{peer.id[:8]}", peer=peer.id, detail={})
         if reused:
             raise ApiError(401, "token_reuse", "the refresh token was used before; its family is revoked")
         return web.json_response(pair)
+
+    @staticmethod
+    async def _retire_unused_child(
+        session: AsyncSession, row: RefreshTokenRow, rule_row: tokens.RefreshRow, now: float
+    ) -> bool:
+        """A used refresh token presented again: if it may be a retry (``tokens.within_retry_grace``), no other token
+        of its family has been used since (at or after its own use), and the family's one live token (the pair
+        issued for it) is unused, revoke that one, mark the presented token used now (so that its next retry finds
+        the pair about to be issued), and return ``True``; else ``False`` (token reuse)."""
+        if not tokens.within_retry_grace(rule_row, now) or row.used_at is None:
+            return False
+        used_since = await session.execute(
+            select(func.count())
+            .select_from(RefreshTokenRow)
+            .where(
+                RefreshTokenRow.family == row.family,
+                RefreshTokenRow.jti != row.jti,
+                RefreshTokenRow.used_at >= row.used_at,
+            )
+        )
+        if used_since.scalar_one():
+            return False  # the family moved on after it: a copy presented late, not the device asking again
+        child = await session.execute(
+            update(RefreshTokenRow)
+            .where(
+                RefreshTokenRow.family == row.family,
+                RefreshTokenRow.used_at.is_(None),
+                RefreshTokenRow.revoked.is_(False),
+            )
+            .values(revoked=True)
+        )
+        if child.rowcount != 1:  # type: ignore[attr-defined]
+            return False  # not the one unused pair (another request got there first): reuse after all
+        await session.execute(update(RefreshTokenRow).where(RefreshTokenRow.jti == row.jti).values(used_at=now))
+        return True
 
     async def peer_map(self, request: web.Request) -> web.Response:
         now = self.clock()

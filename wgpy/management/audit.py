@@ -30,6 +30,7 @@ KINDS: Final = frozenset(
         "setup_key_revoked",
         "enrol",
         "refresh",
+        "refresh_retry",
         "token_reuse",
         "peer_approved",
         "peer_revoked",

@@ -9,7 +9,10 @@ shared by every refresh token descended from one enrolment. Every request also c
 ``verify_token`` checks signature, structure, type, key binding and expiry against the caller's ``now`` (PyJWT's
 own clock checks are off, so this module reads no clock). ``decide_refresh`` is the rotation rule as a function of
 the stored row and ``now``: a used token presented again means a copy was stolen, and the answer is to revoke the
-family. The database applies the decision with a guarded update (``store.py``), so two replicas cannot both accept
+family, with one exception, ``within_retry_grace``: the token used last, presented again within ``RETRY_GRACE``
+seconds while the pair issued for it has not been used, is the device asking again after an answer it never got (a
+dropped connection). The request's proof shows it holds the peer's WireGuard key, so it gets a new pair and the
+unused one is revoked: one live refresh token per family still. The database applies the decision with a guarded update (``store.py``), so two replicas cannot both accept
 the same refresh token.
 
 Errors carry a code (``TokenError.code``) and a detail in our own words, never the token.
@@ -30,6 +33,7 @@ __all__ = [
     "ACCESS_LIFETIME",
     "ISSUER",
     "REFRESH_LIFETIME",
+    "RETRY_GRACE",
     "RefreshDecision",
     "RefreshRow",
     "TokenClaims",
@@ -37,11 +41,13 @@ __all__ = [
     "decide_refresh",
     "issue_token",
     "verify_token",
+    "within_retry_grace",
 ]
 
 ISSUER: Final = "wgpy"
 ACCESS_LIFETIME: Final = 3600  # seconds (security model: access tokens live 1 hour)
 REFRESH_LIFETIME: Final = 7 * 86400  # seconds (security model: refresh tokens live 7 days)
+RETRY_GRACE: Final = 60.0  # seconds after its use that a refresh token may be presented again for a lost answer (ours)
 MAX_TOKEN_SIZE: Final = 4096  # characters of a token accepted before parsing (ours)
 _ALGORITHM: Final = "EdDSA"  # RFC 8037
 _CLAIMS: Final = frozenset({"iss", "sub", "wg", "typ", "iat", "exp", "jti"})
@@ -192,3 +198,10 @@ def decide_refresh(row: RefreshRow | None, claims: TokenClaims, now: float) -> R
     if now >= row.expires_at:
         return RefreshDecision.EXPIRED
     return RefreshDecision.OK
+
+
+def within_retry_grace(row: RefreshRow, now: float) -> bool:
+    """Whether a used token presented again may be a retry (the caller also checks that the pair issued for it is
+    unused): it was used at most ``RETRY_GRACE`` seconds ago, its family is alive and it has not expired."""
+    used_at = row.used_at
+    return used_at is not None and not row.revoked and 0 <= now - used_at <= RETRY_GRACE and now < row.expires_at
