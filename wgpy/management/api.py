@@ -796,19 +796,27 @@ class ManagementServer:
     async def _retire_unused_child(
         session: AsyncSession, row: RefreshTokenRow, rule_row: tokens.RefreshRow, now: float
     ) -> bool:
-        """A used refresh token presented again: if it may be a retry (``tokens.within_retry_grace``), no other token
-        of its family has been used since (at or after its own use), and the family's one live token (the pair
-        issued for it) is unused, revoke that one, mark the presented token used now (so that its next retry finds
-        the pair about to be issued), and return ``True``; else ``False`` (token reuse)."""
-        if not tokens.within_retry_grace(rule_row, now) or row.used_at is None:
+        """A used refresh token T presented again: ``True`` if this is the device asking again for an answer it
+        never got, ``False`` if it is token reuse.
+
+        A retry needs: T used at most ``RETRY_GRACE`` ago (``tokens.within_retry_grace``), no other token of the
+        family used at or after T's use, and the pair issued for T (issued at the instant T was used) unused. That
+        pair's refresh token is then retired as *used*, at T's old use time: whoever holds it (the device, if the
+        answer did arrive after all and someone else asked again) and presents it later is caught as token reuse, and
+        the family dies, as it would have without the grace. T's use time moves to now, the instant the pair about
+        to be issued carries, so a second lost answer may be asked about again.
+        """
+        used_at = row.used_at
+        if used_at is None or not tokens.within_retry_grace(rule_row, now):
             return False
+        await session.execute(select(RefreshTokenRow.jti).where(RefreshTokenRow.jti == row.jti).with_for_update())
         used_since = await session.execute(
             select(func.count())
             .select_from(RefreshTokenRow)
             .where(
                 RefreshTokenRow.family == row.family,
                 RefreshTokenRow.jti != row.jti,
-                RefreshTokenRow.used_at >= row.used_at,
+                RefreshTokenRow.used_at >= used_at,
             )
         )
         if used_since.scalar_one():
@@ -817,13 +825,15 @@ class ManagementServer:
             update(RefreshTokenRow)
             .where(
                 RefreshTokenRow.family == row.family,
+                RefreshTokenRow.issued_at == used_at,
+                RefreshTokenRow.jti != row.jti,
                 RefreshTokenRow.used_at.is_(None),
                 RefreshTokenRow.revoked.is_(False),
             )
-            .values(revoked=True)
+            .values(used_at=used_at)
         )
         if child.rowcount != 1:  # type: ignore[attr-defined]
-            return False  # not the one unused pair (another request got there first): reuse after all
+            return False  # the pair issued for it is used or gone (another request got there first): reuse
         await session.execute(update(RefreshTokenRow).where(RefreshTokenRow.jti == row.jti).values(used_at=now))
         return True
 
