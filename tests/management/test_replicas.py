@@ -180,7 +180,7 @@ def test_200_enrolments_across_replicas_with_a_limit_of_100_enrol_exactly_100(
     asyncio.run(main())
 
 
-def test_refresh_token_presented_to_both_replicas_at_once_rotates_once(
+def test_refresh_token_presented_to_both_replicas_at_once_leaves_one_live_pair(
     postgres_url: str, tmp_path: pathlib.Path
 ) -> None:
     reset(postgres_url)
@@ -195,13 +195,25 @@ def test_refresh_token_presented_to_both_replicas_at_once_rotates_once(
                 token = one.refresh_token
                 first, second = await asyncio.gather(one.refresh(token), other.refresh(token))
                 statuses = sorted((first.status, second.status))
-                assert statuses == [200, 401], (first.text, second.text)
-                refused = first if first.status == 401 else second
-                assert refused.body["error"] == "token_reuse"
-                # The reuse revoked the whole family, the token just issued included, on both replicas.
-                issued = (first if first.status == 200 else second).body["refresh_token"]
-                assert (await one.refresh(issued)).status == 401
-                assert (await other.refresh(issued)).status == 401
+                if statuses == [200, 401]:
+                    # Truly at once (the guarded update saw the other's use in flight): token reuse, and the whole
+                    # family revoked, the token just issued included, on both replicas.
+                    refused = first if first.status == 401 else second
+                    assert refused.body["error"] == "token_reuse"
+                    issued = (first if first.status == 200 else second).body["refresh_token"]
+                    assert (await one.refresh(issued)).status == 401
+                    assert (await other.refresh(issued)).status == 401
+                else:
+                    # One after the other's commit: the same key asking again within the grace is a retry
+                    # (docs/management-api.md, "Tokens"); the first pair was retired as used, so of the two pairs
+                    # never both work: presenting them in turn gives at most one 200 and one token reuse.
+                    assert statuses == [200, 200], (first.text, second.text)
+                    turns = [
+                        await one.refresh(first.body["refresh_token"]),
+                        await other.refresh(second.body["refresh_token"]),
+                    ]
+                    assert [answer.status for answer in turns].count(200) <= 1, [a.text for a in turns]
+                    assert any(answer.body.get("error") == "token_reuse" for answer in turns), [a.text for a in turns]
 
     asyncio.run(main())
 
