@@ -15,6 +15,7 @@ import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
 from agent_helpers import SYN, Agent, echo_reply, tcp_packet, tcp_ports, wait_for
 from aiohttp import web
@@ -235,5 +236,50 @@ def test_an_answer_nested_too_deep_for_json_is_a_clean_error() -> None:
         finally:
             await client.close()
             await runner.cleanup()
+
+    run(scenario)
+
+
+def test_a_refresh_answer_lost_on_the_way_back_costs_no_enrolment(tmp_path: pathlib.Path) -> None:
+    """The server rotates the refresh token but its answer never reaches the agent (the connection drops after the
+    request was handled): the agent's retry presents the spent token, and the real server takes it as the device
+    asking again (``refresh_retry``), not as token reuse."""
+
+    async def scenario() -> None:
+        async with management(tmp_path) as server:
+            status, body = await server.admin(
+                "POST", "/api/v1/setup-keys", json={"name": "k", "auto_groups": ["developers"]}
+            )
+            assert status == 201 and isinstance(body, dict)
+            state = StateDir(tmp_path / "laptop")
+            enrolled = await enrol_embedded(server.url, server.signing_key, state, "laptop", str(body["key"]))
+            client = enrolled.client
+            session = client._http()
+
+            class LosesTheAnswer:
+                """The real request, handled by the server, then the connection lost before the agent reads it."""
+
+                @contextlib.asynccontextmanager
+                async def request(self, method: str, url: object, **options: object) -> AsyncIterator[object]:
+                    async with session.request(method, url, **options) as answer:  # type: ignore[arg-type]
+                        await answer.read()
+                    raise aiohttp.ServerDisconnectedError()
+                    yield  # pragma: no cover (a generator for the context manager; never reached)
+
+            try:
+                wrapper = LosesTheAnswer()
+                client._http = lambda: wrapper  # type: ignore[assignment,method-assign,return-value]
+                with pytest.raises(ManagementError) as lost:
+                    await client.refresh()
+                assert lost.value.retryable
+                del client._http  # the class's own method again
+                await client.refresh()  # the same (spent) refresh token: asked again
+                status, retries = await server.admin("GET", "/api/v1/audit?kind=refresh_retry")
+                assert status == 200 and isinstance(retries, list) and len(retries) == 1
+                status, reuse = await server.admin("GET", "/api/v1/audit?kind=token_reuse")
+                assert status == 200 and reuse == []
+                await client.refresh()  # and the family goes on
+            finally:
+                await client.close()
 
     run(scenario)
