@@ -23,8 +23,8 @@ says so in one line and stops the runner with ``RunnerExit.REVOKED``. The same s
 frame or status code anyone on the path of a plain-HTTP link could forge, the 4001 close code, the 403 of a
 WebSocket handshake, which has no body) is not believed: the agent forgets its access token and reconnects, and the
 server's answer to the refresh that follows carries the notice. Other refused credentials (401: the peer deleted,
-the refresh token refused) stop the runner with ``CREDENTIALS_REFUSED`` and keep the state. ``status()`` is what ``wgpy status`` shows; with a state directory it is also written to
-``status.json`` every second.
+the refresh token refused) stop the runner with ``CREDENTIALS_REFUSED`` and keep the state. ``status()`` is what
+``wgpy status`` shows; with a state directory it is also written to ``status.json`` every second.
 """
 
 from __future__ import annotations
@@ -96,6 +96,14 @@ def verified_revocation(
     if keys is None:
         keys = (load_management_public_key(enrolment.management_key),)
     return verify_revocation(notice, keys, peer_id=enrolment.peer_id, public_key=public_key.to_base64())
+
+
+def forget_revoked_state(state: StateDir) -> None:
+    """What a revoked agent deletes: its saved map and its refresh token (the key and the enrolment stay, for
+    ``wgpy status`` and ``wgpy logout``)."""
+    for name in (MAP_FILE, REFRESH_FILE):
+        with contextlib.suppress(OSError):
+            state.file(name).unlink()
 
 
 class RunnerExit(enum.Enum):
@@ -358,9 +366,7 @@ class AgentRunner:
             self.mesh.controller.network_map = None
         self.tunnel.flush()
         if self.state is not None:
-            for name in (MAP_FILE, REFRESH_FILE):
-                with contextlib.suppress(OSError):
-                    self.state.file(name).unlink()
+            forget_revoked_state(self.state)
         logger.error(
             "peer %s was %s by the management server: all peers dropped, traffic stopped",
             self.enrolment.peer_id,

@@ -344,8 +344,7 @@ def _unproven_revocation(exc: ManagementError, enrolled: Enrolled, state: StateD
     """A 403 at start-up: ``True`` if it carries no valid signed revocation notice (not believed: the agent starts
     on its last map and asks again). With a valid one, the saved map and refresh token are deleted first, as a
     running agent does on revocation, and ``False`` (the start fails in one line)."""
-    from ..agent.keystore import MAP_FILE, REFRESH_FILE
-    from ..agent.runner import verified_revocation
+    from ..agent.runner import forget_revoked_state, verified_revocation
     from ..mesh.revocation import RevocationRejected
 
     if exc.status != 403:
@@ -355,9 +354,7 @@ def _unproven_revocation(exc: ManagementError, enrolled: Enrolled, state: StateD
     except RevocationRejected as refused:
         logger.warning("the management server's 403 is not believed (%s)", refused)
         return True
-    for name in (MAP_FILE, REFRESH_FILE):
-        with contextlib.suppress(OSError):
-            state.file(name).unlink()
+    forget_revoked_state(state)
     return False
 
 

@@ -9,11 +9,12 @@ reconnects) always gets its current map.
 
 ``notify`` is synchronous and cheap: it closes the stream of a revoked or deleted peer at once (``{"type":
 "revoked", "notice": ...}`` with the signed notice of ``wgpy.mesh.revocation``, close 4001) and wakes the worker.
-The worker coalesces bursts of changes into one recomputation: it reads the current policy and peers (one read transaction), compiles every view (``policy.compile_views``, pure,
-grouped by group signature), and pushes a new map to each connected peer whose view differs from the one it last
-got, whose map nears expiry (``MAP_REISSUE`` before ``expires_at``), or that has just connected. Serials are bumped
-in the database in one transaction per batch (``UPDATE peers SET map_serial = map_serial + 1 ... RETURNING``), so
-serials increase strictly per peer across restarts and replicas, and the push is audited (``map_push``) there too.
+The worker coalesces bursts of changes into one recomputation: it reads the current policy and peers (one read
+transaction), compiles every view (``policy.compile_views``, pure, grouped by group signature), and pushes a new
+map to each connected peer whose view differs from the one it last got, whose map nears expiry (``MAP_REISSUE``
+before ``expires_at``), or that has just connected. Serials are bumped in the database in one transaction per
+batch (``UPDATE peers SET map_serial = map_serial + 1 ... RETURNING``), so serials increase strictly per peer across
+restarts and replicas, and the push is audited (``map_push``) there too.
 
 Sending never blocks the worker: each stream has a one-slot mailbox holding the newest map and its own writer
 task; a slow peer only ever receives the latest map.

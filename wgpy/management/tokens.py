@@ -12,8 +12,9 @@ the stored row and ``now``: a used token presented again means a copy was stolen
 family, with one exception, ``within_retry_grace``: the token used last, presented again within ``RETRY_GRACE``
 seconds while the pair issued for it has not been used, is the device asking again after an answer it never got (a
 dropped connection). The request's proof shows it holds the peer's WireGuard key, so it gets a new pair, and the
-unused one is retired as used (one live refresh token per family still): presented later, it is reuse. The database applies the decision with a guarded update (``store.py``), so two replicas cannot both accept
-the same refresh token.
+unused one is retired as used (one live refresh token per family still): presented later, it is reuse. The
+database applies the decision with a guarded update (``store.py``), so two replicas cannot both accept the same
+refresh token.
 
 Errors carry a code (``TokenError.code``) and a detail in our own words, never the token.
 """
